@@ -1,0 +1,484 @@
+//! The [`Backend`] trait that every store implements, and its small value
+//! types.
+//!
+//! A backend offers atomic primitives only: take a key with a token and a
+//! ttl, extend, release by token, and wake-ups for released keys. All waiting
+//! (queueing, backoff, cancellation) lives in [`Locker`](crate::Locker), so a
+//! backend never sleeps or retries.
+//!
+//! # Writing a backend
+//!
+//! ```
+//! use std::{collections::HashMap, sync::Mutex, time::{Duration, Instant}};
+//! use tower_lock::backend::{Attempt, Backend, Lease, Subscription, Token, WakeRegistry};
+//! use tower_lock::{LockError, Locker};
+//!
+//! /// A single-mutex table: fine for an example, too slow for real use.
+//! #[derive(Debug, Default)]
+//! struct TinyBackend {
+//!     table: Mutex<HashMap<String, (Token, u64, Instant)>>,
+//!     fences: Mutex<u64>,
+//!     wakeups: WakeRegistry,
+//! }
+//!
+//! #[async_trait::async_trait]
+//! impl Backend for TinyBackend {
+//!     async fn try_acquire(&self, key: &str, token: Token, ttl: Duration) -> Result<Attempt, LockError> {
+//!         let mut table = self.table.lock().unwrap();
+//!         let now = Instant::now();
+//!         if let Some((_, _, expires)) = table.get(key) {
+//!             if *expires > now {
+//!                 return Ok(Attempt::Busy { remaining: Some(*expires - now) });
+//!             }
+//!         }
+//!         let mut fences = self.fences.lock().unwrap();
+//!         *fences += 1;
+//!         table.insert(key.to_owned(), (token, *fences, now + ttl));
+//!         Ok(Attempt::Acquired { fence: *fences, revision: *fences })
+//!     }
+//!
+//!     async fn extend(&self, key: &str, lease: &Lease, ttl: Duration) -> Result<Option<u64>, LockError> {
+//!         let mut table = self.table.lock().unwrap();
+//!         match table.get_mut(key) {
+//!             Some((token, _, expires)) if *token == lease.token && *expires > Instant::now() => {
+//!                 *expires = Instant::now() + ttl;
+//!                 Ok(Some(lease.revision))
+//!             }
+//!             _ => Ok(None),
+//!         }
+//!     }
+//!
+//!     async fn release(&self, key: &str, lease: &Lease) -> Result<bool, LockError> {
+//!         let mut table = self.table.lock().unwrap();
+//!         let held = matches!(table.get(key), Some((token, _, expires))
+//!             if *token == lease.token && *expires > Instant::now());
+//!         if matches!(table.get(key), Some((token, ..)) if *token == lease.token) {
+//!             table.remove(key);
+//!         }
+//!         drop(table);
+//!         if held {
+//!             self.wakeups.notify(key);
+//!         }
+//!         Ok(held)
+//!     }
+//!
+//!     async fn subscribe(&self, key: &str) -> Result<Subscription, LockError> {
+//!         Ok(self.wakeups.subscribe(key))
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), LockError> {
+//! let locker = Locker::new(TinyBackend::default());
+//! let guard = locker.acquire("job", Duration::from_secs(5)).await?;
+//! guard.release().await?;
+//! # Ok(())
+//! # }
+//! ```
+
+use std::{
+    collections::HashMap,
+    fmt,
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use crate::LockError;
+
+/// A store that can hold leases on keys.
+///
+/// Implementations must keep the semantics listed in the crate docs: mutual
+/// exclusion, ownership by token, expiry after the ttl decided by one clock,
+/// and strictly increasing fences per key. Keys arrive validated (non-empty,
+/// at most [`MAX_KEY_LEN`](crate::MAX_KEY_LEN) bytes) but may contain any
+/// characters; a store that restricts characters must encode them.
+///
+/// The trait is object-safe; [`Locker`](crate::Locker) holds it as
+/// `Arc<dyn Backend>`. See the [module docs](self) for a complete backend.
+#[async_trait::async_trait]
+pub trait Backend: fmt::Debug + Send + Sync + 'static {
+    /// Takes `key` for `token` for `ttl` if nobody holds it (or its holder's
+    /// lease has run out).
+    ///
+    /// Returns [`Attempt::Busy`] with the holder's remaining lease when the
+    /// store reports it, so waiters never sleep past an expiry.
+    async fn try_acquire(
+        &self,
+        key: &str,
+        token: Token,
+        ttl: Duration,
+    ) -> Result<Attempt, LockError>;
+
+    /// Restarts the lease of `lease` on `key` at `ttl` from now.
+    ///
+    /// Returns the lease's new revision, or `None` when the lease is no
+    /// longer held by `lease.token` (expired or taken over); in that case
+    /// nothing is changed.
+    async fn extend(
+        &self,
+        key: &str,
+        lease: &Lease,
+        ttl: Duration,
+    ) -> Result<Option<u64>, LockError>;
+
+    /// Releases `key` if it is still held by `lease`, and wakes the key's
+    /// waiters.
+    ///
+    /// Returns `false`, changing nothing that belongs to anyone else, when
+    /// the lease was no longer held.
+    async fn release(&self, key: &str, lease: &Lease) -> Result<bool, LockError>;
+
+    /// Registers interest in wake-ups for `key`.
+    ///
+    /// Must be registered when the returned future completes: a release that
+    /// happens afterwards has to wake the subscription. A backend that can
+    /// not deliver wake-ups may return [`Subscription::never`]; waiters then
+    /// fall back to their backoff timer.
+    async fn subscribe(&self, key: &str) -> Result<Subscription, LockError>;
+}
+
+#[async_trait::async_trait]
+impl<B: Backend + ?Sized> Backend for Arc<B> {
+    async fn try_acquire(
+        &self,
+        key: &str,
+        token: Token,
+        ttl: Duration,
+    ) -> Result<Attempt, LockError> {
+        (**self).try_acquire(key, token, ttl).await
+    }
+
+    async fn extend(
+        &self,
+        key: &str,
+        lease: &Lease,
+        ttl: Duration,
+    ) -> Result<Option<u64>, LockError> {
+        (**self).extend(key, lease, ttl).await
+    }
+
+    async fn release(&self, key: &str, lease: &Lease) -> Result<bool, LockError> {
+        (**self).release(key, lease).await
+    }
+
+    async fn subscribe(&self, key: &str) -> Result<Subscription, LockError> {
+        (**self).subscribe(key).await
+    }
+}
+
+/// The random identity of one acquisition (a UUID v4), stored as the lock's
+/// value so that only its holder can extend or release it.
+///
+/// ```
+/// use tower_lock::backend::Token;
+///
+/// let (a, b) = (Token::new(), Token::new());
+/// assert_ne!(a, b);
+/// assert_eq!(a.to_string().len(), 36);
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Token(Uuid);
+
+impl Token {
+    /// A fresh random token.
+    pub fn new() -> Self {
+        Token(Uuid::new_v4())
+    }
+
+    /// The token as a UUID.
+    pub fn as_uuid(&self) -> Uuid {
+        self.0
+    }
+}
+
+impl Default for Token {
+    fn default() -> Self {
+        Token::new()
+    }
+}
+
+impl From<Uuid> for Token {
+    fn from(uuid: Uuid) -> Self {
+        Token(uuid)
+    }
+}
+
+impl fmt::Display for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0.hyphenated(), f)
+    }
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Token({self})")
+    }
+}
+
+/// The outcome of [`Backend::try_acquire`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attempt {
+    /// The key is now held by the caller's token.
+    Acquired {
+        /// The fencing token: strictly greater than every earlier fence of
+        /// the key.
+        fence: u64,
+        /// A backend-specific version of the stored lease, handed back in
+        /// [`Lease::revision`] (the key's revision on NATS; the fence where a
+        /// store has no such notion).
+        revision: u64,
+    },
+    /// Somebody else holds the key.
+    Busy {
+        /// How long the holder's lease still runs, when the store says.
+        remaining: Option<Duration>,
+    },
+}
+
+/// What identifies one holding of a key to its backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Lease {
+    /// The token the key was taken with.
+    pub token: Token,
+    /// The fence returned with the acquisition.
+    pub fence: u64,
+    /// The lease's current revision (see [`Attempt::Acquired`]); updated by
+    /// each successful [`Backend::extend`].
+    pub revision: u64,
+}
+
+/// Wake-ups for one key, from [`Backend::subscribe`].
+///
+/// Dropping it unregisters the interest.
+#[must_use = "a subscription only wakes while it is kept"]
+pub struct Subscription {
+    changes: Option<watch::Receiver<()>>,
+    _registration: Option<Registration>,
+}
+
+impl Subscription {
+    /// A subscription that never fires, for backends without wake-ups:
+    /// waiters then retry on their backoff timer.
+    pub fn never() -> Self {
+        Subscription {
+            changes: None,
+            _registration: None,
+        }
+    }
+
+    /// Waits for the next wake-up after the subscription was made (or after
+    /// the last call returned).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: a wake-up that arrives while no call is waiting is kept
+    /// for the next call.
+    pub async fn changed(&mut self) {
+        if let Some(changes) = &mut self.changes
+            && changes.changed().await.is_ok()
+        {
+            return;
+        }
+        // The source is gone (or there never was one): only the backoff
+        // timer can end the wait.
+        std::future::pending().await
+    }
+}
+
+impl fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Subscription")
+            .field("live", &self.changes.is_some())
+            .finish()
+    }
+}
+
+/// Demultiplexes wake-ups by key: one per backend, shared by all waiters.
+///
+/// A backend receives released keys from its store (an event, a pub/sub
+/// message, a watch) and calls [`notify`](Self::notify); waiters get a
+/// [`Subscription`] from [`subscribe`](Self::subscribe). A key's entry lives
+/// only while somebody is subscribed to it, so the registry never grows with
+/// the number of distinct keys.
+///
+/// ```
+/// use tower_lock::backend::WakeRegistry;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let registry = WakeRegistry::default();
+/// let mut sub = registry.subscribe("k");
+/// registry.notify("k");
+/// sub.changed().await; // returns at once: the notify came after subscribe
+/// drop(sub);
+/// assert_eq!(registry.len(), 0);
+/// # }
+/// ```
+#[derive(Clone, Default)]
+pub struct WakeRegistry {
+    inner: Arc<RegistryInner>,
+}
+
+#[derive(Default)]
+struct RegistryInner {
+    keys: Mutex<HashMap<Box<str>, Slot>>,
+    // Lets `notify` skip the mutex on the release hot path when nobody waits.
+    len: AtomicUsize,
+}
+
+struct Slot {
+    changes: watch::Sender<()>,
+    subscribers: usize,
+}
+
+impl WakeRegistry {
+    /// Registers a waiter for `key`; it is woken by every later
+    /// [`notify`](Self::notify) of the key.
+    pub fn subscribe(&self, key: &str) -> Subscription {
+        let mut keys = self.lock();
+        let changes = match keys.get_mut(key) {
+            Some(slot) => {
+                slot.subscribers += 1;
+                slot.changes.subscribe()
+            }
+            None => {
+                let (changes, rx) = watch::channel(());
+                keys.insert(
+                    key.into(),
+                    Slot {
+                        changes,
+                        subscribers: 1,
+                    },
+                );
+                self.inner.len.store(keys.len(), Ordering::Release);
+                rx
+            }
+        };
+        Subscription {
+            changes: Some(changes),
+            _registration: Some(Registration {
+                registry: self.clone(),
+                key: key.into(),
+            }),
+        }
+    }
+
+    /// Wakes every current subscriber of `key`.
+    pub fn notify(&self, key: &str) {
+        if self.inner.len.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        if let Some(slot) = self.lock().get(key) {
+            slot.changes.send_replace(());
+        }
+    }
+
+    /// Wakes every subscriber of every key: for when wake-ups may have been
+    /// missed, such as after a reconnect.
+    pub fn notify_all(&self) {
+        for slot in self.lock().values() {
+            slot.changes.send_replace(());
+        }
+    }
+
+    /// Whether anybody is subscribed to `key`.
+    pub fn is_watched(&self, key: &str) -> bool {
+        self.inner.len.load(Ordering::Acquire) != 0 && self.lock().contains_key(key)
+    }
+
+    /// The keys that have subscribers now.
+    pub fn keys(&self) -> Vec<String> {
+        self.lock().keys().map(|k| k.to_string()).collect()
+    }
+
+    /// How many keys have subscribers.
+    pub fn len(&self) -> usize {
+        self.inner.len.load(Ordering::Acquire)
+    }
+
+    /// Whether no key has subscribers.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Box<str>, Slot>> {
+        // The map is left consistent at every step, so a panic elsewhere
+        // while it was locked does not make it unusable.
+        self.inner
+            .keys
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl fmt::Debug for WakeRegistry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WakeRegistry")
+            .field("keys", &self.len())
+            .finish()
+    }
+}
+
+struct Registration {
+    registry: WakeRegistry,
+    key: Box<str>,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let mut keys = self.registry.lock();
+        if let Some(slot) = keys.get_mut(&*self.key) {
+            slot.subscribers -= 1;
+            if slot.subscribers == 0 {
+                keys.remove(&*self.key);
+                self.registry.inner.len.store(keys.len(), Ordering::Release);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn notify_before_wait_is_not_lost() {
+        let registry = WakeRegistry::default();
+        let mut sub = registry.subscribe("k");
+        registry.notify("k");
+        tokio::time::timeout(Duration::from_secs(1), sub.changed())
+            .await
+            .expect("the wake-up sent after subscribing must be delivered");
+    }
+
+    #[tokio::test]
+    async fn notify_of_other_key_does_not_wake() {
+        let registry = WakeRegistry::default();
+        let mut sub = registry.subscribe("k");
+        registry.notify("other");
+        assert!(
+            tokio::time::timeout(Duration::from_millis(20), sub.changed())
+                .await
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn entries_go_when_the_last_subscriber_does() {
+        let registry = WakeRegistry::default();
+        let a = registry.subscribe("k");
+        let b = registry.subscribe("k");
+        assert_eq!(registry.len(), 1);
+        drop(a);
+        assert!(registry.is_watched("k"));
+        drop(b);
+        assert!(registry.is_empty());
+        assert!(!registry.is_watched("k"));
+    }
+}

@@ -1,0 +1,282 @@
+//! An ordered event bus that lets several [`MemoryBackend`]s ("nodes") share
+//! one lock table.
+//!
+//! Each node keeps a replica of the table and applies the bus's events in
+//! the bus's order; a node's request is decided when it comes back to the
+//! node in that order. Because every replica applies the same events in the
+//! same order, judging expiry by each event's [`stamp`](Event::stamp), every
+//! replica reaches the same decision, and nodes keep mutual exclusion.
+//!
+//! [`LocalBus`] is the in-process bus. Another transport can implement
+//! [`Bus`] as long as it keeps the contract written there.
+//!
+//! # Examples
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower_lock::{bus::LocalBus, memory::MemoryBackend, Locker};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), tower_lock::LockError> {
+//! let bus = LocalBus::new();
+//! let node_a = Locker::new(MemoryBackend::with_bus(bus.clone()));
+//! let node_b = Locker::new(MemoryBackend::with_bus(bus));
+//!
+//! let guard = node_a.acquire("report", Duration::from_secs(5)).await?;
+//! assert!(node_b.try_lock("report", Duration::from_secs(5)).await?.is_none());
+//! guard.release().await?;
+//! assert!(node_b.try_lock("report", Duration::from_secs(5)).await?.is_some());
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! [`MemoryBackend`]: crate::memory::MemoryBackend
+
+use std::{
+    fmt,
+    sync::{Arc, Mutex, PoisonError},
+    time::{Duration, Instant},
+};
+
+use tokio::sync::mpsc;
+
+use crate::{
+    LockError,
+    backend::{Lease, Token},
+};
+
+/// A totally ordered broadcast of [`Command`]s.
+///
+/// # Contract
+///
+/// - Every subscriber receives every event published after it subscribed,
+///   exactly once, in one total order shared by all subscribers, numbered by
+///   a [`seq`](Event::seq) that increases by one per event.
+/// - A subscriber that falls behind is never skipped ahead: the channel is
+///   unbounded, so a slow replica costs memory, never a divergent table.
+/// - Each event carries a [`stamp`](Event::stamp) from one monotonic clock
+///   (the bus's), non-decreasing in bus order. Replicas judge expiry by it,
+///   never by their own clocks.
+#[async_trait::async_trait]
+pub trait Bus: fmt::Debug + Send + Sync + 'static {
+    /// Appends `command` to the bus.
+    async fn publish(&self, command: Command) -> Result<(), LockError>;
+
+    /// Starts receiving every event published from now on.
+    fn subscribe(&self) -> mpsc::UnboundedReceiver<Arc<Event>>;
+}
+
+/// One command in bus order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    /// The position in the bus's total order.
+    pub seq: u64,
+    /// The bus's monotonic time when the command was ordered.
+    pub stamp: Duration,
+    /// What a node asked for.
+    pub command: Command,
+}
+
+/// Which node sent a command, and which of its requests it answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Origin {
+    /// The sending node's random id.
+    pub node: u64,
+    /// The request's number on that node.
+    pub request: u64,
+}
+
+/// A request to the replicated lock table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// Take `key` for `token` if it is free at the event's stamp.
+    Acquire {
+        /// Who asked.
+        origin: Origin,
+        /// The lock key.
+        key: Box<str>,
+        /// The acquiring token.
+        token: Token,
+        /// The lease length.
+        ttl: Duration,
+    },
+    /// Restart `lease` at `ttl` from the event's stamp.
+    Extend {
+        /// Who asked.
+        origin: Origin,
+        /// The lock key.
+        key: Box<str>,
+        /// The lease to extend.
+        lease: Lease,
+        /// The new lease length.
+        ttl: Duration,
+    },
+    /// Release `lease`; wakes waiters on every node.
+    Release {
+        /// Who asked.
+        origin: Origin,
+        /// The lock key.
+        key: Box<str>,
+        /// The lease to release.
+        lease: Lease,
+    },
+}
+
+impl Command {
+    /// Who sent the command.
+    pub fn origin(&self) -> Origin {
+        match self {
+            Command::Acquire { origin, .. }
+            | Command::Extend { origin, .. }
+            | Command::Release { origin, .. } => *origin,
+        }
+    }
+}
+
+/// The in-process [`Bus`]: cheap to clone, every clone is the same bus.
+///
+/// Publishing stamps and delivers the event to every subscriber under one
+/// mutex, which is what makes the order total.
+#[derive(Clone)]
+pub struct LocalBus {
+    inner: Arc<Mutex<LocalBusState>>,
+}
+
+struct LocalBusState {
+    seq: u64,
+    epoch: Instant,
+    subscribers: Vec<mpsc::UnboundedSender<Arc<Event>>>,
+}
+
+impl LocalBus {
+    /// A new bus with no subscribers.
+    ///
+    /// ```
+    /// let bus = tower_lock::bus::LocalBus::new();
+    /// assert_eq!(bus.subscribers(), 0);
+    /// ```
+    pub fn new() -> Self {
+        LocalBus {
+            inner: Arc::new(Mutex::new(LocalBusState {
+                seq: 0,
+                epoch: Instant::now(),
+                subscribers: Vec::new(),
+            })),
+        }
+    }
+
+    /// How many subscribers are attached (dropped ones are counted until the
+    /// next publish notices).
+    pub fn subscribers(&self) -> usize {
+        self.lock().subscribers.len()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, LocalBusState> {
+        // Every step leaves the state consistent, so a poisoned lock is safe.
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Default for LocalBus {
+    fn default() -> Self {
+        LocalBus::new()
+    }
+}
+
+impl fmt::Debug for LocalBus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = self.lock();
+        f.debug_struct("LocalBus")
+            .field("seq", &state.seq)
+            .field("subscribers", &state.subscribers.len())
+            .finish()
+    }
+}
+
+#[async_trait::async_trait]
+impl Bus for LocalBus {
+    async fn publish(&self, command: Command) -> Result<(), LockError> {
+        let mut state = self.lock();
+        state.seq += 1;
+        let event = Arc::new(Event {
+            seq: state.seq,
+            stamp: state.epoch.elapsed(),
+            command,
+        });
+        state
+            .subscribers
+            .retain(|subscriber| subscriber.send(event.clone()).is_ok());
+        Ok(())
+    }
+
+    fn subscribe(&self) -> mpsc::UnboundedReceiver<Arc<Event>> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.lock().subscribers.push(tx);
+        rx
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn release(node: u64, request: u64) -> Command {
+        Command::Release {
+            origin: Origin { node, request },
+            key: "k".into(),
+            lease: Lease {
+                token: Token::new(),
+                fence: 1,
+                revision: 1,
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn every_subscriber_sees_every_event_in_one_order() {
+        let bus = LocalBus::new();
+        let mut subs: Vec<_> = (0..3).map(|_| bus.subscribe()).collect();
+        let publishers: Vec<_> = (0..4)
+            .map(|node| {
+                let bus = bus.clone();
+                tokio::spawn(async move {
+                    for request in 0..250 {
+                        bus.publish(release(node, request)).await.expect("publish");
+                    }
+                })
+            })
+            .collect();
+        for publisher in publishers {
+            publisher.await.expect("publisher task");
+        }
+        let mut orders = Vec::new();
+        for sub in &mut subs {
+            let mut order = Vec::new();
+            let mut last_stamp = Duration::ZERO;
+            while let Ok(event) = sub.try_recv() {
+                assert!(event.stamp >= last_stamp, "stamps go backwards");
+                last_stamp = event.stamp;
+                order.push((event.seq, event.command.origin()));
+            }
+            assert_eq!(order.len(), 1000);
+            assert!(
+                order
+                    .iter()
+                    .enumerate()
+                    .all(|(i, (seq, _))| *seq == i as u64 + 1)
+            );
+            orders.push(order);
+        }
+        assert_eq!(orders[0], orders[1]);
+        assert_eq!(orders[1], orders[2]);
+    }
+
+    #[tokio::test]
+    async fn dropped_subscribers_are_forgotten() {
+        let bus = LocalBus::new();
+        let sub = bus.subscribe();
+        drop(sub);
+        bus.publish(release(1, 1)).await.expect("publish");
+        assert_eq!(bus.subscribers(), 0);
+    }
+}

@@ -1,0 +1,82 @@
+//! The one error type every operation returns.
+
+use std::time::Duration;
+
+/// A boxed error from a backend's client library, kept as the `source` of
+/// [`LockError::Unavailable`].
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Why a lock operation failed.
+///
+/// Input errors ([`InvalidKey`](LockError::InvalidKey),
+/// [`InvalidTtl`](LockError::InvalidTtl)) are raised before anything reaches
+/// the store, so they change nothing.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_lock::{LockError, Locker};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let locker = Locker::in_memory();
+/// let err = locker.acquire("", Duration::from_secs(1)).await.unwrap_err();
+/// assert!(matches!(err, LockError::InvalidKey { .. }));
+/// # }
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LockError {
+    /// The key is empty or longer than [`MAX_KEY_LEN`](crate::MAX_KEY_LEN).
+    #[error("invalid lock key: {reason}")]
+    InvalidKey {
+        /// What is wrong with the key.
+        reason: &'static str,
+    },
+    /// The ttl is below [`MIN_TTL`](crate::MIN_TTL) or above
+    /// [`MAX_TTL`](crate::MAX_TTL).
+    #[error("invalid lock ttl {ttl:?}: it must be between 1ms and 365 days")]
+    InvalidTtl {
+        /// The ttl that was refused.
+        ttl: Duration,
+    },
+    /// The lock stayed held by someone else for the whole wait of
+    /// [`Locker::acquire_timeout`](crate::Locker::acquire_timeout).
+    #[error("the lock is held by someone else")]
+    Busy {
+        /// How long the holder's lease still ran when last seen, when the
+        /// store reported it: a fair `Retry-After`.
+        retry_after: Option<Duration>,
+    },
+    /// This [`Locker`](crate::Locker) (and its clones) holds nothing on the key.
+    #[error("the lock is not held by this locker")]
+    NotHeld,
+    /// The lease ran out or was taken over before the holder released or
+    /// renewed it; the lock may now belong to someone else.
+    #[error("the lock's lease was lost before it was released")]
+    Lost,
+    /// The backend could not be reached or answered with an error.
+    #[error("lock backend unavailable: {source}")]
+    Unavailable {
+        /// The client library's error.
+        #[source]
+        source: BoxError,
+    },
+}
+
+impl LockError {
+    /// Wraps a backend client's error as [`LockError::Unavailable`].
+    ///
+    /// ```
+    /// use tower_lock::LockError;
+    ///
+    /// let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+    /// assert!(matches!(LockError::unavailable(io), LockError::Unavailable { .. }));
+    /// ```
+    pub fn unavailable(source: impl Into<BoxError>) -> Self {
+        LockError::Unavailable {
+            source: source.into(),
+        }
+    }
+}

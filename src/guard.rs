@@ -1,0 +1,397 @@
+//! [`LockGuard`]: a held lock, its fence and its lease.
+
+use std::{
+    fmt,
+    future::Future,
+    sync::{
+        Arc, OnceLock,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use tokio::{runtime::Handle, sync::watch, task::AbortHandle, time::Instant};
+
+use crate::{
+    LockError,
+    backend::{Lease, Token},
+    locker::LockerInner,
+    run_to_end::RunToEnd,
+};
+
+/// A held lock. Dropping it releases the lock.
+///
+/// The guard carries the lock's [fence](Self::fence), which a resource can
+/// use to refuse writes from a holder whose lease has since run out. The
+/// lease lasts the ttl given at acquisition; with
+/// [`Locker::auto_renew`](crate::Locker::auto_renew) it is renewed every
+/// third of the ttl for as long as the guard lives.
+///
+/// Dropping the guard releases the lock in the background on the tokio
+/// runtime the lock was acquired on; [`release`](Self::release) does it in
+/// place and reports whether the lease was still held. A guard dropped after
+/// its runtime has shut down does not panic: the lease then ends at its ttl.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_lock::Locker;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), tower_lock::LockError> {
+/// let locker = Locker::in_memory();
+/// let guard = locker.acquire("invoice:42", Duration::from_secs(10)).await?;
+/// assert_eq!(guard.key(), "invoice:42");
+/// let fence = guard.fence(); // hand this to the resource with every write
+/// guard.release().await?;
+///
+/// let next = locker.acquire("invoice:42", Duration::from_secs(10)).await?;
+/// assert!(next.fence() > fence);
+/// # Ok(())
+/// # }
+/// ```
+#[must_use = "if unused the lock is released at once"]
+#[clippy::has_significant_drop]
+pub struct LockGuard {
+    /// `None` once [`release`](Self::release) has taken over.
+    parts: Option<Parts>,
+    key: Arc<str>,
+    fence: u64,
+}
+
+struct Parts {
+    held: Arc<HeldLease>,
+    locker: Arc<LockerInner>,
+    runtime: Handle,
+}
+
+/// One acquisition, shared by its guard, its Locker's table of held keys
+/// (for [`Locker::release`](crate::Locker::release)) and its renewal task.
+pub(crate) struct HeldLease {
+    pub(crate) key: Arc<str>,
+    token: Token,
+    fence: u64,
+    ttl: Duration,
+    revision: AtomicU64,
+    released: AtomicBool,
+    status: watch::Sender<LeaseStatus>,
+    /// Serialises renewals with the release, so that a release always sees
+    /// the revision of the last extension and never races one in flight.
+    op: tokio::sync::Mutex<()>,
+    renewal: OnceLock<AbortHandle>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct LeaseStatus {
+    /// Measured from before the request that granted or renewed the lease
+    /// was sent, so the holder never believes in a lease the store has ended.
+    deadline: Instant,
+    /// Lost, or released: the holder can no longer count on the lock.
+    over: bool,
+}
+
+impl HeldLease {
+    pub(crate) fn new(
+        key: Arc<str>,
+        token: Token,
+        fence: u64,
+        revision: u64,
+        ttl: Duration,
+        sent_at: Instant,
+    ) -> Self {
+        HeldLease {
+            key,
+            token,
+            fence,
+            ttl,
+            revision: AtomicU64::new(revision),
+            released: AtomicBool::new(false),
+            status: watch::Sender::new(LeaseStatus {
+                deadline: sent_at + ttl,
+                over: false,
+            }),
+            op: tokio::sync::Mutex::new(()),
+            renewal: OnceLock::new(),
+        }
+    }
+
+    pub(crate) fn lease(&self) -> Lease {
+        Lease {
+            token: self.token,
+            fence: self.fence,
+            revision: self.revision.load(Ordering::Acquire),
+        }
+    }
+
+    /// Marks the lease as no longer to be counted on (lost or released).
+    pub(crate) fn end(&self) {
+        self.status
+            .send_if_modified(|status| !std::mem::replace(&mut status.over, true));
+    }
+
+    /// Releases the lease in the store, once, whoever asks first (the guard,
+    /// its drop, or [`Locker::release`](crate::Locker::release)).
+    pub(crate) async fn release(
+        self: Arc<Self>,
+        locker: Arc<LockerInner>,
+    ) -> Result<(), LockError> {
+        let _op = self.op.lock().await;
+        if self.released.swap(true, Ordering::AcqRel) {
+            return Err(LockError::NotHeld);
+        }
+        if let Some(renewal) = self.renewal.get() {
+            renewal.abort();
+        }
+        self.end();
+        locker.forget(&self);
+        match locker.backend.release(&self.key, &self.lease()).await {
+            Ok(true) => {
+                tracing::debug!(key = %self.key, fence = self.fence, "lock released");
+                Ok(())
+            }
+            Ok(false) => {
+                tracing::warn!(key = %self.key, fence = self.fence, "lease was lost before release");
+                Err(LockError::Lost)
+            }
+            Err(err) => {
+                tracing::warn!(key = %self.key, fence = self.fence, error = %err, "release failed");
+                Err(err)
+            }
+        }
+    }
+
+    /// Keeps the lease alive until it is released or lost.
+    pub(crate) fn start_renewal(self: &Arc<Self>, locker: &Arc<LockerInner>, runtime: &Handle) {
+        let task = runtime.spawn(renew(self.clone(), locker.clone()));
+        // Only the acquisition that made the lease starts its renewal.
+        let _ = self.renewal.set(task.abort_handle());
+    }
+
+    async fn extend(&self, locker: &LockerInner, ttl: Duration) -> Result<(), LockError> {
+        let _op = self.op.lock().await;
+        if self.released.load(Ordering::Acquire) {
+            return Err(LockError::NotHeld);
+        }
+        let sent_at = Instant::now();
+        match locker.backend.extend(&self.key, &self.lease(), ttl).await? {
+            Some(revision) => {
+                self.revision.store(revision, Ordering::Release);
+                self.status
+                    .send_modify(|status| status.deadline = sent_at + ttl);
+                Ok(())
+            }
+            None => {
+                self.end();
+                tracing::warn!(key = %self.key, fence = self.fence, "lease lost");
+                Err(LockError::Lost)
+            }
+        }
+    }
+
+    fn is_lost(&self) -> bool {
+        let status = *self.status.borrow();
+        status.over || Instant::now() >= status.deadline
+    }
+}
+
+async fn renew(held: Arc<HeldLease>, locker: Arc<LockerInner>) {
+    let period = held.ttl / 3;
+    let mut next = Instant::now() + period;
+    loop {
+        tokio::time::sleep_until(next).await;
+        match held.extend(&locker, held.ttl).await {
+            Ok(()) => next = Instant::now() + period,
+            Err(LockError::Lost | LockError::NotHeld) => return,
+            Err(err) => {
+                let deadline = held.status.borrow().deadline;
+                if Instant::now() >= deadline {
+                    held.end();
+                    tracing::warn!(key = %held.key, error = %err, "lease lost: renewal failed until it ran out");
+                    return;
+                }
+                tracing::warn!(key = %held.key, error = %err, "lease renewal failed; retrying");
+                // Retry well before the lease runs out.
+                next = Instant::now() + period.min(deadline - Instant::now()) / 2;
+            }
+        }
+    }
+}
+
+impl LockGuard {
+    pub(crate) fn new(held: Arc<HeldLease>, locker: Arc<LockerInner>, runtime: Handle) -> Self {
+        LockGuard {
+            key: held.key.clone(),
+            fence: held.fence,
+            parts: Some(Parts {
+                held,
+                locker,
+                runtime,
+            }),
+        }
+    }
+
+    /// The locked key.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// The fencing token: strictly greater than the fence of every earlier
+    /// acquisition of this key, by any holder. Pass it with each write so the
+    /// resource can refuse a write carrying a smaller fence than one it has
+    /// already seen.
+    pub fn fence(&self) -> u64 {
+        self.fence
+    }
+
+    /// The lease length this lock was taken (and is renewed) with.
+    pub fn ttl(&self) -> Duration {
+        self.parts.as_ref().map_or(Duration::ZERO, |p| p.held.ttl)
+    }
+
+    /// Whether the lease is known to be over: lost to renewal failure, run
+    /// out on this process's monotonic clock, or released.
+    ///
+    /// `false` is not a guarantee: a paused process may not know yet. Use the
+    /// [fence](Self::fence) where that matters.
+    pub fn is_lost(&self) -> bool {
+        self.parts.as_ref().is_none_or(|p| p.held.is_lost())
+    }
+
+    /// Resolves when the lease is over: the store refused a renewal, the
+    /// lease ran out on this process's clock, or the lock was released
+    /// (through [`Locker::release`](crate::Locker::release)). Use it to stop
+    /// work that must not outlive the lock.
+    ///
+    /// The returned future does not borrow the guard.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only observes the lease.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_lock::Locker;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), tower_lock::LockError> {
+    /// let locker = Locker::in_memory();
+    /// let guard = locker.acquire("job", Duration::from_millis(50)).await?;
+    /// tokio::select! {
+    ///     _ = guard.lost() => println!("lease ran out: stop writing"),
+    ///     _ = tokio::time::sleep(Duration::from_secs(5)) => unreachable!(),
+    /// }
+    /// assert!(guard.is_lost());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn lost(&self) -> impl Future<Output = ()> + Send + use<> {
+        let mut status = self.parts.as_ref().map(|p| p.held.status.subscribe());
+        async move {
+            let Some(status) = status.as_mut() else {
+                return;
+            };
+            loop {
+                let LeaseStatus { deadline, over } = *status.borrow_and_update();
+                if over {
+                    return;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep_until(deadline) => {
+                        if status.borrow().deadline <= deadline {
+                            return;
+                        }
+                    }
+                    changed = status.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Restarts the lease at `ttl` from now.
+    ///
+    /// # Errors
+    ///
+    /// [`LockError::Lost`] when the store no longer holds this lease (it ran
+    /// out or was taken over); [`LockError::InvalidTtl`] for a ttl out of
+    /// bounds; [`LockError::Unavailable`] when the store can not be reached.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_lock::Locker;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), tower_lock::LockError> {
+    /// let locker = Locker::in_memory();
+    /// let guard = locker.acquire("job", Duration::from_secs(1)).await?;
+    /// guard.extend(Duration::from_secs(30)).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn extend(&self, ttl: Duration) -> Result<(), LockError> {
+        crate::key::validate_ttl(ttl)?;
+        let parts = self.parts.as_ref().ok_or(LockError::NotHeld)?;
+        parts.held.extend(&parts.locker, ttl).await
+    }
+
+    /// Releases the lock now.
+    ///
+    /// # Errors
+    ///
+    /// [`LockError::Lost`] when the lease had already been lost (the lock may
+    /// belong to someone else now, and was left alone);
+    /// [`LockError::NotHeld`] when it was already released through
+    /// [`Locker::release`](crate::Locker::release);
+    /// [`LockError::Unavailable`] when the store could not be reached (the
+    /// lease then ends at its ttl).
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the returned future does not stop the release: it finishes
+    /// in the background.
+    pub async fn release(mut self) -> Result<(), LockError> {
+        let Some(Parts {
+            held,
+            locker,
+            runtime,
+        }) = self.parts.take()
+        else {
+            return Err(LockError::NotHeld);
+        };
+        RunToEnd::new(runtime, held.release(locker), |_| async {}).await
+    }
+}
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        if let Some(Parts {
+            held,
+            locker,
+            runtime,
+        }) = self.parts.take()
+            && !held.released.load(Ordering::Acquire)
+        {
+            // A runtime that has shut down drops the task instead of running
+            // it: no panic, and the lease ends at its ttl.
+            runtime.spawn(async move {
+                let _ = held.release(locker).await;
+            });
+        }
+    }
+}
+
+impl fmt::Debug for LockGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LockGuard")
+            .field("key", &self.key)
+            .field("fence", &self.fence)
+            .field("lost", &self.is_lost())
+            .finish()
+    }
+}

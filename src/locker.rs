@@ -1,0 +1,483 @@
+//! [`Locker`]: the front type, and the wait strategy shared by every
+//! backend.
+
+use std::{fmt, sync::Arc, time::Duration};
+
+use dashmap::DashMap;
+use tokio::{runtime::Handle, time::Instant};
+
+use crate::{
+    LockError, LockGuard,
+    backend::{Attempt, Backend, Lease, Subscription, Token},
+    guard::HeldLease,
+    key::{validate_key, validate_ttl},
+    memory::MemoryBackend,
+    run_to_end::RunToEnd,
+};
+
+/// The first wait between two tries while the holder gives no wake-up.
+pub const BACKOFF_START: Duration = Duration::from_millis(5);
+/// The longest wait between two tries; the backoff doubles up to it.
+pub const BACKOFF_MAX: Duration = Duration::from_millis(500);
+
+/// Takes and releases locks on a [`Backend`]. Cheap to clone.
+///
+/// A `Locker` is one owner: locks it takes can be released through it or
+/// any of its clones ([`release`](Self::release)), but not through another
+/// `Locker`, even one over the same backend.
+///
+/// # Waiting and fairness
+///
+/// [`acquire`](Self::acquire) subscribes to the backend's wake-ups for the
+/// key *before* it tries, so a release that happens between a failed try and
+/// the wait is never missed. It then waits for a wake-up or a backoff timer,
+/// whichever comes first: 5 ms doubling to 500 ms, never longer than the
+/// holder's remaining lease when the store reports it. A lost wake-up costs
+/// at most one backoff step.
+///
+/// Waiters in one process for the same key queue in FIFO order (the order
+/// their `acquire` calls started waiting), and only the head of the queue
+/// talks to the store, so one process sends one contender per key, not one
+/// per task. Across processes there is no queue: whoever tries first after
+/// a release wins.
+///
+/// Locks are not re-entrant: acquiring a key this `Locker` already holds
+/// waits until that lease ends.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_lock::Locker;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), tower_lock::LockError> {
+/// let locker = Locker::in_memory();
+/// let ttl = Duration::from_secs(10);
+///
+/// let guard = locker.acquire("invoice:42", ttl).await?;
+/// assert!(locker.try_lock("invoice:42", ttl).await?.is_none());
+/// drop(guard); // releases in the background
+///
+/// let guard = locker.acquire("invoice:42", ttl).await?;
+/// locker.release("invoice:42").await?; // or guard.release().await
+/// # drop(guard);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Locker {
+    inner: Arc<LockerInner>,
+    auto_renew: bool,
+}
+
+pub(crate) struct LockerInner {
+    pub(crate) backend: Arc<dyn Backend>,
+    /// What this owner holds, for `Locker::release(key)`.
+    held: DashMap<Arc<str>, Arc<HeldLease>>,
+    /// One FIFO queue per key that has local waiters; the task holding the
+    /// gate is the only one talking to the store for that key.
+    gates: DashMap<Arc<str>, Arc<Gate>>,
+}
+
+type Gate = tokio::sync::Mutex<()>;
+
+impl LockerInner {
+    pub(crate) fn forget(&self, held: &Arc<HeldLease>) {
+        self.held
+            .remove_if(&*held.key, |_, current| Arc::ptr_eq(current, held));
+    }
+}
+
+impl Locker {
+    /// A locker over `backend`.
+    ///
+    /// ```
+    /// use tower_lock::{memory::MemoryBackend, Locker};
+    ///
+    /// let locker = Locker::new(MemoryBackend::new());
+    /// ```
+    pub fn new(backend: impl Backend) -> Self {
+        Locker::from_arc(Arc::new(backend))
+    }
+
+    /// A locker over a backend that is already shared.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use tower_lock::{backend::Backend, memory::MemoryBackend, Locker};
+    ///
+    /// let backend: Arc<dyn Backend> = Arc::new(MemoryBackend::new());
+    /// let (a, b) = (Locker::from_arc(backend.clone()), Locker::from_arc(backend));
+    /// ```
+    pub fn from_arc(backend: Arc<dyn Backend>) -> Self {
+        Locker {
+            inner: Arc::new(LockerInner {
+                backend,
+                held: DashMap::new(),
+                gates: DashMap::new(),
+            }),
+            auto_renew: false,
+        }
+    }
+
+    /// A locker over a new standalone [`MemoryBackend`]: locks for the tasks
+    /// of this process.
+    ///
+    /// ```
+    /// let locker = tower_lock::Locker::in_memory();
+    /// ```
+    pub fn in_memory() -> Self {
+        Locker::new(MemoryBackend::new())
+    }
+
+    /// Whether guards from this locker renew their lease while they live
+    /// (every third of the ttl). The same owner: clones made with either
+    /// setting release each other's locks.
+    ///
+    /// Off by default: a lease that renews itself outlives a holder that is
+    /// stuck (deadlocked, or waiting on a call that never returns), and the
+    /// ttl is what frees the lock from such a holder. Turn it on where the
+    /// critical section's length is not known in advance (an HTTP handler,
+    /// a leader's term), and watch [`LockGuard::lost`].
+    ///
+    /// ```
+    /// let locker = tower_lock::Locker::in_memory().auto_renew(true);
+    /// ```
+    pub fn auto_renew(mut self, enabled: bool) -> Self {
+        self.auto_renew = enabled;
+        self
+    }
+
+    /// The backend this locker runs on.
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.inner.backend
+    }
+
+    /// How many keys this locker (with its clones) holds, by its own records.
+    pub fn held_count(&self) -> usize {
+        self.inner.held.len()
+    }
+
+    /// How many keys have tasks of this locker waiting for them.
+    pub fn queued_keys(&self) -> usize {
+        self.inner.gates.len()
+    }
+
+    /// Waits until `key` is free, then takes it for `ttl`.
+    ///
+    /// See [Waiting and fairness](Self#waiting-and-fairness). To bound the
+    /// wait, use [`acquire_timeout`](Self::acquire_timeout) or wrap this in
+    /// [`tokio::time::timeout`].
+    ///
+    /// Errors from the store are returned when they happen on the first try;
+    /// once the call is waiting, it retries through them on its backoff
+    /// timer, so a restarting store delays waiters instead of failing them.
+    ///
+    /// # Errors
+    ///
+    /// [`LockError::InvalidKey`] or [`LockError::InvalidTtl`] for bad input
+    /// (nothing is sent to the store); [`LockError::Unavailable`] when the
+    /// store fails the first try, or when not called on a tokio runtime.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropping the future leaves no lock and no waiter. A try
+    /// already sent to the store finishes in the background, and a lock it
+    /// took is released. A cancelled waiter loses its place in the queue.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_lock::Locker;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), tower_lock::LockError> {
+    /// let locker = Locker::in_memory();
+    /// let guard = locker.acquire("tenant:7", Duration::from_secs(5)).await?;
+    /// let waiter = tokio::spawn({
+    ///     let locker = locker.clone();
+    ///     async move { locker.acquire("tenant:7", Duration::from_secs(5)).await }
+    /// });
+    /// guard.release().await?;
+    /// let next = waiter.await.unwrap()?; // woken by the release
+    /// # drop(next);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn acquire(&self, key: &str, ttl: Duration) -> Result<LockGuard, LockError> {
+        self.lock(key, ttl, None).await
+    }
+
+    /// Like [`acquire`](Self::acquire), but gives up after `wait` with
+    /// [`LockError::Busy`], carrying the holder's remaining lease when the
+    /// store reported it. A zero `wait` never waits for a wake-up.
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`acquire`](Self::acquire).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_lock::{LockError, Locker};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), LockError> {
+    /// let locker = Locker::in_memory();
+    /// let _held = locker.acquire("k", Duration::from_secs(30)).await?;
+    /// let err = locker.acquire_timeout("k", Duration::from_secs(1), Duration::from_millis(20)).await.unwrap_err();
+    /// let LockError::Busy { retry_after } = err else { panic!("{err}") };
+    /// assert!(retry_after.unwrap() > Duration::from_secs(29));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn acquire_timeout(
+        &self,
+        key: &str,
+        ttl: Duration,
+        wait: Duration,
+    ) -> Result<LockGuard, LockError> {
+        // A wait too long to represent is no deadline at all.
+        self.lock(key, ttl, Instant::now().checked_add(wait)).await
+    }
+
+    /// Takes `key` for `ttl` if it is free now; never waits.
+    ///
+    /// # Errors
+    ///
+    /// As for [`acquire`](Self::acquire); a held key is `Ok(None)`.
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`acquire`](Self::acquire).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_lock::Locker;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), tower_lock::LockError> {
+    /// let locker = Locker::in_memory();
+    /// let first = locker.try_lock("k", Duration::from_secs(5)).await?;
+    /// assert!(first.is_some());
+    /// assert!(locker.try_lock("k", Duration::from_secs(5)).await?.is_none());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn try_lock(&self, key: &str, ttl: Duration) -> Result<Option<LockGuard>, LockError> {
+        validate_key(key)?;
+        validate_ttl(ttl)?;
+        let runtime = current_runtime()?;
+        let key: Arc<str> = key.into();
+        Ok(self.attempt(&runtime, &key, ttl).await?.ok())
+    }
+
+    /// Releases the lock this locker (or a clone) holds on `key`.
+    ///
+    /// # Errors
+    ///
+    /// [`LockError::NotHeld`] when it holds nothing there (another owner's
+    /// lock is never touched); [`LockError::Lost`] when its lease had
+    /// already been lost.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future does not stop the release.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_lock::{LockError, Locker};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), LockError> {
+    /// let locker = Locker::in_memory();
+    /// let _guard = locker.acquire("k", Duration::from_secs(5)).await?;
+    /// locker.release("k").await?;
+    /// assert!(matches!(locker.release("k").await, Err(LockError::NotHeld)));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn release(&self, key: &str) -> Result<(), LockError> {
+        validate_key(key)?;
+        let runtime = current_runtime()?;
+        let (_, held) = self.inner.held.remove(key).ok_or(LockError::NotHeld)?;
+        RunToEnd::new(runtime, held.release(self.inner.clone()), |_| async {}).await
+    }
+
+    async fn lock(
+        &self,
+        key: &str,
+        ttl: Duration,
+        deadline: Option<Instant>,
+    ) -> Result<LockGuard, LockError> {
+        validate_key(key)?;
+        validate_ttl(ttl)?;
+        let runtime = current_runtime()?;
+        let key: Arc<str> = key.into();
+        let mut remaining = None;
+        let mut seen_busy = false;
+        // Nobody of ours is queued: try at once (queued waiters go first).
+        if !self.inner.gates.contains_key(&*key) {
+            match self.attempt(&runtime, &key, ttl).await? {
+                Ok(guard) => return Ok(guard),
+                Err(left) => (remaining, seen_busy) = (left, true),
+            }
+        }
+        tracing::debug!(%key, "lock contended; waiting");
+        let queue = QueueTicket::join(&self.inner, &key);
+        let Some(_turn) = until(deadline, queue.gate().lock()).await else {
+            return Err(LockError::Busy {
+                retry_after: remaining,
+            });
+        };
+        let mut wakeups = match self.inner.backend.subscribe(&key).await {
+            Ok(wakeups) => wakeups,
+            Err(err) => {
+                tracing::warn!(%key, error = %err, "no wake-ups for this wait; polling");
+                Subscription::never()
+            }
+        };
+        let mut backoff = BACKOFF_START;
+        loop {
+            match self.attempt(&runtime, &key, ttl).await {
+                Ok(Ok(guard)) => return Ok(guard),
+                Ok(Err(left)) => (remaining, seen_busy) = (left, true),
+                Err(err) if !seen_busy => return Err(err),
+                Err(err) => {
+                    tracing::warn!(%key, error = %err, "lock store failed while waiting; retrying");
+                    remaining = None;
+                }
+            }
+            let pause = remaining
+                .map_or(backoff, |left| left.min(backoff))
+                .max(Duration::from_millis(1));
+            let woken = until(deadline, async {
+                tokio::select! {
+                    () = wakeups.changed() => true,
+                    () = tokio::time::sleep(pause) => false,
+                }
+            })
+            .await;
+            match woken {
+                None => {
+                    return Err(LockError::Busy {
+                        retry_after: remaining,
+                    });
+                }
+                Some(true) => backoff = BACKOFF_START,
+                Some(false) => backoff = (backoff * 2).min(BACKOFF_MAX),
+            }
+        }
+    }
+
+    /// One try at the store. `Err` inside `Ok` is "busy", with the holder's
+    /// remaining lease when known.
+    async fn attempt(
+        &self,
+        runtime: &Handle,
+        key: &Arc<str>,
+        ttl: Duration,
+    ) -> Result<Result<LockGuard, Option<Duration>>, LockError> {
+        let token = Token::new();
+        let sent_at = Instant::now();
+        let request = {
+            let (backend, key) = (self.inner.backend.clone(), key.clone());
+            async move { backend.try_acquire(&key, token, ttl).await }
+        };
+        // If the caller goes away mid-request, a lock it was granted is
+        // nobody's: give it back.
+        let cleanup = {
+            let (backend, key) = (self.inner.backend.clone(), key.clone());
+            move |outcome: Result<Attempt, LockError>| async move {
+                if let Ok(Attempt::Acquired { fence, revision }) = outcome {
+                    let lease = Lease {
+                        token,
+                        fence,
+                        revision,
+                    };
+                    let _ = backend.release(&key, &lease).await;
+                }
+            }
+        };
+        match RunToEnd::new(runtime.clone(), request, cleanup).await? {
+            Attempt::Acquired { fence, revision } => {
+                let held = Arc::new(HeldLease::new(
+                    key.clone(),
+                    token,
+                    fence,
+                    revision,
+                    ttl,
+                    sent_at,
+                ));
+                if let Some(stale) = self.inner.held.insert(key.clone(), held.clone()) {
+                    // The store granted the key again, so the earlier lease
+                    // of ours on it has run out.
+                    stale.end();
+                }
+                if self.auto_renew {
+                    held.start_renewal(&self.inner, runtime);
+                }
+                tracing::debug!(%key, fence, "lock acquired");
+                Ok(Ok(LockGuard::new(
+                    held,
+                    self.inner.clone(),
+                    runtime.clone(),
+                )))
+            }
+            Attempt::Busy { remaining } => Ok(Err(remaining)),
+        }
+    }
+}
+
+impl fmt::Debug for Locker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Locker")
+            .field("backend", &self.inner.backend)
+            .field("held", &self.inner.held.len())
+            .field("queued_keys", &self.inner.gates.len())
+            .field("auto_renew", &self.auto_renew)
+            .finish()
+    }
+}
+
+fn current_runtime() -> Result<Handle, LockError> {
+    Handle::try_current().map_err(LockError::unavailable)
+}
+
+/// Runs `future` until `deadline`; `None` if the deadline came first.
+async fn until<T>(deadline: Option<Instant>, future: impl Future<Output = T>) -> Option<T> {
+    match deadline {
+        None => Some(future.await),
+        Some(deadline) => tokio::time::timeout_at(deadline, future).await.ok(),
+    }
+}
+
+/// A place in a key's local queue; the queue's entry goes with its last
+/// ticket, so keys nobody waits for leave nothing behind.
+struct QueueTicket<'a> {
+    locker: &'a LockerInner,
+    key: &'a Arc<str>,
+    gate: Arc<Gate>,
+}
+
+impl<'a> QueueTicket<'a> {
+    fn join(locker: &'a LockerInner, key: &'a Arc<str>) -> Self {
+        let gate = locker.gates.entry(key.clone()).or_default().clone();
+        QueueTicket { locker, key, gate }
+    }
+
+    fn gate(&self) -> &Gate {
+        &self.gate
+    }
+}
+
+impl Drop for QueueTicket<'_> {
+    fn drop(&mut self) {
+        // Clones are only made under the map's shard lock, which `remove_if`
+        // holds: two references (the map's and ours) mean nobody else waits.
+        self.locker
+            .gates
+            .remove_if(&**self.key, |_, gate| Arc::strong_count(gate) == 2);
+    }
+}

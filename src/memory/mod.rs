@@ -1,0 +1,223 @@
+//! The in-memory backend: the embedded default, and several nodes sharing
+//! one table over a [`Bus`].
+//!
+//! Standalone, the table is sharded across mutexes (no global lock on the
+//! hot path) and leases expire on the process's monotonic clock. With a bus,
+//! every node replicates the table from the bus's ordered events and judges
+//! expiry by the bus's stamps (see [`bus`](crate::bus)).
+//!
+//! Fences come from one counter per backend (standalone) or from the bus's
+//! sequence numbers (shared), so they increase strictly across all keys and
+//! need no per-key entry: a released key leaves nothing behind.
+//!
+//! # Examples
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower_lock::{memory::MemoryBackend, Locker};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), tower_lock::LockError> {
+//! let backend = MemoryBackend::new();
+//! // Two independent lockers (two owners) over one table.
+//! let alice = Locker::new(backend.clone());
+//! let bob = Locker::new(backend.clone());
+//!
+//! let guard = alice.acquire("doc:1", Duration::from_secs(5)).await?;
+//! assert!(bob.try_lock("doc:1", Duration::from_secs(5)).await?.is_none());
+//! guard.release().await?;
+//! assert_eq!(backend.len(), 0);
+//! # Ok(())
+//! # }
+//! ```
+
+mod replica;
+mod table;
+
+use std::{
+    fmt,
+    hash::BuildHasher,
+    sync::{
+        Arc, Mutex, MutexGuard, PoisonError,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use self::{
+    replica::Replica,
+    table::{Released, Table},
+};
+use crate::{
+    LockError,
+    backend::{Attempt, Backend, Lease, Subscription, Token, WakeRegistry},
+    bus::Bus,
+};
+
+/// An in-process lock table; see the [module docs](self).
+///
+/// Cheap to clone: clones share the table. Lockers over clones are distinct
+/// owners of their locks.
+#[derive(Clone)]
+pub struct MemoryBackend {
+    inner: Arc<Inner>,
+}
+
+enum Inner {
+    Standalone(Standalone),
+    Replicated(Replica),
+}
+
+struct Standalone {
+    shards: Box<[Mutex<Table>]>,
+    hasher: std::collections::hash_map::RandomState,
+    epoch: Instant,
+    fences: AtomicU64,
+    wakeups: WakeRegistry,
+}
+
+const SHARDS: usize = 64;
+
+impl MemoryBackend {
+    /// A standalone table for this process.
+    pub fn new() -> Self {
+        MemoryBackend {
+            inner: Arc::new(Inner::Standalone(Standalone {
+                shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+                hasher: Default::default(),
+                epoch: Instant::now(),
+                fences: AtomicU64::new(0),
+                wakeups: WakeRegistry::default(),
+            })),
+        }
+    }
+
+    /// A node that shares its table with every other node on `bus`.
+    ///
+    /// The node subscribes at once, so it sees every event from now on. It
+    /// applies events on a task it starts on the tokio runtime of its first
+    /// operation; the task ends when the last clone of the backend is
+    /// dropped. See [`bus`](crate::bus) for an example.
+    pub fn with_bus(bus: impl Bus) -> Self {
+        MemoryBackend {
+            inner: Arc::new(Inner::Replicated(Replica::new(Arc::new(bus)))),
+        }
+    }
+
+    /// How many leases the table holds now, including expired ones not yet
+    /// swept. Released keys are removed at once; expired ones are swept as
+    /// the table grows, so it holds at most about twice the live leases.
+    pub fn len(&self) -> usize {
+        match &*self.inner {
+            Inner::Standalone(s) => s.shards.iter().map(|shard| lock(shard).len()).sum(),
+            Inner::Replicated(r) => r.len(),
+        }
+    }
+
+    /// Whether the table holds no lease.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// How many keys have waiters subscribed for wake-ups on this node.
+    pub fn watched_keys(&self) -> usize {
+        match &*self.inner {
+            Inner::Standalone(s) => s.wakeups.len(),
+            Inner::Replicated(r) => r.wakeups().len(),
+        }
+    }
+}
+
+impl Default for MemoryBackend {
+    fn default() -> Self {
+        MemoryBackend::new()
+    }
+}
+
+impl fmt::Debug for MemoryBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mode = match &*self.inner {
+            Inner::Standalone(_) => "standalone",
+            Inner::Replicated(_) => "bus",
+        };
+        f.debug_struct("MemoryBackend")
+            .field("mode", &mode)
+            .field("leases", &self.len())
+            .finish()
+    }
+}
+
+impl Standalone {
+    fn shard(&self, key: &str) -> MutexGuard<'_, Table> {
+        let index = self.hasher.hash_one(key) as usize % SHARDS;
+        lock(&self.shards[index])
+    }
+
+    fn now(&self) -> Duration {
+        self.epoch.elapsed()
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Table operations cannot panic half-way, so a poisoned shard is intact.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[async_trait::async_trait]
+impl Backend for MemoryBackend {
+    async fn try_acquire(
+        &self,
+        key: &str,
+        token: Token,
+        ttl: Duration,
+    ) -> Result<Attempt, LockError> {
+        match &*self.inner {
+            Inner::Standalone(s) => {
+                let now = s.now();
+                Ok(s.shard(key).try_acquire(key, token, ttl, now, || {
+                    s.fences.fetch_add(1, Ordering::Relaxed) + 1
+                }))
+            }
+            Inner::Replicated(r) => r.try_acquire(key, token, ttl).await,
+        }
+    }
+
+    async fn extend(
+        &self,
+        key: &str,
+        lease: &Lease,
+        ttl: Duration,
+    ) -> Result<Option<u64>, LockError> {
+        match &*self.inner {
+            Inner::Standalone(s) => {
+                let now = s.now();
+                Ok(s.shard(key).extend(key, lease, ttl, now))
+            }
+            Inner::Replicated(r) => r.extend(key, lease, ttl).await,
+        }
+    }
+
+    async fn release(&self, key: &str, lease: &Lease) -> Result<bool, LockError> {
+        match &*self.inner {
+            Inner::Standalone(s) => {
+                let now = s.now();
+                let released = s.shard(key).release(key, lease, now);
+                match released {
+                    Released::Held => {
+                        s.wakeups.notify(key);
+                        Ok(true)
+                    }
+                    Released::Lost => Ok(false),
+                }
+            }
+            Inner::Replicated(r) => r.release(key, lease).await,
+        }
+    }
+
+    async fn subscribe(&self, key: &str) -> Result<Subscription, LockError> {
+        match &*self.inner {
+            Inner::Standalone(s) => Ok(s.wakeups.subscribe(key)),
+            Inner::Replicated(r) => Ok(r.wakeups().subscribe(key)),
+        }
+    }
+}

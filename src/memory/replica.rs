@@ -1,0 +1,235 @@
+//! A node's replica of a lock table shared over a [`Bus`].
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use tokio::{
+    runtime::Handle,
+    sync::{mpsc, oneshot},
+    task::AbortHandle,
+};
+
+use super::{
+    lock,
+    table::{Released, Table},
+};
+use crate::{
+    LockError,
+    backend::{Attempt, Lease, Token, WakeRegistry},
+    bus::{Bus, Command, Event, Origin},
+};
+
+pub(super) struct Replica {
+    bus: Arc<dyn Bus>,
+    node: u64,
+    requests: AtomicU64,
+    state: Arc<ReplicaState>,
+    pump: Mutex<Pump>,
+}
+
+/// What the pump task shares with the node's requests.
+struct ReplicaState {
+    node: u64,
+    table: Mutex<Table>,
+    /// Requests of this node that are on the bus and not yet applied.
+    pending: Mutex<HashMap<u64, oneshot::Sender<Outcome>>>,
+    wakeups: WakeRegistry,
+}
+
+enum Pump {
+    /// Events queue in the receiver until the first operation starts the
+    /// pump on its runtime.
+    Idle(mpsc::UnboundedReceiver<Arc<Event>>),
+    Running(AbortHandle),
+    Starting,
+}
+
+enum Outcome {
+    Acquire(Attempt),
+    Extend(Option<u64>),
+    Release(bool),
+}
+
+impl Replica {
+    pub(super) fn new(bus: Arc<dyn Bus>) -> Self {
+        let events = bus.subscribe();
+        let node = uuid::Uuid::new_v4().as_u64_pair().0;
+        Replica {
+            bus,
+            node,
+            requests: AtomicU64::new(0),
+            state: Arc::new(ReplicaState {
+                node,
+                table: Mutex::default(),
+                pending: Mutex::default(),
+                wakeups: WakeRegistry::default(),
+            }),
+            pump: Mutex::new(Pump::Idle(events)),
+        }
+    }
+
+    pub(super) fn len(&self) -> usize {
+        lock(&self.state.table).len()
+    }
+
+    pub(super) fn wakeups(&self) -> &WakeRegistry {
+        &self.state.wakeups
+    }
+
+    pub(super) async fn try_acquire(
+        &self,
+        key: &str,
+        token: Token,
+        ttl: Duration,
+    ) -> Result<Attempt, LockError> {
+        let outcome = self
+            .request(|origin| Command::Acquire {
+                origin,
+                key: key.into(),
+                token,
+                ttl,
+            })
+            .await?;
+        match outcome {
+            Outcome::Acquire(attempt) => Ok(attempt),
+            _ => Err(mismatch()),
+        }
+    }
+
+    pub(super) async fn extend(
+        &self,
+        key: &str,
+        lease: &Lease,
+        ttl: Duration,
+    ) -> Result<Option<u64>, LockError> {
+        let outcome = self
+            .request(|origin| Command::Extend {
+                origin,
+                key: key.into(),
+                lease: *lease,
+                ttl,
+            })
+            .await?;
+        match outcome {
+            Outcome::Extend(revision) => Ok(revision),
+            _ => Err(mismatch()),
+        }
+    }
+
+    pub(super) async fn release(&self, key: &str, lease: &Lease) -> Result<bool, LockError> {
+        let outcome = self
+            .request(|origin| Command::Release {
+                origin,
+                key: key.into(),
+                lease: *lease,
+            })
+            .await?;
+        match outcome {
+            Outcome::Release(held) => Ok(held),
+            _ => Err(mismatch()),
+        }
+    }
+
+    /// Publishes a command and waits until this node applies it in bus
+    /// order: the outcome is what every replica decided.
+    async fn request(&self, command: impl FnOnce(Origin) -> Command) -> Result<Outcome, LockError> {
+        self.start_pump()?;
+        let request = self.requests.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        lock(&self.state.pending).insert(request, tx);
+        let pending = PendingRequest {
+            state: &self.state,
+            request,
+        };
+        self.bus
+            .publish(command(Origin {
+                node: self.node,
+                request,
+            }))
+            .await?;
+        let outcome = rx
+            .await
+            .map_err(|_| LockError::unavailable("the bus node's event task has stopped"));
+        drop(pending);
+        outcome
+    }
+
+    fn start_pump(&self) -> Result<(), LockError> {
+        let mut pump = lock(&self.pump);
+        if !matches!(*pump, Pump::Idle(_)) {
+            return Ok(());
+        }
+        let handle = Handle::try_current().map_err(LockError::unavailable)?;
+        let Pump::Idle(events) = std::mem::replace(&mut *pump, Pump::Starting) else {
+            return Ok(());
+        };
+        let task = handle.spawn(apply_events(events, self.state.clone()));
+        *pump = Pump::Running(task.abort_handle());
+        Ok(())
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        if let Pump::Running(task) = &*lock(&self.pump) {
+            task.abort();
+        }
+    }
+}
+
+/// Removes a request's entry if its caller stops waiting before the outcome.
+struct PendingRequest<'a> {
+    state: &'a ReplicaState,
+    request: u64,
+}
+
+impl Drop for PendingRequest<'_> {
+    fn drop(&mut self) {
+        lock(&self.state.pending).remove(&self.request);
+    }
+}
+
+fn mismatch() -> LockError {
+    LockError::unavailable("the bus answered a request with another command's outcome")
+}
+
+async fn apply_events(mut events: mpsc::UnboundedReceiver<Arc<Event>>, state: Arc<ReplicaState>) {
+    while let Some(event) = events.recv().await {
+        let outcome = apply(&state, &event);
+        let origin = event.command.origin();
+        if origin.node == state.node
+            && let Some(tx) = lock(&state.pending).remove(&origin.request)
+        {
+            // The caller may have stopped waiting; `Locker` then releases
+            // an acquisition it no longer wants.
+            let _ = tx.send(outcome);
+        }
+    }
+}
+
+fn apply(state: &ReplicaState, event: &Event) -> Outcome {
+    let mut table = lock(&state.table);
+    let now = event.stamp;
+    match &event.command {
+        Command::Acquire {
+            key, token, ttl, ..
+        } => Outcome::Acquire(table.try_acquire(key, *token, *ttl, now, || event.seq)),
+        Command::Extend {
+            key, lease, ttl, ..
+        } => Outcome::Extend(table.extend(key, lease, *ttl, now)),
+        Command::Release { key, lease, .. } => {
+            let held = matches!(table.release(key, lease, now), Released::Held);
+            drop(table);
+            if held {
+                state.wakeups.notify(key);
+            }
+            Outcome::Release(held)
+        }
+    }
+}
