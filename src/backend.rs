@@ -141,6 +141,28 @@ pub trait Backend: fmt::Debug + Send + Sync + 'static {
     /// not deliver wake-ups may return [`Subscription::never`]; waiters then
     /// fall back to their backoff timer.
     async fn subscribe(&self, key: &str) -> Result<Subscription, LockError>;
+
+    /// Answers [`try_acquire`](Self::try_acquire) on the spot, for a store
+    /// inside this process; `None` (the default) means "this needs I/O: call
+    /// `try_acquire`". A synchronous answer needs no future, and can not be
+    /// cancelled half-way.
+    fn try_acquire_now(
+        &self,
+        key: &str,
+        token: Token,
+        ttl: Duration,
+    ) -> Option<Result<Attempt, LockError>> {
+        let _ = (key, token, ttl);
+        None
+    }
+
+    /// Answers [`release`](Self::release) on the spot, like
+    /// [`try_acquire_now`](Self::try_acquire_now). It also lets a guard
+    /// dropped outside any runtime release at once.
+    fn release_now(&self, key: &str, lease: &Lease) -> Option<Result<bool, LockError>> {
+        let _ = (key, lease);
+        None
+    }
 }
 
 #[async_trait::async_trait]
@@ -169,6 +191,19 @@ impl<B: Backend + ?Sized> Backend for Arc<B> {
 
     async fn subscribe(&self, key: &str) -> Result<Subscription, LockError> {
         (**self).subscribe(key).await
+    }
+
+    fn try_acquire_now(
+        &self,
+        key: &str,
+        token: Token,
+        ttl: Duration,
+    ) -> Option<Result<Attempt, LockError>> {
+        (**self).try_acquire_now(key, token, ttl)
+    }
+
+    fn release_now(&self, key: &str, lease: &Lease) -> Option<Result<bool, LockError>> {
+        (**self).release_now(key, lease)
     }
 }
 

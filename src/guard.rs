@@ -4,13 +4,13 @@ use std::{
     fmt,
     future::Future,
     sync::{
-        Arc, OnceLock,
+        Arc, Mutex, OnceLock, PoisonError,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::Duration,
 };
 
-use tokio::{runtime::Handle, sync::watch, task::AbortHandle, time::Instant};
+use tokio::{runtime::Handle, sync::Notify, task::AbortHandle, time::Instant};
 
 use crate::{
     LockError,
@@ -75,7 +75,9 @@ pub(crate) struct HeldLease {
     ttl: Duration,
     revision: AtomicU64,
     released: AtomicBool,
-    status: watch::Sender<LeaseStatus>,
+    status: Mutex<LeaseStatus>,
+    /// Wakes `lost()` futures when the status changes.
+    status_changed: Notify,
     /// Serialises renewals with the release, so that a release always sees
     /// the revision of the last extension and never races one in flight.
     op: tokio::sync::Mutex<()>,
@@ -107,10 +109,11 @@ impl HeldLease {
             ttl,
             revision: AtomicU64::new(revision),
             released: AtomicBool::new(false),
-            status: watch::Sender::new(LeaseStatus {
+            status: Mutex::new(LeaseStatus {
                 deadline: sent_at + ttl,
                 over: false,
             }),
+            status_changed: Notify::new(),
             op: tokio::sync::Mutex::new(()),
             renewal: OnceLock::new(),
         }
@@ -126,8 +129,17 @@ impl HeldLease {
 
     /// Marks the lease as no longer to be counted on (lost or released).
     pub(crate) fn end(&self) {
-        self.status
-            .send_if_modified(|status| !std::mem::replace(&mut status.over, true));
+        self.update_status(|status| status.over = true);
+    }
+
+    fn status(&self) -> LeaseStatus {
+        // A status is two plain fields, consistent at every step.
+        *self.status.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn update_status(&self, update: impl FnOnce(&mut LeaseStatus)) {
+        update(&mut self.status.lock().unwrap_or_else(PoisonError::into_inner));
+        self.status_changed.notify_waiters();
     }
 
     /// Releases the lease in the store, once, whoever asks first (the guard,
@@ -137,15 +149,42 @@ impl HeldLease {
         locker: Arc<LockerInner>,
     ) -> Result<(), LockError> {
         let _op = self.op.lock().await;
-        if self.released.swap(true, Ordering::AcqRel) {
+        if !self.mark_released(&locker) {
             return Err(LockError::NotHeld);
+        }
+        let outcome = locker.backend.release(&self.key, &self.lease()).await;
+        self.settle(outcome)
+    }
+
+    /// [`release`](Self::release) without a future, when the backend can
+    /// answer on the spot and no renewal is under way; `None` otherwise,
+    /// having changed nothing.
+    pub(crate) fn release_now(&self, locker: &LockerInner) -> Option<Result<(), LockError>> {
+        let _op = self.op.try_lock().ok()?;
+        if self.released.load(Ordering::Acquire) {
+            return Some(Err(LockError::NotHeld));
+        }
+        let outcome = locker.backend.release_now(&self.key, &self.lease())?;
+        self.mark_released(locker);
+        Some(self.settle(outcome))
+    }
+
+    /// Stops renewal and bookkeeping; `false` if somebody released first.
+    /// Callers hold `op`.
+    fn mark_released(&self, locker: &LockerInner) -> bool {
+        if self.released.swap(true, Ordering::AcqRel) {
+            return false;
         }
         if let Some(renewal) = self.renewal.get() {
             renewal.abort();
         }
         self.end();
-        locker.forget(&self);
-        match locker.backend.release(&self.key, &self.lease()).await {
+        locker.forget(self);
+        true
+    }
+
+    fn settle(&self, outcome: Result<bool, LockError>) -> Result<(), LockError> {
+        match outcome {
             Ok(true) => {
                 tracing::debug!(key = %self.key, fence = self.fence, "lock released");
                 Ok(())
@@ -177,8 +216,7 @@ impl HeldLease {
         match locker.backend.extend(&self.key, &self.lease(), ttl).await? {
             Some(revision) => {
                 self.revision.store(revision, Ordering::Release);
-                self.status
-                    .send_modify(|status| status.deadline = sent_at + ttl);
+                self.update_status(|status| status.deadline = sent_at + ttl);
                 Ok(())
             }
             None => {
@@ -190,7 +228,7 @@ impl HeldLease {
     }
 
     fn is_lost(&self) -> bool {
-        let status = *self.status.borrow();
+        let status = self.status();
         status.over || Instant::now() >= status.deadline
     }
 }
@@ -204,7 +242,7 @@ async fn renew(held: Arc<HeldLease>, locker: Arc<LockerInner>) {
             Ok(()) => next = Instant::now() + period,
             Err(LockError::Lost | LockError::NotHeld) => return,
             Err(err) => {
-                let deadline = held.status.borrow().deadline;
+                let deadline = held.status().deadline;
                 if Instant::now() >= deadline {
                     held.end();
                     tracing::warn!(key = %held.key, error = %err, "lease lost: renewal failed until it ran out");
@@ -288,27 +326,26 @@ impl LockGuard {
     /// # }
     /// ```
     pub fn lost(&self) -> impl Future<Output = ()> + Send + use<> {
-        let mut status = self.parts.as_ref().map(|p| p.held.status.subscribe());
+        let held = self.parts.as_ref().map(|p| p.held.clone());
         async move {
-            let Some(status) = status.as_mut() else {
+            let Some(held) = held else {
                 return;
             };
             loop {
-                let LeaseStatus { deadline, over } = *status.borrow_and_update();
+                // `notify_waiters` reaches a `Notified` from its creation, so
+                // a change between the read below and the wait is not missed.
+                let changed = held.status_changed.notified();
+                let LeaseStatus { deadline, over } = held.status();
                 if over {
                     return;
                 }
                 tokio::select! {
-                    _ = tokio::time::sleep_until(deadline) => {
-                        if status.borrow().deadline <= deadline {
+                    () = tokio::time::sleep_until(deadline) => {
+                        if held.status().deadline <= deadline {
                             return;
                         }
                     }
-                    changed = status.changed() => {
-                        if changed.is_err() {
-                            return;
-                        }
-                    }
+                    () = changed => {}
                 }
             }
         }
@@ -364,6 +401,9 @@ impl LockGuard {
         else {
             return Err(LockError::NotHeld);
         };
+        if let Some(released) = held.release_now(&locker) {
+            return released;
+        }
         RunToEnd::new(runtime, held.release(locker), |_| async {}).await
     }
 }
@@ -376,6 +416,7 @@ impl Drop for LockGuard {
             runtime,
         }) = self.parts.take()
             && !held.released.load(Ordering::Acquire)
+            && held.release_now(&locker).is_none()
         {
             // A runtime that has shut down drops the task instead of running
             // it: no panic, and the lease ends at its ttl.

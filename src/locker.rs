@@ -1,7 +1,14 @@
 //! [`Locker`]: the front type, and the wait strategy shared by every
 //! backend.
 
-use std::{fmt, sync::Arc, time::Duration};
+use std::{
+    fmt,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
 use dashmap::DashMap;
 use tokio::{runtime::Handle, time::Instant};
@@ -11,7 +18,7 @@ use crate::{
     backend::{Attempt, Backend, Lease, Subscription, Token},
     guard::HeldLease,
     key::{validate_key, validate_ttl},
-    memory::MemoryBackend,
+    memory::{KeyHasher, MemoryBackend},
     run_to_end::RunToEnd,
 };
 
@@ -74,18 +81,20 @@ pub struct Locker {
 pub(crate) struct LockerInner {
     pub(crate) backend: Arc<dyn Backend>,
     /// What this owner holds, for `Locker::release(key)`.
-    held: DashMap<Arc<str>, Arc<HeldLease>>,
+    held: DashMap<Arc<str>, Arc<HeldLease>, KeyHasher>,
     /// One FIFO queue per key that has local waiters; the task holding the
     /// gate is the only one talking to the store for that key.
-    gates: DashMap<Arc<str>, Arc<Gate>>,
+    gates: DashMap<Arc<str>, Arc<Gate>, KeyHasher>,
+    /// Live queue tickets: lets the uncontended path skip the `gates` lookup.
+    queued: AtomicUsize,
 }
 
 type Gate = tokio::sync::Mutex<()>;
 
 impl LockerInner {
-    pub(crate) fn forget(&self, held: &Arc<HeldLease>) {
+    pub(crate) fn forget(&self, held: &HeldLease) {
         self.held
-            .remove_if(&*held.key, |_, current| Arc::ptr_eq(current, held));
+            .remove_if(&*held.key, |_, current| std::ptr::eq(&**current, held));
     }
 }
 
@@ -114,8 +123,9 @@ impl Locker {
         Locker {
             inner: Arc::new(LockerInner {
                 backend,
-                held: DashMap::new(),
-                gates: DashMap::new(),
+                held: DashMap::default(),
+                gates: DashMap::default(),
+                queued: AtomicUsize::new(0),
             }),
             auto_renew: false,
         }
@@ -302,6 +312,9 @@ impl Locker {
         validate_key(key)?;
         let runtime = current_runtime()?;
         let (_, held) = self.inner.held.remove(key).ok_or(LockError::NotHeld)?;
+        if let Some(released) = held.release_now(&self.inner) {
+            return released;
+        }
         RunToEnd::new(runtime, held.release(self.inner.clone()), |_| async {}).await
     }
 
@@ -318,7 +331,7 @@ impl Locker {
         let mut remaining = None;
         let mut seen_busy = false;
         // Nobody of ours is queued: try at once (queued waiters go first).
-        if !self.inner.gates.contains_key(&*key) {
+        if self.inner.queued.load(Ordering::Acquire) == 0 || !self.inner.gates.contains_key(&*key) {
             match self.attempt(&runtime, &key, ttl).await? {
                 Ok(guard) => return Ok(guard),
                 Err(left) => (remaining, seen_busy) = (left, true),
@@ -381,26 +394,11 @@ impl Locker {
     ) -> Result<Result<LockGuard, Option<Duration>>, LockError> {
         let token = Token::new();
         let sent_at = Instant::now();
-        let request = {
-            let (backend, key) = (self.inner.backend.clone(), key.clone());
-            async move { backend.try_acquire(&key, token, ttl).await }
+        let outcome = match self.inner.backend.try_acquire_now(key, token, ttl) {
+            Some(outcome) => outcome?,
+            None => self.request(runtime, key, token, ttl).await?,
         };
-        // If the caller goes away mid-request, a lock it was granted is
-        // nobody's: give it back.
-        let cleanup = {
-            let (backend, key) = (self.inner.backend.clone(), key.clone());
-            move |outcome: Result<Attempt, LockError>| async move {
-                if let Ok(Attempt::Acquired { fence, revision }) = outcome {
-                    let lease = Lease {
-                        token,
-                        fence,
-                        revision,
-                    };
-                    let _ = backend.release(&key, &lease).await;
-                }
-            }
-        };
-        match RunToEnd::new(runtime.clone(), request, cleanup).await? {
+        match outcome {
             Attempt::Acquired { fence, revision } => {
                 let held = Arc::new(HeldLease::new(
                     key.clone(),
@@ -427,6 +425,35 @@ impl Locker {
             }
             Attempt::Busy { remaining } => Ok(Err(remaining)),
         }
+    }
+
+    /// A try that needs I/O. If the caller goes away mid-request, a lock it
+    /// was granted is nobody's: it is given back.
+    async fn request(
+        &self,
+        runtime: &Handle,
+        key: &Arc<str>,
+        token: Token,
+        ttl: Duration,
+    ) -> Result<Attempt, LockError> {
+        let request = {
+            let (backend, key) = (self.inner.backend.clone(), key.clone());
+            async move { backend.try_acquire(&key, token, ttl).await }
+        };
+        let cleanup = {
+            let (backend, key) = (self.inner.backend.clone(), key.clone());
+            move |outcome: Result<Attempt, LockError>| async move {
+                if let Ok(Attempt::Acquired { fence, revision }) = outcome {
+                    let lease = Lease {
+                        token,
+                        fence,
+                        revision,
+                    };
+                    let _ = backend.release(&key, &lease).await;
+                }
+            }
+        };
+        RunToEnd::new(runtime.clone(), request, cleanup).await
     }
 }
 
@@ -463,6 +490,7 @@ struct QueueTicket<'a> {
 
 impl<'a> QueueTicket<'a> {
     fn join(locker: &'a LockerInner, key: &'a Arc<str>) -> Self {
+        locker.queued.fetch_add(1, Ordering::AcqRel);
         let gate = locker.gates.entry(key.clone()).or_default().clone();
         QueueTicket { locker, key, gate }
     }
@@ -479,5 +507,6 @@ impl Drop for QueueTicket<'_> {
         self.locker
             .gates
             .remove_if(&**self.key, |_, gate| Arc::strong_count(gate) == 2);
+        self.locker.queued.fetch_sub(1, Ordering::AcqRel);
     }
 }

@@ -44,6 +44,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub(crate) use self::table::KeyHasher;
 use self::{
     replica::Replica,
     table::{Released, Table},
@@ -70,7 +71,7 @@ enum Inner {
 
 struct Standalone {
     shards: Box<[Mutex<Table>]>,
-    hasher: std::collections::hash_map::RandomState,
+    hasher: KeyHasher,
     epoch: Instant,
     fences: AtomicU64,
     wakeups: WakeRegistry,
@@ -156,6 +157,25 @@ impl Standalone {
     fn now(&self) -> Duration {
         self.epoch.elapsed()
     }
+
+    fn try_acquire(&self, key: &str, token: Token, ttl: Duration) -> Attempt {
+        let now = self.now();
+        self.shard(key).try_acquire(key, token, ttl, now, || {
+            self.fences.fetch_add(1, Ordering::Relaxed) + 1
+        })
+    }
+
+    fn release(&self, key: &str, lease: &Lease) -> bool {
+        let now = self.now();
+        let released = self.shard(key).release(key, lease, now);
+        match released {
+            Released::Held => {
+                self.wakeups.notify(key);
+                true
+            }
+            Released::Lost => false,
+        }
+    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -172,12 +192,7 @@ impl Backend for MemoryBackend {
         ttl: Duration,
     ) -> Result<Attempt, LockError> {
         match &*self.inner {
-            Inner::Standalone(s) => {
-                let now = s.now();
-                Ok(s.shard(key).try_acquire(key, token, ttl, now, || {
-                    s.fences.fetch_add(1, Ordering::Relaxed) + 1
-                }))
-            }
+            Inner::Standalone(s) => Ok(s.try_acquire(key, token, ttl)),
             Inner::Replicated(r) => r.try_acquire(key, token, ttl).await,
         }
     }
@@ -199,17 +214,7 @@ impl Backend for MemoryBackend {
 
     async fn release(&self, key: &str, lease: &Lease) -> Result<bool, LockError> {
         match &*self.inner {
-            Inner::Standalone(s) => {
-                let now = s.now();
-                let released = s.shard(key).release(key, lease, now);
-                match released {
-                    Released::Held => {
-                        s.wakeups.notify(key);
-                        Ok(true)
-                    }
-                    Released::Lost => Ok(false),
-                }
-            }
+            Inner::Standalone(s) => Ok(s.release(key, lease)),
             Inner::Replicated(r) => r.release(key, lease).await,
         }
     }
@@ -218,6 +223,26 @@ impl Backend for MemoryBackend {
         match &*self.inner {
             Inner::Standalone(s) => Ok(s.wakeups.subscribe(key)),
             Inner::Replicated(r) => Ok(r.wakeups().subscribe(key)),
+        }
+    }
+
+    fn try_acquire_now(
+        &self,
+        key: &str,
+        token: Token,
+        ttl: Duration,
+    ) -> Option<Result<Attempt, LockError>> {
+        match &*self.inner {
+            Inner::Standalone(s) => Some(Ok(s.try_acquire(key, token, ttl))),
+            // A replica's answer comes back over the bus.
+            Inner::Replicated(_) => None,
+        }
+    }
+
+    fn release_now(&self, key: &str, lease: &Lease) -> Option<Result<bool, LockError>> {
+        match &*self.inner {
+            Inner::Standalone(s) => Some(Ok(s.release(key, lease))),
+            Inner::Replicated(_) => None,
         }
     }
 }

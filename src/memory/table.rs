@@ -9,6 +9,10 @@ use std::{collections::HashMap, time::Duration};
 
 use crate::backend::{Attempt, Lease, Token};
 
+/// Keys may come from HTTP requests, so the hasher is seeded per process;
+/// foldhash's quality variant is that at a fraction of SipHash's cost.
+pub(crate) type KeyHasher = foldhash::quality::RandomState;
+
 #[derive(Debug)]
 struct Entry {
     token: Token,
@@ -20,7 +24,7 @@ struct Entry {
 /// swept out lazily, so the table holds at most about twice the live leases.
 #[derive(Debug, Default)]
 pub(crate) struct Table {
-    entries: HashMap<Box<str>, Entry>,
+    entries: HashMap<Box<str>, Entry, KeyHasher>,
     // Sweep when the table grows past this: amortised O(1) per insert.
     sweep_at: usize,
 }
