@@ -240,9 +240,20 @@ pub async fn cancelled_waiters_leave_nothing_behind<H: Harness>(h: &H) {
 pub async fn cancelled_requests_leave_no_lock<H: Harness>(h: &H) {
     let (a, b) = (h.locker().await, h.locker().await);
     let k = key("cancel-mid");
-    // Cut acquisitions off at every point of their request to the store.
-    for step in 0..40u64 {
-        let cut = Duration::from_micros(step * 50);
+    // Cut acquisitions off at every point of their request to the store:
+    // after a given number of polls, then after a given time.
+    for polls in 1..=30 {
+        let mut acquire = std::pin::pin!(a.acquire(&k, LONG));
+        for _ in 0..polls {
+            if let std::task::Poll::Ready(result) = futures_util::poll!(acquire.as_mut()) {
+                result.expect("acquire").release().await.expect("release");
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+    }
+    for step in 0..20u64 {
+        let cut = Duration::from_micros(step * 100);
         if let Ok(Ok(guard)) = tokio::time::timeout(cut, a.acquire(&k, LONG)).await {
             guard.release().await.expect("release");
         }

@@ -1,0 +1,249 @@
+//! The wait strategy and guard behaviour that `Locker` adds on top of any
+//! backend: local FIFO queueing, one contender per process, wake-up
+//! fallback, and releasing from drops in awkward places.
+
+use std::{
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use tower_lock::{
+    BACKOFF_MAX, LockError, Locker,
+    backend::{Attempt, Backend, Lease, Subscription, Token},
+    bus::LocalBus,
+    memory::MemoryBackend,
+};
+
+const LONG: Duration = Duration::from_secs(30);
+
+/// A `MemoryBackend` that counts the tries that reach it, and can withhold
+/// wake-ups. It answers only asynchronously, like a networked store.
+#[derive(Debug, Clone)]
+struct Instrumented {
+    store: MemoryBackend,
+    tries: Arc<AtomicUsize>,
+    wakeups: bool,
+}
+
+impl Instrumented {
+    fn new(store: MemoryBackend, wakeups: bool) -> Self {
+        Instrumented {
+            store,
+            tries: Arc::default(),
+            wakeups,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Backend for Instrumented {
+    async fn try_acquire(
+        &self,
+        key: &str,
+        token: Token,
+        ttl: Duration,
+    ) -> Result<Attempt, LockError> {
+        self.tries.fetch_add(1, Ordering::SeqCst);
+        self.store.try_acquire(key, token, ttl).await
+    }
+
+    async fn extend(
+        &self,
+        key: &str,
+        lease: &Lease,
+        ttl: Duration,
+    ) -> Result<Option<u64>, LockError> {
+        self.store.extend(key, lease, ttl).await
+    }
+
+    async fn release(&self, key: &str, lease: &Lease) -> Result<bool, LockError> {
+        self.store.release(key, lease).await
+    }
+
+    async fn subscribe(&self, key: &str) -> Result<Subscription, LockError> {
+        if self.wakeups {
+            self.store.subscribe(key).await
+        } else {
+            Ok(Subscription::never())
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_waiters_are_served_in_fifo_order() {
+    let locker = Locker::in_memory();
+    let held = locker.acquire("fifo", LONG).await.expect("acquire");
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let mut waiters = Vec::new();
+    for i in 0..10 {
+        let (locker, order) = (locker.clone(), order.clone());
+        waiters.push(tokio::spawn(async move {
+            let guard = locker.acquire("fifo", LONG).await.expect("acquire");
+            order.lock().expect("order").push(i);
+            guard.release().await.expect("release");
+        }));
+        // Let waiter `i` join the queue before `i + 1` starts.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    held.release().await.expect("release");
+    for waiter in waiters {
+        waiter.await.expect("waiter");
+    }
+    assert_eq!(*order.lock().expect("order"), (0..10).collect::<Vec<_>>());
+    assert_eq!(locker.queued_keys(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_process_sends_one_contender_to_the_store() {
+    let store = MemoryBackend::new();
+    let holder = Locker::new(store.clone());
+    let backend = Instrumented::new(store.clone(), true);
+    let tries = backend.tries.clone();
+    let waiters_locker = Locker::new(backend);
+    let held = holder.acquire("herd", LONG).await.expect("acquire");
+
+    let waiters: Vec<_> = (0..20)
+        .map(|_| {
+            let locker = waiters_locker.clone();
+            tokio::spawn(async move {
+                let guard = locker.acquire("herd", LONG).await.expect("acquire");
+                guard.release().await.expect("release");
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let before = tries.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let during = tries.load(Ordering::SeqCst) - before;
+    // One contender backing off 5, 10, … 500 ms tries a handful of times in
+    // 400 ms; twenty contenders would try at least twenty times.
+    assert!(during < 10, "{during} tries reached the store in 400 ms");
+    assert_eq!(store.watched_keys(), 1, "one wake-up subscription per key");
+
+    held.release().await.expect("release");
+    for waiter in waiters {
+        waiter.await.expect("waiter");
+    }
+    assert_eq!(store.len(), 0);
+    assert_eq!(store.watched_keys(), 0);
+    assert_eq!(waiters_locker.queued_keys(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_wake_ups_a_waiter_still_gets_the_lock_within_a_backoff_step() {
+    let store = MemoryBackend::new();
+    let holder = Locker::new(store.clone());
+    let waiter = Locker::new(Instrumented::new(store, false));
+    let held = holder.acquire("deaf", LONG).await.expect("acquire");
+    let task = tokio::spawn(async move {
+        let guard = waiter.acquire("deaf", LONG).await.expect("acquire");
+        let at = Instant::now();
+        guard.release().await.expect("release");
+        at
+    });
+    // Long enough for the backoff to reach its cap.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let released = Instant::now();
+    held.release().await.expect("release");
+    let acquired = tokio::time::timeout(BACKOFF_MAX * 4, task)
+        .await
+        .expect("the backoff timer must find the free lock")
+        .expect("task");
+    assert!(acquired >= released);
+}
+
+#[tokio::test]
+async fn acquire_timeout_reports_busy_with_the_holders_remaining_lease() {
+    let locker = Locker::in_memory();
+    let _held = locker.acquire("busy", LONG).await.expect("acquire");
+    let other = Locker::in_memory();
+    assert!(
+        other
+            .acquire_timeout("busy", LONG, Duration::ZERO)
+            .await
+            .is_ok()
+    );
+    match locker
+        .acquire_timeout("busy", LONG, Duration::from_millis(50))
+        .await
+    {
+        Err(LockError::Busy { retry_after }) => {
+            let left = retry_after.expect("the memory store reports the remaining lease");
+            assert!(left > LONG - Duration::from_secs(5) && left <= LONG);
+        }
+        other => panic!("expected Busy, got {other:?}"),
+    }
+    assert_eq!(locker.queued_keys(), 0);
+}
+
+fn bus_node_runtime() -> (tokio::runtime::Runtime, MemoryBackend, MemoryBackend) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let bus = LocalBus::new();
+    (
+        runtime,
+        MemoryBackend::with_bus(bus.clone()),
+        MemoryBackend::with_bus(bus),
+    )
+}
+
+#[test]
+fn a_guard_dropped_outside_any_runtime_releases_on_its_own() {
+    let (runtime, node, observer) = bus_node_runtime();
+    let locker = Locker::new(node);
+    let guard = runtime
+        .block_on(locker.acquire("elsewhere", LONG))
+        .expect("acquire");
+    // Dropped on a thread with no runtime: the release runs on the runtime
+    // the lock was acquired on.
+    std::thread::spawn(move || drop(guard))
+        .join()
+        .expect("thread");
+    let observer = Locker::new(observer);
+    let next = runtime.block_on(async {
+        tokio::time::timeout(Duration::from_secs(3), observer.acquire("elsewhere", LONG)).await
+    });
+    assert!(matches!(next, Ok(Ok(_))), "the dropped guard must release");
+}
+
+#[test]
+fn a_guard_dropped_after_its_runtime_shut_down_does_not_panic() {
+    let (runtime, node, _) = bus_node_runtime();
+    let locker = Locker::new(node);
+    let guard = runtime
+        .block_on(locker.acquire("orphan", LONG))
+        .expect("acquire");
+    drop(runtime);
+    drop(guard);
+
+    // A store in this process releases on the spot, runtime or not.
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let store = MemoryBackend::new();
+    let locker = Locker::new(store.clone());
+    let guard = runtime
+        .block_on(locker.acquire("orphan", LONG))
+        .expect("acquire");
+    drop(runtime);
+    drop(guard);
+    assert_eq!(store.len(), 0);
+}
+
+#[tokio::test]
+async fn locker_is_send_sync_clone_and_guard_is_send() {
+    fn send_sync_clone<T: Send + Sync + Clone>() {}
+    fn send<T: Send>() {}
+    send_sync_clone::<Locker>();
+    send::<tower_lock::LockGuard>();
+    let locker = Locker::in_memory();
+    let guard = locker.acquire("send", LONG).await.expect("acquire");
+    tokio::spawn(async move { guard.release().await })
+        .await
+        .expect("task")
+        .expect("release");
+}
