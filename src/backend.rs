@@ -83,7 +83,7 @@ use std::{
         Arc, Mutex, PoisonError,
         atomic::{AtomicUsize, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use tokio::sync::watch;
@@ -146,21 +146,32 @@ pub trait Backend: fmt::Debug + Send + Sync + 'static {
     /// inside this process; `None` (the default) means "this needs I/O: call
     /// `try_acquire`". A synchronous answer needs no future, and can not be
     /// cancelled half-way.
+    ///
+    /// `now` is the caller's reading of this process's monotonic clock,
+    /// taken just before the call: a store in the same process shares that
+    /// clock, and starting the lease at the very instant the holder counts
+    /// from keeps the two in step without a second reading.
     fn try_acquire_now(
         &self,
         key: &str,
         token: Token,
         ttl: Duration,
+        now: Instant,
     ) -> Option<Result<Attempt, LockError>> {
-        let _ = (key, token, ttl);
+        let _ = (key, token, ttl, now);
         None
     }
 
     /// Answers [`release`](Self::release) on the spot, like
     /// [`try_acquire_now`](Self::try_acquire_now). It also lets a guard
     /// dropped outside any runtime release at once.
-    fn release_now(&self, key: &str, lease: &Lease) -> Option<Result<bool, LockError>> {
-        let _ = (key, lease);
+    fn release_now(
+        &self,
+        key: &str,
+        lease: &Lease,
+        now: Instant,
+    ) -> Option<Result<bool, LockError>> {
+        let _ = (key, lease, now);
         None
     }
 }
@@ -198,12 +209,18 @@ impl<B: Backend + ?Sized> Backend for Arc<B> {
         key: &str,
         token: Token,
         ttl: Duration,
+        now: Instant,
     ) -> Option<Result<Attempt, LockError>> {
-        (**self).try_acquire_now(key, token, ttl)
+        (**self).try_acquire_now(key, token, ttl, now)
     }
 
-    fn release_now(&self, key: &str, lease: &Lease) -> Option<Result<bool, LockError>> {
-        (**self).release_now(key, lease)
+    fn release_now(
+        &self,
+        key: &str,
+        lease: &Lease,
+        now: Instant,
+    ) -> Option<Result<bool, LockError>> {
+        (**self).release_now(key, lease, now)
     }
 }
 

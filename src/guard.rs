@@ -164,7 +164,8 @@ impl HeldLease {
         if self.released.load(Ordering::Acquire) {
             return Some(Err(LockError::NotHeld));
         }
-        let outcome = locker.backend.release_now(&self.key, &self.lease())?;
+        let now = std::time::Instant::now();
+        let outcome = locker.backend.release_now(&self.key, &self.lease(), now)?;
         self.mark_released(locker);
         Some(self.settle(outcome))
     }

@@ -12,6 +12,7 @@ use std::{
 
 use dashmap::DashMap;
 use tokio::{runtime::Handle, time::Instant};
+use tracing::Instrument;
 
 use crate::{
     LockError, LockGuard,
@@ -338,6 +339,26 @@ impl Locker {
             }
         }
         tracing::debug!(%key, "lock contended; waiting");
+        let span = tracing::debug_span!("lock_wait", %key);
+        // Boxed: the waiting state is large, and the uncontended path should
+        // not carry (and move) it.
+        Box::pin(
+            self.wait(runtime, key, ttl, deadline, remaining, seen_busy)
+                .instrument(span),
+        )
+        .await
+    }
+
+    /// The contended path: queue locally, then wake-up or backoff.
+    async fn wait(
+        &self,
+        runtime: Handle,
+        key: Arc<str>,
+        ttl: Duration,
+        deadline: Option<Instant>,
+        mut remaining: Option<Duration>,
+        mut seen_busy: bool,
+    ) -> Result<LockGuard, LockError> {
         let queue = QueueTicket::join(&self.inner, &key);
         let Some(_turn) = until(deadline, queue.gate().lock()).await else {
             return Err(LockError::Busy {
@@ -393,8 +414,8 @@ impl Locker {
         ttl: Duration,
     ) -> Result<Result<LockGuard, Option<Duration>>, LockError> {
         let token = Token::new();
-        let sent_at = Instant::now();
-        let outcome = match self.inner.backend.try_acquire_now(key, token, ttl) {
+        let sent_at = std::time::Instant::now();
+        let outcome = match self.inner.backend.try_acquire_now(key, token, ttl, sent_at) {
             Some(outcome) => outcome?,
             None => self.request(runtime, key, token, ttl).await?,
         };
@@ -406,7 +427,7 @@ impl Locker {
                     fence,
                     revision,
                     ttl,
-                    sent_at,
+                    sent_at.into(),
                 ));
                 if let Some(stale) = self.inner.held.insert(key.clone(), held.clone()) {
                     // The store granted the key again, so the earlier lease

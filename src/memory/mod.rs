@@ -158,15 +158,19 @@ impl Standalone {
         self.epoch.elapsed()
     }
 
-    fn try_acquire(&self, key: &str, token: Token, ttl: Duration) -> Attempt {
-        let now = self.now();
+    fn since_epoch(&self, at: Instant) -> Duration {
+        at.saturating_duration_since(self.epoch)
+    }
+
+    fn try_acquire(&self, key: &str, token: Token, ttl: Duration, at: Instant) -> Attempt {
+        let now = self.since_epoch(at);
         self.shard(key).try_acquire(key, token, ttl, now, || {
             self.fences.fetch_add(1, Ordering::Relaxed) + 1
         })
     }
 
-    fn release(&self, key: &str, lease: &Lease) -> bool {
-        let now = self.now();
+    fn release(&self, key: &str, lease: &Lease, at: Instant) -> bool {
+        let now = self.since_epoch(at);
         let released = self.shard(key).release(key, lease, now);
         match released {
             Released::Held => {
@@ -192,7 +196,7 @@ impl Backend for MemoryBackend {
         ttl: Duration,
     ) -> Result<Attempt, LockError> {
         match &*self.inner {
-            Inner::Standalone(s) => Ok(s.try_acquire(key, token, ttl)),
+            Inner::Standalone(s) => Ok(s.try_acquire(key, token, ttl, Instant::now())),
             Inner::Replicated(r) => r.try_acquire(key, token, ttl).await,
         }
     }
@@ -214,7 +218,7 @@ impl Backend for MemoryBackend {
 
     async fn release(&self, key: &str, lease: &Lease) -> Result<bool, LockError> {
         match &*self.inner {
-            Inner::Standalone(s) => Ok(s.release(key, lease)),
+            Inner::Standalone(s) => Ok(s.release(key, lease, Instant::now())),
             Inner::Replicated(r) => r.release(key, lease).await,
         }
     }
@@ -231,17 +235,23 @@ impl Backend for MemoryBackend {
         key: &str,
         token: Token,
         ttl: Duration,
+        now: Instant,
     ) -> Option<Result<Attempt, LockError>> {
         match &*self.inner {
-            Inner::Standalone(s) => Some(Ok(s.try_acquire(key, token, ttl))),
+            Inner::Standalone(s) => Some(Ok(s.try_acquire(key, token, ttl, now))),
             // A replica's answer comes back over the bus.
             Inner::Replicated(_) => None,
         }
     }
 
-    fn release_now(&self, key: &str, lease: &Lease) -> Option<Result<bool, LockError>> {
+    fn release_now(
+        &self,
+        key: &str,
+        lease: &Lease,
+        now: Instant,
+    ) -> Option<Result<bool, LockError>> {
         match &*self.inner {
-            Inner::Standalone(s) => Some(Ok(s.release(key, lease))),
+            Inner::Standalone(s) => Some(Ok(s.release(key, lease, now))),
             Inner::Replicated(_) => None,
         }
     }
