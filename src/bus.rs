@@ -43,6 +43,7 @@ use tokio::sync::mpsc;
 use crate::{
     LockError,
     backend::{Lease, Token},
+    memory::Table,
 };
 
 /// A totally ordered broadcast of [`Command`]s.
@@ -62,8 +63,65 @@ pub trait Bus: fmt::Debug + Send + Sync + 'static {
     /// Appends `command` to the bus.
     async fn publish(&self, command: Command) -> Result<(), LockError>;
 
-    /// Starts receiving every event published from now on.
-    fn subscribe(&self) -> mpsc::UnboundedReceiver<Arc<Event>>;
+    /// Joins the bus: the table as of the last event ordered so far, and
+    /// every event ordered after it.
+    fn subscribe(&self) -> Feed;
+}
+
+/// What a node receives when it joins a [`Bus`]: the state so far, then the
+/// stream that continues it.
+#[derive(Debug)]
+pub struct Feed {
+    /// The leases granted by every event up to [`Snapshot::seq`].
+    pub snapshot: Snapshot,
+    /// Every event after the snapshot, in bus order, starting at
+    /// `snapshot.seq() + 1`.
+    pub events: mpsc::UnboundedReceiver<Arc<Event>>,
+}
+
+/// The lock table as of one point in a bus's order, so that a node joining
+/// late knows the leases granted before it came.
+///
+/// A [`Bus`] keeps one and [`apply`](Self::apply)s every event it orders, in
+/// order; expired and released leases leave it, so it stays as small as the
+/// set of live leases.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    table: Table,
+    seq: u64,
+}
+
+impl Snapshot {
+    /// An empty table, before the first event.
+    pub fn new() -> Self {
+        Snapshot::default()
+    }
+
+    /// Applies the next event in bus order.
+    pub fn apply(&mut self, event: &Event) {
+        self.table.apply(event);
+        self.seq = event.seq;
+    }
+
+    /// The last event applied (0 before the first).
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// How many leases the snapshot holds, including expired ones not yet
+    /// swept.
+    pub fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    /// Whether the snapshot holds no lease.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub(crate) fn into_table(self) -> Table {
+        self.table
+    }
 }
 
 /// One command in bus order.
@@ -143,7 +201,8 @@ pub struct LocalBus {
 }
 
 struct LocalBusState {
-    seq: u64,
+    /// Also the source of sequence numbers: its `seq` is the last one used.
+    snapshot: Snapshot,
     epoch: Instant,
     subscribers: Vec<mpsc::UnboundedSender<Arc<Event>>>,
 }
@@ -158,7 +217,7 @@ impl LocalBus {
     pub fn new() -> Self {
         LocalBus {
             inner: Arc::new(Mutex::new(LocalBusState {
-                seq: 0,
+                snapshot: Snapshot::new(),
                 epoch: Instant::now(),
                 subscribers: Vec::new(),
             })),
@@ -187,7 +246,8 @@ impl fmt::Debug for LocalBus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = self.lock();
         f.debug_struct("LocalBus")
-            .field("seq", &state.seq)
+            .field("seq", &state.snapshot.seq())
+            .field("leases", &state.snapshot.len())
             .field("subscribers", &state.subscribers.len())
             .finish()
     }
@@ -197,22 +257,26 @@ impl fmt::Debug for LocalBus {
 impl Bus for LocalBus {
     async fn publish(&self, command: Command) -> Result<(), LockError> {
         let mut state = self.lock();
-        state.seq += 1;
         let event = Arc::new(Event {
-            seq: state.seq,
+            seq: state.snapshot.seq() + 1,
             stamp: state.epoch.elapsed(),
             command,
         });
+        state.snapshot.apply(&event);
         state
             .subscribers
             .retain(|subscriber| subscriber.send(event.clone()).is_ok());
         Ok(())
     }
 
-    fn subscribe(&self) -> mpsc::UnboundedReceiver<Arc<Event>> {
-        let (tx, rx) = mpsc::unbounded_channel();
-        self.lock().subscribers.push(tx);
-        rx
+    fn subscribe(&self) -> Feed {
+        let (tx, events) = mpsc::unbounded_channel();
+        let mut state = self.lock();
+        state.subscribers.push(tx);
+        Feed {
+            snapshot: state.snapshot.clone(),
+            events,
+        }
     }
 }
 
@@ -235,7 +299,7 @@ mod tests {
     #[tokio::test]
     async fn every_subscriber_sees_every_event_in_one_order() {
         let bus = LocalBus::new();
-        let mut subs: Vec<_> = (0..3).map(|_| bus.subscribe()).collect();
+        let mut subs: Vec<_> = (0..3).map(|_| bus.subscribe().events).collect();
         let publishers: Vec<_> = (0..4)
             .map(|node| {
                 let bus = bus.clone();
@@ -274,8 +338,8 @@ mod tests {
     #[tokio::test]
     async fn dropped_subscribers_are_forgotten() {
         let bus = LocalBus::new();
-        let sub = bus.subscribe();
-        drop(sub);
+        let feed = bus.subscribe();
+        drop(feed);
         bus.publish(release(1, 1)).await.expect("publish");
         assert_eq!(bus.subscribers(), 0);
     }

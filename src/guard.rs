@@ -251,7 +251,8 @@ async fn renew(held: Arc<HeldLease>, locker: Arc<LockerInner>) {
                 }
                 tracing::warn!(key = %held.key, error = %err, "lease renewal failed; retrying");
                 // Retry well before the lease runs out.
-                next = Instant::now() + period.min(deadline.saturating_duration_since(Instant::now())) / 2;
+                next = Instant::now()
+                    + period.min(deadline.saturating_duration_since(Instant::now())) / 2;
             }
         }
     }

@@ -44,11 +44,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-pub(crate) use self::table::KeyHasher;
-use self::{
-    replica::Replica,
-    table::{Released, Table},
-};
+pub(crate) use self::table::{KeyHasher, Table};
+use self::{replica::Replica, table::Released};
 use crate::{
     LockError,
     backend::{Attempt, Backend, Lease, Subscription, Token, WakeRegistry},

@@ -17,12 +17,12 @@ use tokio::{
 
 use super::{
     lock,
-    table::{Released, Table},
+    table::{Outcome, Table},
 };
 use crate::{
     LockError,
     backend::{Attempt, Lease, Token, WakeRegistry},
-    bus::{Bus, Command, Event, Origin},
+    bus::{Bus, Command, Event, Feed, Origin},
 };
 
 pub(super) struct Replica {
@@ -50,15 +50,11 @@ enum Pump {
     Starting,
 }
 
-enum Outcome {
-    Acquire(Attempt),
-    Extend(Option<u64>),
-    Release(bool),
-}
-
 impl Replica {
     pub(super) fn new(bus: Arc<dyn Bus>) -> Self {
-        let events = bus.subscribe();
+        // The snapshot holds every lease granted before this node joined;
+        // the events continue exactly where it ends.
+        let Feed { snapshot, events } = bus.subscribe();
         let node = uuid::Uuid::new_v4().as_u64_pair().0;
         Replica {
             bus,
@@ -66,7 +62,7 @@ impl Replica {
             requests: AtomicU64::new(0),
             state: Arc::new(ReplicaState {
                 node,
-                table: Mutex::default(),
+                table: Mutex::new(snapshot.into_table()),
                 pending: Mutex::default(),
                 wakeups: WakeRegistry::default(),
             }),
@@ -214,22 +210,9 @@ async fn apply_events(mut events: mpsc::UnboundedReceiver<Arc<Event>>, state: Ar
 }
 
 fn apply(state: &ReplicaState, event: &Event) -> Outcome {
-    let mut table = lock(&state.table);
-    let now = event.stamp;
-    match &event.command {
-        Command::Acquire {
-            key, token, ttl, ..
-        } => Outcome::Acquire(table.try_acquire(key, *token, *ttl, now, || event.seq)),
-        Command::Extend {
-            key, lease, ttl, ..
-        } => Outcome::Extend(table.extend(key, lease, *ttl, now)),
-        Command::Release { key, lease, .. } => {
-            let held = matches!(table.release(key, lease, now), Released::Held);
-            drop(table);
-            if held {
-                state.wakeups.notify(key);
-            }
-            Outcome::Release(held)
-        }
+    let outcome = lock(&state.table).apply(event);
+    if let (Outcome::Release(true), Command::Release { key, .. }) = (&outcome, &event.command) {
+        state.wakeups.notify(key);
     }
+    outcome
 }

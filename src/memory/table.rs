@@ -7,13 +7,16 @@
 
 use std::{collections::HashMap, time::Duration};
 
-use crate::backend::{Attempt, Lease, Token};
+use crate::{
+    backend::{Attempt, Lease, Token},
+    bus::{Command, Event},
+};
 
 /// Keys may come from HTTP requests, so the hasher is seeded per process;
 /// foldhash's quality variant is that at a fraction of SipHash's cost.
 pub(crate) type KeyHasher = foldhash::quality::RandomState;
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 struct Entry {
     token: Token,
     fence: u64,
@@ -22,7 +25,7 @@ struct Entry {
 
 /// Keys with their current lease. Expired leases count as absent; they are
 /// swept out lazily, so the table holds at most about twice the live leases.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub(crate) struct Table {
     entries: HashMap<Box<str>, Entry, KeyHasher>,
     // Sweep when the table grows past this: amortised O(1) per insert.
@@ -36,7 +39,31 @@ pub(crate) enum Released {
     Lost,
 }
 
+/// What applying a bus event decided.
+pub(crate) enum Outcome {
+    Acquire(Attempt),
+    Extend(Option<u64>),
+    Release(bool),
+}
+
 impl Table {
+    /// Applies one event of a bus, judging expiry by the event's stamp and
+    /// fencing by its sequence number: the same on every replica.
+    pub(crate) fn apply(&mut self, event: &Event) -> Outcome {
+        let now = event.stamp;
+        match &event.command {
+            Command::Acquire {
+                key, token, ttl, ..
+            } => Outcome::Acquire(self.try_acquire(key, *token, *ttl, now, || event.seq)),
+            Command::Extend {
+                key, lease, ttl, ..
+            } => Outcome::Extend(self.extend(key, lease, *ttl, now)),
+            Command::Release { key, lease, .. } => {
+                Outcome::Release(matches!(self.release(key, lease, now), Released::Held))
+            }
+        }
+    }
+
     pub(crate) fn try_acquire(
         &mut self,
         key: &str,
