@@ -80,11 +80,17 @@ mod guard;
 mod key;
 mod locker;
 pub mod memory;
+pub mod middleware;
 mod run_to_end;
+
+#[cfg(feature = "axum")]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+pub mod extract;
 
 pub use crate::{
     error::{BoxError, LockError},
     guard::LockGuard,
     key::{MAX_KEY_LEN, MAX_TTL, MIN_TTL},
     locker::{BACKOFF_MAX, BACKOFF_START, Locker},
+    middleware::{LockLayer, LockService},
 };
