@@ -97,7 +97,10 @@ fn parse_options() -> anyhow::Result<Options> {
 
 /// The one place a lock store is chosen.
 async fn connect(backend: &str) -> anyhow::Result<Locker> {
-    match backend.split_once("://").map_or(backend, |(scheme, _)| scheme) {
+    match backend
+        .split_once("://")
+        .map_or(backend, |(scheme, _)| scheme)
+    {
         "memory" => Ok(Locker::in_memory()),
         scheme @ ("redis" | "rediss" | "nats") => bail!(
             "--backend {backend}: the {scheme} backend is not part of this build of the demo; \
@@ -243,7 +246,10 @@ async fn drive(label: &str, locker: Option<Locker>, options: &Options) -> anyhow
             tick.tick().await;
             loop {
                 tick.tick().await;
-                eprintln!("  {label}: {}/{total} deposits", done.load(Ordering::Relaxed));
+                eprintln!(
+                    "  {label}: {}/{total} deposits",
+                    done.load(Ordering::Relaxed)
+                );
             }
         }
     });
@@ -257,7 +263,10 @@ async fn drive(label: &str, locker: Option<Locker>, options: &Options) -> anyhow
                 if job >= total {
                     break;
                 }
-                let url = format!("http://{addr}/accounts/{}/deposit?amount={AMOUNT}", job % accounts);
+                let url = format!(
+                    "http://{addr}/accounts/{}/deposit?amount={AMOUNT}",
+                    job % accounts
+                );
                 let sent = Instant::now();
                 let response = client.post(url).send().await?;
                 let ok = response.status().is_success();
@@ -287,7 +296,9 @@ async fn drive(label: &str, locker: Option<Locker>, options: &Options) -> anyhow
             .await?
             .json_or_text()
             .await?;
-        actual += body["balance"].as_u64().context("GET answered no balance")?;
+        actual += body["balance"]
+            .as_u64()
+            .context("GET answered no balance")?;
     }
     Ok(Report {
         expected: (total - refused) as u64 * AMOUNT,
@@ -314,14 +325,46 @@ impl JsonOrText for reqwest::Response {
 fn print_reports(options: &Options, unlocked: &Report, locked: &Report) {
     let ms = |d: Duration| format!("{:.1} ms", d.as_secs_f64() * 1e3);
     let rows: [(&str, String, String); 8] = [
-        ("expected balance (all accounts)", unlocked.expected.to_string(), locked.expected.to_string()),
-        ("actual balance", unlocked.actual.to_string(), locked.actual.to_string()),
-        ("lost updates", unlocked.lost_updates().to_string(), locked.lost_updates().to_string()),
-        ("most handlers inside one account", unlocked.most_inside.to_string(), locked.most_inside.to_string()),
-        ("refused requests (423/503)", unlocked.refused.to_string(), locked.refused.to_string()),
-        ("throughput", format!("{:.0} req/s", unlocked.throughput()), format!("{:.0} req/s", locked.throughput())),
-        ("latency p50", ms(unlocked.percentile(0.50)), ms(locked.percentile(0.50))),
-        ("latency p99", ms(unlocked.percentile(0.99)), ms(locked.percentile(0.99))),
+        (
+            "expected balance (all accounts)",
+            unlocked.expected.to_string(),
+            locked.expected.to_string(),
+        ),
+        (
+            "actual balance",
+            unlocked.actual.to_string(),
+            locked.actual.to_string(),
+        ),
+        (
+            "lost updates",
+            unlocked.lost_updates().to_string(),
+            locked.lost_updates().to_string(),
+        ),
+        (
+            "most handlers inside one account",
+            unlocked.most_inside.to_string(),
+            locked.most_inside.to_string(),
+        ),
+        (
+            "refused requests (423/503)",
+            unlocked.refused.to_string(),
+            locked.refused.to_string(),
+        ),
+        (
+            "throughput",
+            format!("{:.0} req/s", unlocked.throughput()),
+            format!("{:.0} req/s", locked.throughput()),
+        ),
+        (
+            "latency p50",
+            ms(unlocked.percentile(0.50)),
+            ms(locked.percentile(0.50)),
+        ),
+        (
+            "latency p99",
+            ms(unlocked.percentile(0.99)),
+            ms(locked.percentile(0.99)),
+        ),
     ];
     println!();
     println!(

@@ -69,7 +69,11 @@ async fn node(name: &'static str, locker: Locker, start: Instant) {
             }
         };
         unreachable = false;
-        println!("{} {name} is the leader (fence {})", at(start), guard.fence());
+        println!(
+            "{} {name} is the leader (fence {})",
+            at(start),
+            guard.fence()
+        );
         let lost = guard.lost();
         tokio::pin!(lost);
         let mut tick = tokio::time::interval(JOB_EVERY);

@@ -57,7 +57,10 @@ fn client() -> reqwest::Client {
 async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
     let give_up = tokio::time::Instant::now() + LIVENESS;
     while !condition() {
-        assert!(tokio::time::Instant::now() < give_up, "never happened: {what}");
+        assert!(
+            tokio::time::Instant::now() < give_up,
+            "never happened: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
@@ -134,7 +137,10 @@ async fn same_key_requests_never_overlap() {
                 .await
                 .expect("send");
             assert_eq!(response.status(), StatusCode::OK);
-            assert_eq!(response.text().await.expect("body"), format!("account:{account}"));
+            assert_eq!(
+                response.text().await.expect("body"),
+                format!("account:{account}")
+            );
         }
     });
     join_all(requests).await;
@@ -214,7 +220,10 @@ async fn busy_key_gets_423_with_retry_after() {
             .parse()
             .expect("seconds");
         // The holder's lease has about 30 s left.
-        assert!((25..=30).contains(&retry_after), "Retry-After: {retry_after}");
+        assert!(
+            (25..=30).contains(&retry_after),
+            "Retry-After: {retry_after}"
+        );
     }
     assert_eq!(ran.load(Ordering::SeqCst), 0, "a refused request ran");
 
@@ -276,12 +285,20 @@ async fn keys_that_are_missing_or_invalid() {
     ))
     .await;
 
-    let response = client().post(format!("http://{lenient}/")).send().await.expect("send");
+    let response = client()
+        .post(format!("http://{lenient}/"))
+        .send()
+        .await
+        .expect("send");
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.text().await.expect("body"), "unlocked");
     assert_eq!(ran.swap(0, Ordering::SeqCst), 1);
 
-    let response = client().post(format!("http://{strict}/")).send().await.expect("send");
+    let response = client()
+        .post(format!("http://{strict}/"))
+        .send()
+        .await
+        .expect("send");
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
 
     let too_long = "x".repeat(tower_lock::MAX_KEY_LEN + 1);
@@ -299,13 +316,12 @@ async fn keys_that_are_missing_or_invalid() {
 
 #[tokio::test]
 async fn custom_rejection_responses() {
-    let layer = LockLayer::new(Locker::new(DownBackend), key::header("x-key")).on_rejection(
-        |rejection| {
+    let layer =
+        LockLayer::new(Locker::new(DownBackend), key::header("x-key")).on_rejection(|rejection| {
             let mut response = rejection.into_response();
             *response.body_mut() = Bytes::from_static(b"{\"error\":\"try later\"}");
             response
-        },
-    );
+        });
     let addr = serve(counting_app(layer, Arc::default())).await;
     let response = client()
         .post(format!("http://{addr}/"))
@@ -314,7 +330,10 @@ async fn custom_rejection_responses() {
         .await
         .expect("send");
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(response.text().await.expect("body"), "{\"error\":\"try later\"}");
+    assert_eq!(
+        response.text().await.expect("body"),
+        "{\"error\":\"try later\"}"
+    );
 }
 
 #[tokio::test]
@@ -375,7 +394,9 @@ async fn a_streamed_body_holds_the_lock_until_its_last_frame() {
     let handler = move || async move {
         let rx = rx.lock().expect("rx").take().expect("one request");
         let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|chunk| (Ok::<_, std::io::Error>(chunk), rx))
+            rx.recv()
+                .await
+                .map(|chunk| (Ok::<_, std::io::Error>(chunk), rx))
         });
         Body::from_stream(stream)
     };
@@ -391,7 +412,10 @@ async fn a_streamed_body_holds_the_lock_until_its_last_frame() {
         .await
         .expect("send");
     assert_eq!(response.status(), StatusCode::OK);
-    assert_eq!(response.chunk().await.expect("chunk").expect("data"), "first");
+    assert_eq!(
+        response.chunk().await.expect("chunk").expect("data"),
+        "first"
+    );
     assert!(
         locker.try_lock("7", TTL).await.expect("try").is_none(),
         "released while the body was still streaming"
@@ -416,7 +440,9 @@ async fn a_response_the_client_abandons_releases() {
     let handler = move || async move {
         let rx = rx.lock().expect("rx").take().expect("one request");
         let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|chunk| (Ok::<_, std::io::Error>(chunk), rx))
+            rx.recv()
+                .await
+                .map(|chunk| (Ok::<_, std::io::Error>(chunk), rx))
         });
         Body::from_stream(stream)
     };
@@ -441,16 +467,27 @@ async fn a_response_the_client_abandons_releases() {
 #[tokio::test]
 async fn held_lock_without_the_layer_is_a_500_naming_it() {
     let app = Router::new()
-        .route("/strict", get(|lock: HeldLock| async move { lock.fence().to_string() }))
+        .route(
+            "/strict",
+            get(|lock: HeldLock| async move { lock.fence().to_string() }),
+        )
         .route(
             "/optional",
             get(|lock: Option<HeldLock>| async move { format!("{:?}", lock.map(|l| l.fence())) }),
         );
     let addr = serve(app).await;
-    let response = client().get(format!("http://{addr}/strict")).send().await.expect("send");
+    let response = client()
+        .get(format!("http://{addr}/strict"))
+        .send()
+        .await
+        .expect("send");
     assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
     assert!(response.text().await.expect("body").contains("LockLayer"));
-    let response = client().get(format!("http://{addr}/optional")).send().await.expect("send");
+    let response = client()
+        .get(format!("http://{addr}/optional"))
+        .send()
+        .await
+        .expect("send");
     assert_eq!(response.text().await.expect("body"), "None");
 }
 
@@ -490,14 +527,19 @@ async fn locked_extractor_serialises_and_refuses() {
     let statuses = join_all((0..REQUESTS).map(|_| {
         let client = client.clone();
         async move {
-            let response = client.post(format!("http://{addr}/accounts/1")).send().await;
+            let response = client
+                .post(format!("http://{addr}/accounts/1"))
+                .send()
+                .await;
             response.expect("send").status()
         }
     }))
     .await;
     let served = statuses.iter().filter(|s| **s == StatusCode::OK).count();
     assert!(
-        statuses.iter().all(|s| *s == StatusCode::OK || *s == StatusCode::LOCKED),
+        statuses
+            .iter()
+            .all(|s| *s == StatusCode::OK || *s == StatusCode::LOCKED),
         "{statuses:?}"
     );
     checker.assert_exclusive(served);
@@ -505,7 +547,11 @@ async fn locked_extractor_serialises_and_refuses() {
 
     // Busy.
     let holder = locker.acquire("account:1", TTL).await.expect("lock");
-    let response = client.post(format!("http://{addr}/accounts/1")).send().await.expect("send");
+    let response = client
+        .post(format!("http://{addr}/accounts/1"))
+        .send()
+        .await
+        .expect("send");
     assert_eq!(response.status(), StatusCode::LOCKED);
     assert!(response.headers().contains_key("retry-after"));
     drop(holder);
@@ -523,6 +569,10 @@ async fn locked_extractor_serialises_and_refuses() {
         .route("/accounts/{id}", post(|_: Locked<Account>| async { "ran" }))
         .with_state(Locker::new(DownBackend));
     let down = serve(down).await;
-    let response = client.post(format!("http://{down}/accounts/1")).send().await.expect("send");
+    let response = client
+        .post(format!("http://{down}/accounts/1"))
+        .send()
+        .await
+        .expect("send");
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
 }

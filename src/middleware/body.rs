@@ -1,6 +1,7 @@
 //! [`LockBody`]: a response body that holds the lock until it has been sent.
 
 use std::{
+    future::Future,
     pin::Pin,
     task::{Context, Poll, ready},
 };
@@ -36,8 +37,13 @@ pin_project! {
 }
 
 impl<B: Body> LockBody<B> {
-    pub(crate) fn locked(body: B, guard: LockGuard) -> Self {
-        let guard = (!body.is_end_stream()).then_some(guard);
+    pub(crate) fn locked(body: B, guard: LockGuard, cx: &mut Context<'_>) -> Self {
+        let guard = if body.is_end_stream() {
+            release(guard, cx);
+            None
+        } else {
+            Some(guard)
+        };
         LockBody {
             kind: Kind::Inner { body },
             guard,
@@ -68,6 +74,18 @@ impl<B> LockBody<B> {
     }
 }
 
+/// Releases `guard` in place when the store answers at once (the in-memory
+/// store always does), without the task a dropped guard spawns; otherwise
+/// the release goes on in the background.
+pub(crate) fn release(guard: LockGuard, cx: &mut Context<'_>) {
+    let release = guard.release();
+    let mut release = std::pin::pin!(release);
+    // Pending: dropping the future hands the release to the runtime. A
+    // failed release leaves the lease to end at its ttl, as a dropped guard
+    // would; the error is logged by the guard.
+    let _ = release.as_mut().poll(cx);
+}
+
 impl<B> Body for LockBody<B>
 where
     B: Body<Data = Bytes>,
@@ -90,8 +108,8 @@ where
                     Some(Ok(_)) => body.is_end_stream(),
                     None | Some(Err(_)) => true,
                 };
-                if done {
-                    this.guard.take();
+                if done && let Some(guard) = this.guard.take() {
+                    release(guard, cx);
                 }
                 Poll::Ready(frame)
             }
@@ -133,13 +151,21 @@ mod tests {
     use super::*;
     use crate::Locker;
 
+    fn locked<B: Body>(body: B, guard: LockGuard) -> LockBody<B> {
+        LockBody::locked(
+            body,
+            guard,
+            &mut Context::from_waker(std::task::Waker::noop()),
+        )
+    }
+
     const TTL: Duration = Duration::from_secs(30);
 
     #[tokio::test]
     async fn releases_after_the_last_data_frame_of_a_sized_body() {
         let locker = Locker::in_memory();
         let guard = locker.acquire("k", TTL).await.expect("lock");
-        let mut body = LockBody::locked(Full::new(Bytes::from_static(b"hello")), guard);
+        let mut body = locked(Full::new(Bytes::from_static(b"hello")), guard);
         assert!(body.holds_lock());
         let frame = body.frame().await.expect("a frame").expect("data");
         assert_eq!(frame.into_data().expect("data"), "hello");
@@ -151,7 +177,7 @@ mod tests {
     async fn empty_bodies_release_at_once() {
         let locker = Locker::in_memory();
         let guard = locker.acquire("k", TTL).await.expect("lock");
-        let body = LockBody::locked(Empty::<Bytes>::new(), guard);
+        let body = locked(Empty::<Bytes>::new(), guard);
         assert!(!body.holds_lock());
     }
 
@@ -163,8 +189,10 @@ mod tests {
             rx.recv().await.map(|item| (item, rx))
         });
         let guard = locker.acquire("k", TTL).await.expect("lock");
-        let mut body = LockBody::locked(StreamBody::new(stream), guard);
-        tx.send(Ok(Frame::data(Bytes::from_static(b"a")))).await.expect("send");
+        let mut body = locked(StreamBody::new(Box::pin(stream)), guard);
+        tx.send(Ok(Frame::data(Bytes::from_static(b"a"))))
+            .await
+            .expect("send");
         body.frame().await.expect("frame").expect("data");
         assert!(body.holds_lock(), "released before the stream ended");
         drop(tx);
@@ -176,19 +204,21 @@ mod tests {
         let stream = futures_util::stream::unfold(rx, |mut rx| async move {
             rx.recv().await.map(|item| (item, rx))
         });
-        drop(LockBody::locked(StreamBody::new(stream), guard));
-        tokio::time::timeout(Duration::from_secs(5), locker.acquire("k", TTL))
+        drop(locked(StreamBody::new(Box::pin(stream)), guard));
+        let next = tokio::time::timeout(Duration::from_secs(5), locker.acquire("k", TTL))
             .await
             .expect("a dropped body releases")
             .expect("lock");
+        drop(next);
     }
 
     #[tokio::test]
     async fn errors_release() {
         let locker = Locker::in_memory();
         let guard = locker.acquire("k", TTL).await.expect("lock");
-        let stream = futures_util::stream::iter([Err::<Frame<Bytes>, _>(std::io::Error::other("x"))]);
-        let mut body = LockBody::locked(StreamBody::new(stream), guard);
+        let stream =
+            futures_util::stream::iter([Err::<Frame<Bytes>, _>(std::io::Error::other("x"))]);
+        let mut body = locked(StreamBody::new(Box::pin(stream)), guard);
         assert!(body.frame().await.expect("item").is_err());
         assert!(!body.holds_lock());
     }

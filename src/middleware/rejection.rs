@@ -92,9 +92,7 @@ impl LockRejection {
         match self {
             LockRejection::Busy { .. } => StatusCode::LOCKED,
             LockRejection::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            LockRejection::InvalidKey { .. } | LockRejection::MissingKey => {
-                StatusCode::BAD_REQUEST
-            }
+            LockRejection::InvalidKey { .. } | LockRejection::MissingKey => StatusCode::BAD_REQUEST,
             LockRejection::Failed { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -191,9 +189,18 @@ mod tests {
             key: "k".into(),
             retry_after,
         };
-        assert_eq!(busy(Some(Duration::from_secs(3))).retry_after_secs(), Some(3));
-        assert_eq!(busy(Some(Duration::from_millis(3_001))).retry_after_secs(), Some(4));
-        assert_eq!(busy(Some(Duration::from_millis(1))).retry_after_secs(), Some(1));
+        assert_eq!(
+            busy(Some(Duration::from_secs(3))).retry_after_secs(),
+            Some(3)
+        );
+        assert_eq!(
+            busy(Some(Duration::from_millis(3_001))).retry_after_secs(),
+            Some(4)
+        );
+        assert_eq!(
+            busy(Some(Duration::from_millis(1))).retry_after_secs(),
+            Some(1)
+        );
         assert_eq!(busy(Some(Duration::ZERO)).retry_after_secs(), Some(1));
         assert_eq!(busy(None).retry_after_secs(), Some(1));
         assert_eq!(LockRejection::MissingKey.retry_after_secs(), None);
@@ -202,11 +209,22 @@ mod tests {
     #[test]
     fn errors_sort_into_statuses() {
         let status = |e| LockRejection::from_error("k", e).status();
-        assert_eq!(status(LockError::Busy { retry_after: None }), StatusCode::LOCKED);
-        assert_eq!(status(LockError::unavailable("down")), StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(status(LockError::InvalidKey { reason: "empty" }), StatusCode::BAD_REQUEST);
         assert_eq!(
-            status(LockError::InvalidTtl { ttl: Duration::ZERO }),
+            status(LockError::Busy { retry_after: None }),
+            StatusCode::LOCKED
+        );
+        assert_eq!(
+            status(LockError::unavailable("down")),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            status(LockError::InvalidKey { reason: "empty" }),
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            status(LockError::InvalidTtl {
+                ttl: Duration::ZERO
+            }),
             StatusCode::INTERNAL_SERVER_ERROR
         );
     }
