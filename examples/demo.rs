@@ -33,10 +33,7 @@ use axum::{
     routing::{get, post},
 };
 use serde_json::{Value, json};
-use tower_lock::{
-    LockLayer, Locker,
-    middleware::{KeyExtractor, key},
-};
+use tower_lock::{LockLayer, Locker, middleware::key};
 
 const AMOUNT: u64 = 10;
 

@@ -1,5 +1,7 @@
 //! LockLayer and the axum extractors over real HTTP on loopback.
 
+#![cfg(feature = "axum")]
+
 #[allow(dead_code)]
 #[path = "conformance/overlap.rs"]
 mod overlap;
@@ -32,7 +34,7 @@ use tower_lock::{
     LockError, LockLayer, LockService, Locker,
     backend::{Attempt, Backend, Lease, Subscription, Token},
     extract::{HeldLock, LockKey, Locked},
-    middleware::{KeyExtractor, MissingKey, key},
+    middleware::{MissingKey, key},
 };
 
 const LIVENESS: Duration = Duration::from_secs(10);

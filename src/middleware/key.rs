@@ -6,8 +6,8 @@
 //! the compiler infer their argument type. Ready ones:
 //!
 //! - [`header`]: the value of a request header (per-tenant locks).
-//! - [`path_param`] (feature `axum`): a parameter of the matched axum route.
-//! - [`method_and_path`] (feature `axum`): the method and the route
+//! - `path_param` (feature `axum`): a parameter of the matched axum route.
+//! - `method_and_path` (feature `axum`): the method and the route
 //!   template, one lock per endpoint.
 //!
 //! Any extractor can put a namespace in front of its keys with
@@ -136,6 +136,22 @@ pub struct Header {
     name: HeaderName,
 }
 
+/// The ready extractors offer [`KeyExtractor::prefixed`] without importing
+/// the trait.
+macro_rules! inherent_prefixed {
+    ($ty:ty) => {
+        impl $ty {
+            /// This extractor with `prefix` in front of every key it finds;
+            /// see [`KeyExtractor::prefixed`].
+            pub fn prefixed(self, prefix: impl Into<String>) -> Prefixed<Self> {
+                KeyExtractor::prefixed(self, prefix)
+            }
+        }
+    };
+}
+
+inherent_prefixed!(Header);
+
 impl KeyExtractor for Header {
     fn extract(&self, parts: &Parts) -> Option<String> {
         let value = parts.headers.get(&self.name)?;
@@ -172,6 +188,9 @@ pub fn path_param(name: impl Into<String>) -> PathParam {
 pub struct PathParam {
     name: String,
 }
+
+#[cfg(feature = "axum")]
+inherent_prefixed!(PathParam);
 
 #[cfg(feature = "axum")]
 impl KeyExtractor for PathParam {
@@ -225,6 +244,9 @@ pub fn method_and_path() -> MethodAndPath {
 pub struct MethodAndPath {
     _private: (),
 }
+
+#[cfg(feature = "axum")]
+inherent_prefixed!(MethodAndPath);
 
 #[cfg(feature = "axum")]
 impl KeyExtractor for MethodAndPath {
