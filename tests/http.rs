@@ -578,3 +578,28 @@ async fn locked_extractor_serialises_and_refuses() {
         .expect("send");
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
 }
+
+#[tokio::test]
+async fn ready_extractors_key_by_route_and_by_parameter() {
+    let key_of = |lock: HeldLock| async move { lock.key().to_owned() };
+    let app = Router::new()
+        .route("/by-route/{id}", post(key_of))
+        .route_layer(LockLayer::new(Locker::in_memory(), key::method_and_path()))
+        .route("/by-param/{id}/{name}", post(key_of))
+        .route_layer(LockLayer::new(
+            Locker::in_memory(),
+            key::path_param("name").prefixed("user:"),
+        ));
+    let addr = serve(app).await;
+    let key = |path: &'static str| {
+        let client = client();
+        async move {
+            let response = client.post(format!("http://{addr}{path}")).send().await;
+            response.expect("send").text().await.expect("body")
+        }
+    };
+    assert_eq!(key("/by-route/1").await, "POST /by-route/{id}");
+    assert_eq!(key("/by-route/2").await, "POST /by-route/{id}");
+    // Percent-decoded, any characters.
+    assert_eq!(key("/by-param/1/j%C3%BCrgen%20k").await, "user:jürgen k");
+}
