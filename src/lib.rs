@@ -10,6 +10,10 @@
 //! - [`Backend`](backend::Backend) is the small trait a store implements. The
 //!   in-memory backend is built in ([`memory`], with a [`bus`] to share it
 //!   between nodes).
+//! - [`LockLayer`] is tower middleware that runs the requests sharing a key
+//!   one at a time, across every replica of a service ([`middleware`]);
+//!   `extract` (feature `axum`) has axum extractors for the lock a handler
+//!   holds.
 //!
 //! # Quick start
 //!
@@ -59,10 +63,10 @@
 //!
 //! | feature | adds |
 //! |---------|------|
-//! | (none)  | [`Locker`], [`LockGuard`], the in-memory backend and [`bus`] |
+//! | (none)  | [`Locker`], [`LockGuard`], the in-memory backend, [`bus`], [`LockLayer`] |
+//! | `axum` (default) | `extract`: `HeldLock`, `Locked<K>`; `key::path_param` and `key::method_and_path` |
 //! | `redis` | `redis::RedisBackend`: standalone, Sentinel and Cluster |
 //! | `nats`  | `nats::NatsBackend`: JetStream key-value |
-//! | `axum`  | axum extractors for held locks |
 //!
 //! # Runtime
 //!
@@ -80,11 +84,17 @@ mod guard;
 mod key;
 mod locker;
 pub mod memory;
+pub mod middleware;
 mod run_to_end;
+
+#[cfg(feature = "axum")]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+pub mod extract;
 
 pub use crate::{
     error::{BoxError, LockError},
     guard::LockGuard,
     key::{MAX_KEY_LEN, MAX_TTL, MIN_TTL},
     locker::{BACKOFF_MAX, BACKOFF_START, Locker},
+    middleware::{LockLayer, LockService},
 };

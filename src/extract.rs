@@ -1,0 +1,245 @@
+//! axum extractors for locks (feature `axum`).
+//!
+//! - [`HeldLock`]: the lock [`LockLayer`](crate::LockLayer) took for this
+//!   request. `Option<HeldLock>` is `None` where no lock was taken.
+//! - [`Locked<K>`]: takes the lock inside the handler instead of a layer,
+//!   with the [`Locker`] from the router's state and the key that
+//!   [`K: LockKey`](LockKey) derives from the request. The lock is held while
+//!   the extractor value lives, i.e. for the handler's run.
+//!
+//! # Examples
+//!
+//! ```
+//! use axum::{Router, extract::{FromRequestParts, Path}, http::request::Parts, routing::post};
+//! use tower_lock::{Locker, extract::{LockKey, Locked}};
+//!
+//! /// One transfer at a time per account, keyed by the `{id}` path parameter.
+//! struct Account;
+//!
+//! impl<S: Send + Sync> LockKey<S> for Account {
+//!     type Rejection = axum::extract::rejection::PathRejection;
+//!
+//!     async fn lock_key(parts: &mut Parts, state: &S) -> Result<String, Self::Rejection> {
+//!         let Path(id) = Path::<u64>::from_request_parts(parts, state).await?;
+//!         Ok(format!("account:{id}"))
+//!     }
+//! }
+//!
+//! async fn transfer(lock: Locked<Account>) -> String {
+//!     format!("transferring under fence {}", lock.fence())
+//! }
+//!
+//! let app: Router = Router::new()
+//!     .route("/accounts/{id}/transfer", post(transfer))
+//!     .with_state(Locker::in_memory());
+//! ```
+
+use std::{convert::Infallible, fmt, marker::PhantomData, ops::Deref, time::Duration};
+
+use axum::{
+    extract::{FromRef, FromRequestParts, OptionalFromRequestParts},
+    http::{StatusCode, request::Parts},
+    response::{IntoResponse, Response},
+};
+
+pub use crate::middleware::HeldLock;
+use crate::{LockGuard, Locker, middleware::LockRejection};
+
+impl<S: Send + Sync> FromRequestParts<S> for HeldLock {
+    type Rejection = MissingHeldLock;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        parts
+            .extensions
+            .get::<HeldLock>()
+            .cloned()
+            .ok_or(MissingHeldLock { _private: () })
+    }
+}
+
+impl<S: Send + Sync> OptionalFromRequestParts<S> for HeldLock {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        _state: &S,
+    ) -> Result<Option<Self>, Self::Rejection> {
+        Ok(parts.extensions.get::<HeldLock>().cloned())
+    }
+}
+
+/// Rejection of the [`HeldLock`] extractor when the request holds no lock:
+/// the handler is not behind a [`LockLayer`](crate::LockLayer), or the
+/// layer let the request through without a key. `500`, because it is a
+/// server bug.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct MissingHeldLock {
+    _private: (),
+}
+
+impl MissingHeldLock {
+    /// `500 Internal Server Error`.
+    pub fn status(&self) -> StatusCode {
+        StatusCode::INTERNAL_SERVER_ERROR
+    }
+
+    /// The response text.
+    pub fn body_text(&self) -> &'static str {
+        "Missing request extension: `HeldLock` was not found. Is the handler behind a \
+         `tower_lock::LockLayer`, and did the layer find a key? Use `Option<HeldLock>` \
+         where the lock is optional."
+    }
+}
+
+impl fmt::Display for MissingHeldLock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.body_text())
+    }
+}
+
+impl std::error::Error for MissingHeldLock {}
+
+impl IntoResponse for MissingHeldLock {
+    fn into_response(self) -> Response {
+        (self.status(), self.body_text()).into_response()
+    }
+}
+
+impl IntoResponse for LockRejection {
+    fn into_response(self) -> Response {
+        LockRejection::into_response(self).map(axum::body::Body::from)
+    }
+}
+
+/// Derives the lock key of a request for [`Locked<Self>`](Locked), and the
+/// lock's options. Implemented by a marker type per kind of lock.
+///
+/// `lock_key` may run other extractors (`Path`, `TypedHeader`, ...); their
+/// rejections become the request's response.
+///
+/// See the [module docs](self) for an example.
+pub trait LockKey<S>: Send + Sync + 'static {
+    /// The response when no key can be derived.
+    type Rejection: IntoResponse;
+
+    /// The lease of the lock; renewed while the extractor lives.
+    const TTL: Duration = crate::middleware::DEFAULT_TTL;
+
+    /// How long to wait for a busy key before `423 Locked`; zero to fail
+    /// fast.
+    const WAIT: Duration = crate::middleware::DEFAULT_WAIT;
+
+    /// The key of the request's lock.
+    fn lock_key(
+        parts: &mut Parts,
+        state: &S,
+    ) -> impl Future<Output = Result<String, Self::Rejection>> + Send;
+}
+
+/// A lock taken by the handler's extractor: the key comes from
+/// [`K: LockKey`](LockKey), the [`Locker`] from the state
+/// ([`FromRef`]). The lock is held, its lease renewed, until the value is
+/// dropped: at the end of the handler unless it is moved elsewhere.
+///
+/// Unlike [`LockLayer`](crate::LockLayer), the lock is released when the
+/// handler returns, before a streamed response body is sent.
+///
+/// Rejections: [`LockedRejection`]. See the [module docs](self) for an
+/// example.
+#[must_use = "the lock is released when this is dropped"]
+pub struct Locked<K> {
+    guard: LockGuard,
+    _key: PhantomData<fn() -> K>,
+}
+
+impl<K> Locked<K> {
+    /// The guard, to release early or watch [`LockGuard::lost`].
+    pub fn into_guard(self) -> LockGuard {
+        self.guard
+    }
+}
+
+impl<K> Deref for Locked<K> {
+    type Target = LockGuard;
+
+    fn deref(&self) -> &LockGuard {
+        &self.guard
+    }
+}
+
+impl<K> fmt::Debug for Locked<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Locked").field(&self.guard).finish()
+    }
+}
+
+impl<S, K> FromRequestParts<S> for Locked<K>
+where
+    S: Send + Sync,
+    K: LockKey<S>,
+    Locker: FromRef<S>,
+{
+    type Rejection = LockedRejection<K::Rejection>;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let key = K::lock_key(parts, state)
+            .await
+            .map_err(LockedRejection::Key)?;
+        let locker = Locker::from_ref(state).auto_renew(true);
+        match locker.acquire_timeout(&key, K::TTL, K::WAIT).await {
+            Ok(guard) => Ok(Locked {
+                guard,
+                _key: PhantomData,
+            }),
+            Err(error) => {
+                let rejection = LockRejection::from_error(key, error);
+                if matches!(
+                    rejection,
+                    LockRejection::Unavailable { .. } | LockRejection::Failed { .. }
+                ) {
+                    tracing::error!(error = %rejection, "Locked extractor refused the request");
+                }
+                Err(LockedRejection::Lock(rejection))
+            }
+        }
+    }
+}
+
+/// Rejection of [`Locked<K>`].
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum LockedRejection<R> {
+    /// [`LockKey::lock_key`] found no key; its own rejection.
+    Key(R),
+    /// The lock was not taken: `423` with `Retry-After` when busy, `503`
+    /// when the store is unreachable, `400` for an invalid key.
+    Lock(LockRejection),
+}
+
+impl<R: IntoResponse> IntoResponse for LockedRejection<R> {
+    fn into_response(self) -> Response {
+        match self {
+            LockedRejection::Key(rejection) => rejection.into_response(),
+            LockedRejection::Lock(rejection) => IntoResponse::into_response(rejection),
+        }
+    }
+}
+
+impl<R: fmt::Display> fmt::Display for LockedRejection<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LockedRejection::Key(rejection) => write!(f, "no lock key: {rejection}"),
+            LockedRejection::Lock(rejection) => rejection.fmt(f),
+        }
+    }
+}
+
+impl<R: std::error::Error + 'static> std::error::Error for LockedRejection<R> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            LockedRejection::Key(rejection) => Some(rejection),
+            LockedRejection::Lock(rejection) => Some(rejection),
+        }
+    }
+}

@@ -1,0 +1,225 @@
+//! [`LockBody`]: a response body that holds the lock until it has been sent.
+
+use std::{
+    future::Future,
+    pin::Pin,
+    task::{Context, Poll, ready},
+};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+
+use crate::LockGuard;
+
+pin_project! {
+    /// The response body of [`LockService`](super::LockService).
+    ///
+    /// It holds the request's lock until the body is done: at its last frame
+    /// (the inner body reports [`is_end_stream`](Body::is_end_stream), or
+    /// ends), at an error, or when the body is dropped unfinished (the
+    /// client went away). A body that is empty from the start (`HEAD`,
+    /// `204`) releases at once.
+    pub struct LockBody<B> {
+        #[pin]
+        kind: Kind<B>,
+        // `Some` until the body is done; dropping it releases the lock.
+        guard: Option<LockGuard>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<B> {
+        Inner { #[pin] body: B },
+        Refusal { data: Option<Bytes> },
+    }
+}
+
+impl<B: Body> LockBody<B> {
+    pub(crate) fn locked(body: B, guard: LockGuard, cx: &mut Context<'_>) -> Self {
+        let guard = if body.is_end_stream() {
+            release(guard, cx);
+            None
+        } else {
+            Some(guard)
+        };
+        LockBody {
+            kind: Kind::Inner { body },
+            guard,
+        }
+    }
+
+    pub(crate) fn unlocked(body: B) -> Self {
+        LockBody {
+            kind: Kind::Inner { body },
+            guard: None,
+        }
+    }
+}
+
+impl<B> LockBody<B> {
+    pub(crate) fn refusal(data: Bytes) -> Self {
+        LockBody {
+            kind: Kind::Refusal {
+                data: (!data.is_empty()).then_some(data),
+            },
+            guard: None,
+        }
+    }
+
+    /// Whether this body still holds its request's lock.
+    pub fn holds_lock(&self) -> bool {
+        self.guard.is_some()
+    }
+}
+
+/// Releases `guard` in place when the store answers at once (the in-memory
+/// store always does), without the task a dropped guard spawns; otherwise
+/// the release goes on in the background.
+pub(crate) fn release(guard: LockGuard, cx: &mut Context<'_>) {
+    let release = guard.release();
+    let mut release = std::pin::pin!(release);
+    // Pending: dropping the future hands the release to the runtime. A
+    // failed release leaves the lease to end at its ttl, as a dropped guard
+    // would; the error is logged by the guard.
+    let _ = release.as_mut().poll(cx);
+}
+
+impl<B> Body for LockBody<B>
+where
+    B: Body<Data = Bytes>,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        match this.kind.project() {
+            KindProj::Inner { mut body } => {
+                let frame = ready!(body.as_mut().poll_frame(cx));
+                // A client that knows the length stops polling after the last
+                // data frame, so "ended" must be noticed here and not only at
+                // `None`.
+                let done = match &frame {
+                    Some(Ok(_)) => body.is_end_stream(),
+                    None | Some(Err(_)) => true,
+                };
+                if done && let Some(guard) = this.guard.take() {
+                    release(guard, cx);
+                }
+                Poll::Ready(frame)
+            }
+            KindProj::Refusal { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Inner { body } => body.is_end_stream(),
+            Kind::Refusal { data } => data.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Inner { body } => body.size_hint(),
+            Kind::Refusal { data } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+        }
+    }
+}
+
+impl<B> std::fmt::Debug for LockBody<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LockBody")
+            .field("holds_lock", &self.holds_lock())
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use http_body_util::{BodyExt, Empty, Full, StreamBody};
+
+    use super::*;
+    use crate::Locker;
+
+    fn locked<B: Body>(body: B, guard: LockGuard) -> LockBody<B> {
+        LockBody::locked(
+            body,
+            guard,
+            &mut Context::from_waker(std::task::Waker::noop()),
+        )
+    }
+
+    const TTL: Duration = Duration::from_secs(30);
+
+    #[tokio::test]
+    async fn releases_after_the_last_data_frame_of_a_sized_body() {
+        let locker = Locker::in_memory();
+        let guard = locker.acquire("k", TTL).await.expect("lock");
+        let mut body = locked(Full::new(Bytes::from_static(b"hello")), guard);
+        assert!(body.holds_lock());
+        let frame = body.frame().await.expect("a frame").expect("data");
+        assert_eq!(frame.into_data().expect("data"), "hello");
+        // No `None` polled yet: the exact-length body already said it ended.
+        assert!(!body.holds_lock());
+    }
+
+    #[tokio::test]
+    async fn empty_bodies_release_at_once() {
+        let locker = Locker::in_memory();
+        let guard = locker.acquire("k", TTL).await.expect("lock");
+        let body = locked(Empty::<Bytes>::new(), guard);
+        assert!(!body.holds_lock());
+    }
+
+    #[tokio::test]
+    async fn streams_hold_until_their_end_and_drops_release() {
+        let locker = Locker::in_memory();
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(4);
+        let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        });
+        let guard = locker.acquire("k", TTL).await.expect("lock");
+        let mut body = locked(StreamBody::new(Box::pin(stream)), guard);
+        tx.send(Ok(Frame::data(Bytes::from_static(b"a"))))
+            .await
+            .expect("send");
+        body.frame().await.expect("frame").expect("data");
+        assert!(body.holds_lock(), "released before the stream ended");
+        drop(tx);
+        assert!(body.frame().await.is_none());
+        assert!(!body.holds_lock());
+
+        let guard = locker.acquire("k", TTL).await.expect("lock");
+        let (_tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(1);
+        let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        });
+        drop(locked(StreamBody::new(Box::pin(stream)), guard));
+        let next = tokio::time::timeout(Duration::from_secs(5), locker.acquire("k", TTL))
+            .await
+            .expect("a dropped body releases")
+            .expect("lock");
+        drop(next);
+    }
+
+    #[tokio::test]
+    async fn errors_release() {
+        let locker = Locker::in_memory();
+        let guard = locker.acquire("k", TTL).await.expect("lock");
+        let stream =
+            futures_util::stream::iter([Err::<Frame<Bytes>, _>(std::io::Error::other("x"))]);
+        let mut body = locked(StreamBody::new(Box::pin(stream)), guard);
+        assert!(body.frame().await.expect("item").is_err());
+        assert!(!body.holds_lock());
+    }
+}
