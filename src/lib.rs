@@ -61,7 +61,7 @@
 //! |---------|------|
 //! | (none)  | [`Locker`], [`LockGuard`], the in-memory backend and [`bus`] |
 //! | `redis` | `redis::RedisBackend`: standalone, Sentinel and Cluster |
-//! | `nats`  | `nats::NatsBackend`: JetStream key-value |
+//! | `nats`  | `nats::NatsBackend`: JetStream key-value, nats-server 2.9+ |
 //! | `axum`  | axum extractors for held locks |
 //!
 //! # Runtime
@@ -80,6 +80,9 @@ mod guard;
 mod key;
 mod locker;
 pub mod memory;
+#[cfg(feature = "nats")]
+#[cfg_attr(docsrs, doc(cfg(feature = "nats")))]
+pub mod nats;
 mod run_to_end;
 
 pub use crate::{

@@ -3,6 +3,9 @@
 //! them. Never the machine's shared instances.
 #![allow(dead_code)]
 
+#[cfg(feature = "nats")]
+pub mod nats;
+
 use std::{
     net::{TcpListener, TcpStream},
     path::{Path, PathBuf},

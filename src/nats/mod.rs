@@ -1,0 +1,388 @@
+//! [`NatsBackend`]: locks in a NATS JetStream key-value bucket.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use tower_lock::{Locker, nats::NatsBackend};
+//!
+//! # #[tokio::main]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let client = async_nats::connect("127.0.0.1:4222").await?;
+//! let js = async_nats::jetstream::new(client);
+//! let locker = Locker::new(NatsBackend::new(js, "my-locks").await?);
+//!
+//! let guard = locker.acquire("invoice:42", Duration::from_secs(10)).await?;
+//! println!("writing with fence {}", guard.fence());
+//! guard.release().await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # How it works
+//!
+//! Each lock is one key of the bucket (history 1), holding the holder's
+//! token and lease length.
+//!
+//! - **Acquire** writes the key only if nobody holds it: a compare-and-set
+//!   on the key's last revision (none, or the marker its last release left).
+//!   The fence is the revision of that write: a JetStream stream sequence,
+//!   strictly increasing for every key of the bucket.
+//! - **Release** deletes the key only at the holder's revision, so it can
+//!   never remove a newer holder. **Extend** rewrites the lease at the
+//!   holder's revision and returns the new one. When a reply was lost and
+//!   the revision moved on, both check that the key still carries the
+//!   holder's token before they retry at its current revision.
+//! - **Wake-ups** come from one watch over the bucket per backend: a delete
+//!   or purge wakes that key's waiters here. After the watch fails it is
+//!   re-established and every waiter tries again.
+//!
+//! # Expiry without trusting clocks
+//!
+//! nats-server 2.9 has no per-key expiry (a bucket's `max_age` applies to
+//! every key and emits no event), so a crashed holder's entry stays in the
+//! bucket. A waiter that finds a lease notes when *it* first saw that
+//! revision, on its own monotonic clock, and takes the key over (a
+//! compare-and-set on that revision) only after a whole lease length has
+//! passed since. No two machines' clocks are ever compared. The holder's own
+//! deadline started before its write, so it always ends first; a renewal
+//! writes a new revision, which restarts every waiter's measurement.
+//!
+//! The cost: a lock abandoned by a crashed holder is free at most one ttl
+//! after a waiter first sees it, which may be up to twice the ttl after the
+//! holder's last write. A holder whose lease ran out keeps the lock (its
+//! release and renewals still succeed) until somebody actually takes it
+//! over.
+//!
+//! # The bucket
+//!
+//! [`NatsBackend::new`] creates the bucket when it is absent (file storage,
+//! history 1, one replica; see [`NatsBackend::builder`] for more). It works
+//! on nats-server 2.9 and later. A bucket shared with other data works too:
+//! a value this crate did not write is a lock held for ever.
+//!
+//! Keys may hold any characters. Those NATS does not allow in a key become
+//! `=XX` escapes ([`encode_key`]); `invoice:42` is stored as
+//! `invoice=3A42`. A released key leaves a delete marker (a message with no
+//! value) in the bucket, as every KV delete does: it is what the next
+//! acquisition of that key compares against.
+//!
+//! Buckets reached through a JetStream domain or API prefix are not
+//! supported.
+
+mod bucket;
+mod key;
+mod lease;
+mod watch;
+
+use std::{fmt, sync::Arc, time::Duration};
+
+use async_nats::{
+    HeaderMap, HeaderValue,
+    jetstream::{
+        self,
+        kv::{Operation, Store, UpdateErrorKind},
+        context::PublishErrorKind,
+    },
+};
+use bytes::Bytes;
+
+use self::lease::{LeaseValue, SeenKeys, Verdict};
+use crate::{
+    LockError,
+    backend::{Attempt, Backend, Lease, Subscription, Token, WakeRegistry},
+};
+
+/// How often one call re-reads a key whose revision moved under it before
+/// it answers "busy" or "lost"; each round is a real change by someone else.
+const ROUNDS: usize = 4;
+
+/// A [`Backend`] over a NATS JetStream key-value bucket. Cheap to clone;
+/// clones share one watch.
+///
+/// See the [module docs](self) for how it works and an example.
+#[derive(Clone)]
+pub struct NatsBackend {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    js: jetstream::Context,
+    store: Store,
+    /// `$KV.<bucket>.`: where keys are written.
+    subject_prefix: String,
+    wakeups: WakeRegistry,
+    seen: Arc<SeenKeys>,
+    watch: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.watch.abort();
+    }
+}
+
+/// Builds a [`NatsBackend`] with settings for a bucket it creates.
+///
+/// ```no_run
+/// # #[tokio::main]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let client = async_nats::connect("127.0.0.1:4222").await?;
+/// let js = async_nats::jetstream::new(client);
+/// let backend = tower_lock::nats::NatsBackend::builder(js, "my-locks")
+///     .replicas(3)
+///     .build()
+///     .await?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug)]
+#[must_use = "a builder does nothing until `build` is awaited"]
+pub struct Builder {
+    js: jetstream::Context,
+    bucket: String,
+    replicas: usize,
+}
+
+impl Builder {
+    /// How many replicas a bucket this backend creates keeps (default 1).
+    /// An existing bucket is used as it is.
+    pub fn replicas(mut self, replicas: usize) -> Self {
+        self.replicas = replicas;
+        self
+    }
+
+    /// Opens the bucket, creating it when absent, and starts watching it.
+    ///
+    /// # Errors
+    ///
+    /// [`LockError::Unavailable`] when the bucket name is invalid or the
+    /// server can not be reached.
+    pub async fn build(self) -> Result<NatsBackend, LockError> {
+        let store = bucket::open_or_create(&self.js, &self.bucket, self.replicas).await?;
+        let wakeups = WakeRegistry::default();
+        let seen = Arc::new(SeenKeys::default());
+        let watch = watch::start(store.clone(), wakeups.clone(), seen.clone()).await?;
+        let subject_prefix = store
+            .put_prefix
+            .clone()
+            .unwrap_or_else(|| store.prefix.clone());
+        Ok(NatsBackend {
+            inner: Arc::new(Inner {
+                js: self.js,
+                store,
+                subject_prefix,
+                wakeups,
+                seen,
+                watch,
+            }),
+        })
+    }
+}
+
+/// A write that lost its compare-and-set: the key's revision moved on.
+struct Conflict;
+
+impl NatsBackend {
+    /// Opens the KV bucket `bucket`, creating it when absent (history 1, one
+    /// replica), and starts watching it for releases.
+    ///
+    /// Concurrent callers creating the same bucket all succeed.
+    ///
+    /// # Errors
+    ///
+    /// [`LockError::Unavailable`] when the bucket name is invalid or the
+    /// server can not be reached.
+    ///
+    /// ```no_run
+    /// # #[tokio::main]
+    /// # async fn main() -> Result<(), tower_lock::LockError> {
+    /// # let client = async_nats::connect("127.0.0.1:4222").await.unwrap();
+    /// let js = async_nats::jetstream::new(client);
+    /// let backend = tower_lock::nats::NatsBackend::new(js, "my-locks").await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn new(js: jetstream::Context, bucket: &str) -> Result<Self, LockError> {
+        Self::builder(js, bucket).build().await
+    }
+
+    /// A [`Builder`], for settings of a bucket this backend creates.
+    pub fn builder(js: jetstream::Context, bucket: &str) -> Builder {
+        Builder {
+            js,
+            bucket: bucket.to_owned(),
+            replicas: 1,
+        }
+    }
+
+    /// The key-value bucket the locks live in.
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// Writes `value` at `key` if its last revision is `expected` (0: the
+    /// key has no message at all).
+    async fn put(&self, key: &str, value: Bytes, expected: u64) -> Result<Result<u64, Conflict>, LockError> {
+        match self.inner.store.update(key, value, expected).await {
+            Ok(revision) => Ok(Ok(revision)),
+            Err(err) if err.kind() == UpdateErrorKind::WrongLastRevision => Ok(Err(Conflict)),
+            Err(err) => Err(LockError::unavailable(err)),
+        }
+    }
+
+    /// Writes a delete marker at `key` if its last revision is `expected`,
+    /// returning the marker's revision (which `Store::delete_expect_revision`
+    /// does not give).
+    async fn delete(&self, key: &str, expected: u64) -> Result<Result<u64, Conflict>, LockError> {
+        let mut headers = HeaderMap::new();
+        headers.insert("KV-Operation", "DEL");
+        headers.insert(
+            async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+            HeaderValue::from(expected),
+        );
+        let subject = format!("{}{key}", self.inner.subject_prefix);
+        let ack = match self
+            .inner
+            .js
+            .publish_with_headers(subject, headers, Bytes::new())
+            .await
+        {
+            Ok(ack) => ack.await,
+            Err(err) => Err(err),
+        };
+        match ack {
+            Ok(ack) => Ok(Ok(ack.sequence)),
+            Err(err) if err.kind() == PublishErrorKind::WrongLastSequence => Ok(Err(Conflict)),
+            Err(err) => Err(LockError::unavailable(err)),
+        }
+    }
+
+    /// The key's current entry: `Some(revision)` when it still carries
+    /// `token`'s lease.
+    async fn revision_held_by(&self, key: &str, token: Token) -> Result<Option<u64>, LockError> {
+        let entry = self.inner.store.entry(key).await.map_err(LockError::unavailable)?;
+        Ok(entry.and_then(|entry| {
+            let ours = entry.operation == Operation::Put
+                && LeaseValue::decode(&entry.value).is_some_and(|lease| lease.token == token);
+            ours.then_some(entry.revision)
+        }))
+    }
+}
+
+#[async_trait::async_trait]
+impl Backend for NatsBackend {
+    async fn try_acquire(&self, key: &str, token: Token, ttl: Duration) -> Result<Attempt, LockError> {
+        let key = key::encode(key);
+        let value = LeaseValue { token, ttl }.encode();
+        let seen = &self.inner.seen;
+        let mut expected = seen.expected_free_revision(&key);
+        for _ in 0..ROUNDS {
+            if let Ok(revision) = self.put(&key, value.clone(), expected).await? {
+                seen.forget(&key);
+                return Ok(Attempt::Acquired {
+                    fence: revision,
+                    revision,
+                });
+            }
+            let entry = self.inner.store.entry(&key).await.map_err(LockError::unavailable)?;
+            expected = match entry {
+                None => 0,
+                Some(entry) if entry.operation != Operation::Put => entry.revision,
+                Some(entry) => {
+                    // A value this crate did not write never expires.
+                    let Some(lease) = LeaseValue::decode(&entry.value) else {
+                        return Ok(Attempt::Busy { remaining: None });
+                    };
+                    match seen.judge(&key, entry.revision, lease.ttl) {
+                        Verdict::Running(remaining) => {
+                            return Ok(Attempt::Busy {
+                                remaining: Some(remaining),
+                            });
+                        }
+                        Verdict::Expired => {
+                            tracing::debug!(%key, revision = entry.revision, "lease ran out; taking over");
+                            entry.revision
+                        }
+                    }
+                }
+            };
+        }
+        // Others kept changing the key under us: it is contended.
+        Ok(Attempt::Busy { remaining: None })
+    }
+
+    async fn extend(&self, key: &str, lease: &Lease, ttl: Duration) -> Result<Option<u64>, LockError> {
+        let key = key::encode(key);
+        let value = LeaseValue {
+            token: lease.token,
+            ttl,
+        }
+        .encode();
+        let mut expected = lease.revision;
+        for _ in 0..ROUNDS {
+            if let Ok(revision) = self.put(&key, value.clone(), expected).await? {
+                return Ok(Some(revision));
+            }
+            // A renewal whose reply was lost may have moved the revision on
+            // while the lease stayed ours.
+            match self.revision_held_by(&key, lease.token).await? {
+                Some(revision) => expected = revision,
+                None => return Ok(None),
+            }
+        }
+        Ok(None)
+    }
+
+    async fn release(&self, key: &str, lease: &Lease) -> Result<bool, LockError> {
+        let key = key::encode(key);
+        let mut expected = lease.revision;
+        for _ in 0..ROUNDS {
+            if let Ok(marker) = self.delete(&key, expected).await? {
+                self.inner.seen.free(&key, marker);
+                // Waiters here need not wait for the watch's echo.
+                self.inner.wakeups.notify(&key);
+                return Ok(true);
+            }
+            match self.revision_held_by(&key, lease.token).await? {
+                Some(revision) => expected = revision,
+                None => return Ok(false),
+            }
+        }
+        Ok(false)
+    }
+
+    async fn subscribe(&self, key: &str) -> Result<Subscription, LockError> {
+        // The watch is live from construction (and re-established with a
+        // wake-up for everyone after failures), so registering is enough.
+        Ok(self.inner.wakeups.subscribe(&key::encode(key)))
+    }
+}
+
+impl fmt::Debug for NatsBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NatsBackend")
+            .field("bucket", &self.inner.store.name)
+            .field("watched_keys", &self.inner.wakeups.len())
+            .field("remembered_keys", &self.inner.seen.len())
+            .finish()
+    }
+}
+
+/// The NATS KV key a lock key is stored under: characters NATS does not
+/// allow in keys (and `=`, `.`) become `=XX` hex escapes of their UTF-8
+/// bytes.
+///
+/// ```
+/// use tower_lock::nats::{decode_key, encode_key};
+///
+/// assert_eq!(encode_key("invoice:42"), "invoice=3A42");
+/// assert_eq!(decode_key("invoice=3A42").as_deref(), Some("invoice:42"));
+/// ```
+pub fn encode_key(key: &str) -> String {
+    key::encode(key)
+}
+
+/// The lock key a NATS KV key of the bucket stands for; `None` for a key
+/// [`encode_key`] can not have made.
+pub fn decode_key(key: &str) -> Option<String> {
+    key::decode(key)
+}
