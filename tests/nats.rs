@@ -235,7 +235,10 @@ impl Holder {
 
 impl Drop for Holder {
     fn drop(&mut self) {
-        support::signal(self.child.id(), "CONT");
+        if let Ok(None) = self.child.try_wait() {
+            // A paused process can not die until it is continued.
+            support::signal(self.child.id(), "CONT");
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

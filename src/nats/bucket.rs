@@ -56,7 +56,13 @@ fn stream_config(bucket: &str, replicas: usize) -> stream::Config {
         max_messages_per_subject: 1,
         discard: DiscardPolicy::New,
         allow_rollup: true,
-        deny_delete: true,
+        // A release deletes exactly its holder's message (by sequence) and
+        // leaves the key without any message, so that the next acquisition
+        // is a create on an empty key: the one compare-and-set that
+        // replicated streams serialise on every server version (before
+        // 2.9.21 the others are only checked by the leader before
+        // replication, nats-server#4320). KV's own buckets forbid this.
+        deny_delete: false,
         deny_purge: false,
         // Direct gets (2.9+) let any replica answer reads; every decision
         // taken on a read is confirmed by a compare-and-set, so a stale

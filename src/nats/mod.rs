@@ -73,17 +73,24 @@ mod key;
 mod lease;
 mod watch;
 
-use std::{fmt, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    fmt,
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
 
 use async_nats::{
     HeaderMap, HeaderValue,
     jetstream::{
         self,
-        kv::{Operation, Store, UpdateErrorKind},
         context::PublishErrorKind,
+        kv::{Operation, Store, UpdateErrorKind},
+        stream::DeleteMessageErrorKind,
     },
 };
 use bytes::Bytes;
+use tokio::time::Instant;
 
 use self::lease::{LeaseValue, SeenKeys, Verdict};
 use crate::{
@@ -109,6 +116,14 @@ struct Inner {
     store: Store,
     /// `$KV.<bucket>.`: where keys are written.
     subject_prefix: String,
+    /// Whether the bucket's stream allows deleting one message: then a
+    /// release removes exactly the holder's message and leaves the key with
+    /// no message at all (see [`Inner::release_exact`]).
+    exact_delete: bool,
+    /// Where releases are announced: `tower-lock.<bucket>.released.<key>`.
+    released_prefix: String,
+    /// The local deadline of each lease this backend granted or renewed.
+    own: OwnLeases,
     wakeups: WakeRegistry,
     seen: Arc<SeenKeys>,
     watch: tokio::task::JoinHandle<()>,
@@ -160,16 +175,28 @@ impl Builder {
         let store = bucket::open_or_create(&self.js, &self.bucket, self.replicas).await?;
         let wakeups = WakeRegistry::default();
         let seen = Arc::new(SeenKeys::default());
-        let watch = watch::start(store.clone(), wakeups.clone(), seen.clone()).await?;
+        let released_prefix = format!("tower-lock.{}.released.", self.bucket);
+        let watch = watch::start(
+            self.js.client(),
+            store.clone(),
+            &released_prefix,
+            wakeups.clone(),
+            seen.clone(),
+        )
+        .await?;
         let subject_prefix = store
             .put_prefix
             .clone()
             .unwrap_or_else(|| store.prefix.clone());
+        let exact_delete = !store.stream.cached_info().config.deny_delete;
         Ok(NatsBackend {
             inner: Arc::new(Inner {
                 js: self.js,
                 store,
                 subject_prefix,
+                exact_delete,
+                released_prefix,
+                own: OwnLeases::default(),
                 wakeups,
                 seen,
                 watch,
@@ -177,9 +204,6 @@ impl Builder {
         })
     }
 }
-
-/// A write that lost its compare-and-set: the key's revision moved on.
-struct Conflict;
 
 impl NatsBackend {
     /// Opens the KV bucket `bucket`, creating it when absent (history 1, one
@@ -221,7 +245,12 @@ impl NatsBackend {
 
     /// Writes `value` at `key` if its last revision is `expected` (0: the
     /// key has no message at all).
-    async fn put(&self, key: &str, value: Bytes, expected: u64) -> Result<Result<u64, Conflict>, LockError> {
+    async fn put(
+        &self,
+        key: &str,
+        value: Bytes,
+        expected: u64,
+    ) -> Result<Result<u64, Conflict>, LockError> {
         match self.inner.store.update(key, value, expected).await {
             Ok(revision) => Ok(Ok(revision)),
             Err(err) if err.kind() == UpdateErrorKind::WrongLastRevision => Ok(Err(Conflict)),
@@ -229,10 +258,32 @@ impl NatsBackend {
         }
     }
 
+    /// Removes the message at `revision` if it is still stored: an exact,
+    /// replicated delete of one holder's lease. `Err(Conflict)` when it is
+    /// gone (replaced by a renewal or a takeover, or already released).
+    async fn remove(&self, revision: u64) -> Result<Result<(), Conflict>, LockError> {
+        match self.inner.store.stream.delete_message(revision).await {
+            Ok(true) => Ok(Ok(())),
+            Ok(false) => Ok(Err(Conflict)),
+            Err(err) => match err.kind() {
+                DeleteMessageErrorKind::JetStream(js_err)
+                    if js_err.error_code() == jetstream::ErrorCode::NO_MESSAGE_FOUND =>
+                {
+                    Ok(Err(Conflict))
+                }
+                _ => Err(LockError::unavailable(err)),
+            },
+        }
+    }
+
     /// Writes a delete marker at `key` if its last revision is `expected`,
     /// returning the marker's revision (which `Store::delete_expect_revision`
-    /// does not give).
-    async fn delete(&self, key: &str, expected: u64) -> Result<Result<u64, Conflict>, LockError> {
+    /// does not give). Only for buckets that forbid deleting messages.
+    async fn mark_deleted(
+        &self,
+        key: &str,
+        expected: u64,
+    ) -> Result<Result<u64, Conflict>, LockError> {
         let mut headers = HeaderMap::new();
         headers.insert("KV-Operation", "DEL");
         headers.insert(
@@ -259,31 +310,75 @@ impl NatsBackend {
     /// The key's current entry: `Some(revision)` when it still carries
     /// `token`'s lease.
     async fn revision_held_by(&self, key: &str, token: Token) -> Result<Option<u64>, LockError> {
-        let entry = self.inner.store.entry(key).await.map_err(LockError::unavailable)?;
+        let entry = self
+            .inner
+            .store
+            .entry(key)
+            .await
+            .map_err(LockError::unavailable)?;
         Ok(entry.and_then(|entry| {
             let ours = entry.operation == Operation::Put
                 && LeaseValue::decode(&entry.value).is_some_and(|lease| lease.token == token);
             ours.then_some(entry.revision)
         }))
     }
+
+    /// Frees `key` held at `revision`; `Conflict` when that lease is no
+    /// longer stored.
+    async fn free(&self, key: &str, revision: u64) -> Result<Result<(), Conflict>, LockError> {
+        if self.inner.exact_delete {
+            return self.remove(revision).await;
+        }
+        Ok(self.mark_deleted(key, revision).await?.map(|marker| {
+            self.inner.seen.free(key, marker);
+        }))
+    }
+
+    /// Tells waiters everywhere that `key` was released. The stream's
+    /// message deletes emit no watch event, so releases are announced on a
+    /// plain NATS subject; one lost announcement costs a waiter one backoff
+    /// step.
+    async fn announce_release(&self, key: &str) {
+        // Waiters here need not wait for the echo.
+        self.inner.wakeups.notify(key);
+        let subject = format!("{}{key}", self.inner.released_prefix);
+        if let Err(err) = self.inner.js.client().publish(subject, Bytes::new()).await {
+            tracing::debug!(%key, error = %err, "release announcement not sent");
+        }
+    }
 }
+
+/// A write that lost its compare-and-set: the key's revision moved on.
+struct Conflict;
 
 #[async_trait::async_trait]
 impl Backend for NatsBackend {
-    async fn try_acquire(&self, key: &str, token: Token, ttl: Duration) -> Result<Attempt, LockError> {
+    async fn try_acquire(
+        &self,
+        key: &str,
+        token: Token,
+        ttl: Duration,
+    ) -> Result<Attempt, LockError> {
         let key = key::encode(key);
         let value = LeaseValue { token, ttl }.encode();
         let seen = &self.inner.seen;
+        let sent_at = Instant::now();
         let mut expected = seen.expected_free_revision(&key);
         for _ in 0..ROUNDS {
             if let Ok(revision) = self.put(&key, value.clone(), expected).await? {
                 seen.forget(&key);
+                self.inner.own.granted(&key, token, sent_at + ttl);
                 return Ok(Attempt::Acquired {
                     fence: revision,
                     revision,
                 });
             }
-            let entry = self.inner.store.entry(&key).await.map_err(LockError::unavailable)?;
+            let entry = self
+                .inner
+                .store
+                .entry(&key)
+                .await
+                .map_err(LockError::unavailable)?;
             expected = match entry {
                 None => 0,
                 Some(entry) if entry.operation != Operation::Put => entry.revision,
@@ -298,6 +393,15 @@ impl Backend for NatsBackend {
                                 remaining: Some(remaining),
                             });
                         }
+                        Verdict::Expired if self.inner.exact_delete => {
+                            tracing::debug!(%key, revision = entry.revision, "lease ran out; taking over");
+                            // Remove exactly that lease, then create as on a
+                            // free key: creating on an empty key is the one
+                            // compare-and-set that replicated streams of
+                            // every server version serialise.
+                            let _ = self.remove(entry.revision).await?;
+                            0
+                        }
                         Verdict::Expired => {
                             tracing::debug!(%key, revision = entry.revision, "lease ran out; taking over");
                             entry.revision
@@ -310,40 +414,52 @@ impl Backend for NatsBackend {
         Ok(Attempt::Busy { remaining: None })
     }
 
-    async fn extend(&self, key: &str, lease: &Lease, ttl: Duration) -> Result<Option<u64>, LockError> {
+    async fn extend(
+        &self,
+        key: &str,
+        lease: &Lease,
+        ttl: Duration,
+    ) -> Result<Option<u64>, LockError> {
         let key = key::encode(key);
+        // A lease that ran out on our own clock may be being taken over
+        // right now: renewing it could race the takeover.
+        if !self.inner.own.running(&key, lease.token) {
+            return Ok(None);
+        }
         let value = LeaseValue {
             token: lease.token,
             ttl,
         }
         .encode();
+        let sent_at = Instant::now();
         let mut expected = lease.revision;
         for _ in 0..ROUNDS {
             if let Ok(revision) = self.put(&key, value.clone(), expected).await? {
+                self.inner.own.granted(&key, lease.token, sent_at + ttl);
                 return Ok(Some(revision));
             }
             // A renewal whose reply was lost may have moved the revision on
             // while the lease stayed ours.
             match self.revision_held_by(&key, lease.token).await? {
                 Some(revision) => expected = revision,
-                None => return Ok(None),
+                None => break,
             }
         }
+        self.inner.own.forget(&key, lease.token);
         Ok(None)
     }
 
     async fn release(&self, key: &str, lease: &Lease) -> Result<bool, LockError> {
         let key = key::encode(key);
-        let mut expected = lease.revision;
+        self.inner.own.forget(&key, lease.token);
+        let mut revision = lease.revision;
         for _ in 0..ROUNDS {
-            if let Ok(marker) = self.delete(&key, expected).await? {
-                self.inner.seen.free(&key, marker);
-                // Waiters here need not wait for the watch's echo.
-                self.inner.wakeups.notify(&key);
+            if self.free(&key, revision).await?.is_ok() {
+                self.announce_release(&key).await;
                 return Ok(true);
             }
             match self.revision_held_by(&key, lease.token).await? {
-                Some(revision) => expected = revision,
+                Some(current) => revision = current,
                 None => return Ok(false),
             }
         }
@@ -354,6 +470,41 @@ impl Backend for NatsBackend {
         // The watch is live from construction (and re-established with a
         // wake-up for everyone after failures), so registering is enough.
         Ok(self.inner.wakeups.subscribe(&key::encode(key)))
+    }
+}
+
+/// The local deadlines of the leases this backend granted, so that it never
+/// renews one that already ran out on its own clock.
+#[derive(Debug, Default)]
+struct OwnLeases {
+    leases: Mutex<HashMap<String, (Token, Instant)>>,
+}
+
+impl OwnLeases {
+    fn granted(&self, key: &str, token: Token, deadline: Instant) {
+        let mut leases = self.lock();
+        if leases.len() >= 4096 {
+            // Guards that were leaked never release: drop what ran out.
+            let now = Instant::now();
+            leases.retain(|_, (_, deadline)| *deadline > now);
+        }
+        leases.insert(key.to_owned(), (token, deadline));
+    }
+
+    fn running(&self, key: &str, token: Token) -> bool {
+        matches!(self.lock().get(key), Some((held, deadline))
+            if *held == token && *deadline > Instant::now())
+    }
+
+    fn forget(&self, key: &str, token: Token) {
+        let mut leases = self.lock();
+        if matches!(leases.get(key), Some((held, _)) if *held == token) {
+            leases.remove(key);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Token, Instant)>> {
+        self.leases.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
