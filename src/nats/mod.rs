@@ -266,8 +266,16 @@ impl NatsBackend {
             Ok(true) => Ok(Ok(())),
             Ok(false) => Ok(Err(Conflict)),
             Err(err) => match err.kind() {
+                // Servers answer a missing message with any of these (2.9:
+                // "delete failed: no message found"); callers confirm by
+                // reading the key before they conclude anything.
                 DeleteMessageErrorKind::JetStream(js_err)
-                    if js_err.error_code() == jetstream::ErrorCode::NO_MESSAGE_FOUND =>
+                    if [
+                        jetstream::ErrorCode::NO_MESSAGE_FOUND,
+                        jetstream::ErrorCode::STREAM_MESSAGE_DELETE_FAILED,
+                        jetstream::ErrorCode::SEQUENCE_NOT_FOUND,
+                    ]
+                    .contains(&js_err.error_code()) =>
                 {
                     Ok(Err(Conflict))
                 }
