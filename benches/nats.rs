@@ -58,11 +58,13 @@ async fn locker(port: u16) -> Locker {
 
 fn benches(c: &mut Criterion) {
     let s = setup();
-    let (a, b) = s.rt.block_on(async { (locker(s.port).await, locker(s.port).await) });
+    let (a, b) =
+        s.rt.block_on(async { (locker(s.port).await, locker(s.port).await) });
     let js = s
         .rt
         .block_on(async { async_nats::jetstream::new(support::nats::connect(&[s.port]).await) });
-    let store = s.rt.block_on(async { js.get_key_value("bench").await.expect("bucket") });
+    let store =
+        s.rt.block_on(async { js.get_key_value("bench").await.expect("bucket") });
     // A classic KV bucket (delete markers) for the named floor.
     let kv = s.rt.block_on(async {
         js.create_stream(async_nats::jetstream::stream::Config {
@@ -98,7 +100,10 @@ fn benches(c: &mut Criterion) {
     });
     group.bench_function("floor_kv_create_delete", |bench| {
         bench.to_async(&s.rt).iter(|| async {
-            let revision = kv.create("floor", "v1 x 30000".into()).await.expect("create");
+            let revision = kv
+                .create("floor", "v1 x 30000".into())
+                .await
+                .expect("create");
             kv.delete_expect_revision("floor", Some(revision))
                 .await
                 .expect("delete");

@@ -82,10 +82,21 @@ async fn concurrent_creators_of_one_bucket_all_succeed() {
         backends.push(open.await.expect("task").expect("every creator succeeds"));
     }
     // They all share the one bucket.
-    let (a, b) = (Locker::new(backends[0].clone()), Locker::new(backends[5].clone()));
-    let held = a.try_lock("k", Duration::from_secs(30)).await.expect("try_lock");
+    let (a, b) = (
+        Locker::new(backends[0].clone()),
+        Locker::new(backends[5].clone()),
+    );
+    let held = a
+        .try_lock("k", Duration::from_secs(30))
+        .await
+        .expect("try_lock");
     assert!(held.is_some());
-    assert!(b.try_lock("k", Duration::from_secs(30)).await.expect("try_lock").is_none());
+    assert!(
+        b.try_lock("k", Duration::from_secs(30))
+            .await
+            .expect("try_lock")
+            .is_none()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -123,7 +134,10 @@ async fn invalid_bucket_names_are_refused() {
         let err = NatsBackend::new(async_nats::jetstream::new(client.clone()), bad)
             .await
             .expect_err(bad);
-        assert!(matches!(err, LockError::Unavailable { .. }), "{bad:?}: {err}");
+        assert!(
+            matches!(err, LockError::Unavailable { .. }),
+            "{bad:?}: {err}"
+        );
     }
 }
 
@@ -135,14 +149,26 @@ async fn keys_are_stored_readably_and_reversibly() {
         .acquire("invoice:42 é", Duration::from_secs(30))
         .await
         .expect("acquire");
-    let keys: Vec<String> = nats.store.keys().await.expect("keys").try_collect().await.expect("keys");
+    let keys: Vec<String> = nats
+        .store
+        .keys()
+        .await
+        .expect("keys")
+        .try_collect()
+        .await
+        .expect("keys");
     assert_eq!(keys, ["invoice=3A42=20=C3=A9"]);
     assert_eq!(
         tower_lock::nats::decode_key(&keys[0]).as_deref(),
         Some("invoice:42 é")
     );
     // The fence is the entry's revision.
-    let entry = nats.store.entry(&keys[0]).await.expect("entry").expect("live");
+    let entry = nats
+        .store
+        .entry(&keys[0])
+        .await
+        .expect("entry")
+        .expect("live");
     assert_eq!(entry.revision, guard.fence());
     guard.release().await.expect("release");
     assert_eq!(live_keys(&nats.store).await, 0);
@@ -198,7 +224,13 @@ struct Holder {
 impl Holder {
     fn start(port: u16, key: &str, ttl: Duration) -> Self {
         let mut child = Command::new(std::env::current_exe().expect("test binary"))
-            .args(["--ignored", "--exact", "fault_child", "--nocapture", "--quiet"])
+            .args([
+                "--ignored",
+                "--exact",
+                "fault_child",
+                "--nocapture",
+                "--quiet",
+            ])
             .env(CHILD_ENV, format!("{port} {key} {}", ttl.as_millis()))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -278,7 +310,10 @@ async fn a_killed_holders_lock_is_taken_within_ttl_and_500ms_of_first_sight() {
         .expect("task");
     let guard = guard.expect("acquire");
     let waited = acquired_at - first_sight;
-    assert!(waited >= ttl, "taken over after {waited:?}, before the {ttl:?} lease ran out");
+    assert!(
+        waited >= ttl,
+        "taken over after {waited:?}, before the {ttl:?} lease ran out"
+    );
     assert!(
         waited <= ttl + Duration::from_millis(500),
         "taken over only after {waited:?}"
@@ -332,7 +367,11 @@ async fn waiters_recover_when_the_server_restarts() {
     let mut server = nats::server();
     let port = server.port;
     let holder_js = nats::jetstream(nats::connect(&[port]).await, Duration::from_secs(1));
-    let holder = Locker::new(NatsBackend::new(holder_js.clone(), BUCKET).await.expect("open"));
+    let holder = Locker::new(
+        NatsBackend::new(holder_js.clone(), BUCKET)
+            .await
+            .expect("open"),
+    );
     let guard = holder
         .acquire("restart", Duration::from_secs(30))
         .await
@@ -371,7 +410,10 @@ async fn waiters_recover_when_the_server_restarts() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         assert!(!guard.is_lost());
-        guard.release().await.expect("the holder's lease survived the restart");
+        guard
+            .release()
+            .await
+            .expect("the holder's lease survived the restart");
         for waiter in waiters {
             tokio::time::timeout(Duration::from_secs(15), waiter)
                 .await

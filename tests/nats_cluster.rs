@@ -110,5 +110,10 @@ async fn wait_for_progress(sections: &AtomicU64, target: u64, within: Duration) 
 async fn lockers_bucket_replicas(ports: &[u16]) -> usize {
     let js = async_nats::jetstream::new(nats::connect(ports).await);
     let mut stream = js.get_stream("KV_locks").await.expect("bucket stream");
-    stream.info().await.expect("stream info").config.num_replicas
+    stream
+        .info()
+        .await
+        .expect("stream info")
+        .config
+        .num_replicas
 }

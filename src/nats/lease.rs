@@ -32,11 +32,7 @@ pub(crate) struct LeaseValue {
 
 impl LeaseValue {
     pub(crate) fn encode(&self) -> Bytes {
-        Bytes::from(format!(
-            "{VERSION} {} {}",
-            self.token,
-            self.ttl.as_millis()
-        ))
+        Bytes::from(format!("{VERSION} {} {}", self.token, self.ttl.as_millis()))
     }
 
     /// `None` for a value this crate did not write.

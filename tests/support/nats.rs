@@ -17,9 +17,17 @@ pub fn program() -> &'static str {
 /// `store/` under its temp dir (so a restart keeps the buckets).
 pub fn server() -> ServerProcess {
     let port = free_port();
-    let args = ["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd", "store"]
-        .map(String::from)
-        .to_vec();
+    let args = [
+        "-js",
+        "-a",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+        "-sd",
+        "store",
+    ]
+    .map(String::from)
+    .to_vec();
     ServerProcess::start(program(), args, port)
 }
 
@@ -60,7 +68,11 @@ pub fn cluster() -> Vec<ServerProcess> {
 pub async fn connect(ports: &[u16]) -> async_nats::Client {
     let urls: Vec<async_nats::ServerAddr> = ports
         .iter()
-        .map(|p| format!("nats://127.0.0.1:{p}").parse().expect("server address"))
+        .map(|p| {
+            format!("nats://127.0.0.1:{p}")
+                .parse()
+                .expect("server address")
+        })
         .collect();
     async_nats::ConnectOptions::new()
         .retry_on_initial_connect()
