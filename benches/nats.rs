@@ -95,7 +95,17 @@ fn benches(c: &mut Criterion) {
                 .update("floor", "v1 x 30000".into(), 0)
                 .await
                 .expect("create");
-            store.stream.delete_message(revision).await.expect("delete");
+            // The same exact delete the backend sends (no secure erase).
+            let _: serde_json_free::Reply = js
+                .request(
+                    "STREAM.MSG.DELETE.KV_bench",
+                    &serde_json_free::Delete {
+                        seq: revision,
+                        no_erase: true,
+                    },
+                )
+                .await
+                .expect("delete");
         })
     });
     group.bench_function("floor_kv_create_delete", |bench| {
@@ -201,6 +211,63 @@ fn contention_summary() {
     );
 }
 
+/// The message-delete request and reply, without a JSON crate.
+mod serde_json_free {
+    #[derive(serde::Serialize)]
+    pub struct Delete {
+        pub seq: u64,
+        pub no_erase: bool,
+    }
+
+    #[derive(serde::Deserialize)]
+    pub struct Reply {
+        #[allow(dead_code)]
+        pub success: bool,
+    }
+}
+
+/// Medians of `rounds` hand-offs (release → acquisition by a waiter in
+/// another Locker) and of as many KV update round trips, in one run.
+fn wakeup_medians(rounds: usize) {
+    let s = setup();
+    let (handoffs, updates) = s.rt.block_on(async {
+        let (a, b) = (locker(s.port).await, locker(s.port).await);
+        let js = async_nats::jetstream::new(support::nats::connect(&[s.port]).await);
+        let store = js.get_key_value("bench").await.expect("bucket");
+        let mut handoffs = Vec::new();
+        let mut updates = Vec::new();
+        for _ in 0..rounds {
+            let held = a.acquire("wakeup", TTL).await.expect("acquire");
+            let waiter = tokio::spawn({
+                let b = b.clone();
+                async move {
+                    let guard = b.acquire("wakeup", TTL).await.expect("acquire");
+                    (guard, Instant::now())
+                }
+            });
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            let released_at = Instant::now();
+            held.release().await.expect("release");
+            let (guard, acquired_at) = waiter.await.expect("waiter");
+            handoffs.push(acquired_at - released_at);
+            guard.release().await.expect("release");
+            let sent = Instant::now();
+            store.put("rtt", "x".into()).await.expect("put");
+            updates.push(sent.elapsed());
+        }
+        (handoffs, updates)
+    });
+    let median = |mut v: Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2]
+    };
+    let (handoff, update) = (median(handoffs), median(updates));
+    println!(
+        "wakeup: median release->acquire {handoff:?} | median KV update round trip {update:?} | ratio {:.2}x",
+        handoff.as_secs_f64() / update.as_secs_f64()
+    );
+}
+
 criterion_group!(nats, benches);
 
 fn main() {
@@ -208,5 +275,6 @@ fn main() {
     criterion::Criterion::default()
         .configure_from_args()
         .final_summary();
+    wakeup_medians(200);
     contention_summary();
 }

@@ -155,6 +155,18 @@ impl SeenKeys {
         }
     }
 
+    /// The remaining lease of the last lease seen on `key` (by a read or
+    /// the watch), if it still runs: enough to answer "busy" after a lost
+    /// create without reading the key again. Judging a lease *expired*
+    /// always takes a fresh read ([`judge`](Self::judge)).
+    pub(crate) fn running(&self, key: &str) -> Option<Duration> {
+        match self.lock().get(key) {
+            Some(Seen::Held { since, ttl, .. }) => ttl.checked_sub(since.elapsed()),
+            _ => None,
+        }
+        .filter(|left| !left.is_zero())
+    }
+
     /// How many keys are remembered (for tests and `Debug`).
     pub(crate) fn len(&self) -> usize {
         self.lock().len()

@@ -22,48 +22,65 @@
 //! Each lock is one key of the bucket (history 1), holding the holder's
 //! token and lease length.
 //!
-//! - **Acquire** writes the key only if nobody holds it: a compare-and-set
-//!   on the key's last revision (none, or the marker its last release left).
-//!   The fence is the revision of that write: a JetStream stream sequence,
-//!   strictly increasing for every key of the bucket.
-//! - **Release** deletes the key only at the holder's revision, so it can
-//!   never remove a newer holder. **Extend** rewrites the lease at the
-//!   holder's revision and returns the new one. When a reply was lost and
-//!   the revision moved on, both check that the key still carries the
-//!   holder's token before they retry at its current revision.
-//! - **Wake-ups** come from one watch over the bucket per backend: a delete
-//!   or purge wakes that key's waiters here. After the watch fails it is
-//!   re-established and every waiter tries again.
+//! - **Acquire** creates the key only if it has no message at all (a
+//!   compare-and-set on "no last revision"). The fence is the revision of
+//!   that write: a JetStream stream sequence, strictly increasing for every
+//!   key of the bucket.
+//! - **Release** deletes exactly the holder's message, by its revision, so
+//!   it can never remove a newer holder, and leaves the key with no message
+//!   at all: nothing stays behind in the bucket.
+//! - **Extend** rewrites the lease at the holder's revision and returns the
+//!   new one. It refuses (the lease is lost) once the lease ran out on this
+//!   backend's own clock, so it never races a takeover.
+//! - When a reply was lost and the revision moved on, release and extend
+//!   check that the key still carries the holder's token before they retry
+//!   at its current revision.
+//! - **Wake-ups**: a release announces itself on the plain NATS subject
+//!   `tower-lock.<bucket>.released.<key>`; each backend subscribes once and
+//!   wakes that key's waiters. A lost announcement costs one backoff step.
+//!   One watch over the bucket per backend records new leases (so waiters
+//!   measure them from when they appeared) and, after it fails and is
+//!   re-established, wakes every waiter.
+//!
+//! Why creates on empty keys and exact deletes: on a replicated bucket,
+//! nats-server before 2.9.21 checks a write's expected revision only on the
+//! stream leader, before replication, so two concurrent compare-and-sets at
+//! the same revision can both succeed
+//! ([nats-server#4320](https://github.com/nats-io/nats-server/issues/4320)).
+//! A create on an empty key, and a delete of one message by sequence, are
+//! decided by every replica in log order, on every version.
 //!
 //! # Expiry without trusting clocks
 //!
 //! nats-server 2.9 has no per-key expiry (a bucket's `max_age` applies to
 //! every key and emits no event), so a crashed holder's entry stays in the
 //! bucket. A waiter that finds a lease notes when *it* first saw that
-//! revision, on its own monotonic clock, and takes the key over (a
-//! compare-and-set on that revision) only after a whole lease length has
-//! passed since. No two machines' clocks are ever compared. The holder's own
-//! deadline started before its write, so it always ends first; a renewal
-//! writes a new revision, which restarts every waiter's measurement.
+//! revision, on its own monotonic clock, and takes the key over (it deletes
+//! exactly that revision, then creates the key) only after a whole lease
+//! length has passed since. No two machines' clocks are ever compared. The
+//! holder's own deadline started before its write, so it always ends first;
+//! a renewal writes a new revision, which restarts every waiter's
+//! measurement.
 //!
 //! The cost: a lock abandoned by a crashed holder is free at most one ttl
 //! after a waiter first sees it, which may be up to twice the ttl after the
-//! holder's last write. A holder whose lease ran out keeps the lock (its
-//! release and renewals still succeed) until somebody actually takes it
-//! over.
+//! holder's last write. A holder whose lease ran out but that nobody took
+//! over yet can still release it.
 //!
 //! # The bucket
 //!
 //! [`NatsBackend::new`] creates the bucket when it is absent (file storage,
 //! history 1, one replica; see [`NatsBackend::builder`] for more). It works
-//! on nats-server 2.9 and later. A bucket shared with other data works too:
-//! a value this crate did not write is a lock held for ever.
+//! on nats-server 2.9 and later. The bucket's stream is a KV bucket's, except
+//! that it allows deleting single messages. A bucket that forbids it (one
+//! made with `nats kv add`) works too, but a release then leaves a delete
+//! marker and the next acquisition is a compare-and-set at the marker's
+//! revision: do not use such a bucket replicated on servers older than
+//! 2.9.21. A value this crate did not write is a lock held for ever.
 //!
 //! Keys may hold any characters. Those NATS does not allow in a key become
 //! `=XX` escapes ([`encode_key`]); `invoice:42` is stored as
-//! `invoice=3A42`. A released key leaves a delete marker (a message with no
-//! value) in the bucket, as every KV delete does: it is what the next
-//! acquisition of that key compares against.
+//! `invoice=3A42`.
 //!
 //! Buckets reached through a JetStream domain or API prefix are not
 //! supported.
@@ -86,7 +103,8 @@ use async_nats::{
         self,
         context::PublishErrorKind,
         kv::{Operation, Store, UpdateErrorKind},
-        stream::DeleteMessageErrorKind,
+        response::Response,
+        stream::DeleteStatus,
     },
 };
 use bytes::Bytes;
@@ -262,25 +280,42 @@ impl NatsBackend {
     /// replicated delete of one holder's lease. `Err(Conflict)` when it is
     /// gone (replaced by a renewal or a takeover, or already released).
     async fn remove(&self, revision: u64) -> Result<Result<(), Conflict>, LockError> {
-        match self.inner.store.stream.delete_message(revision).await {
-            Ok(true) => Ok(Ok(())),
-            Ok(false) => Ok(Err(Conflict)),
-            Err(err) => match err.kind() {
-                // Servers answer a missing message with any of these (2.9:
-                // "delete failed: no message found"); callers confirm by
-                // reading the key before they conclude anything.
-                DeleteMessageErrorKind::JetStream(js_err)
-                    if [
-                        jetstream::ErrorCode::NO_MESSAGE_FOUND,
-                        jetstream::ErrorCode::STREAM_MESSAGE_DELETE_FAILED,
-                        jetstream::ErrorCode::SEQUENCE_NOT_FOUND,
-                    ]
-                    .contains(&js_err.error_code()) =>
-                {
-                    Ok(Err(Conflict))
-                }
-                _ => Err(LockError::unavailable(err)),
-            },
+        /// `Stream::delete_message` asks for a secure erase (the message's
+        /// bytes overwritten on disk), which costs milliseconds; a lease
+        /// holds nothing secret.
+        #[derive(serde::Serialize)]
+        struct DeleteRequest {
+            seq: u64,
+            no_erase: bool,
+        }
+        let subject = format!("STREAM.MSG.DELETE.{}", self.inner.store.stream_name);
+        let request = DeleteRequest {
+            seq: revision,
+            no_erase: true,
+        };
+        let response: Response<DeleteStatus> = self
+            .inner
+            .js
+            .request(subject, &request)
+            .await
+            .map_err(LockError::unavailable)?;
+        match response {
+            Response::Ok(DeleteStatus { success: true }) => Ok(Ok(())),
+            Response::Ok(DeleteStatus { success: false }) => Ok(Err(Conflict)),
+            // Servers answer a missing message with any of these (2.9:
+            // "delete failed: no message found"); callers confirm by reading
+            // the key before they conclude anything.
+            Response::Err { error }
+                if [
+                    jetstream::ErrorCode::NO_MESSAGE_FOUND,
+                    jetstream::ErrorCode::STREAM_MESSAGE_DELETE_FAILED,
+                    jetstream::ErrorCode::SEQUENCE_NOT_FOUND,
+                ]
+                .contains(&error.error_code()) =>
+            {
+                Ok(Err(Conflict))
+            }
+            Response::Err { error } => Err(LockError::unavailable(error)),
         }
     }
 
@@ -335,7 +370,12 @@ impl NatsBackend {
     /// longer stored.
     async fn free(&self, key: &str, revision: u64) -> Result<Result<(), Conflict>, LockError> {
         if self.inner.exact_delete {
-            return self.remove(revision).await;
+            let removed = self.remove(revision).await?;
+            if removed.is_ok() {
+                // What this backend saw of the key is over.
+                self.inner.seen.forget(key);
+            }
+            return Ok(removed);
         }
         Ok(self.mark_deleted(key, revision).await?.map(|marker| {
             self.inner.seen.free(key, marker);
@@ -379,6 +419,15 @@ impl Backend for NatsBackend {
                 return Ok(Attempt::Acquired {
                     fence: revision,
                     revision,
+                });
+            }
+            // Lost a race for a free key: the winner's lease is usually known
+            // from the watch already, which saves a read.
+            if expected == 0
+                && let Some(remaining) = seen.running(&key)
+            {
+                return Ok(Attempt::Busy {
+                    remaining: Some(remaining),
                 });
             }
             let entry = self

@@ -65,6 +65,8 @@ impl Sources {
                 announcement = announcements.next() => match announcement {
                     Some(message) => {
                         if let Some(key) = message.subject.strip_prefix(self.released_prefix.as_str()) {
+                            // The lease seen last is gone.
+                            self.seen.forget(key);
                             self.wakeups.notify(key);
                         }
                     }
