@@ -42,8 +42,11 @@ async fn locking_survives_a_killed_node_and_stays_exclusive() {
     for _ in 0..4 {
         lockers.push(Locker::new(r3_backend(&ports).await));
     }
-    let info = lockers_bucket_replicas(&ports).await;
-    assert_eq!(info, 3, "the bucket must be replicated on all three nodes");
+    let (replicas, leader) = bucket_placement(&ports).await;
+    assert_eq!(
+        replicas, 3,
+        "the bucket must be replicated on all three nodes"
+    );
 
     let checker = Arc::new(conformance::OverlapChecker::default());
     let counter = Arc::new(std::sync::Mutex::new(0u64));
@@ -75,8 +78,9 @@ async fn locking_survives_a_killed_node_and_stays_exclusive() {
         .collect();
 
     wait_for_progress(&sections, 30, Duration::from_secs(30)).await;
+    // Kill the bucket's stream leader: the hardest node to lose.
     let killed = tokio::task::spawn_blocking(move || {
-        nodes[0].kill();
+        nodes[leader].kill();
         nodes
     });
     let nodes = killed.await.expect("kill a node");
@@ -107,13 +111,17 @@ async fn wait_for_progress(sections: &AtomicU64, target: u64, within: Duration) 
     }
 }
 
-async fn lockers_bucket_replicas(ports: &[u16]) -> usize {
+/// The bucket's replica count and the index of the node leading it.
+async fn bucket_placement(ports: &[u16]) -> (usize, usize) {
     let js = async_nats::jetstream::new(nats::connect(ports).await);
     let mut stream = js.get_stream("KV_locks").await.expect("bucket stream");
-    stream
-        .info()
-        .await
-        .expect("stream info")
-        .config
-        .num_replicas
+    let info = stream.info().await.expect("stream info");
+    let leader = info
+        .cluster
+        .as_ref()
+        .and_then(|cluster| cluster.leader.as_deref())
+        .and_then(|name| name.strip_prefix("node-"))
+        .and_then(|n| n.parse().ok())
+        .expect("the bucket has a leader");
+    (info.config.num_replicas, leader)
 }
