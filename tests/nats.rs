@@ -426,3 +426,69 @@ async fn waiters_recover_when_the_server_restarts() {
     .expect("restart")
     .await;
 }
+
+/// A bucket made the classic KV way (`nats kv add`: deleting single
+/// messages denied) works through delete markers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_classic_kv_bucket_works_through_delete_markers() {
+    let server = nats::server();
+    let client = nats::connect(&[server.port]).await;
+    let js = async_nats::jetstream::new(client);
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "KV_classic".into(),
+        subjects: vec!["$KV.classic.>".into()],
+        max_messages_per_subject: 1,
+        discard: async_nats::jetstream::stream::DiscardPolicy::New,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        ..Default::default()
+    })
+    .await
+    .expect("classic bucket");
+    let (a, b) = (
+        Locker::new(NatsBackend::new(js.clone(), "classic").await.expect("open")),
+        Locker::new(NatsBackend::new(js.clone(), "classic").await.expect("open")),
+    );
+    let first = a
+        .acquire("k", Duration::from_secs(30))
+        .await
+        .expect("acquire");
+    let waiter = tokio::spawn({
+        let b = b.clone();
+        async move { b.acquire("k", Duration::from_secs(30)).await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!waiter.is_finished(), "the key is held");
+    let first_fence = first.fence();
+    first.release().await.expect("release");
+    let second = tokio::time::timeout(Duration::from_secs(3), waiter)
+        .await
+        .expect("woken by the delete marker")
+        .expect("task")
+        .expect("acquire over the marker");
+    assert!(second.fence() > first_fence);
+    // A stale lease taken over through the marker path is lost.
+    second.release().await.expect("release");
+    let stale = a
+        .acquire("k", Duration::from_millis(200))
+        .await
+        .expect("acquire");
+    let stale_fence = stale.fence();
+    let current = b
+        .acquire("k", Duration::from_secs(30))
+        .await
+        .expect("take over");
+    assert!(current.fence() > stale_fence);
+    assert!(matches!(stale.release().await, Err(LockError::Lost)));
+    assert!(
+        a.try_lock("k", Duration::from_secs(30))
+            .await
+            .expect("try_lock")
+            .is_none(),
+        "the stale release must not free the new holder's lock"
+    );
+    current.release().await.expect("release");
+    let store = js.get_key_value("classic").await.expect("bucket");
+    assert_eq!(live_keys(&store).await, 0);
+}

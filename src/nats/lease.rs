@@ -5,9 +5,10 @@
 //! and lease length (`v1 <token> <ttl in ms>`). A waiter never compares the
 //! entry's timestamp with its own clock: it notes *when it first saw* the
 //! entry's revision on its own monotonic clock, and only once a whole lease
-//! length has passed since then does it take the key over, with a
-//! compare-and-set on that revision. The holder's own deadline started
-//! before the revision was written, so it always runs out first.
+//! length has passed since then does it take the key over, by removing
+//! exactly that revision (or, on a bucket with delete markers, by a
+//! compare-and-set on it). The holder's own deadline started before the
+//! revision was written, so it always runs out first.
 
 use std::{
     collections::HashMap,
