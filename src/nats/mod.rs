@@ -136,7 +136,7 @@ struct Inner {
     subject_prefix: String,
     /// Whether the bucket's stream allows deleting one message: then a
     /// release removes exactly the holder's message and leaves the key with
-    /// no message at all (see [`Inner::release_exact`]).
+    /// no message at all (see `NatsBackend::free`).
     exact_delete: bool,
     /// Where releases are announced: `tower-lock.<bucket>.released.<key>`.
     released_prefix: String,
