@@ -386,12 +386,16 @@ impl NatsBackend {
     /// message deletes emit no watch event, so releases are announced on a
     /// plain NATS subject; one lost announcement costs a waiter one backoff
     /// step.
+    ///
+    /// Waiters of this backend are woken by the echo too, not at once:
+    /// waking them first would let the releasing process win most races for
+    /// the key, starving waiters elsewhere.
     async fn announce_release(&self, key: &str) {
-        // Waiters here need not wait for the echo.
-        self.inner.wakeups.notify(key);
         let subject = format!("{}{key}", self.inner.released_prefix);
         if let Err(err) = self.inner.js.client().publish(subject, Bytes::new()).await {
             tracing::debug!(%key, error = %err, "release announcement not sent");
+            // Then at least the waiters here learn of it.
+            self.inner.wakeups.notify(key);
         }
     }
 }
