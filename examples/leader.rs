@@ -18,10 +18,10 @@ use std::{
     time::Duration,
 };
 
-use tokio::{sync::mpsc, time::Instant};
+use tokio::time::Instant;
 use tower_lock::{
     LockError, Locker,
-    bus::{Bus, Command, Event, LocalBus},
+    bus::{Bus, Command, Feed, LocalBus},
     memory::MemoryBackend,
 };
 
@@ -44,7 +44,7 @@ impl Bus for Link {
         self.bus.publish(command).await
     }
 
-    fn subscribe(&self) -> mpsc::UnboundedReceiver<Arc<Event>> {
+    fn subscribe(&self) -> Feed {
         self.bus.subscribe()
     }
 }

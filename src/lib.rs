@@ -66,7 +66,7 @@
 //! | (none)  | [`Locker`], [`LockGuard`], the in-memory backend, [`bus`], [`LockLayer`] |
 //! | `axum` (default) | `extract`: `HeldLock`, `Locked<K>`; `key::path_param` and `key::method_and_path` |
 //! | `redis` | `redis::RedisBackend`: standalone, Sentinel and Cluster |
-//! | `nats`  | `nats::NatsBackend`: JetStream key-value |
+//! | `nats`  | `nats::NatsBackend`: JetStream key-value, nats-server 2.9+ |
 //!
 //! # Runtime
 //!
@@ -85,6 +85,9 @@ mod key;
 mod locker;
 pub mod memory;
 pub mod middleware;
+#[cfg(feature = "nats")]
+#[cfg_attr(docsrs, doc(cfg(feature = "nats")))]
+pub mod nats;
 mod run_to_end;
 
 #[cfg(feature = "axum")]

@@ -3,6 +3,9 @@
 //! them. Never the machine's shared instances.
 #![allow(dead_code)]
 
+#[cfg(feature = "nats")]
+pub mod nats;
+
 use std::{
     net::{TcpListener, TcpStream},
     path::{Path, PathBuf},
@@ -60,7 +63,10 @@ impl ServerProcess {
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().map(Child::id).expect("server is running")
+        self.child
+            .as_ref()
+            .map(Child::id)
+            .expect("server is running")
     }
 
     fn spawn(&mut self) {

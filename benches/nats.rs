@@ -1,0 +1,281 @@
+//! NatsBackend against a nats-server this bench starts on a free loopback
+//! port, side by side with its baselines:
+//!
+//! - `uncontended`: acquire + release through `Locker`, against the same
+//!   operations issued directly with async-nats (`floor_same_ops`: create on
+//!   an empty key, then delete exactly that message) and against the issue's
+//!   named floor (`floor_kv_create_delete`: `Store::create` then
+//!   `Store::delete_expect_revision` on a classic KV bucket).
+//! - `wakeup`: release → acquisition by a waiter in another `Locker`,
+//!   against one KV `update` round trip (criterion reports means; the
+//!   printed `wakeup:` line gives the medians of 200 hand-offs).
+//! - contention (printed): 16 tasks over 4 Lockers on one key with a 1 ms
+//!   critical section, against one task doing the same serially; and Jain's
+//!   fairness index over the tasks.
+//!
+//! `cargo bench --features nats --bench nats -- --warm-up-time 1 --measurement-time 3`
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use criterion::{Criterion, criterion_group};
+use tokio::runtime::Runtime;
+use tower_lock::{Locker, nats::NatsBackend};
+
+const TTL: Duration = Duration::from_secs(30);
+
+struct Setup {
+    rt: Runtime,
+    _server: support::ServerProcess,
+    port: u16,
+}
+
+fn setup() -> Setup {
+    let server = support::nats::server();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    Setup {
+        rt,
+        port: server.port,
+        _server: server,
+    }
+}
+
+async fn locker(port: u16) -> Locker {
+    let js = async_nats::jetstream::new(support::nats::connect(&[port]).await);
+    Locker::new(NatsBackend::new(js, "bench").await.expect("bucket"))
+}
+
+fn benches(c: &mut Criterion) {
+    let s = setup();
+    let (a, b) =
+        s.rt.block_on(async { (locker(s.port).await, locker(s.port).await) });
+    let js = s
+        .rt
+        .block_on(async { async_nats::jetstream::new(support::nats::connect(&[s.port]).await) });
+    let store =
+        s.rt.block_on(async { js.get_key_value("bench").await.expect("bucket") });
+    // A classic KV bucket (delete markers) for the named floor.
+    let kv = s.rt.block_on(async {
+        js.create_stream(async_nats::jetstream::stream::Config {
+            name: "KV_classic".into(),
+            subjects: vec!["$KV.classic.>".into()],
+            max_messages_per_subject: 1,
+            discard: async_nats::jetstream::stream::DiscardPolicy::New,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            ..Default::default()
+        })
+        .await
+        .expect("classic bucket");
+        js.get_key_value("classic").await.expect("classic bucket")
+    });
+
+    let mut group = c.benchmark_group("uncontended");
+    group.bench_function("locker_acquire_release", |bench| {
+        bench.to_async(&s.rt).iter(|| async {
+            let guard = a.acquire("uncontended", TTL).await.expect("acquire");
+            guard.release().await.expect("release");
+        })
+    });
+    group.bench_function("floor_same_ops", |bench| {
+        bench.to_async(&s.rt).iter(|| async {
+            let revision = store
+                .update("floor", "v1 x 30000".into(), 0)
+                .await
+                .expect("create");
+            // The same exact delete the backend sends (no secure erase).
+            let _: serde_json_free::Reply = js
+                .request(
+                    "STREAM.MSG.DELETE.KV_bench",
+                    &serde_json_free::Delete {
+                        seq: revision,
+                        no_erase: true,
+                    },
+                )
+                .await
+                .expect("delete");
+        })
+    });
+    group.bench_function("floor_kv_create_delete", |bench| {
+        bench.to_async(&s.rt).iter(|| async {
+            let revision = kv
+                .create("floor", "v1 x 30000".into())
+                .await
+                .expect("create");
+            kv.delete_expect_revision("floor", Some(revision))
+                .await
+                .expect("delete");
+        })
+    });
+    group.finish();
+
+    let mut group = c.benchmark_group("wakeup");
+    group.bench_function("release_to_acquire_other_locker", |bench| {
+        bench.to_async(&s.rt).iter_custom(|iters| {
+            let (a, b) = (a.clone(), b.clone());
+            async move {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let held = a.acquire("wakeup", TTL).await.expect("acquire");
+                    let waiter = tokio::spawn({
+                        let b = b.clone();
+                        async move {
+                            let guard = b.acquire("wakeup", TTL).await.expect("acquire");
+                            (guard, Instant::now())
+                        }
+                    });
+                    // Let the waiter try, fail and wait for the wake-up.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    let released_at = Instant::now();
+                    held.release().await.expect("release");
+                    let (guard, acquired_at) = waiter.await.expect("waiter");
+                    total += acquired_at - released_at;
+                    guard.release().await.expect("release");
+                }
+                total
+            }
+        })
+    });
+    group.bench_function("kv_update_round_trip", |bench| {
+        bench.to_async(&s.rt).iter(|| async {
+            store.put("rtt", "x".into()).await.expect("put");
+        })
+    });
+    group.finish();
+}
+
+/// Acquisitions per task in `period`, `tasks` tasks over `lockers` lockers.
+fn contention(s: &Setup, lockers: usize, tasks: usize, period: Duration) -> Vec<u64> {
+    s.rt.block_on(async {
+        let mut all = Vec::new();
+        for _ in 0..lockers {
+            all.push(locker(s.port).await);
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let handles: Vec<_> = (0..tasks)
+            .map(|task| {
+                let (locker, stop) = (all[task % lockers].clone(), stop.clone());
+                tokio::spawn(async move {
+                    let mut count = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        let guard = locker.acquire("contended", TTL).await.expect("acquire");
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                        guard.release().await.expect("release");
+                        count += 1;
+                    }
+                    count
+                })
+            })
+            .collect();
+        tokio::time::sleep(period).await;
+        stop.store(true, Ordering::Relaxed);
+        let mut counts = Vec::new();
+        for handle in handles {
+            counts.push(handle.await.expect("task"));
+        }
+        counts
+    })
+}
+
+fn jain(counts: &[u64]) -> f64 {
+    let sum: f64 = counts.iter().map(|&c| c as f64).sum();
+    let squares: f64 = counts.iter().map(|&c| (c as f64).powi(2)).sum();
+    sum * sum / (counts.len() as f64 * squares)
+}
+
+fn contention_summary() {
+    let s = setup();
+    let period = Duration::from_secs(5);
+    let serial: u64 = contention(&s, 1, 1, period).iter().sum();
+    let counts = contention(&s, 4, 16, period);
+    let total: u64 = counts.iter().sum();
+    let secs = period.as_secs_f64();
+    println!(
+        "contention: serial 1 task {:.0}/s | 16 tasks over 4 lockers {:.0}/s = {:.2}x serial | Jain fairness {:.3} | per task {counts:?}",
+        serial as f64 / secs,
+        total as f64 / secs,
+        total as f64 / serial as f64,
+        jain(&counts),
+    );
+}
+
+/// The message-delete request and reply, without a JSON crate.
+mod serde_json_free {
+    #[derive(serde::Serialize)]
+    pub struct Delete {
+        pub seq: u64,
+        pub no_erase: bool,
+    }
+
+    #[derive(serde::Deserialize)]
+    pub struct Reply {
+        #[allow(dead_code)]
+        pub success: bool,
+    }
+}
+
+/// Medians of `rounds` hand-offs (release → acquisition by a waiter in
+/// another Locker) and of as many KV update round trips, in one run.
+fn wakeup_medians(rounds: usize) {
+    let s = setup();
+    let (handoffs, updates) = s.rt.block_on(async {
+        let (a, b) = (locker(s.port).await, locker(s.port).await);
+        let js = async_nats::jetstream::new(support::nats::connect(&[s.port]).await);
+        let store = js.get_key_value("bench").await.expect("bucket");
+        let mut handoffs = Vec::new();
+        let mut updates = Vec::new();
+        for _ in 0..rounds {
+            let held = a.acquire("wakeup", TTL).await.expect("acquire");
+            let waiter = tokio::spawn({
+                let b = b.clone();
+                async move {
+                    let guard = b.acquire("wakeup", TTL).await.expect("acquire");
+                    (guard, Instant::now())
+                }
+            });
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            let released_at = Instant::now();
+            held.release().await.expect("release");
+            let (guard, acquired_at) = waiter.await.expect("waiter");
+            handoffs.push(acquired_at - released_at);
+            guard.release().await.expect("release");
+            let sent = Instant::now();
+            store.put("rtt", "x".into()).await.expect("put");
+            updates.push(sent.elapsed());
+        }
+        (handoffs, updates)
+    });
+    let median = |mut v: Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2]
+    };
+    let (handoff, update) = (median(handoffs), median(updates));
+    println!(
+        "wakeup: median release->acquire {handoff:?} | median KV update round trip {update:?} | ratio {:.2}x",
+        handoff.as_secs_f64() / update.as_secs_f64()
+    );
+}
+
+criterion_group!(nats, benches);
+
+fn main() {
+    nats();
+    criterion::Criterion::default()
+        .configure_from_args()
+        .final_summary();
+    wakeup_medians(200);
+    contention_summary();
+}

@@ -1,0 +1,288 @@
+//! What a lock entry holds, and how this backend decides that someone
+//! else's lease has run out without trusting anyone's wall clock.
+//!
+//! NATS 2.9 has no per-key expiry, so the value carries the holder's token
+//! and lease length (`v1 <token> <ttl in ms>`). A waiter never compares the
+//! entry's timestamp with its own clock: it notes *when it first saw* the
+//! entry's revision on its own monotonic clock, and only once a whole lease
+//! length has passed since then does it take the key over, by removing
+//! exactly that revision (or, on a bucket with delete markers, by a
+//! compare-and-set on it). The holder's own deadline started before the
+//! revision was written, so it always runs out first.
+
+use std::{
+    collections::HashMap,
+    sync::{Mutex, PoisonError},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use crate::backend::Token;
+
+const VERSION: &str = "v1";
+
+/// A decoded lock entry value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct LeaseValue {
+    pub(crate) token: Token,
+    pub(crate) ttl: Duration,
+}
+
+impl LeaseValue {
+    pub(crate) fn encode(&self) -> Bytes {
+        Bytes::from(format!("{VERSION} {} {}", self.token, self.ttl.as_millis()))
+    }
+
+    /// `None` for a value this crate did not write.
+    pub(crate) fn decode(value: &[u8]) -> Option<Self> {
+        let mut parts = std::str::from_utf8(value).ok()?.split(' ');
+        let (version, token, ttl) = (parts.next()?, parts.next()?, parts.next()?);
+        if version != VERSION || parts.next().is_some() {
+            return None;
+        }
+        Some(LeaseValue {
+            token: Token::from(Uuid::parse_str(token).ok()?),
+            ttl: Duration::from_millis(ttl.parse().ok()?),
+        })
+    }
+}
+
+/// The last state of a key this backend saw, per (encoded) key.
+#[derive(Clone, Copy, Debug)]
+enum Seen {
+    /// A delete or purge marker at this revision: the next `create` expects it.
+    Free { revision: u64 },
+    /// Somebody's lease at this revision, first seen at `since`.
+    Held {
+        revision: u64,
+        since: Instant,
+        ttl: Duration,
+    },
+}
+
+impl Seen {
+    fn revision(&self) -> u64 {
+        match *self {
+            Seen::Free { revision } | Seen::Held { revision, .. } => revision,
+        }
+    }
+}
+
+/// Beyond this many remembered keys, the memory is pruned. Forgetting a
+/// lease only restarts its measurement (a later takeover, never an earlier
+/// one); forgetting a marker only costs one extra round trip.
+const CAPACITY: usize = 4096;
+
+/// What this backend last saw of each key it touched or waits for.
+#[derive(Debug, Default)]
+pub(crate) struct SeenKeys {
+    keys: Mutex<HashMap<String, Seen>>,
+}
+
+/// Whether another holder's lease may be taken over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// Its lease has run out on our clock: compare-and-set at this revision.
+    Expired,
+    /// Still running for at least this long.
+    Running(Duration),
+}
+
+impl SeenKeys {
+    /// The revision `create` should expect for `key`: its last marker when
+    /// known, else 0 (no message at all).
+    pub(crate) fn expected_free_revision(&self, key: &str) -> u64 {
+        match self.lock().get(key) {
+            Some(Seen::Free { revision }) => *revision,
+            _ => 0,
+        }
+    }
+
+    /// Notes a delete or purge marker.
+    pub(crate) fn free(&self, key: &str, revision: u64) {
+        self.record(key, Seen::Free { revision });
+    }
+
+    /// Forgets `key` (we hold it now, or nobody waits for it).
+    pub(crate) fn forget(&self, key: &str) {
+        self.lock().remove(key);
+    }
+
+    /// Notes a lease at `revision` seen now, keeping the earlier sighting
+    /// if this revision was already seen.
+    pub(crate) fn held(&self, key: &str, revision: u64, ttl: Duration) {
+        self.record(
+            key,
+            Seen::Held {
+                revision,
+                since: Instant::now(),
+                ttl,
+            },
+        );
+    }
+
+    /// Judges the lease at `revision` (seen just now) by how long this
+    /// backend has been seeing it.
+    pub(crate) fn judge(&self, key: &str, revision: u64, ttl: Duration) -> Verdict {
+        let now = Instant::now();
+        let mut keys = self.lock();
+        let since = match keys.get(key) {
+            Some(Seen::Held {
+                revision: seen,
+                since,
+                ..
+            }) if *seen == revision => *since,
+            _ => {
+                Self::make_room(&mut keys, now);
+                keys.insert(
+                    key.to_owned(),
+                    Seen::Held {
+                        revision,
+                        since: now,
+                        ttl,
+                    },
+                );
+                now
+            }
+        };
+        let elapsed = now.saturating_duration_since(since);
+        if elapsed >= ttl {
+            Verdict::Expired
+        } else {
+            Verdict::Running(ttl - elapsed)
+        }
+    }
+
+    /// The remaining lease of the last lease seen on `key` (by a read or
+    /// the watch), if it still runs: enough to answer "busy" after a lost
+    /// create without reading the key again. Judging a lease *expired*
+    /// always takes a fresh read ([`judge`](Self::judge)).
+    pub(crate) fn running(&self, key: &str) -> Option<Duration> {
+        match self.lock().get(key) {
+            Some(Seen::Held { since, ttl, .. }) => ttl.checked_sub(since.elapsed()),
+            _ => None,
+        }
+        .filter(|left| !left.is_zero())
+    }
+
+    /// How many keys are remembered (for tests and `Debug`).
+    pub(crate) fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    fn record(&self, key: &str, seen: Seen) {
+        let now = Instant::now();
+        let mut keys = self.lock();
+        match keys.get_mut(key) {
+            // Events may arrive after a newer read: never go back in time,
+            // and never restart the measurement of a revision already seen.
+            Some(old) if old.revision() >= seen.revision() => {}
+            Some(old) => *old = seen,
+            None => {
+                Self::make_room(&mut keys, now);
+                keys.insert(key.to_owned(), seen);
+            }
+        }
+    }
+
+    fn make_room(keys: &mut HashMap<String, Seen>, now: Instant) {
+        if keys.len() < CAPACITY {
+            return;
+        }
+        // Markers and leases long past their ttl go first.
+        keys.retain(|_, seen| match *seen {
+            Seen::Free { .. } => false,
+            Seen::Held { since, ttl, .. } => now.saturating_duration_since(since) <= ttl * 2,
+        });
+        if keys.len() >= CAPACITY {
+            keys.clear();
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Seen>> {
+        // Every update leaves the map consistent.
+        self.keys.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_round_trip() {
+        let value = LeaseValue {
+            token: Token::new(),
+            ttl: Duration::from_millis(1500),
+        };
+        assert_eq!(LeaseValue::decode(&value.encode()), Some(value));
+    }
+
+    #[test]
+    fn foreign_values_are_refused() {
+        for bad in [
+            &b""[..],
+            b"v1",
+            b"v1 nope 10",
+            b"v2 67e55044-10b1-426f-9247-bb680e5fe0c8 10",
+            b"v1 67e55044-10b1-426f-9247-bb680e5fe0c8 -1",
+            b"v1 67e55044-10b1-426f-9247-bb680e5fe0c8 10 x",
+            b"\xff",
+        ] {
+            assert_eq!(LeaseValue::decode(bad), None, "{bad:?}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lease_expires_one_ttl_after_it_was_first_seen() {
+        let seen = SeenKeys::default();
+        let ttl = Duration::from_millis(100);
+        assert_eq!(seen.judge("k", 7, ttl), Verdict::Running(ttl));
+        tokio::time::advance(Duration::from_millis(60)).await;
+        assert_eq!(
+            seen.judge("k", 7, ttl),
+            Verdict::Running(Duration::from_millis(40))
+        );
+        tokio::time::advance(Duration::from_millis(40)).await;
+        assert_eq!(seen.judge("k", 7, ttl), Verdict::Expired);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_revision_restarts_the_measurement() {
+        let seen = SeenKeys::default();
+        let ttl = Duration::from_millis(100);
+        seen.judge("k", 7, ttl);
+        tokio::time::advance(ttl).await;
+        // Renewed (or taken over) meanwhile: a full ttl again.
+        assert_eq!(seen.judge("k", 9, ttl), Verdict::Running(ttl));
+        // A late event for the old revision changes nothing.
+        seen.held("k", 7, ttl);
+        tokio::time::advance(Duration::from_millis(50)).await;
+        assert_eq!(
+            seen.judge("k", 9, ttl),
+            Verdict::Running(Duration::from_millis(50))
+        );
+    }
+
+    #[test]
+    fn markers_give_the_expected_revision() {
+        let seen = SeenKeys::default();
+        assert_eq!(seen.expected_free_revision("k"), 0);
+        seen.free("k", 12);
+        assert_eq!(seen.expected_free_revision("k"), 12);
+        seen.forget("k");
+        assert_eq!(seen.expected_free_revision("k"), 0);
+    }
+
+    #[test]
+    fn memory_stays_bounded() {
+        let seen = SeenKeys::default();
+        for n in 0..(CAPACITY as u64 * 3) {
+            seen.free(&format!("k{n}"), n + 1);
+        }
+        assert!(seen.len() <= CAPACITY);
+    }
+}

@@ -1,0 +1,600 @@
+//! [`NatsBackend`]: locks in a NATS JetStream key-value bucket.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use tower_lock::{Locker, nats::NatsBackend};
+//!
+//! # #[tokio::main]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let client = async_nats::connect("127.0.0.1:4222").await?;
+//! let js = async_nats::jetstream::new(client);
+//! let locker = Locker::new(NatsBackend::new(js, "my-locks").await?);
+//!
+//! let guard = locker.acquire("invoice:42", Duration::from_secs(10)).await?;
+//! println!("writing with fence {}", guard.fence());
+//! guard.release().await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # How it works
+//!
+//! Each lock is one key of the bucket (history 1), holding the holder's
+//! token and lease length.
+//!
+//! - **Acquire** creates the key only if it has no message at all (a
+//!   compare-and-set on "no last revision"). The fence is the revision of
+//!   that write: a JetStream stream sequence, strictly increasing for every
+//!   key of the bucket.
+//! - **Release** deletes exactly the holder's message, by its revision, so
+//!   it can never remove a newer holder, and leaves the key with no message
+//!   at all: nothing stays behind in the bucket.
+//! - **Extend** rewrites the lease at the holder's revision and returns the
+//!   new one. It refuses (the lease is lost) once the lease ran out on this
+//!   backend's own clock, so it never races a takeover.
+//! - When a reply was lost and the revision moved on, release and extend
+//!   check that the key still carries the holder's token before they retry
+//!   at its current revision.
+//! - **Wake-ups**: a release announces itself on the plain NATS subject
+//!   `tower-lock.<bucket>.released.<key>`; each backend subscribes once and
+//!   wakes that key's waiters. A lost announcement costs one backoff step.
+//!   One watch over the bucket per backend records new leases (so waiters
+//!   measure them from when they appeared) and, after it fails and is
+//!   re-established, wakes every waiter.
+//!
+//! Why creates on empty keys and exact deletes: on a replicated bucket,
+//! nats-server before 2.9.21 checks a write's expected revision only on the
+//! stream leader, before replication, so two concurrent compare-and-sets at
+//! the same revision can both succeed
+//! ([nats-server#4320](https://github.com/nats-io/nats-server/issues/4320)).
+//! A create on an empty key, and a delete of one message by sequence, are
+//! decided by every replica in log order, on every version.
+//!
+//! # Expiry without trusting clocks
+//!
+//! nats-server 2.9 has no per-key expiry (a bucket's `max_age` applies to
+//! every key and emits no event), so a crashed holder's entry stays in the
+//! bucket. A waiter that finds a lease notes when *it* first saw that
+//! revision, on its own monotonic clock, and takes the key over (it deletes
+//! exactly that revision, then creates the key) only after a whole lease
+//! length has passed since. No two machines' clocks are ever compared. The
+//! holder's own deadline started before its write, so it always ends first;
+//! a renewal writes a new revision, which restarts every waiter's
+//! measurement.
+//!
+//! The cost: a lock abandoned by a crashed holder is free at most one ttl
+//! after a waiter first sees it, which may be up to twice the ttl after the
+//! holder's last write. A holder whose lease ran out but that nobody took
+//! over yet can still release it.
+//!
+//! # The bucket
+//!
+//! [`NatsBackend::new`] creates the bucket when it is absent (file storage,
+//! history 1, one replica; see [`NatsBackend::builder`] for more). It works
+//! on nats-server 2.9 and later. The bucket's stream is a KV bucket's, except
+//! that it allows deleting single messages. A bucket that forbids it (one
+//! made with `nats kv add`) works too, but a release then leaves a delete
+//! marker and the next acquisition is a compare-and-set at the marker's
+//! revision: do not use such a bucket replicated on servers older than
+//! 2.9.21. A value this crate did not write is a lock held for ever.
+//!
+//! Keys may hold any characters. Those NATS does not allow in a key become
+//! `=XX` escapes ([`encode_key`]); `invoice:42` is stored as
+//! `invoice=3A42`.
+//!
+//! Buckets reached through a JetStream domain or API prefix are not
+//! supported.
+
+mod bucket;
+mod key;
+mod lease;
+mod watch;
+
+use std::{
+    collections::HashMap,
+    fmt,
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
+
+use async_nats::{
+    HeaderMap, HeaderValue,
+    jetstream::{
+        self,
+        context::PublishErrorKind,
+        kv::{Operation, Store, UpdateErrorKind},
+        response::Response,
+        stream::DeleteStatus,
+    },
+};
+use bytes::Bytes;
+use tokio::time::Instant;
+
+use self::lease::{LeaseValue, SeenKeys, Verdict};
+use crate::{
+    LockError,
+    backend::{Attempt, Backend, Lease, Subscription, Token, WakeRegistry},
+};
+
+/// How often one call re-reads a key whose revision moved under it before
+/// it answers "busy" or "lost"; each round is a real change by someone else.
+const ROUNDS: usize = 4;
+
+/// A [`Backend`] over a NATS JetStream key-value bucket. Cheap to clone;
+/// clones share one watch.
+///
+/// See the [module docs](self) for how it works and an example.
+#[derive(Clone)]
+pub struct NatsBackend {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    js: jetstream::Context,
+    store: Store,
+    /// `$KV.<bucket>.`: where keys are written.
+    subject_prefix: String,
+    /// Whether the bucket's stream allows deleting one message: then a
+    /// release removes exactly the holder's message and leaves the key with
+    /// no message at all (see `NatsBackend::free`).
+    exact_delete: bool,
+    /// Where releases are announced: `tower-lock.<bucket>.released.<key>`.
+    released_prefix: String,
+    /// The local deadline of each lease this backend granted or renewed.
+    own: OwnLeases,
+    wakeups: WakeRegistry,
+    seen: Arc<SeenKeys>,
+    watch: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.watch.abort();
+    }
+}
+
+/// Builds a [`NatsBackend`] with settings for a bucket it creates.
+///
+/// ```no_run
+/// # #[tokio::main]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let client = async_nats::connect("127.0.0.1:4222").await?;
+/// let js = async_nats::jetstream::new(client);
+/// let backend = tower_lock::nats::NatsBackend::builder(js, "my-locks")
+///     .replicas(3)
+///     .build()
+///     .await?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug)]
+#[must_use = "a builder does nothing until `build` is awaited"]
+pub struct Builder {
+    js: jetstream::Context,
+    bucket: String,
+    replicas: usize,
+}
+
+impl Builder {
+    /// How many replicas a bucket this backend creates keeps (default 1).
+    /// An existing bucket is used as it is.
+    pub fn replicas(mut self, replicas: usize) -> Self {
+        self.replicas = replicas;
+        self
+    }
+
+    /// Opens the bucket, creating it when absent, and starts watching it.
+    ///
+    /// # Errors
+    ///
+    /// [`LockError::Unavailable`] when the bucket name is invalid or the
+    /// server can not be reached.
+    pub async fn build(self) -> Result<NatsBackend, LockError> {
+        let store = bucket::open_or_create(&self.js, &self.bucket, self.replicas).await?;
+        let wakeups = WakeRegistry::default();
+        let seen = Arc::new(SeenKeys::default());
+        let released_prefix = format!("tower-lock.{}.released.", self.bucket);
+        let watch = watch::start(
+            self.js.client(),
+            store.clone(),
+            &released_prefix,
+            wakeups.clone(),
+            seen.clone(),
+        )
+        .await?;
+        let subject_prefix = store
+            .put_prefix
+            .clone()
+            .unwrap_or_else(|| store.prefix.clone());
+        let exact_delete = !store.stream.cached_info().config.deny_delete;
+        Ok(NatsBackend {
+            inner: Arc::new(Inner {
+                js: self.js,
+                store,
+                subject_prefix,
+                exact_delete,
+                released_prefix,
+                own: OwnLeases::default(),
+                wakeups,
+                seen,
+                watch,
+            }),
+        })
+    }
+}
+
+impl NatsBackend {
+    /// Opens the KV bucket `bucket`, creating it when absent (history 1, one
+    /// replica), and starts watching it for releases.
+    ///
+    /// Concurrent callers creating the same bucket all succeed.
+    ///
+    /// # Errors
+    ///
+    /// [`LockError::Unavailable`] when the bucket name is invalid or the
+    /// server can not be reached.
+    ///
+    /// ```no_run
+    /// # #[tokio::main]
+    /// # async fn main() -> Result<(), tower_lock::LockError> {
+    /// # let client = async_nats::connect("127.0.0.1:4222").await.unwrap();
+    /// let js = async_nats::jetstream::new(client);
+    /// let backend = tower_lock::nats::NatsBackend::new(js, "my-locks").await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn new(js: jetstream::Context, bucket: &str) -> Result<Self, LockError> {
+        Self::builder(js, bucket).build().await
+    }
+
+    /// A [`Builder`], for settings of a bucket this backend creates.
+    pub fn builder(js: jetstream::Context, bucket: &str) -> Builder {
+        Builder {
+            js,
+            bucket: bucket.to_owned(),
+            replicas: 1,
+        }
+    }
+
+    /// The key-value bucket the locks live in.
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// Writes `value` at `key` if its last revision is `expected` (0: the
+    /// key has no message at all).
+    async fn put(
+        &self,
+        key: &str,
+        value: Bytes,
+        expected: u64,
+    ) -> Result<Result<u64, Conflict>, LockError> {
+        match self.inner.store.update(key, value, expected).await {
+            Ok(revision) => Ok(Ok(revision)),
+            Err(err) if err.kind() == UpdateErrorKind::WrongLastRevision => Ok(Err(Conflict)),
+            Err(err) => Err(LockError::unavailable(err)),
+        }
+    }
+
+    /// Removes the message at `revision` if it is still stored: an exact,
+    /// replicated delete of one holder's lease. `Err(Conflict)` when it is
+    /// gone (replaced by a renewal or a takeover, or already released).
+    async fn remove(&self, revision: u64) -> Result<Result<(), Conflict>, LockError> {
+        /// `Stream::delete_message` asks for a secure erase (the message's
+        /// bytes overwritten on disk), which costs milliseconds; a lease
+        /// holds nothing secret.
+        #[derive(serde::Serialize)]
+        struct DeleteRequest {
+            seq: u64,
+            no_erase: bool,
+        }
+        let subject = format!("STREAM.MSG.DELETE.{}", self.inner.store.stream_name);
+        let request = DeleteRequest {
+            seq: revision,
+            no_erase: true,
+        };
+        let response: Response<DeleteStatus> = self
+            .inner
+            .js
+            .request(subject, &request)
+            .await
+            .map_err(LockError::unavailable)?;
+        match response {
+            Response::Ok(DeleteStatus { success: true }) => Ok(Ok(())),
+            Response::Ok(DeleteStatus { success: false }) => Ok(Err(Conflict)),
+            // Servers answer a missing message with any of these (2.9:
+            // "delete failed: no message found"); callers confirm by reading
+            // the key before they conclude anything.
+            Response::Err { error }
+                if [
+                    jetstream::ErrorCode::NO_MESSAGE_FOUND,
+                    jetstream::ErrorCode::STREAM_MESSAGE_DELETE_FAILED,
+                    jetstream::ErrorCode::SEQUENCE_NOT_FOUND,
+                ]
+                .contains(&error.error_code()) =>
+            {
+                Ok(Err(Conflict))
+            }
+            Response::Err { error } => Err(LockError::unavailable(error)),
+        }
+    }
+
+    /// Writes a delete marker at `key` if its last revision is `expected`,
+    /// returning the marker's revision (which `Store::delete_expect_revision`
+    /// does not give). Only for buckets that forbid deleting messages.
+    async fn mark_deleted(
+        &self,
+        key: &str,
+        expected: u64,
+    ) -> Result<Result<u64, Conflict>, LockError> {
+        let mut headers = HeaderMap::new();
+        headers.insert("KV-Operation", "DEL");
+        headers.insert(
+            async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+            HeaderValue::from(expected),
+        );
+        let subject = format!("{}{key}", self.inner.subject_prefix);
+        let ack = match self
+            .inner
+            .js
+            .publish_with_headers(subject, headers, Bytes::new())
+            .await
+        {
+            Ok(ack) => ack.await,
+            Err(err) => Err(err),
+        };
+        match ack {
+            Ok(ack) => Ok(Ok(ack.sequence)),
+            Err(err) if err.kind() == PublishErrorKind::WrongLastSequence => Ok(Err(Conflict)),
+            Err(err) => Err(LockError::unavailable(err)),
+        }
+    }
+
+    /// The key's current entry: `Some(revision)` when it still carries
+    /// `token`'s lease.
+    async fn revision_held_by(&self, key: &str, token: Token) -> Result<Option<u64>, LockError> {
+        let entry = self
+            .inner
+            .store
+            .entry(key)
+            .await
+            .map_err(LockError::unavailable)?;
+        Ok(entry.and_then(|entry| {
+            let ours = entry.operation == Operation::Put
+                && LeaseValue::decode(&entry.value).is_some_and(|lease| lease.token == token);
+            ours.then_some(entry.revision)
+        }))
+    }
+
+    /// Frees `key` held at `revision`; `Conflict` when that lease is no
+    /// longer stored.
+    async fn free(&self, key: &str, revision: u64) -> Result<Result<(), Conflict>, LockError> {
+        if self.inner.exact_delete {
+            let removed = self.remove(revision).await?;
+            if removed.is_ok() {
+                // What this backend saw of the key is over.
+                self.inner.seen.forget(key);
+            }
+            return Ok(removed);
+        }
+        Ok(self.mark_deleted(key, revision).await?.map(|marker| {
+            self.inner.seen.free(key, marker);
+        }))
+    }
+
+    /// Tells waiters everywhere that `key` was released. The stream's
+    /// message deletes emit no watch event, so releases are announced on a
+    /// plain NATS subject; one lost announcement costs a waiter one backoff
+    /// step.
+    ///
+    /// Waiters of this backend are woken by the echo too, not at once:
+    /// waking them first would let the releasing process win most races for
+    /// the key, starving waiters elsewhere.
+    async fn announce_release(&self, key: &str) {
+        let subject = format!("{}{key}", self.inner.released_prefix);
+        if let Err(err) = self.inner.js.client().publish(subject, Bytes::new()).await {
+            tracing::debug!(%key, error = %err, "release announcement not sent");
+            // Then at least the waiters here learn of it.
+            self.inner.wakeups.notify(key);
+        }
+    }
+}
+
+/// A write that lost its compare-and-set: the key's revision moved on.
+struct Conflict;
+
+#[async_trait::async_trait]
+impl Backend for NatsBackend {
+    async fn try_acquire(
+        &self,
+        key: &str,
+        token: Token,
+        ttl: Duration,
+    ) -> Result<Attempt, LockError> {
+        let key = key::encode(key);
+        let value = LeaseValue { token, ttl }.encode();
+        let seen = &self.inner.seen;
+        let sent_at = Instant::now();
+        let mut expected = seen.expected_free_revision(&key);
+        for _ in 0..ROUNDS {
+            if let Ok(revision) = self.put(&key, value.clone(), expected).await? {
+                seen.forget(&key);
+                self.inner.own.granted(&key, token, sent_at + ttl);
+                return Ok(Attempt::Acquired {
+                    fence: revision,
+                    revision,
+                });
+            }
+            // Lost a race for a free key: the winner's lease is usually known
+            // from the watch already, which saves a read.
+            if expected == 0
+                && let Some(remaining) = seen.running(&key)
+            {
+                return Ok(Attempt::Busy {
+                    remaining: Some(remaining),
+                });
+            }
+            let entry = self
+                .inner
+                .store
+                .entry(&key)
+                .await
+                .map_err(LockError::unavailable)?;
+            expected = match entry {
+                None => 0,
+                Some(entry) if entry.operation != Operation::Put => entry.revision,
+                Some(entry) => {
+                    // A value this crate did not write never expires.
+                    let Some(lease) = LeaseValue::decode(&entry.value) else {
+                        return Ok(Attempt::Busy { remaining: None });
+                    };
+                    match seen.judge(&key, entry.revision, lease.ttl) {
+                        Verdict::Running(remaining) => {
+                            return Ok(Attempt::Busy {
+                                remaining: Some(remaining),
+                            });
+                        }
+                        Verdict::Expired if self.inner.exact_delete => {
+                            tracing::debug!(%key, revision = entry.revision, "lease ran out; taking over");
+                            // Remove exactly that lease, then create as on a
+                            // free key: creating on an empty key is the one
+                            // compare-and-set that replicated streams of
+                            // every server version serialise.
+                            let _ = self.remove(entry.revision).await?;
+                            0
+                        }
+                        Verdict::Expired => {
+                            tracing::debug!(%key, revision = entry.revision, "lease ran out; taking over");
+                            entry.revision
+                        }
+                    }
+                }
+            };
+        }
+        // Others kept changing the key under us: it is contended.
+        Ok(Attempt::Busy { remaining: None })
+    }
+
+    async fn extend(
+        &self,
+        key: &str,
+        lease: &Lease,
+        ttl: Duration,
+    ) -> Result<Option<u64>, LockError> {
+        let key = key::encode(key);
+        // A lease that ran out on our own clock may be being taken over
+        // right now: renewing it could race the takeover.
+        if !self.inner.own.running(&key, lease.token) {
+            return Ok(None);
+        }
+        let value = LeaseValue {
+            token: lease.token,
+            ttl,
+        }
+        .encode();
+        let sent_at = Instant::now();
+        let mut expected = lease.revision;
+        for _ in 0..ROUNDS {
+            if let Ok(revision) = self.put(&key, value.clone(), expected).await? {
+                self.inner.own.granted(&key, lease.token, sent_at + ttl);
+                return Ok(Some(revision));
+            }
+            // A renewal whose reply was lost may have moved the revision on
+            // while the lease stayed ours.
+            match self.revision_held_by(&key, lease.token).await? {
+                Some(revision) => expected = revision,
+                None => break,
+            }
+        }
+        self.inner.own.forget(&key, lease.token);
+        Ok(None)
+    }
+
+    async fn release(&self, key: &str, lease: &Lease) -> Result<bool, LockError> {
+        let key = key::encode(key);
+        self.inner.own.forget(&key, lease.token);
+        let mut revision = lease.revision;
+        for _ in 0..ROUNDS {
+            if self.free(&key, revision).await?.is_ok() {
+                self.announce_release(&key).await;
+                return Ok(true);
+            }
+            match self.revision_held_by(&key, lease.token).await? {
+                Some(current) => revision = current,
+                None => return Ok(false),
+            }
+        }
+        Ok(false)
+    }
+
+    async fn subscribe(&self, key: &str) -> Result<Subscription, LockError> {
+        // The watch is live from construction (and re-established with a
+        // wake-up for everyone after failures), so registering is enough.
+        Ok(self.inner.wakeups.subscribe(&key::encode(key)))
+    }
+}
+
+/// The local deadlines of the leases this backend granted, so that it never
+/// renews one that already ran out on its own clock.
+#[derive(Debug, Default)]
+struct OwnLeases {
+    leases: Mutex<HashMap<String, (Token, Instant)>>,
+}
+
+impl OwnLeases {
+    fn granted(&self, key: &str, token: Token, deadline: Instant) {
+        let mut leases = self.lock();
+        if leases.len() >= 4096 {
+            // Guards that were leaked never release: drop what ran out.
+            let now = Instant::now();
+            leases.retain(|_, (_, deadline)| *deadline > now);
+        }
+        leases.insert(key.to_owned(), (token, deadline));
+    }
+
+    fn running(&self, key: &str, token: Token) -> bool {
+        matches!(self.lock().get(key), Some((held, deadline))
+            if *held == token && *deadline > Instant::now())
+    }
+
+    fn forget(&self, key: &str, token: Token) {
+        let mut leases = self.lock();
+        if matches!(leases.get(key), Some((held, _)) if *held == token) {
+            leases.remove(key);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Token, Instant)>> {
+        self.leases.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl fmt::Debug for NatsBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NatsBackend")
+            .field("bucket", &self.inner.store.name)
+            .field("watched_keys", &self.inner.wakeups.len())
+            .field("remembered_keys", &self.inner.seen.len())
+            .finish()
+    }
+}
+
+/// The NATS KV key a lock key is stored under: characters NATS does not
+/// allow in keys (and `=`, `.`) become `=XX` hex escapes of their UTF-8
+/// bytes.
+///
+/// ```
+/// use tower_lock::nats::{decode_key, encode_key};
+///
+/// assert_eq!(encode_key("invoice:42"), "invoice=3A42");
+/// assert_eq!(decode_key("invoice=3A42").as_deref(), Some("invoice:42"));
+/// ```
+pub fn encode_key(key: &str) -> String {
+    key::encode(key)
+}
+
+/// The lock key a NATS KV key of the bucket stands for; `None` for a key
+/// [`encode_key`] can not have made.
+pub fn decode_key(key: &str) -> Option<String> {
+    key::decode(key)
+}

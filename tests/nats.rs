@@ -1,0 +1,494 @@
+//! NatsBackend against real nats-server processes the tests start: the
+//! conformance suite, bucket creation, and faults (a killed holder, a
+//! restarted server, a paused holder).
+#![cfg(feature = "nats")]
+
+mod conformance;
+mod support;
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    process::{Child, ChildStdin, ChildStdout, Command, Stdio},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use futures_util::TryStreamExt;
+use support::{ServerProcess, nats};
+use tower_lock::{LockError, Locker, nats::NatsBackend};
+
+const BUCKET: &str = "locks";
+
+/// One nats-server per test; every locker gets its own connection and
+/// backend (and so its own watch).
+pub struct Nats {
+    server: ServerProcess,
+    store: async_nats::jetstream::kv::Store,
+}
+
+impl Nats {
+    async fn start() -> Self {
+        let server = nats::server();
+        let backend = backend(server.port).await;
+        Nats {
+            store: backend.store().clone(),
+            server,
+        }
+    }
+}
+
+async fn backend(port: u16) -> NatsBackend {
+    let js = nats::jetstream(nats::connect(&[port]).await, Duration::from_secs(2));
+    NatsBackend::new(js, BUCKET).await.expect("open the bucket")
+}
+
+async fn live_keys(store: &async_nats::jetstream::kv::Store) -> usize {
+    let keys: Vec<String> = store
+        .keys()
+        .await
+        .expect("list keys")
+        .try_collect()
+        .await
+        .expect("list keys");
+    keys.len()
+}
+
+impl conformance::Harness for Nats {
+    async fn locker(&self) -> Locker {
+        Locker::new(backend(self.server.port).await)
+    }
+
+    async fn stored_locks(&self) -> usize {
+        // Live entries only: a release leaves a delete marker, as every KV
+        // delete does (see the module docs).
+        live_keys(&self.store).await
+    }
+}
+
+conformance_suite!(Nats::start());
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_creators_of_one_bucket_all_succeed() {
+    let server = nats::server();
+    let client = nats::connect(&[server.port]).await;
+    let opens: Vec<_> = (0..6)
+        .map(|_| {
+            let js = async_nats::jetstream::new(client.clone());
+            tokio::spawn(async move { NatsBackend::new(js, "fresh").await })
+        })
+        .collect();
+    let mut backends = Vec::new();
+    for open in opens {
+        backends.push(open.await.expect("task").expect("every creator succeeds"));
+    }
+    // They all share the one bucket.
+    let (a, b) = (
+        Locker::new(backends[0].clone()),
+        Locker::new(backends[5].clone()),
+    );
+    let held = a
+        .try_lock("k", Duration::from_secs(30))
+        .await
+        .expect("try_lock");
+    assert!(held.is_some());
+    assert!(
+        b.try_lock("k", Duration::from_secs(30))
+            .await
+            .expect("try_lock")
+            .is_none()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_existing_bucket_is_used_as_it_is() {
+    let server = nats::server();
+    let client = nats::connect(&[server.port]).await;
+    let first = NatsBackend::builder(async_nats::jetstream::new(client.clone()), "kept")
+        .replicas(1)
+        .build()
+        .await
+        .expect("create");
+    let guard = Locker::new(first)
+        .acquire("k", Duration::from_secs(30))
+        .await
+        .expect("acquire");
+    let second = NatsBackend::new(async_nats::jetstream::new(client), "kept")
+        .await
+        .expect("open");
+    assert!(
+        Locker::new(second)
+            .try_lock("k", Duration::from_secs(30))
+            .await
+            .expect("try_lock")
+            .is_none(),
+        "reopening must keep the locks"
+    );
+    guard.release().await.expect("release");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_bucket_names_are_refused() {
+    let server = nats::server();
+    let client = nats::connect(&[server.port]).await;
+    for bad in ["", "a.b", "a b", "a*"] {
+        let err = NatsBackend::new(async_nats::jetstream::new(client.clone()), bad)
+            .await
+            .expect_err(bad);
+        assert!(
+            matches!(err, LockError::Unavailable { .. }),
+            "{bad:?}: {err}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_are_stored_readably_and_reversibly() {
+    let nats = Nats::start().await;
+    let locker = nats.locker_for_test().await;
+    let guard = locker
+        .acquire("invoice:42 é", Duration::from_secs(30))
+        .await
+        .expect("acquire");
+    let keys: Vec<String> = nats
+        .store
+        .keys()
+        .await
+        .expect("keys")
+        .try_collect()
+        .await
+        .expect("keys");
+    assert_eq!(keys, ["invoice=3A42=20=C3=A9"]);
+    assert_eq!(
+        tower_lock::nats::decode_key(&keys[0]).as_deref(),
+        Some("invoice:42 é")
+    );
+    // The fence is the entry's revision.
+    let entry = nats
+        .store
+        .entry(&keys[0])
+        .await
+        .expect("entry")
+        .expect("live");
+    assert_eq!(entry.revision, guard.fence());
+    guard.release().await.expect("release");
+    assert_eq!(live_keys(&nats.store).await, 0);
+}
+
+impl Nats {
+    async fn locker_for_test(&self) -> Locker {
+        conformance::Harness::locker(self).await
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Faults. A holder is a child process (this test binary, re-run as
+// `fault_child`) so that it can really be killed or paused.
+
+const CHILD_ENV: &str = "TOWER_LOCK_NATS_FAULT_CHILD";
+
+/// Not a test: the holder process the fault tests start. It takes the lock,
+/// prints `acquired <fence>`, then on a line `release` on stdin releases and
+/// prints the outcome.
+#[tokio::test]
+#[ignore = "run only as a child process by the fault tests"]
+async fn fault_child() {
+    let Ok(spec) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    let mut parts = spec.split(' ');
+    let port: u16 = parts.next().and_then(|p| p.parse().ok()).expect("port");
+    let key = parts.next().expect("key").to_owned();
+    let ttl = Duration::from_millis(parts.next().and_then(|t| t.parse().ok()).expect("ttl"));
+    let locker = Locker::new(backend(port).await);
+    let guard = locker.acquire(&key, ttl).await.expect("child acquire");
+    println!("acquired {}", guard.fence());
+    let mut line = String::new();
+    tokio::task::spawn_blocking(move || std::io::stdin().read_line(&mut line))
+        .await
+        .expect("stdin")
+        .expect("stdin");
+    match guard.release().await {
+        Ok(()) => println!("released"),
+        Err(LockError::Lost) => println!("lost"),
+        Err(err) => println!("error {err}"),
+    }
+}
+
+struct Holder {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    fence: u64,
+}
+
+impl Holder {
+    fn start(port: u16, key: &str, ttl: Duration) -> Self {
+        let mut child = Command::new(std::env::current_exe().expect("test binary"))
+            .args([
+                "--ignored",
+                "--exact",
+                "fault_child",
+                "--nocapture",
+                "--quiet",
+            ])
+            .env(CHILD_ENV, format!("{port} {key} {}", ttl.as_millis()))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the holder process");
+        let stdin = child.stdin.take().expect("stdin");
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let fence = loop {
+            let line = read_line(&mut stdout);
+            if let Some(fence) = line.strip_prefix("acquired ") {
+                break fence.trim().parse().expect("fence");
+            }
+        };
+        Holder {
+            child,
+            stdin,
+            stdout,
+            fence,
+        }
+    }
+
+    /// Asks the holder to release and returns what it printed.
+    fn release(&mut self) -> String {
+        writeln!(self.stdin, "release").expect("write to holder");
+        loop {
+            let line = read_line(&mut self.stdout);
+            let line = line.trim();
+            if ["released", "lost"].contains(&line) || line.starts_with("error") {
+                return line.to_owned();
+            }
+        }
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            // A paused process can not die until it is continued.
+            support::signal(self.child.id(), "CONT");
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn read_line(stdout: &mut BufReader<ChildStdout>) -> String {
+    let mut line = String::new();
+    let read = stdout.read_line(&mut line).expect("read holder output");
+    assert!(read > 0, "the holder process exited early");
+    line
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_holders_lock_is_taken_within_ttl_and_500ms_of_first_sight() {
+    let server = nats::server();
+    let ttl = Duration::from_millis(1500);
+    let mut holder = tokio::task::spawn_blocking({
+        let port = server.port;
+        move || Holder::start(port, "killed", ttl)
+    })
+    .await
+    .expect("holder");
+    let waiter = Locker::new(backend(server.port).await);
+    // The waiter's first try is its first sight of the lease.
+    let first_sight = Instant::now();
+    let waiting = tokio::spawn(async move {
+        let guard = waiter.acquire("killed", Duration::from_secs(30)).await;
+        (guard, Instant::now())
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!waiting.is_finished(), "the lock is held");
+    let _ = holder.child.kill();
+    let _ = holder.child.wait();
+    let (guard, acquired_at) = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("the abandoned lock must be taken over")
+        .expect("task");
+    let guard = guard.expect("acquire");
+    let waited = acquired_at - first_sight;
+    assert!(
+        waited >= ttl,
+        "taken over after {waited:?}, before the {ttl:?} lease ran out"
+    );
+    assert!(
+        waited <= ttl + Duration::from_millis(500),
+        "taken over only after {waited:?}"
+    );
+    assert!(guard.fence() > holder.fence);
+    guard.release().await.expect("release");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_holder_past_its_ttl_loses_to_a_higher_fence() {
+    let server = nats::server();
+    let ttl = Duration::from_millis(800);
+    let mut holder = tokio::task::spawn_blocking({
+        let port = server.port;
+        move || Holder::start(port, "paused", ttl)
+    })
+    .await
+    .expect("holder");
+    support::signal(holder.child.id(), "STOP");
+    let locker = Locker::new(backend(server.port).await);
+    let guard = tokio::time::timeout(
+        Duration::from_secs(10),
+        locker.acquire("paused", Duration::from_secs(30)),
+    )
+    .await
+    .expect("the paused holder's lease must run out")
+    .expect("acquire");
+    assert!(guard.fence() > holder.fence);
+    support::signal(holder.child.id(), "CONT");
+    let outcome = tokio::task::spawn_blocking(move || {
+        let outcome = holder.release();
+        drop(holder);
+        outcome
+    })
+    .await
+    .expect("holder");
+    assert_eq!(outcome, "lost", "the paused holder's release");
+    assert!(
+        Locker::new(backend(server.port).await)
+            .try_lock("paused", Duration::from_secs(30))
+            .await
+            .expect("try_lock")
+            .is_none(),
+        "the stale release must not free the new holder's lock"
+    );
+    guard.release().await.expect("release");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_recover_when_the_server_restarts() {
+    let mut server = nats::server();
+    let port = server.port;
+    let holder_js = nats::jetstream(nats::connect(&[port]).await, Duration::from_secs(1));
+    let holder = Locker::new(
+        NatsBackend::new(holder_js.clone(), BUCKET)
+            .await
+            .expect("open"),
+    );
+    let guard = holder
+        .acquire("restart", Duration::from_secs(30))
+        .await
+        .expect("acquire");
+    let checker = Arc::new(conformance::OverlapChecker::default());
+    let mut waiters = Vec::new();
+    for _ in 0..3 {
+        let locker = Locker::new(backend(port).await);
+        let checker = checker.clone();
+        waiters.push(tokio::spawn(async move {
+            let guard = locker
+                .acquire("restart", Duration::from_secs(30))
+                .await
+                .expect("a waiter retries through the outage");
+            let section = checker.enter(guard.fence());
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            drop(section);
+            guard.release().await.expect("release");
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::task::spawn_blocking(move || {
+        server.restart();
+        server
+    })
+    .await
+    .map(|restarted| {
+        // Keep the server alive for the rest of the test.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        (restarted, deadline)
+    })
+    .map(|(restarted, deadline)| async move {
+        // The bucket persisted; wait until JetStream answers again.
+        while holder_js.get_key_value(BUCKET).await.is_err() {
+            assert!(Instant::now() < deadline, "JetStream did not come back");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(!guard.is_lost());
+        guard
+            .release()
+            .await
+            .expect("the holder's lease survived the restart");
+        for waiter in waiters {
+            tokio::time::timeout(Duration::from_secs(15), waiter)
+                .await
+                .expect("every waiter gets the lock after the restart")
+                .expect("task");
+        }
+        checker.assert_exclusive(3);
+        drop(restarted);
+    })
+    .expect("restart")
+    .await;
+}
+
+/// A bucket made the classic KV way (`nats kv add`: deleting single
+/// messages denied) works through delete markers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_classic_kv_bucket_works_through_delete_markers() {
+    let server = nats::server();
+    let client = nats::connect(&[server.port]).await;
+    let js = async_nats::jetstream::new(client);
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "KV_classic".into(),
+        subjects: vec!["$KV.classic.>".into()],
+        max_messages_per_subject: 1,
+        discard: async_nats::jetstream::stream::DiscardPolicy::New,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        ..Default::default()
+    })
+    .await
+    .expect("classic bucket");
+    let (a, b) = (
+        Locker::new(NatsBackend::new(js.clone(), "classic").await.expect("open")),
+        Locker::new(NatsBackend::new(js.clone(), "classic").await.expect("open")),
+    );
+    let first = a
+        .acquire("k", Duration::from_secs(30))
+        .await
+        .expect("acquire");
+    let waiter = tokio::spawn({
+        let b = b.clone();
+        async move { b.acquire("k", Duration::from_secs(30)).await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!waiter.is_finished(), "the key is held");
+    let first_fence = first.fence();
+    first.release().await.expect("release");
+    let second = tokio::time::timeout(Duration::from_secs(3), waiter)
+        .await
+        .expect("woken by the delete marker")
+        .expect("task")
+        .expect("acquire over the marker");
+    assert!(second.fence() > first_fence);
+    // A stale lease taken over through the marker path is lost.
+    second.release().await.expect("release");
+    let stale = a
+        .acquire("k", Duration::from_millis(200))
+        .await
+        .expect("acquire");
+    let stale_fence = stale.fence();
+    let current = b
+        .acquire("k", Duration::from_secs(30))
+        .await
+        .expect("take over");
+    assert!(current.fence() > stale_fence);
+    assert!(matches!(stale.release().await, Err(LockError::Lost)));
+    assert!(
+        a.try_lock("k", Duration::from_secs(30))
+            .await
+            .expect("try_lock")
+            .is_none(),
+        "the stale release must not free the new holder's lock"
+    );
+    current.release().await.expect("release");
+    let store = js.get_key_value("classic").await.expect("bucket");
+    assert_eq!(live_keys(&store).await, 0);
+}

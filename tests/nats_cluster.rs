@@ -1,0 +1,127 @@
+//! NatsBackend on a three-node JetStream cluster the test starts, with an R3
+//! bucket: locking goes on, exclusively, while one node is killed.
+#![cfg(feature = "nats")]
+
+mod conformance;
+mod support;
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use support::nats;
+use tower_lock::{Locker, nats::NatsBackend};
+
+async fn r3_backend(ports: &[u16]) -> NatsBackend {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let js = nats::jetstream(nats::connect(ports).await, Duration::from_secs(2));
+        // Right after start-up the cluster may still be electing its
+        // JetStream leader.
+        match NatsBackend::builder(js, "locks").replicas(3).build().await {
+            Ok(backend) => return backend,
+            Err(err) => {
+                assert!(Instant::now() < deadline, "no R3 bucket: {err}");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn locking_survives_a_killed_node_and_stays_exclusive() {
+    let mut nodes = tokio::task::spawn_blocking(nats::cluster)
+        .await
+        .expect("start the cluster");
+    let ports: Vec<u16> = nodes.iter().map(|n| n.port).collect();
+    let mut lockers = Vec::new();
+    for _ in 0..4 {
+        lockers.push(Locker::new(r3_backend(&ports).await));
+    }
+    let (replicas, leader) = bucket_placement(&ports).await;
+    assert_eq!(
+        replicas, 3,
+        "the bucket must be replicated on all three nodes"
+    );
+
+    let checker = Arc::new(conformance::OverlapChecker::default());
+    let counter = Arc::new(std::sync::Mutex::new(0u64));
+    let sections = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let tasks: Vec<_> = (0..8)
+        .map(|task| {
+            let locker = lockers[task % lockers.len()].clone();
+            let (checker, counter) = (checker.clone(), counter.clone());
+            let (sections, stop) = (sections.clone(), stop.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    // Short leases, so one whose release was lost in the
+                    // failover frees itself soon.
+                    let Ok(guard) = locker.acquire("shared", Duration::from_secs(2)).await else {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    };
+                    let section = checker.enter(guard.fence());
+                    let read = *counter.lock().expect("counter");
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    *counter.lock().expect("counter") = read + 1;
+                    drop(section);
+                    sections.fetch_add(1, Ordering::Relaxed);
+                    let _ = guard.release().await;
+                }
+            })
+        })
+        .collect();
+
+    wait_for_progress(&sections, 30, Duration::from_secs(30)).await;
+    // Kill the bucket's stream leader: the hardest node to lose.
+    let killed = tokio::task::spawn_blocking(move || {
+        nodes[leader].kill();
+        nodes
+    });
+    let nodes = killed.await.expect("kill a node");
+    let before = sections.load(Ordering::Relaxed);
+    wait_for_progress(&sections, before + 50, Duration::from_secs(60)).await;
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        tokio::time::timeout(Duration::from_secs(30), task)
+            .await
+            .expect("tasks stop")
+            .expect("task");
+    }
+    let done = sections.load(Ordering::Relaxed);
+    assert_eq!(*counter.lock().expect("counter"), done, "lost updates");
+    checker.assert_exclusive(done as usize);
+    drop(nodes);
+}
+
+async fn wait_for_progress(sections: &AtomicU64, target: u64, within: Duration) {
+    let deadline = Instant::now() + within;
+    while sections.load(Ordering::Relaxed) < target {
+        assert!(
+            Instant::now() < deadline,
+            "only {} critical sections within {within:?}, wanted {target}",
+            sections.load(Ordering::Relaxed)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The bucket's replica count and the index of the node leading it.
+async fn bucket_placement(ports: &[u16]) -> (usize, usize) {
+    let js = async_nats::jetstream::new(nats::connect(ports).await);
+    let mut stream = js.get_stream("KV_locks").await.expect("bucket stream");
+    let info = stream.info().await.expect("stream info");
+    let leader = info
+        .cluster
+        .as_ref()
+        .and_then(|cluster| cluster.leader.as_deref())
+        .and_then(|name| name.strip_prefix("node-"))
+        .and_then(|n| n.parse().ok())
+        .expect("the bucket has a leader");
+    (info.config.num_replicas, leader)
+}
