@@ -80,6 +80,9 @@ mod guard;
 mod key;
 mod locker;
 pub mod memory;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub mod redis;
 mod run_to_end;
 
 pub use crate::{
