@@ -41,12 +41,15 @@ return 0
 /// lock only when the token still holds it, then publishes the lock key so
 /// waiters on every node wake in one round trip (classic pub/sub reaches
 /// every node of a Cluster). Returns 1 when released, else 0.
+///
+/// The publish is a `pcall`: where an ACL forbids the channel, the release
+/// must still happen, and waiters fall back to their timers.
 pub(crate) static RELEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('DEL', KEYS[1])
-  redis.call('PUBLISH', ARGV[2], KEYS[1])
+  redis.pcall('PUBLISH', ARGV[2], KEYS[1])
   return 1
 end
 return 0
