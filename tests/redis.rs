@@ -18,10 +18,7 @@ use tower_lock::{LockError, Locker, redis::RedisBackend};
 static SERVER: LazyLock<Tied> = LazyLock::new(|| Tied::start(support::free_port(), Vec::new()));
 
 fn harness() -> RedisHarness {
-    RedisHarness::new(
-        Deployment::Standalone(SERVER.url()),
-        vec![SERVER.url()],
-    )
+    RedisHarness::new(Deployment::Standalone(SERVER.url()), vec![SERVER.url()])
 }
 
 mod standalone {
@@ -79,10 +76,16 @@ async fn keys_are_namespaced_and_never_touch_foreign_keys() -> anyhow::Result<()
             .arg(backend.redis_key(key))
             .query_async(&mut conn)
             .await?;
-        assert!(stored.is_some(), "{key:?} is stored under its own Redis key");
+        assert!(
+            stored.is_some(),
+            "{key:?} is stored under its own Redis key"
+        );
         guard.release().await?;
     }
-    let kept: String = redis::cmd("GET").arg(&foreign).query_async(&mut conn).await?;
+    let kept: String = redis::cmd("GET")
+        .arg(&foreign)
+        .query_async(&mut conn)
+        .await?;
     assert_eq!(kept, "precious");
     let left = scan_keys(&SERVER.url(), &backend.key_pattern()).await;
     assert!(
@@ -107,7 +110,9 @@ async fn a_prefix_with_braces_is_refused() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_server_fails_construction() {
     let url = format!("redis://127.0.0.1:{}/", support::free_port());
-    let err = RedisBackend::from_url(&url).await.expect_err("nothing listens");
+    let err = RedisBackend::from_url(&url)
+        .await
+        .expect_err("nothing listens");
     assert!(matches!(err, LockError::Unavailable { .. }), "{err}");
     assert!(matches!(
         RedisBackend::from_url("not a url").await,

@@ -203,7 +203,10 @@ async fn a_paused_holder_loses_its_lock_and_cannot_free_the_next() -> anyhow::Re
     writeln!(child.stdin, "release")?;
     assert_eq!(child.expect_line("RELEASED"), "lost");
     assert!(
-        other.try_lock("job", Duration::from_secs(30)).await?.is_none(),
+        other
+            .try_lock("job", Duration::from_secs(30))
+            .await?
+            .is_none(),
         "the stale holder's release must not free the new lock"
     );
     guard.release().await?;
@@ -262,8 +265,8 @@ async fn waiters_recover_from_a_server_restart() -> anyhow::Result<()> {
     let released_at = Instant::now();
     last.release().await?;
     tokio::time::timeout(Duration::from_secs(3), waiter)
-        .await??
-        ?.release()
+        .await???
+        .release()
         .await?;
     let woke_after = released_at.elapsed();
     tracing::info!(?woke_after, "hand-off after restart");
@@ -314,7 +317,9 @@ async fn hand_off_works_without_notifications() -> anyhow::Result<()> {
     }
     checker.assert_exclusive(TASKS * ROUNDS);
     // And an expiry is found by the timer, capped by the holder's PTTL.
-    let stale = lockers[0].acquire("job", Duration::from_millis(300)).await?;
+    let stale = lockers[0]
+        .acquire("job", Duration::from_millis(300))
+        .await?;
     std::mem::forget(stale);
     let next = tokio::time::timeout(
         Duration::from_secs(3),

@@ -87,7 +87,10 @@ impl Conn {
         match client {
             RedisClient::Standalone(client) => {
                 let manager = ConnectionManager::new(client.clone()).await?;
-                Ok((Conn::Standalone(manager), PubSubSource::Client(client)))
+                Ok((
+                    Conn::Standalone(manager),
+                    PubSubSource::Client(Box::new(client)),
+                ))
             }
             RedisClient::Cluster(client) => {
                 let conn = client.get_async_connection().await?;
@@ -193,8 +196,10 @@ impl SentinelConn {
             return Ok(conn);
         }
         let client = sentinel.async_get_client().await?;
-        self.db
-            .store(client.get_connection_info().redis_settings().db(), Ordering::Relaxed);
+        self.db.store(
+            client.get_connection_info().redis_settings().db(),
+            Ordering::Relaxed,
+        );
         let conn = ConnectionManager::new(client).await?;
         *self.current.lock().unwrap_or_else(PoisonError::into_inner) = Some(conn.clone());
         Ok(conn)
@@ -226,7 +231,8 @@ fn master_may_have_moved(err: &RedisError) -> bool {
 /// Where the wake-up connection goes: opened again after every drop.
 #[derive(Clone)]
 pub(crate) enum PubSubSource {
-    Client(Client),
+    // Boxed: a `Client` is large, and the enum is moved into a task once.
+    Client(Box<Client>),
     Sentinel(Arc<SentinelConn>),
     /// Classic pub/sub messages reach every node of a Cluster, so any master
     /// will do; successive attempts go round the masters in case one is down.
@@ -250,7 +256,9 @@ impl PubSubSource {
                     )));
                 };
                 let pick = attempts.fetch_add(1, Ordering::Relaxed) % count;
-                Client::open(masters[pick].clone())?.get_async_pubsub().await
+                Client::open(masters[pick].clone())?
+                    .get_async_pubsub()
+                    .await
             }
         }
     }

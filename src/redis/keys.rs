@@ -98,7 +98,9 @@ mod tests {
     #[test]
     fn lock_and_fence_share_a_nonempty_hash_tag() {
         let space = KeySpace::new("lock:".into());
-        for key in ["a", "}", "{", "{}", "}{", "a}b{c", "%7D", "x}:fence", "\n", "ключ"] {
+        for key in [
+            "a", "}", "{", "{}", "}{", "a}b{c", "%7D", "x}:fence", "\n", "ключ",
+        ] {
             let (lock, fence) = (space.lock_key(key), space.fence_key(key));
             assert_eq!(hash_tag(&lock), hash_tag(&fence), "{key:?}");
             assert!(!hash_tag(&lock).is_empty());

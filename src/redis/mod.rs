@@ -261,7 +261,7 @@ impl RedisBackendBuilder {
             .await
             .map_err(LockError::unavailable)?;
         if let (Some(node), Conn::Cluster(_)) = (self.subscriber, &conn) {
-            source = client::PubSubSource::Client(node);
+            source = client::PubSubSource::Client(Box::new(node));
         }
         let keys = KeySpace::new(self.prefix);
         let channel = format!("{}released", keys.prefix());

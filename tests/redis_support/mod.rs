@@ -206,11 +206,8 @@ impl SentinelGroup {
             vec![conf.display().to_string(), "--sentinel".into()],
         );
         let deadline = Instant::now() + Duration::from_secs(15);
-        while !cli(
-            port,
-            &["sentinel", "get-master-addr-by-name", MASTER_NAME],
-        )
-        .contains(&master.port.to_string())
+        while !cli(port, &["sentinel", "get-master-addr-by-name", MASTER_NAME])
+            .contains(&master.port.to_string())
         {
             assert!(Instant::now() < deadline, "sentinel did not see the master");
             std::thread::sleep(Duration::from_millis(50));
@@ -221,7 +218,7 @@ impl SentinelGroup {
     pub fn client(&self) -> SentinelClient {
         SentinelClient::build(
             vec![self.sentinel.url()],
-            MASTER_NAME.to_owned(),
+            String::from(MASTER_NAME),
             None,
             SentinelServerType::Master,
         )
@@ -240,13 +237,13 @@ pub enum Deployment {
 impl Deployment {
     pub fn client(&self) -> RedisClient {
         match self {
-            Deployment::Standalone(url) => redis::Client::open(url.as_str())
-                .expect("client")
-                .into(),
+            Deployment::Standalone(url) => {
+                redis::Client::open(url.as_str()).expect("client").into()
+            }
             Deployment::Cluster(urls) => ClusterClient::new(urls.clone()).expect("cluster").into(),
             Deployment::Sentinel { sentinel } => SentinelClient::build(
                 vec![sentinel.clone()],
-                MASTER_NAME.to_owned(),
+                String::from(MASTER_NAME),
                 None,
                 SentinelServerType::Master,
             )

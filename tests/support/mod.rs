@@ -60,7 +60,10 @@ impl ServerProcess {
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().map(Child::id).expect("server is running")
+        self.child
+            .as_ref()
+            .map(Child::id)
+            .expect("server is running")
     }
 
     fn spawn(&mut self) {
