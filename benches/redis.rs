@@ -184,6 +184,7 @@ async fn wake_up(url: &str) {
         pings.push(start.elapsed());
     }
     let mut hand_offs = Vec::new();
+    let mut after_return = Vec::new();
     for _ in 0..ROUNDS {
         let held = holder.acquire("wake", TTL).await.expect("acquire");
         let task = tokio::spawn({
@@ -198,16 +199,20 @@ async fn wake_up(url: &str) {
         tokio::time::sleep(Duration::from_millis(22)).await;
         let released_at = Instant::now();
         held.release().await.expect("release");
+        let returned_at = Instant::now();
         let (guard, acquired_at) = task.await.expect("task");
         hand_offs.push(acquired_at - released_at);
+        after_return.push(acquired_at.saturating_duration_since(returned_at));
         guard.release().await.expect("release");
     }
     let (hand_off, ping) = (median(hand_offs.clone()), median(pings));
     hand_offs.sort();
+    let returned = median(after_return);
     println!(
-        "wake-up: median hand-off {hand_off:?} (p90 {:?}) vs median PING {ping:?}: {:.2}x PING",
+        "wake-up: median {hand_off:?} from the release call (p90 {:?}), {returned:?} from its return; median PING {ping:?}: {:.2}x / {:.2}x PING",
         hand_offs[hand_offs.len() * 9 / 10],
-        hand_off.as_secs_f64() / ping.as_secs_f64()
+        hand_off.as_secs_f64() / ping.as_secs_f64(),
+        returned.as_secs_f64() / ping.as_secs_f64(),
     );
 }
 
@@ -253,6 +258,22 @@ impl Outcome {
     }
 }
 
+/// Calls per command name, from `INFO commandstats`.
+async fn command_calls(conn: &mut ConnectionManager) -> std::collections::BTreeMap<String, u64> {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(conn)
+        .await
+        .expect("INFO");
+    info.lines()
+        .filter_map(|line| {
+            let (name, rest) = line.strip_prefix("cmdstat_")?.split_once(":calls=")?;
+            let calls = rest.split(',').next()?.parse().ok()?;
+            Some((name.to_owned(), calls))
+        })
+        .collect()
+}
+
 async fn commands_processed(conn: &mut ConnectionManager) -> u64 {
     let info: String = redis::cmd("INFO")
         .arg("stats")
@@ -284,6 +305,7 @@ async fn contention(url: &str, contender: Contender, tasks: usize, owners: usize
         }
     }
     let stop = Arc::new(AtomicBool::new(false));
+    let calls_before = command_calls(&mut admin).await;
     let before = commands_processed(&mut admin).await;
     let start = Instant::now();
     let handles: Vec<_> = (0..tasks)
@@ -318,6 +340,17 @@ async fn contention(url: &str, contender: Contender, tasks: usize, owners: usize
     let elapsed = start.elapsed();
     // Minus the INFO that reads the number.
     let commands = commands_processed(&mut admin).await - before - 1;
+    let total: u64 = counts.iter().sum();
+    let breakdown: Vec<String> = command_calls(&mut admin)
+        .await
+        .into_iter()
+        .filter(|(name, _)| name != "info")
+        .filter_map(|(name, calls)| {
+            let new = calls - calls_before.get(&name).copied().unwrap_or(0);
+            (new > 0).then(|| format!("{name} {:.2}", new as f64 / total.max(1) as f64))
+        })
+        .collect();
+    println!("  per acquisition: {}", breakdown.join(", "));
     Outcome {
         counts,
         elapsed,

@@ -14,7 +14,13 @@
 //!   waiters: the release channel, plus the `expired` and `del` key events of
 //!   the database in use when the server's `notify-keyspace-events` enables
 //!   them. Expiry never needs an event: a waiter's timer is capped by the
-//!   holder's `PTTL`.
+//!   holder's `PTTL`. In a Cluster the release channel reaches every node
+//!   (classic pub/sub is broadcast), but key events are per node and come
+//!   only from the node the wake-up connection is on; expiries elsewhere are
+//!   found by that capped timer.
+//! - **Where a wake-up is lost** (the pub/sub connection is down, an ACL
+//!   denies the channel) waiters retry on their backoff timer, at most one
+//!   step late; after the connection is back every waiter is woken once.
 //! - **Connections**: one command connection that reconnects by itself
 //!   (redis-rs's `ConnectionManager`; the cluster connection; the Sentinel
 //!   master, looked up again after a failover) and the pub/sub connection.

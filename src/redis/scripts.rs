@@ -8,17 +8,20 @@ use redis::Script;
 
 /// `KEYS[1]` lock, `KEYS[2]` fence counter; `ARGV[1]` token, `ARGV[2]` ttl
 /// in ms. Returns `{1, fence}` when taken, `{0, pttl}` when busy (`pttl` is
-/// negative when the holder's key has no expiry).
+/// -1 when the holder's key has no expiry).
 ///
-/// The counter is bumped only on success and in the same script, so fences
-/// are strictly increasing per key with no gap a crash could reorder.
+/// `PTTL` comes first so that a busy try, the common case under contention,
+/// costs one command inside the script rather than two. The counter is
+/// bumped only on success and in the same script, so fences are strictly
+/// increasing per key with no gap a crash could reorder.
 pub(crate) static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+local pttl = redis.call('PTTL', KEYS[1])
+if pttl == -2 and redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   return {1, redis.call('INCR', KEYS[2])}
 end
-return {0, redis.call('PTTL', KEYS[1])}
+return {0, pttl}
 ",
     )
 });
