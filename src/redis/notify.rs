@@ -61,10 +61,15 @@ impl Listener {
     async fn run(self, ready: oneshot::Sender<()>) {
         let mut ready = Some(ready);
         let mut pause = RECONNECT_START;
+        // Warn once per outage, not at every retry.
+        let mut warned = false;
         loop {
             match self.subscribe().await {
                 Ok(pubsub) => {
                     pause = RECONNECT_START;
+                    if std::mem::take(&mut warned) {
+                        tracing::info!("lock wake-ups from Redis are back");
+                    }
                     // Whatever was released while we were not listening.
                     self.registry.notify_all();
                     if let Some(ready) = ready.take() {
@@ -73,11 +78,15 @@ impl Listener {
                     self.listen(pubsub).await;
                     tracing::debug!("lock wake-up connection lost; reconnecting");
                 }
-                Err(err) => {
+                Err(err) if !warned => {
+                    warned = true;
                     tracing::warn!(error = %err, "no lock wake-ups from Redis; waiters poll until it is back");
                     if let Some(ready) = ready.take() {
                         let _ = ready.send(());
                     }
+                }
+                Err(err) => {
+                    tracing::debug!(error = %err, "lock wake-ups still unavailable");
                 }
             }
             tokio::time::sleep(pause).await;
