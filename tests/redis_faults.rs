@@ -248,6 +248,9 @@ async fn waiters_recover_from_a_server_restart() -> anyhow::Result<()> {
         .collect();
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(tasks.iter().all(|t| !t.is_finished()), "the key is held");
+    // Down long enough that waiters retry into refused connections.
+    server.kill();
+    tokio::time::sleep(Duration::from_millis(700)).await;
     server.restart();
     for task in tasks {
         tokio::time::timeout(Duration::from_secs(60), task).await???;
