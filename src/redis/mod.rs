@@ -326,6 +326,10 @@ impl Backend for RedisBackend {
         ttl: Duration,
     ) -> Result<Attempt, LockError> {
         let keys = &self.inner.keys;
+        if self.inner.registry.is_watched(key) {
+            // A waiter's retry, most likely right after a wake-up.
+            notify::shuffle_retry().await;
+        }
         let (taken, value): (i64, i64) = scripts::ACQUIRE
             .key(keys.lock_key(key))
             .key(keys.fence_key(key))
