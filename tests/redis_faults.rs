@@ -1,0 +1,334 @@
+//! Faults against real redis-server processes: a holder process killed or
+//! paused, the server restarted under waiters, wake-ups refused.
+#![cfg(feature = "redis")]
+
+mod conformance;
+mod redis_support;
+mod support;
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    process::{Child, ChildStdin, Command, Stdio},
+    sync::{Arc, mpsc},
+    time::{Duration, Instant},
+};
+
+use conformance::OverlapChecker;
+use redis_support::{REDIS_SERVER, cli, server_args};
+use support::{ServerProcess, free_port, signal};
+use tower_lock::{LockError, Locker, redis::RedisBackend};
+
+/// What a child process is asked to do, through this variable.
+const CHILD_ENV: &str = "TOWER_LOCK_REDIS_CHILD";
+/// Lines the child writes for the parent start with this.
+const MARK: &str = "CHILD ";
+
+fn start_server(extra: &[&str]) -> ServerProcess {
+    let port = free_port();
+    let dir = tempfile::tempdir().expect("dir");
+    let mut args = server_args(port, dir.path());
+    // ServerProcess runs in its own temp dir: write there, not in `dir`.
+    args.truncate(args.len() - 2);
+    args.extend(extra.iter().map(|s| s.to_string()));
+    ServerProcess::start(REDIS_SERVER, args, port)
+}
+
+fn url(server: &ServerProcess) -> String {
+    format!("redis://127.0.0.1:{}/", server.port)
+}
+
+/// This test binary again, running only `child_process` in `mode`.
+struct ChildProcess {
+    child: Child,
+    stdin: ChildStdin,
+    lines: mpsc::Receiver<String>,
+}
+
+impl ChildProcess {
+    fn start(mode: &str, url: &str, key: &str) -> ChildProcess {
+        let mut child = Command::new(std::env::current_exe().expect("test binary"))
+            .args(["child_process", "--exact", "--ignored", "--nocapture"])
+            .env(CHILD_ENV, format!("{mode}\n{url}\n{key}"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the child process");
+        let stdin = child.stdin.take().expect("stdin");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(line) = line.strip_prefix(MARK) {
+                    let _ = tx.send(line.to_owned());
+                }
+            }
+        });
+        ChildProcess {
+            child,
+            stdin,
+            lines,
+        }
+    }
+
+    fn expect_line(&self, prefix: &str) -> String {
+        let line = self
+            .lines
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("the child never said {prefix:?}"));
+        assert!(line.starts_with(prefix), "child said {line:?}");
+        line[prefix.len()..].trim().to_owned()
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for ChildProcess {
+    fn drop(&mut self) {
+        signal(self.child.id(), "CONT");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The other side of the process tests; does nothing unless started by one
+/// of them (with `CHILD_ENV` set).
+#[tokio::test]
+#[ignore = "run as a child process by the fault tests"]
+async fn child_process() {
+    let Ok(spec) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    let mut parts = spec.lines();
+    let (mode, url, key) = (
+        parts.next().expect("mode"),
+        parts.next().expect("url"),
+        parts.next().expect("key"),
+    );
+    let backend = RedisBackend::from_url(url).await.expect("connect");
+    match mode {
+        // Take the lock and never give it back: the parent kills us.
+        "hold" => {
+            let guard = Locker::new(backend)
+                .acquire(key, Duration::from_secs(1))
+                .await
+                .expect("acquire");
+            println!("{MARK}ACQUIRED {}", guard.fence());
+            std::future::pending::<()>().await;
+        }
+        // Keep the lock by renewal until told to release it.
+        "renew" => {
+            let guard = Locker::new(backend)
+                .auto_renew(true)
+                .acquire(key, Duration::from_millis(600))
+                .await
+                .expect("acquire");
+            println!("{MARK}ACQUIRED {}", guard.fence());
+            tokio::task::spawn_blocking(|| std::io::stdin().lines().next())
+                .await
+                .expect("stdin");
+            let outcome = match guard.release().await {
+                Ok(()) => "ok".to_owned(),
+                Err(LockError::Lost) => "lost".to_owned(),
+                Err(err) => format!("error {err}"),
+            };
+            println!("{MARK}RELEASED {outcome}");
+        }
+        other => panic!("unknown child mode {other}"),
+    }
+}
+
+/// A holder process SIGKILLed while it holds the lock: a waiter in this
+/// process takes over within ttl + 250 ms, and not before the ttl.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_holder_process_is_taken_over_after_its_ttl() -> anyhow::Result<()> {
+    let server = start_server(&[]);
+    let ttl = Duration::from_secs(1);
+    let child = ChildProcess::start("hold", &url(&server), "job");
+    let child_fence: u64 = child.expect_line("ACQUIRED").parse()?;
+    let acquired_by_child = Instant::now();
+    let waiter = Locker::new(RedisBackend::from_url(&url(&server)).await?);
+    let task = tokio::spawn(async move {
+        let guard = waiter.acquire("job", Duration::from_secs(30)).await;
+        (guard, Instant::now())
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    signal(child.pid(), "KILL");
+    let killed_at = Instant::now();
+    let (guard, acquired_at) = tokio::time::timeout(Duration::from_secs(10), task).await??;
+    let guard = guard?;
+    assert!(guard.fence() > child_fence);
+    assert!(
+        acquired_at - acquired_by_child >= ttl - Duration::from_millis(50),
+        "taken over {:?} after the child's acquisition, before its ttl",
+        acquired_at - acquired_by_child
+    );
+    assert!(
+        acquired_at - killed_at <= ttl + Duration::from_millis(250),
+        "taken over {:?} after the kill",
+        acquired_at - killed_at
+    );
+    guard.release().await?;
+    Ok(())
+}
+
+/// A holder process frozen (SIGSTOP) past its ttl cannot renew: the next
+/// holder gets a higher fence, and the frozen one, once thawed, gets `Lost`
+/// from its release and leaves the new holder's lock alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_holder_loses_its_lock_and_cannot_free_the_next() -> anyhow::Result<()> {
+    let server = start_server(&[]);
+    let mut child = ChildProcess::start("renew", &url(&server), "job");
+    let child_fence: u64 = child.expect_line("ACQUIRED").parse()?;
+    let (me, other) = (
+        Locker::new(RedisBackend::from_url(&url(&server)).await?),
+        Locker::new(RedisBackend::from_url(&url(&server)).await?),
+    );
+    // While the child runs, renewal keeps its 600 ms lease alive.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        me.try_lock("job", Duration::from_secs(30)).await?.is_none(),
+        "the child renews its lease while it runs"
+    );
+    signal(child.pid(), "STOP");
+    let guard = tokio::time::timeout(
+        Duration::from_secs(5),
+        me.acquire("job", Duration::from_secs(30)),
+    )
+    .await??;
+    assert!(guard.fence() > child_fence);
+    signal(child.pid(), "CONT");
+    writeln!(child.stdin, "release")?;
+    assert_eq!(child.expect_line("RELEASED"), "lost");
+    assert!(
+        other
+            .try_lock("job", Duration::from_secs(30))
+            .await?
+            .is_none(),
+        "the stale holder's release must not free the new lock"
+    );
+    guard.release().await?;
+    Ok(())
+}
+
+/// The server is killed and restarted (with its append-only file) while
+/// tasks wait: they ride it out, then take turns with no overlap, and
+/// wake-ups work again after the listener resubscribes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_recover_from_a_server_restart() -> anyhow::Result<()> {
+    let mut server = start_server(&["--appendonly", "yes", "--appendfsync", "always"]);
+    let url = url(&server);
+    let holder = Locker::new(RedisBackend::from_url(&url).await?);
+    let held = holder.acquire("job", Duration::from_secs(2)).await?;
+    let first_fence = held.fence();
+    std::mem::forget(held);
+    let mut lockers = Vec::new();
+    for _ in 0..2 {
+        lockers.push(Locker::new(RedisBackend::from_url(&url).await?));
+    }
+    let checker = Arc::new(OverlapChecker::default());
+    const TASKS: usize = 6;
+    const ROUNDS: usize = 10;
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|i| {
+            let (locker, checker) = (lockers[i % 2].clone(), checker.clone());
+            tokio::spawn(async move {
+                for _ in 0..ROUNDS {
+                    let guard = locker.acquire("job", Duration::from_secs(30)).await?;
+                    let section = checker.enter(guard.fence());
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    drop(section);
+                    guard.release().await?;
+                }
+                Ok::<_, LockError>(())
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(tasks.iter().all(|t| !t.is_finished()), "the key is held");
+    // Down long enough that waiters retry into refused connections.
+    server.kill();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    server.restart();
+    for task in tasks {
+        tokio::time::timeout(Duration::from_secs(60), task).await???;
+    }
+    checker.assert_exclusive(TASKS * ROUNDS);
+    // After the restart, the persisted counter still orders fences.
+    let last = lockers[0].acquire("job", Duration::from_secs(30)).await?;
+    assert!(last.fence() > first_fence + (TASKS * ROUNDS) as u64 - 1);
+    // A release wakes a waiter again (the listener has resubscribed).
+    let waiter = tokio::spawn({
+        let locker = lockers[1].clone();
+        async move { locker.acquire("job", Duration::from_secs(30)).await }
+    });
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let released_at = Instant::now();
+    last.release().await?;
+    tokio::time::timeout(Duration::from_secs(3), waiter)
+        .await???
+        .release()
+        .await?;
+    let woke_after = released_at.elapsed();
+    tracing::info!(?woke_after, "hand-off after restart");
+    Ok(())
+}
+
+/// Wake-ups refused outright (an ACL denies every pub/sub channel, so the
+/// listener cannot subscribe and the release script cannot publish): locks
+/// still change hands, by the waiters' timers, with no overlap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hand_off_works_without_notifications() -> anyhow::Result<()> {
+    let server = start_server(&[]);
+    cli(server.port, &["acl", "setuser", "default", "resetchannels"]);
+    let url = url(&server);
+    let mut check = redis::Client::open(url.as_str())?
+        .get_multiplexed_async_connection()
+        .await?;
+    let denied: redis::RedisResult<()> = redis::cmd("PUBLISH")
+        .arg("x")
+        .arg("y")
+        .query_async(&mut check)
+        .await;
+    assert!(denied.is_err(), "the ACL must deny pub/sub");
+    let lockers = [
+        Locker::new(RedisBackend::from_url(&url).await?),
+        Locker::new(RedisBackend::from_url(&url).await?),
+    ];
+    let checker = Arc::new(OverlapChecker::default());
+    const TASKS: usize = 4;
+    const ROUNDS: usize = 8;
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|i| {
+            let (locker, checker) = (lockers[i % 2].clone(), checker.clone());
+            tokio::spawn(async move {
+                for _ in 0..ROUNDS {
+                    let guard = locker.acquire("job", Duration::from_secs(30)).await?;
+                    let section = checker.enter(guard.fence());
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    drop(section);
+                    guard.release().await?;
+                }
+                Ok::<_, LockError>(())
+            })
+        })
+        .collect();
+    for task in tasks {
+        tokio::time::timeout(Duration::from_secs(60), task).await???;
+    }
+    checker.assert_exclusive(TASKS * ROUNDS);
+    // And an expiry is found by the timer, capped by the holder's PTTL.
+    let stale = lockers[0]
+        .acquire("job", Duration::from_millis(300))
+        .await?;
+    std::mem::forget(stale);
+    let next = tokio::time::timeout(
+        Duration::from_secs(3),
+        lockers[1].acquire("job", Duration::from_secs(30)),
+    )
+    .await??;
+    next.release().await?;
+    Ok(())
+}
