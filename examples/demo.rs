@@ -46,10 +46,11 @@ struct Options {
 }
 
 const USAGE: &str = "\
-usage: demo [--backend memory] [--accounts N] [--requests N] [--concurrency N]
-       demo --serve ADDR [--backend memory]
+usage: demo [--backend memory|redis://HOST:PORT|nats://HOST:PORT] [--accounts N] [--requests N] [--concurrency N]
+       demo --serve ADDR [--backend URL]
 
-  --backend      lock store: memory (default)
+  --backend      lock store: memory (default), redis://HOST:PORT (feature redis),
+                 nats://HOST:PORT (feature nats)
   --accounts     accounts to deposit into (default 8)
   --requests     deposits per account (default 200)
   --concurrency  requests in flight at once (default 64)
@@ -94,16 +95,42 @@ fn parse_options() -> anyhow::Result<Options> {
 
 /// The one place a lock store is chosen.
 async fn connect(backend: &str) -> anyhow::Result<Locker> {
-    match backend
+    let scheme = backend
         .split_once("://")
-        .map_or(backend, |(scheme, _)| scheme)
-    {
+        .map_or(backend, |(scheme, _)| scheme);
+    match scheme {
         "memory" => Ok(Locker::in_memory()),
-        scheme @ ("redis" | "rediss" | "nats") => bail!(
-            "--backend {backend}: the {scheme} backend is not part of this build of the demo; \
-             use --backend memory"
+        #[cfg(feature = "redis")]
+        "redis" | "rediss" => {
+            let store = tower_lock::redis::RedisBackend::from_url(backend)
+                .await
+                .with_context(|| format!("connect to Redis at {backend}"))?;
+            Ok(Locker::new(store))
+        }
+        #[cfg(feature = "nats")]
+        "nats" => {
+            let client = async_nats::connect(backend)
+                .await
+                .with_context(|| format!("connect to NATS at {backend}"))?;
+            let js = async_nats::jetstream::new(client);
+            let store = tower_lock::nats::NatsBackend::new(js, "tower-lock-demo")
+                .await
+                .context("open the KV bucket tower-lock-demo")?;
+            Ok(Locker::new(store))
+        }
+        #[cfg(not(feature = "redis"))]
+        "redis" | "rediss" => bail!(
+            "--backend {backend}: run the demo with `--features redis` \
+             (cargo run --release --features redis --example demo -- --backend {backend})"
         ),
-        _ => bail!("--backend {backend}: unknown backend; expected memory"),
+        #[cfg(not(feature = "nats"))]
+        "nats" => bail!(
+            "--backend {backend}: run the demo with `--features nats` \
+             (cargo run --release --features nats --example demo -- --backend {backend})"
+        ),
+        _ => bail!(
+            "--backend {backend}: unknown backend; expected memory, redis://HOST:PORT or nats://HOST:PORT"
+        ),
     }
 }
 
