@@ -13,7 +13,7 @@ use std::{
 use tokio::{runtime::Handle, sync::Notify, task::AbortHandle, time::Instant};
 
 use crate::{
-    LockError,
+    BACKOFF_START, LockError,
     backend::{Lease, Token},
     locker::LockerInner,
     run_to_end::RunToEnd,
@@ -66,13 +66,20 @@ struct Parts {
     runtime: Handle,
 }
 
+/// Durations beyond u64 nanoseconds (584 years) are beyond `MAX_TTL`.
+fn nanos(ttl: Duration) -> u64 {
+    u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX)
+}
+
 /// One acquisition, shared by its guard, its Locker's table of held keys
 /// (for [`Locker::release`](crate::Locker::release)) and its renewal task.
 pub(crate) struct HeldLease {
     pub(crate) key: Arc<str>,
     token: Token,
     fence: u64,
-    ttl: Duration,
+    /// The lease length of the last grant or extension, in nanoseconds:
+    /// renewal keeps to what the holder last asked for.
+    ttl_nanos: AtomicU64,
     revision: AtomicU64,
     released: AtomicBool,
     status: Mutex<LeaseStatus>,
@@ -106,7 +113,7 @@ impl HeldLease {
             key,
             token,
             fence,
-            ttl,
+            ttl_nanos: AtomicU64::new(nanos(ttl)),
             revision: AtomicU64::new(revision),
             released: AtomicBool::new(false),
             status: Mutex::new(LeaseStatus {
@@ -217,6 +224,7 @@ impl HeldLease {
         match locker.backend.extend(&self.key, &self.lease(), ttl).await? {
             Some(revision) => {
                 self.revision.store(revision, Ordering::Release);
+                self.ttl_nanos.store(nanos(ttl), Ordering::Release);
                 self.update_status(|status| status.deadline = sent_at + ttl);
                 Ok(())
             }
@@ -228,6 +236,33 @@ impl HeldLease {
         }
     }
 
+    fn ttl(&self) -> Duration {
+        Duration::from_nanos(self.ttl_nanos.load(Ordering::Acquire))
+    }
+
+    /// Ends a lease that the store has since granted to us again: it can
+    /// only have run out, so its renewal must stop too.
+    pub(crate) fn supersede(&self) {
+        if let Some(renewal) = self.renewal.get() {
+            renewal.abort();
+        }
+        self.end();
+    }
+
+    /// Releases from a caller that may go away: on the spot when the backend
+    /// can answer so, else a request that finishes even if the caller drops
+    /// the future.
+    pub(crate) async fn release_from(
+        self: Arc<Self>,
+        locker: Arc<LockerInner>,
+        runtime: Handle,
+    ) -> Result<(), LockError> {
+        if let Some(released) = self.release_now(&locker) {
+            return released;
+        }
+        RunToEnd::new(runtime, self.release(locker), |_| async {}).await
+    }
+
     fn is_lost(&self) -> bool {
         let status = self.status();
         status.over || Instant::now() >= status.deadline
@@ -235,11 +270,12 @@ impl HeldLease {
 }
 
 async fn renew(held: Arc<HeldLease>, locker: Arc<LockerInner>) {
-    let period = held.ttl / 3;
-    let mut next = Instant::now() + period;
+    let mut next = Instant::now() + held.ttl() / 3;
     loop {
         tokio::time::sleep_until(next).await;
-        match held.extend(&locker, held.ttl).await {
+        let ttl = held.ttl();
+        let period = ttl / 3;
+        match held.extend(&locker, ttl).await {
             Ok(()) => next = Instant::now() + period,
             Err(LockError::Lost | LockError::NotHeld) => return,
             Err(err) => {
@@ -250,9 +286,9 @@ async fn renew(held: Arc<HeldLease>, locker: Arc<LockerInner>) {
                     return;
                 }
                 tracing::warn!(key = %held.key, error = %err, "lease renewal failed; retrying");
-                // Retry well before the lease runs out.
-                next = Instant::now()
-                    + period.min(deadline.saturating_duration_since(Instant::now())) / 2;
+                // Retry well before the lease runs out, but never in a spin.
+                let left = deadline.saturating_duration_since(Instant::now());
+                next = Instant::now() + (period.min(left) / 2).max(BACKOFF_START);
             }
         }
     }
@@ -286,7 +322,7 @@ impl LockGuard {
 
     /// The lease length this lock was taken (and is renewed) with.
     pub fn ttl(&self) -> Duration {
-        self.parts.as_ref().map_or(Duration::ZERO, |p| p.held.ttl)
+        self.parts.as_ref().map_or(Duration::ZERO, |p| p.held.ttl())
     }
 
     /// Whether the lease is known to be over: lost to renewal failure, run
@@ -403,10 +439,7 @@ impl LockGuard {
         else {
             return Err(LockError::NotHeld);
         };
-        if let Some(released) = held.release_now(&locker) {
-            return released;
-        }
-        RunToEnd::new(runtime, held.release(locker), |_| async {}).await
+        held.release_from(locker, runtime).await
     }
 }
 

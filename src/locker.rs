@@ -36,9 +36,10 @@ pub const BACKOFF_MAX: Duration = Duration::from_millis(500);
 ///
 /// # Waiting and fairness
 ///
-/// [`acquire`](Self::acquire) subscribes to the backend's wake-ups for the
-/// key *before* it tries, so a release that happens between a failed try and
-/// the wait is never missed. It then waits for a wake-up or a backoff timer,
+/// [`acquire`](Self::acquire) tries once at once. If the key is busy, it
+/// subscribes to the backend's wake-ups for the key and tries again *before*
+/// it waits, so a release that happens between a failed try and the wait is
+/// never missed. It then waits for a wake-up or a backoff timer,
 /// whichever comes first: 5 ms doubling to 500 ms, never longer than the
 /// holder's remaining lease when the store reports it. A lost wake-up costs
 /// at most one backoff step.
@@ -314,10 +315,7 @@ impl Locker {
         validate_key(key)?;
         let runtime = current_runtime()?;
         let (_, held) = self.inner.held.remove(key).ok_or(LockError::NotHeld)?;
-        if let Some(released) = held.release_now(&self.inner) {
-            return released;
-        }
-        RunToEnd::new(runtime, held.release(self.inner.clone()), |_| async {}).await
+        held.release_from(self.inner.clone(), runtime).await
     }
 
     async fn lock(
@@ -366,7 +364,11 @@ impl Locker {
                 retry_after: remaining,
             });
         };
-        let mut wakeups = match self.inner.backend.subscribe(&key).await {
+        let busy = |retry_after| LockError::Busy { retry_after };
+        // Store calls count against the deadline too: a try that is cut off
+        // finishes in the background and gives back what it took.
+        let subscribed = until(deadline, self.inner.backend.subscribe(&key)).await;
+        let mut wakeups = match subscribed.ok_or(busy(remaining))? {
             Ok(wakeups) => wakeups,
             Err(err) => {
                 tracing::warn!(%key, error = %err, "no wake-ups for this wait; polling");
@@ -375,7 +377,8 @@ impl Locker {
         };
         let mut backoff = BACKOFF_START;
         loop {
-            match self.attempt(&runtime, &key, ttl).await {
+            let attempt = until(deadline, self.attempt(&runtime, &key, ttl)).await;
+            match attempt.ok_or(busy(remaining))? {
                 Ok(Ok(guard)) => return Ok(guard),
                 Ok(Err(left)) => (remaining, seen_busy) = (left, true),
                 Err(err) if !seen_busy => return Err(err),
@@ -436,7 +439,7 @@ impl Locker {
                 if let Some(stale) = self.inner.held.insert(key.clone(), held.clone()) {
                     // The store granted the key again, so the earlier lease
                     // of ours on it has run out.
-                    stale.end();
+                    stale.supersede();
                 }
                 if self.auto_renew {
                     held.start_renewal(&self.inner, runtime);

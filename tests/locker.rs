@@ -247,3 +247,23 @@ async fn locker_is_send_sync_clone_and_guard_is_send() {
         .expect("task")
         .expect("release");
 }
+
+#[test]
+fn a_bus_node_whose_event_task_died_fails_fast_instead_of_hanging() {
+    let (first_runtime, node, _) = bus_node_runtime();
+    let locker = Locker::new(node);
+    let guard = first_runtime
+        .block_on(locker.acquire("pump", LONG))
+        .expect("acquire");
+    std::mem::forget(guard);
+    // The node's event task lived on this runtime.
+    drop(first_runtime);
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let outcome = runtime.block_on(async {
+        tokio::time::timeout(Duration::from_secs(3), locker.try_lock("other", LONG)).await
+    });
+    assert!(
+        matches!(outcome, Ok(Err(LockError::Unavailable { .. }))),
+        "expected Unavailable at once, got {outcome:?}"
+    );
+}

@@ -104,7 +104,9 @@ impl MemoryBackend {
 
     /// How many leases the table holds now, including expired ones not yet
     /// swept. Released keys are removed at once; expired ones are swept as
-    /// the table grows, so it holds at most about twice the live leases.
+    /// the table grows (a shard past 1,024 entries sweeps whenever it has
+    /// doubled since its last sweep), so abandoned leases cost memory only in
+    /// proportion to the live ones.
     pub fn len(&self) -> usize {
         match &*self.inner {
             Inner::Standalone(s) => s.shards.iter().map(|shard| lock(shard).len()).sum(),

@@ -4,7 +4,7 @@ use std::{
     collections::HashMap,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -39,15 +39,18 @@ struct ReplicaState {
     table: Mutex<Table>,
     /// Requests of this node that are on the bus and not yet applied.
     pending: Mutex<HashMap<u64, oneshot::Sender<Outcome>>>,
+    /// Set when the pump has ended: nothing will answer requests any more.
+    stopped: AtomicBool,
     wakeups: WakeRegistry,
 }
 
-enum Pump {
-    /// Events queue in the receiver until the first operation starts the
-    /// pump on its runtime.
-    Idle(mpsc::UnboundedReceiver<Arc<Event>>),
-    Running(AbortHandle),
-    Starting,
+#[derive(Default)]
+struct Pump {
+    /// `Some` until the first operation starts the pump on its runtime;
+    /// events queue in it meanwhile.
+    events: Option<mpsc::UnboundedReceiver<Arc<Event>>>,
+    /// `Some` once the pump runs.
+    task: Option<AbortHandle>,
 }
 
 impl Replica {
@@ -64,9 +67,13 @@ impl Replica {
                 node,
                 table: Mutex::new(snapshot.into_table()),
                 pending: Mutex::default(),
+                stopped: AtomicBool::new(false),
                 wakeups: WakeRegistry::default(),
             }),
-            pump: Mutex::new(Pump::Idle(events)),
+            pump: Mutex::new(Pump {
+                events: Some(events),
+                task: None,
+            }),
         }
     }
 
@@ -138,7 +145,14 @@ impl Replica {
         self.start_pump()?;
         let request = self.requests.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        lock(&self.state.pending).insert(request, tx);
+        {
+            let mut pending = lock(&self.state.pending);
+            // Checked under the lock the pump clears on its way out.
+            if self.state.stopped.load(Ordering::Acquire) {
+                return Err(pump_stopped());
+            }
+            pending.insert(request, tx);
+        }
         let pending = PendingRequest {
             state: &self.state,
             request,
@@ -149,33 +163,49 @@ impl Replica {
                 request,
             }))
             .await?;
-        let outcome = rx
-            .await
-            .map_err(|_| LockError::unavailable("the bus node's event task has stopped"));
+        let outcome = rx.await.map_err(|_| pump_stopped());
         drop(pending);
         outcome
     }
 
     fn start_pump(&self) -> Result<(), LockError> {
         let mut pump = lock(&self.pump);
-        if !matches!(*pump, Pump::Idle(_)) {
-            return Ok(());
+        if pump.task.is_some() {
+            return match self.state.stopped.load(Ordering::Acquire) {
+                false => Ok(()),
+                true => Err(pump_stopped()),
+            };
         }
         let handle = Handle::try_current().map_err(LockError::unavailable)?;
-        let Pump::Idle(events) = std::mem::replace(&mut *pump, Pump::Starting) else {
-            return Ok(());
-        };
+        let events = pump.events.take().ok_or_else(pump_stopped)?;
         let task = handle.spawn(apply_events(events, self.state.clone()));
-        *pump = Pump::Running(task.abort_handle());
+        pump.task = Some(task.abort_handle());
         Ok(())
     }
 }
 
 impl Drop for Replica {
     fn drop(&mut self) {
-        if let Pump::Running(task) = &*lock(&self.pump) {
+        if let Some(task) = &lock(&self.pump).task {
             task.abort();
         }
+    }
+}
+
+fn pump_stopped() -> LockError {
+    LockError::unavailable(
+        "the bus node's event task has stopped (the runtime it started on shut down)",
+    )
+}
+
+/// Runs when the pump ends, however it ends (its runtime may shut down):
+/// the requests still waiting for it fail instead of waiting forever.
+struct PumpStopped(Arc<ReplicaState>);
+
+impl Drop for PumpStopped {
+    fn drop(&mut self) {
+        self.0.stopped.store(true, Ordering::Release);
+        lock(&self.0.pending).clear();
     }
 }
 
@@ -196,6 +226,7 @@ fn mismatch() -> LockError {
 }
 
 async fn apply_events(mut events: mpsc::UnboundedReceiver<Arc<Event>>, state: Arc<ReplicaState>) {
+    let _stopped = PumpStopped(state.clone());
     while let Some(event) = events.recv().await {
         let outcome = apply(&state, &event);
         let origin = event.command.origin();

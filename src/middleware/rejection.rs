@@ -104,7 +104,10 @@ impl LockRejection {
         match self {
             LockRejection::Busy { retry_after, .. } => Some(
                 retry_after
-                    .map(|left| left.as_secs() + u64::from(left.subsec_nanos() > 0))
+                    .map(|left| {
+                        left.as_secs()
+                            .saturating_add(u64::from(left.subsec_nanos() > 0))
+                    })
                     .unwrap_or(1)
                     .max(1),
             ),
