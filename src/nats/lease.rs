@@ -135,6 +135,19 @@ impl SeenKeys {
                 since,
                 ..
             }) if *seen == revision => *since,
+            // A stale read (direct get may answer from a lagging replica)
+            // must not restart the measurement of the newer lease we saw.
+            Some(Seen::Held {
+                revision: seen,
+                since,
+                ttl: seen_ttl,
+            }) if *seen > revision => {
+                let elapsed = now.saturating_duration_since(*since);
+                return match seen_ttl.checked_sub(elapsed) {
+                    Some(left) if !left.is_zero() => Verdict::Running(left),
+                    _ => Verdict::Running(Duration::from_millis(1)),
+                };
+            }
             _ => {
                 Self::make_room(&mut keys, now);
                 keys.insert(
