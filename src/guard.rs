@@ -4,18 +4,19 @@ use std::{
     fmt,
     future::Future,
     sync::{
-        Arc, Mutex, OnceLock, PoisonError,
+        Arc, Mutex, PoisonError,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::Duration,
 };
 
-use tokio::{runtime::Handle, sync::Notify, task::AbortHandle, time::Instant};
+use tokio::{runtime::Handle, sync::Notify, time::Instant};
 
 use crate::{
     BACKOFF_START, LockError,
     backend::{Lease, Token},
     locker::LockerInner,
+    renewal::Slot,
     run_to_end::RunToEnd,
 };
 
@@ -88,7 +89,8 @@ pub(crate) struct HeldLease {
     /// Serialises renewals with the release, so that a release always sees
     /// the revision of the last extension and never races one in flight.
     op: tokio::sync::Mutex<()>,
-    renewal: OnceLock<AbortHandle>,
+    /// Where the lease waits in its locker's renewal schedule, if it does.
+    renewal: Mutex<Option<Slot>>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -122,7 +124,7 @@ impl HeldLease {
             }),
             status_changed: Notify::new(),
             op: tokio::sync::Mutex::new(()),
-            renewal: OnceLock::new(),
+            renewal: Mutex::new(None),
         }
     }
 
@@ -183,9 +185,7 @@ impl HeldLease {
         if self.released.swap(true, Ordering::AcqRel) {
             return false;
         }
-        if let Some(renewal) = self.renewal.get() {
-            renewal.abort();
-        }
+        self.stop_renewal(locker);
         self.end();
         locker.forget(self);
         true
@@ -208,11 +208,58 @@ impl HeldLease {
         }
     }
 
-    /// Keeps the lease alive until it is released or lost.
-    pub(crate) fn start_renewal(self: &Arc<Self>, locker: &Arc<LockerInner>, runtime: &Handle) {
-        let task = runtime.spawn(renew(self.clone(), locker.clone()));
-        // Only the acquisition that made the lease starts its renewal.
-        let _ = self.renewal.set(task.abort_handle());
+    /// Keeps the lease alive until it is released or lost: renewed every
+    /// third of its ttl by the locker's scheduler.
+    pub(crate) fn start_renewal(
+        self: &Arc<Self>,
+        locker: &Arc<LockerInner>,
+        runtime: &Handle,
+        sent_at: Instant,
+    ) {
+        let at = sent_at + self.ttl() / 3;
+        locker.renewals.schedule(self, at, locker, runtime);
+    }
+
+    pub(crate) fn set_renewal_slot(&self, slot: Option<Slot>) {
+        *self.renewal.lock().unwrap_or_else(PoisonError::into_inner) = slot;
+    }
+
+    fn stop_renewal(&self, locker: &LockerInner) {
+        let slot = self
+            .renewal
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(slot) = slot {
+            locker.renewals.cancel(slot);
+        }
+    }
+
+    /// One renewal, run by the scheduler when it is due; schedules the next.
+    pub(crate) async fn renew_once(self: Arc<Self>, locker: Arc<LockerInner>) {
+        let ttl = self.ttl();
+        let period = ttl / 3;
+        let next = match self.extend(&locker, ttl).await {
+            Ok(()) => Instant::now() + period,
+            Err(LockError::Lost | LockError::NotHeld) => return,
+            Err(err) => {
+                let deadline = self.status().deadline;
+                if Instant::now() >= deadline {
+                    self.end();
+                    tracing::warn!(key = %self.key, error = %err, "lease lost: renewal failed until it ran out");
+                    return;
+                }
+                tracing::warn!(key = %self.key, error = %err, "lease renewal failed; retrying");
+                // Retry well before the lease runs out, but never in a spin.
+                let left = deadline.saturating_duration_since(Instant::now());
+                Instant::now() + (period.min(left) / 2).max(BACKOFF_START)
+            }
+        };
+        if !self.released.load(Ordering::Acquire) {
+            locker
+                .renewals
+                .schedule(&self, next, &locker, &Handle::current());
+        }
     }
 
     async fn extend(&self, locker: &LockerInner, ttl: Duration) -> Result<(), LockError> {
@@ -242,10 +289,8 @@ impl HeldLease {
 
     /// Ends a lease that the store has since granted to us again: it can
     /// only have run out, so its renewal must stop too.
-    pub(crate) fn supersede(&self) {
-        if let Some(renewal) = self.renewal.get() {
-            renewal.abort();
-        }
+    pub(crate) fn supersede(&self, locker: &LockerInner) {
+        self.stop_renewal(locker);
         self.end();
     }
 
@@ -266,31 +311,6 @@ impl HeldLease {
     fn is_lost(&self) -> bool {
         let status = self.status();
         status.over || Instant::now() >= status.deadline
-    }
-}
-
-async fn renew(held: Arc<HeldLease>, locker: Arc<LockerInner>) {
-    let mut next = Instant::now() + held.ttl() / 3;
-    loop {
-        tokio::time::sleep_until(next).await;
-        let ttl = held.ttl();
-        let period = ttl / 3;
-        match held.extend(&locker, ttl).await {
-            Ok(()) => next = Instant::now() + period,
-            Err(LockError::Lost | LockError::NotHeld) => return,
-            Err(err) => {
-                let deadline = held.status().deadline;
-                if Instant::now() >= deadline {
-                    held.end();
-                    tracing::warn!(key = %held.key, error = %err, "lease lost: renewal failed until it ran out");
-                    return;
-                }
-                tracing::warn!(key = %held.key, error = %err, "lease renewal failed; retrying");
-                // Retry well before the lease runs out, but never in a spin.
-                let left = deadline.saturating_duration_since(Instant::now());
-                next = Instant::now() + (period.min(left) / 2).max(BACKOFF_START);
-            }
-        }
     }
 }
 

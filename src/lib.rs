@@ -91,6 +91,7 @@ pub mod nats;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod redis;
+mod renewal;
 mod run_to_end;
 
 #[cfg(feature = "axum")]

@@ -20,6 +20,7 @@ use crate::{
     guard::HeldLease,
     key::{validate_key, validate_ttl},
     memory::{KeyHasher, MemoryBackend},
+    renewal::Renewals,
     run_to_end::RunToEnd,
 };
 
@@ -90,6 +91,7 @@ pub(crate) struct LockerInner {
     gates: DashMap<Arc<str>, Arc<Gate>, KeyHasher>,
     /// Live queue tickets: lets the uncontended path skip the `gates` lookup.
     queued: AtomicUsize,
+    pub(crate) renewals: Renewals,
 }
 
 type Gate = tokio::sync::Mutex<()>;
@@ -129,6 +131,7 @@ impl Locker {
                 held: DashMap::default(),
                 gates: DashMap::default(),
                 queued: AtomicUsize::new(0),
+                renewals: Renewals::default(),
             }),
             auto_renew: false,
         }
@@ -170,6 +173,12 @@ impl Locker {
     /// How many keys this locker (with its clones) holds, by its own records.
     pub fn held_count(&self) -> usize {
         self.inner.held.len()
+    }
+
+    /// How many leases of this locker wait for their next renewal (see
+    /// [`auto_renew`](Self::auto_renew)); released ones leave at once.
+    pub fn renewing_count(&self) -> usize {
+        self.inner.renewals.len()
     }
 
     /// How many keys have tasks of this locker waiting for them.
@@ -439,10 +448,10 @@ impl Locker {
                 if let Some(stale) = self.inner.held.insert(key.clone(), held.clone()) {
                     // The store granted the key again, so the earlier lease
                     // of ours on it has run out.
-                    stale.supersede();
+                    stale.supersede(&self.inner);
                 }
                 if self.auto_renew {
-                    held.start_renewal(&self.inner, runtime);
+                    held.start_renewal(&self.inner, runtime, sent_at.into());
                 }
                 tracing::debug!(%key, fence, "lock acquired");
                 Ok(Ok(LockGuard::new(

@@ -267,3 +267,46 @@ fn a_bus_node_whose_event_task_died_fails_fast_instead_of_hanging() {
         "expected Unavailable at once, got {outcome:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewing_guards_leave_the_schedule_when_released_and_keep_their_lease_meanwhile() {
+    let store = MemoryBackend::new();
+    let locker = Locker::new(store.clone()).auto_renew(true);
+    let other = Locker::new(store.clone());
+    let ttl = Duration::from_millis(150);
+    let mut guards = Vec::new();
+    for i in 0..20 {
+        guards.push(
+            locker
+                .acquire(&format!("renew:{i}"), ttl)
+                .await
+                .expect("acquire"),
+        );
+    }
+    assert_eq!(locker.renewing_count(), 20);
+    // Several ttls: every lease must have been renewed, none taken over.
+    tokio::time::sleep(ttl * 4).await;
+    for i in 0..20 {
+        assert!(
+            other
+                .try_lock(&format!("renew:{i}"), ttl)
+                .await
+                .expect("try_lock")
+                .is_none(),
+            "lease {i} ran out despite renewal"
+        );
+    }
+    for guard in guards {
+        assert!(!guard.is_lost());
+        guard
+            .release()
+            .await
+            .expect("a renewed lease is still ours");
+    }
+    assert_eq!(
+        locker.renewing_count(),
+        0,
+        "released leases leave the schedule"
+    );
+    assert_eq!(store.len(), 0);
+}
