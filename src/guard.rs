@@ -91,6 +91,9 @@ pub(crate) struct HeldLease {
     op: tokio::sync::Mutex<()>,
     /// Where the lease waits in its locker's renewal schedule, if it does.
     renewal: Mutex<Option<Slot>>,
+    /// Whether it was ever scheduled: lets releases of leases that do not
+    /// renew skip the lock above.
+    renews: AtomicBool,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -125,6 +128,7 @@ impl HeldLease {
             status_changed: Notify::new(),
             op: tokio::sync::Mutex::new(()),
             renewal: Mutex::new(None),
+            renews: AtomicBool::new(false),
         }
     }
 
@@ -221,10 +225,14 @@ impl HeldLease {
     }
 
     pub(crate) fn set_renewal_slot(&self, slot: Option<Slot>) {
+        self.renews.store(true, Ordering::Release);
         *self.renewal.lock().unwrap_or_else(PoisonError::into_inner) = slot;
     }
 
     fn stop_renewal(&self, locker: &LockerInner) {
+        if !self.renews.load(Ordering::Acquire) {
+            return;
+        }
         let slot = self
             .renewal
             .lock()
@@ -255,10 +263,13 @@ impl HeldLease {
                 Instant::now() + (period.min(left) / 2).max(BACKOFF_START)
             }
         };
-        if !self.released.load(Ordering::Acquire) {
-            locker
-                .renewals
-                .schedule(&self, next, &locker, &Handle::current());
+        locker
+            .renewals
+            .schedule(&self, next, &locker, &Handle::current());
+        // A release that came while this renewal ran may have missed the
+        // new slot; the slot's lock orders the two, so one of us cancels it.
+        if self.released.load(Ordering::Acquire) {
+            self.stop_renewal(&locker);
         }
     }
 
