@@ -80,7 +80,7 @@ use std::{
     collections::HashMap,
     fmt,
     sync::{
-        Arc, Mutex, PoisonError,
+        Arc, Mutex,
         atomic::{AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
@@ -460,12 +460,7 @@ impl WakeRegistry {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Box<str>, Slot>> {
-        // The map is left consistent at every step, so a panic elsewhere
-        // while it was locked does not make it unusable.
-        self.inner
-            .keys
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        crate::sync::lock(&self.inner.keys)
     }
 }
 

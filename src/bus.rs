@@ -34,7 +34,7 @@
 
 use std::{
     fmt,
-    sync::{Arc, Mutex, PoisonError},
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -232,7 +232,7 @@ impl LocalBus {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, LocalBusState> {
         // Every step leaves the state consistent, so a poisoned lock is safe.
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+        crate::sync::lock(&self.inner)
     }
 }
 

@@ -4,7 +4,7 @@ use std::{
     fmt,
     future::Future,
     sync::{
-        Arc, Mutex, PoisonError,
+        Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::Duration,
@@ -147,11 +147,11 @@ impl HeldLease {
 
     fn status(&self) -> LeaseStatus {
         // A status is two plain fields, consistent at every step.
-        *self.status.lock().unwrap_or_else(PoisonError::into_inner)
+        *crate::sync::lock(&self.status)
     }
 
     fn update_status(&self, update: impl FnOnce(&mut LeaseStatus)) {
-        update(&mut self.status.lock().unwrap_or_else(PoisonError::into_inner));
+        update(&mut crate::sync::lock(&self.status));
         self.status_changed.notify_waiters();
     }
 
@@ -226,18 +226,14 @@ impl HeldLease {
 
     pub(crate) fn set_renewal_slot(&self, slot: Option<Slot>) {
         self.renews.store(true, Ordering::Release);
-        *self.renewal.lock().unwrap_or_else(PoisonError::into_inner) = slot;
+        *crate::sync::lock(&self.renewal) = slot;
     }
 
     fn stop_renewal(&self, locker: &LockerInner) {
         if !self.renews.load(Ordering::Acquire) {
             return;
         }
-        let slot = self
-            .renewal
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
+        let slot = crate::sync::lock(&self.renewal).take();
         if let Some(slot) = slot {
             locker.renewals.cancel(slot);
         }

@@ -93,6 +93,7 @@ pub mod nats;
 pub mod redis;
 mod renewal;
 mod run_to_end;
+mod sync;
 
 #[cfg(feature = "axum")]
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]

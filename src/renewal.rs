@@ -10,7 +10,7 @@
 use std::{
     collections::BTreeMap,
     sync::{
-        Arc, Mutex, OnceLock, PoisonError, Weak,
+        Arc, Mutex, OnceLock, Weak,
         atomic::{AtomicU64, Ordering},
     },
 };
@@ -97,7 +97,7 @@ impl Drop for Renewals {
 impl Shared {
     fn lock(&self) -> std::sync::MutexGuard<'_, Schedule> {
         // Every step leaves the map consistent.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        crate::sync::lock(&self.state)
     }
 }
 

@@ -10,11 +10,7 @@
 //! compare-and-set on it). The holder's own deadline started before the
 //! revision was written, so it always runs out first.
 
-use std::{
-    collections::HashMap,
-    sync::{Mutex, PoisonError},
-    time::Duration,
-};
+use std::{collections::HashMap, sync::Mutex, time::Duration};
 
 use bytes::Bytes;
 use tokio::time::Instant;
@@ -217,7 +213,7 @@ impl SeenKeys {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Seen>> {
         // Every update leaves the map consistent.
-        self.keys.lock().unwrap_or_else(PoisonError::into_inner)
+        crate::sync::lock(&self.keys)
     }
 }
 

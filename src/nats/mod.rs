@@ -93,7 +93,7 @@ mod watch;
 use std::{
     collections::HashMap,
     fmt,
-    sync::{Arc, Mutex, PoisonError},
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -565,7 +565,7 @@ impl OwnLeases {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Token, Instant)>> {
-        self.leases.lock().unwrap_or_else(PoisonError::into_inner)
+        crate::sync::lock(&self.leases)
     }
 }
 

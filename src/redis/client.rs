@@ -4,7 +4,7 @@
 use std::{
     fmt,
     sync::{
-        Arc, Mutex, PoisonError,
+        Arc, Mutex,
         atomic::{AtomicI64, AtomicUsize, Ordering},
     },
 };
@@ -177,10 +177,7 @@ pub(crate) struct SentinelConn {
 
 impl SentinelConn {
     fn cached(&self) -> Option<ConnectionManager> {
-        self.current
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        crate::sync::lock(&self.current).clone()
     }
 
     async fn master(&self) -> RedisResult<Client> {
@@ -201,7 +198,7 @@ impl SentinelConn {
             Ordering::Relaxed,
         );
         let conn = ConnectionManager::new(client).await?;
-        *self.current.lock().unwrap_or_else(PoisonError::into_inner) = Some(conn.clone());
+        *crate::sync::lock(&self.current) = Some(conn.clone());
         Ok(conn)
     }
 
@@ -212,7 +209,7 @@ impl SentinelConn {
             && master_may_have_moved(err)
         {
             tracing::debug!(error = %err, "asking the sentinels for the master again");
-            *self.current.lock().unwrap_or_else(PoisonError::into_inner) = None;
+            *crate::sync::lock(&self.current) = None;
         }
     }
 }
