@@ -387,10 +387,10 @@ async fn a_panicking_handler_releases_its_lock() {
     assert!(locker.try_lock("1", TTL).await.expect("try").is_some());
 }
 
-#[tokio::test]
-async fn a_streamed_body_holds_the_lock_until_its_last_frame() {
+/// Serves `GET /report/{id}` behind `LockLayer`: the (single) response body
+/// streams whatever the returned sender sends, and ends when it is dropped.
+async fn streaming_report(locker: &Locker) -> (tokio::sync::mpsc::Sender<Bytes>, SocketAddr) {
     type Chunks = tokio::sync::mpsc::Receiver<Bytes>;
-    let locker = Locker::in_memory();
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
     let rx: Arc<Mutex<Option<Chunks>>> = Arc::new(Mutex::new(Some(rx)));
     let handler = move || async move {
@@ -405,7 +405,13 @@ async fn a_streamed_body_holds_the_lock_until_its_last_frame() {
     let app = Router::new()
         .route("/report/{id}", get(handler))
         .route_layer(LockLayer::new(locker.clone(), key::path_param("id")));
-    let addr = serve(app).await;
+    (tx, serve(app).await)
+}
+
+#[tokio::test]
+async fn a_streamed_body_holds_the_lock_until_its_last_frame() {
+    let locker = Locker::in_memory();
+    let (tx, addr) = streaming_report(&locker).await;
 
     tx.send(Bytes::from_static(b"first")).await.expect("send");
     let mut response = client()
@@ -437,21 +443,7 @@ async fn a_streamed_body_holds_the_lock_until_its_last_frame() {
 #[tokio::test]
 async fn a_response_the_client_abandons_releases() {
     let locker = Locker::in_memory();
-    let (_tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1);
-    let rx = Arc::new(Mutex::new(Some(rx)));
-    let handler = move || async move {
-        let rx = rx.lock().expect("rx").take().expect("one request");
-        let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-            rx.recv()
-                .await
-                .map(|chunk| (Ok::<_, std::io::Error>(chunk), rx))
-        });
-        Body::from_stream(stream)
-    };
-    let app = Router::new()
-        .route("/report/{id}", get(handler))
-        .route_layer(LockLayer::new(locker.clone(), key::path_param("id")));
-    let addr = serve(app).await;
+    let (_tx, addr) = streaming_report(&locker).await;
 
     let mut connection = TcpStream::connect(addr).await.expect("connect");
     connection

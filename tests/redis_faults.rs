@@ -231,21 +231,7 @@ async fn waiters_recover_from_a_server_restart() -> anyhow::Result<()> {
     let checker = Arc::new(OverlapChecker::default());
     const TASKS: usize = 6;
     const ROUNDS: usize = 10;
-    let tasks: Vec<_> = (0..TASKS)
-        .map(|i| {
-            let (locker, checker) = (lockers[i % 2].clone(), checker.clone());
-            tokio::spawn(async move {
-                for _ in 0..ROUNDS {
-                    let guard = locker.acquire("job", Duration::from_secs(30)).await?;
-                    let section = checker.enter(guard.fence());
-                    tokio::time::sleep(Duration::from_millis(2)).await;
-                    drop(section);
-                    guard.release().await?;
-                }
-                Ok::<_, LockError>(())
-            })
-        })
-        .collect();
+    let tasks = contend(&lockers, &checker, TASKS, ROUNDS, Duration::from_millis(2));
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(tasks.iter().all(|t| !t.is_finished()), "the key is held");
     // Down long enough that waiters retry into refused connections.
@@ -276,6 +262,32 @@ async fn waiters_recover_from_a_server_restart() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `tasks` tasks spread over `lockers`, each taking "job" `rounds` times
+/// and holding it for `hold` inside an overlap-checked section.
+fn contend(
+    lockers: &[Locker],
+    checker: &Arc<OverlapChecker>,
+    tasks: usize,
+    rounds: usize,
+    hold: Duration,
+) -> Vec<tokio::task::JoinHandle<Result<(), LockError>>> {
+    (0..tasks)
+        .map(|i| {
+            let (locker, checker) = (lockers[i % lockers.len()].clone(), checker.clone());
+            tokio::spawn(async move {
+                for _ in 0..rounds {
+                    let guard = locker.acquire("job", Duration::from_secs(30)).await?;
+                    let section = checker.enter(guard.fence());
+                    tokio::time::sleep(hold).await;
+                    drop(section);
+                    guard.release().await?;
+                }
+                Ok(())
+            })
+        })
+        .collect()
+}
+
 /// Wake-ups refused outright (an ACL denies every pub/sub channel, so the
 /// listener cannot subscribe and the release script cannot publish): locks
 /// still change hands, by the waiters' timers, with no overlap.
@@ -300,21 +312,7 @@ async fn hand_off_works_without_notifications() -> anyhow::Result<()> {
     let checker = Arc::new(OverlapChecker::default());
     const TASKS: usize = 4;
     const ROUNDS: usize = 8;
-    let tasks: Vec<_> = (0..TASKS)
-        .map(|i| {
-            let (locker, checker) = (lockers[i % 2].clone(), checker.clone());
-            tokio::spawn(async move {
-                for _ in 0..ROUNDS {
-                    let guard = locker.acquire("job", Duration::from_secs(30)).await?;
-                    let section = checker.enter(guard.fence());
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                    drop(section);
-                    guard.release().await?;
-                }
-                Ok::<_, LockError>(())
-            })
-        })
-        .collect();
+    let tasks = contend(&lockers, &checker, TASKS, ROUNDS, Duration::from_millis(5));
     for task in tasks {
         tokio::time::timeout(Duration::from_secs(60), task).await???;
     }
