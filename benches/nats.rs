@@ -129,21 +129,7 @@ fn benches(c: &mut Criterion) {
             async move {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
-                    let held = a.acquire("wakeup", TTL).await.expect("acquire");
-                    let waiter = tokio::spawn({
-                        let b = b.clone();
-                        async move {
-                            let guard = b.acquire("wakeup", TTL).await.expect("acquire");
-                            (guard, Instant::now())
-                        }
-                    });
-                    // Let the waiter try, fail and wait for the wake-up.
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    let released_at = Instant::now();
-                    held.release().await.expect("release");
-                    let (guard, acquired_at) = waiter.await.expect("waiter");
-                    total += acquired_at - released_at;
-                    guard.release().await.expect("release");
+                    total += handoff(&a, &b).await;
                 }
                 total
             }
@@ -238,20 +224,7 @@ fn wakeup_medians(rounds: usize) {
         let mut handoffs = Vec::new();
         let mut updates = Vec::new();
         for _ in 0..rounds {
-            let held = a.acquire("wakeup", TTL).await.expect("acquire");
-            let waiter = tokio::spawn({
-                let b = b.clone();
-                async move {
-                    let guard = b.acquire("wakeup", TTL).await.expect("acquire");
-                    (guard, Instant::now())
-                }
-            });
-            tokio::time::sleep(Duration::from_millis(10)).await;
-            let released_at = Instant::now();
-            held.release().await.expect("release");
-            let (guard, acquired_at) = waiter.await.expect("waiter");
-            handoffs.push(acquired_at - released_at);
-            guard.release().await.expect("release");
+            handoffs.push(handoff(&a, &b).await);
             let sent = Instant::now();
             store.put("rtt", "x".into()).await.expect("put");
             updates.push(sent.elapsed());
@@ -278,4 +251,24 @@ fn main() {
         .final_summary();
     wakeup_medians(200);
     contention_summary();
+}
+
+/// One hand-off: `a` holds, `b` waits, `a` releases; the time from the
+/// release call to `b` holding the lock.
+async fn handoff(a: &Locker, b: &Locker) -> Duration {
+    let held = a.acquire("wakeup", TTL).await.expect("acquire");
+    let waiter = tokio::spawn({
+        let b = b.clone();
+        async move {
+            let guard = b.acquire("wakeup", TTL).await.expect("acquire");
+            (guard, Instant::now())
+        }
+    });
+    // Let the waiter try, fail and wait for the wake-up.
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let released_at = Instant::now();
+    held.release().await.expect("release");
+    let (guard, acquired_at) = waiter.await.expect("waiter");
+    guard.release().await.expect("release");
+    acquired_at - released_at
 }

@@ -48,6 +48,16 @@ async fn serve(app: Router) -> SocketAddr {
     addr
 }
 
+/// `POST http://{addr}/` with the lock key in `x-key`.
+async fn post_key(addr: SocketAddr, key: &str) -> reqwest::Response {
+    client()
+        .post(format!("http://{addr}/"))
+        .header("x-key", key)
+        .send()
+        .await
+        .expect("send")
+}
+
 fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .no_proxy()
@@ -209,12 +219,7 @@ async fn busy_key_gets_423_with_retry_after() {
 
     let holder = locker.acquire("k", TTL).await.expect("lock");
     for addr in [fail_fast, short_wait] {
-        let response = client()
-            .post(format!("http://{addr}/"))
-            .header("x-key", "k")
-            .send()
-            .await
-            .expect("send");
+        let response = post_key(addr, "k").await;
         assert_eq!(response.status(), StatusCode::LOCKED);
         let retry_after: u64 = response.headers()["retry-after"]
             .to_str()
@@ -230,12 +235,7 @@ async fn busy_key_gets_423_with_retry_after() {
     assert_eq!(ran.load(Ordering::SeqCst), 0, "a refused request ran");
 
     holder.release().await.expect("release");
-    let response = client()
-        .post(format!("http://{fail_fast}/"))
-        .header("x-key", "k")
-        .send()
-        .await
-        .expect("send");
+    let response = post_key(fail_fast, "k").await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.text().await.expect("body"), "locked k");
 }
@@ -265,12 +265,7 @@ async fn unreachable_store_gets_503_and_the_handler_never_runs() {
     let ran = Arc::new(AtomicUsize::new(0));
     let layer = LockLayer::new(Locker::new(DownBackend), key::header("x-key"));
     let addr = serve(counting_app(layer, ran.clone())).await;
-    let response = client()
-        .post(format!("http://{addr}/"))
-        .header("x-key", "k")
-        .send()
-        .await
-        .expect("send");
+    let response = post_key(addr, "k").await;
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(response.headers().get("retry-after").is_none());
     assert_eq!(ran.load(Ordering::SeqCst), 0, "ran without its lock");
@@ -325,12 +320,7 @@ async fn custom_rejection_responses() {
             response
         });
     let addr = serve(counting_app(layer, Arc::default())).await;
-    let response = client()
-        .post(format!("http://{addr}/"))
-        .header("x-key", "k")
-        .send()
-        .await
-        .expect("send");
+    let response = post_key(addr, "k").await;
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(
         response.text().await.expect("body"),

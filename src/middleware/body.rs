@@ -1,7 +1,6 @@
 //! [`LockBody`]: a response body that holds the lock until it has been sent.
 
 use std::{
-    future::Future,
     pin::Pin,
     task::{Context, Poll, ready},
 };
@@ -37,9 +36,11 @@ pin_project! {
 }
 
 impl<B: Body> LockBody<B> {
-    pub(crate) fn locked(body: B, guard: LockGuard, cx: &mut Context<'_>) -> Self {
+    pub(crate) fn locked(body: B, guard: LockGuard) -> Self {
+        // Dropping the guard releases on the spot when the store answers at
+        // once (the in-memory one does), else in the background.
         let guard = if body.is_end_stream() {
-            release(guard, cx);
+            drop(guard);
             None
         } else {
             Some(guard)
@@ -74,18 +75,6 @@ impl<B> LockBody<B> {
     }
 }
 
-/// Releases `guard` in place when the store answers at once (the in-memory
-/// store always does), without the task a dropped guard spawns; otherwise
-/// the release goes on in the background.
-pub(crate) fn release(guard: LockGuard, cx: &mut Context<'_>) {
-    let release = guard.release();
-    let mut release = std::pin::pin!(release);
-    // Pending: dropping the future hands the release to the runtime. A
-    // failed release leaves the lease to end at its ttl, as a dropped guard
-    // would; the error is logged by the guard.
-    let _ = release.as_mut().poll(cx);
-}
-
 impl<B> Body for LockBody<B>
 where
     B: Body<Data = Bytes>,
@@ -108,8 +97,8 @@ where
                     Some(Ok(_)) => body.is_end_stream(),
                     None | Some(Err(_)) => true,
                 };
-                if done && let Some(guard) = this.guard.take() {
-                    release(guard, cx);
+                if done {
+                    drop(this.guard.take());
                 }
                 Poll::Ready(frame)
             }
@@ -152,11 +141,7 @@ mod tests {
     use crate::Locker;
 
     fn locked<B: Body>(body: B, guard: LockGuard) -> LockBody<B> {
-        LockBody::locked(
-            body,
-            guard,
-            &mut Context::from_waker(std::task::Waker::noop()),
-        )
+        LockBody::locked(body, guard)
     }
 
     const TTL: Duration = Duration::from_secs(30);

@@ -132,7 +132,7 @@ where
                     let response = ready!(future.poll(cx))?;
                     let guard = guard.take();
                     return Poll::Ready(Ok(response.map(|body| match guard {
-                        Some(guard) => LockBody::locked(body, guard, cx),
+                        Some(guard) => LockBody::locked(body, guard),
                         None => LockBody::unlocked(body),
                     })));
                 }
