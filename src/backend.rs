@@ -89,7 +89,7 @@ use std::{
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use crate::LockError;
+use crate::{LockError, guard::HeldLease};
 
 /// A store that can hold leases on keys.
 ///
@@ -151,14 +151,29 @@ pub trait Backend: fmt::Debug + Send + Sync + 'static {
     /// taken just before the call: a store in the same process shares that
     /// clock, and starting the lease at the very instant the holder counts
     /// from keeps the two in step without a second reading.
+    ///
+    /// A store that grants the lease keeps `holder` with it until the lease
+    /// leaves the store, and gives it back from
+    /// [`holder_now`](Self::holder_now): the owner then needs no table of
+    /// its own to find its lease by key.
     fn try_acquire_now(
         &self,
         key: &str,
         token: Token,
         ttl: Duration,
         now: Instant,
+        holder: Holder,
     ) -> Option<Result<Attempt, LockError>> {
-        let _ = (key, token, ttl, now);
+        let _ = (key, token, ttl, now, holder);
+        None
+    }
+
+    /// The [`Holder`] kept with the lease on `key` (live or run out, until it
+    /// leaves the store), for a store that answers
+    /// [`try_acquire_now`](Self::try_acquire_now); `None` (the default) for
+    /// any other store. `Some(None)`: no lease granted on the spot is there.
+    fn holder_now(&self, key: &str) -> Option<Option<Holder>> {
+        let _ = key;
         None
     }
 
@@ -210,8 +225,13 @@ impl<B: Backend + ?Sized> Backend for Arc<B> {
         token: Token,
         ttl: Duration,
         now: Instant,
+        holder: Holder,
     ) -> Option<Result<Attempt, LockError>> {
-        (**self).try_acquire_now(key, token, ttl, now)
+        (**self).try_acquire_now(key, token, ttl, now, holder)
+    }
+
+    fn holder_now(&self, key: &str) -> Option<Option<Holder>> {
+        (**self).holder_now(key)
     }
 
     fn release_now(
@@ -221,6 +241,18 @@ impl<B: Backend + ?Sized> Backend for Arc<B> {
         now: Instant,
     ) -> Option<Result<bool, LockError>> {
         (**self).release_now(key, lease, now)
+    }
+}
+
+/// Who holds a lease granted by [`Backend::try_acquire_now`]: opaque to the
+/// store, which only keeps it with the lease and hands it back from
+/// [`Backend::holder_now`].
+#[derive(Clone)]
+pub struct Holder(pub(crate) Arc<HeldLease>);
+
+impl fmt::Debug for Holder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Holder").finish_non_exhaustive()
     }
 }
 

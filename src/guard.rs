@@ -5,11 +5,12 @@ use std::{
     future::Future,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
     time::Duration,
 };
 
+use smol_str::SmolStr;
 use tokio::{runtime::Handle, sync::Notify, time::Instant};
 
 use crate::{
@@ -57,14 +58,16 @@ use crate::{
 pub struct LockGuard {
     /// `None` once [`release`](Self::release) has taken over.
     parts: Option<Parts>,
-    key: Arc<str>,
+    key: SmolStr,
     fence: u64,
 }
 
 struct Parts {
     held: Arc<HeldLease>,
     locker: Arc<LockerInner>,
-    runtime: Handle,
+    /// Where a release that needs I/O runs; `None` for stores in this
+    /// process, which release on the spot.
+    runtime: Option<Handle>,
 }
 
 /// Durations beyond u64 nanoseconds (584 years) are beyond `MAX_TTL`.
@@ -75,9 +78,17 @@ fn nanos(ttl: Duration) -> u64 {
 /// One acquisition, shared by its guard, its Locker's table of held keys
 /// (for [`Locker::release`](crate::Locker::release)) and its renewal task.
 pub(crate) struct HeldLease {
-    pub(crate) key: Arc<str>,
+    pub(crate) key: SmolStr,
     token: Token,
-    fence: u64,
+    /// Set once, when the store grants the lease (the lease is made before
+    /// the try, so that a store in this process can keep it as the holder).
+    fence: AtomicU64,
+    /// The `Locker` (with its clones) that owns the lease.
+    pub(crate) owner: u64,
+    /// Whether the owner's table of held keys lists it (stores outside the
+    /// process); stores inside keep the
+    /// [`Holder`](crate::backend::Holder) instead.
+    pub(crate) listed: AtomicBool,
     /// The lease length of the last grant or extension, in nanoseconds:
     /// renewal keeps to what the holder last asked for.
     ttl_nanos: AtomicU64,
@@ -86,9 +97,12 @@ pub(crate) struct HeldLease {
     status: Mutex<LeaseStatus>,
     /// Wakes `lost()` futures when the status changes.
     status_changed: Notify,
+    /// How many `lost()` futures watch: a change nobody watches skips the
+    /// notification, which the uncontended release would otherwise pay.
+    watchers: AtomicUsize,
     /// Serialises renewals with the release, so that a release always sees
     /// the revision of the last extension and never races one in flight.
-    op: tokio::sync::Mutex<()>,
+    op: OpLock,
     /// Where the lease waits in its locker's renewal schedule, if it does.
     renewal: Mutex<Option<Slot>>,
     /// Whether it was ever scheduled: lets releases of leases that do not
@@ -106,36 +120,50 @@ struct LeaseStatus {
 }
 
 impl HeldLease {
+    /// A lease about to be asked for; [`granted`](Self::granted) completes
+    /// it.
     pub(crate) fn new(
-        key: Arc<str>,
+        key: SmolStr,
         token: Token,
-        fence: u64,
-        revision: u64,
+        owner: u64,
         ttl: Duration,
         sent_at: Instant,
     ) -> Self {
         HeldLease {
             key,
             token,
-            fence,
+            fence: AtomicU64::new(0),
+            owner,
+            listed: AtomicBool::new(false),
             ttl_nanos: AtomicU64::new(nanos(ttl)),
-            revision: AtomicU64::new(revision),
+            revision: AtomicU64::new(0),
             released: AtomicBool::new(false),
             status: Mutex::new(LeaseStatus {
                 deadline: sent_at + ttl,
                 over: false,
             }),
             status_changed: Notify::new(),
-            op: tokio::sync::Mutex::new(()),
+            watchers: AtomicUsize::new(0),
+            op: OpLock::default(),
             renewal: Mutex::new(None),
             renews: AtomicBool::new(false),
         }
     }
 
+    /// Records what the store granted.
+    pub(crate) fn granted(&self, fence: u64, revision: u64) {
+        self.fence.store(fence, Ordering::Release);
+        self.revision.store(revision, Ordering::Release);
+    }
+
+    pub(crate) fn fence(&self) -> u64 {
+        self.fence.load(Ordering::Acquire)
+    }
+
     pub(crate) fn lease(&self) -> Lease {
         Lease {
             token: self.token,
-            fence: self.fence,
+            fence: self.fence(),
             revision: self.revision.load(Ordering::Acquire),
         }
     }
@@ -152,7 +180,16 @@ impl HeldLease {
 
     fn update_status(&self, update: impl FnOnce(&mut LeaseStatus)) {
         update(&mut crate::sync::lock(&self.status));
-        self.status_changed.notify_waiters();
+        self.wake_watchers();
+    }
+
+    /// Wakes `lost()` futures, if any watch. A watcher counts itself before
+    /// it reads the status and `released`, so one that this load misses
+    /// reads what was written before it.
+    fn wake_watchers(&self) {
+        if self.watchers.load(Ordering::SeqCst) > 0 {
+            self.status_changed.notify_waiters();
+        }
     }
 
     /// Releases the lease in the store, once, whoever asks first (the guard,
@@ -173,7 +210,11 @@ impl HeldLease {
     /// answer on the spot and no renewal is under way; `None` otherwise,
     /// having changed nothing.
     pub(crate) fn release_now(&self, locker: &LockerInner) -> Option<Result<(), LockError>> {
-        let _op = self.op.try_lock().ok()?;
+        if self.listed.load(Ordering::Acquire) {
+            // Granted through I/O: released the same way.
+            return None;
+        }
+        let _op = self.op.try_lock()?;
         if self.released.load(Ordering::Acquire) {
             return Some(Err(LockError::NotHeld));
         }
@@ -186,11 +227,12 @@ impl HeldLease {
     /// Stops renewal and bookkeeping; `false` if somebody released first.
     /// Callers hold `op`.
     fn mark_released(&self, locker: &LockerInner) -> bool {
-        if self.released.swap(true, Ordering::AcqRel) {
+        if self.released.swap(true, Ordering::SeqCst) {
             return false;
         }
         self.stop_renewal(locker);
-        self.end();
+        // `released` itself tells `is_lost` and `lost()`: no status write.
+        self.wake_watchers();
         locker.forget(self);
         true
     }
@@ -198,15 +240,15 @@ impl HeldLease {
     fn settle(&self, outcome: Result<bool, LockError>) -> Result<(), LockError> {
         match outcome {
             Ok(true) => {
-                tracing::debug!(key = %self.key, fence = self.fence, "lock released");
+                tracing::debug!(key = %self.key, fence = self.fence(), "lock released");
                 Ok(())
             }
             Ok(false) => {
-                tracing::warn!(key = %self.key, fence = self.fence, "lease was lost before release");
+                tracing::warn!(key = %self.key, fence = self.fence(), "lease was lost before release");
                 Err(LockError::Lost)
             }
             Err(err) => {
-                tracing::warn!(key = %self.key, fence = self.fence, error = %err, "release failed");
+                tracing::warn!(key = %self.key, fence = self.fence(), error = %err, "release failed");
                 Err(err)
             }
         }
@@ -284,7 +326,7 @@ impl HeldLease {
             }
             None => {
                 self.end();
-                tracing::warn!(key = %self.key, fence = self.fence, "lease lost");
+                tracing::warn!(key = %self.key, fence = self.fence(), "lease lost");
                 Err(LockError::Lost)
             }
         }
@@ -307,25 +349,102 @@ impl HeldLease {
     pub(crate) async fn release_from(
         self: Arc<Self>,
         locker: Arc<LockerInner>,
-        runtime: Handle,
+        runtime: Option<Handle>,
     ) -> Result<(), LockError> {
         if let Some(released) = self.release_now(&locker) {
             return released;
         }
+        let runtime = match runtime {
+            Some(runtime) => runtime,
+            None => Handle::try_current().map_err(LockError::unavailable)?,
+        };
         RunToEnd::new(runtime, self.release(locker), |_| async {}).await
     }
 
     fn is_lost(&self) -> bool {
+        if self.released.load(Ordering::Acquire) {
+            return true;
+        }
         let status = self.status();
         status.over || Instant::now() >= status.deadline
     }
 }
 
+/// Serialises the store operations of one lease. The release of a store in
+/// this process takes it with one atomic swap; operations that await queue
+/// on a tokio mutex first.
+#[derive(Default)]
+struct OpLock {
+    busy: AtomicBool,
+    queue: tokio::sync::Mutex<()>,
+}
+
+struct OpGuard<'a> {
+    busy: &'a AtomicBool,
+    _queued: Option<tokio::sync::MutexGuard<'a, ()>>,
+}
+
+impl OpLock {
+    fn try_lock(&self) -> Option<OpGuard<'_>> {
+        self.busy
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .ok()?;
+        Some(OpGuard {
+            busy: &self.busy,
+            _queued: None,
+        })
+    }
+
+    /// Fair among awaiting callers (tokio's mutex is FIFO).
+    async fn lock(&self) -> OpGuard<'_> {
+        let queued = self.queue.lock().await;
+        // A holder through `try_lock` never awaits: it lets go within a few
+        // instructions, so yielding until then is no spin.
+        while self
+            .busy
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            tokio::task::yield_now().await;
+        }
+        OpGuard {
+            busy: &self.busy,
+            _queued: Some(queued),
+        }
+    }
+}
+
+impl Drop for OpGuard<'_> {
+    fn drop(&mut self) {
+        self.busy.store(false, Ordering::Release);
+    }
+}
+
+/// Counts a `lost()` future as a watcher of its lease while it lives.
+struct Watching<'a>(&'a HeldLease);
+
+impl<'a> Watching<'a> {
+    fn new(held: &'a HeldLease) -> Self {
+        held.watchers.fetch_add(1, Ordering::SeqCst);
+        Watching(held)
+    }
+}
+
+impl Drop for Watching<'_> {
+    fn drop(&mut self) {
+        self.0.watchers.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 impl LockGuard {
-    pub(crate) fn new(held: Arc<HeldLease>, locker: Arc<LockerInner>, runtime: Handle) -> Self {
+    pub(crate) fn new(
+        held: Arc<HeldLease>,
+        locker: Arc<LockerInner>,
+        runtime: Option<Handle>,
+    ) -> Self {
         LockGuard {
             key: held.key.clone(),
-            fence: held.fence,
+            fence: held.fence(),
             parts: Some(Parts {
                 held,
                 locker,
@@ -337,6 +456,11 @@ impl LockGuard {
     /// The locked key.
     pub fn key(&self) -> &str {
         &self.key
+    }
+
+    /// The key as a clone that shares the guard's storage.
+    pub(crate) fn shared_key(&self) -> SmolStr {
+        self.key.clone()
     }
 
     /// The fencing token: strictly greater than the fence of every earlier
@@ -396,12 +520,13 @@ impl LockGuard {
             let Some(held) = held else {
                 return;
             };
+            let _watching = Watching::new(&held);
             loop {
                 // `notify_waiters` reaches a `Notified` from its creation, so
                 // a change between the read below and the wait is not missed.
                 let changed = held.status_changed.notified();
                 let LeaseStatus { deadline, over } = held.status();
-                if over {
+                if over || held.released.load(Ordering::SeqCst) {
                     return;
                 }
                 tokio::select! {
@@ -481,10 +606,13 @@ impl Drop for LockGuard {
             && held.release_now(&locker).is_none()
         {
             // A runtime that has shut down drops the task instead of running
-            // it: no panic, and the lease ends at its ttl.
-            runtime.spawn(async move {
-                let _ = held.release(locker).await;
-            });
+            // it, and without any runtime nothing is spawned: no panic, and
+            // the lease ends at its ttl.
+            if let Some(runtime) = runtime.or_else(|| Handle::try_current().ok()) {
+                runtime.spawn(async move {
+                    let _ = held.release(locker).await;
+                });
+            }
         }
     }
 }

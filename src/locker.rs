@@ -5,18 +5,19 @@ use std::{
     fmt,
     sync::{
         Arc,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     time::Duration,
 };
 
 use dashmap::DashMap;
+use smol_str::SmolStr;
 use tokio::{runtime::Handle, time::Instant};
 use tracing::Instrument;
 
 use crate::{
     LockError, LockGuard,
-    backend::{Attempt, Backend, Lease, Subscription, Token},
+    backend::{Attempt, Backend, Holder, Lease, Subscription, Token},
     guard::HeldLease,
     key::{validate_key, validate_ttl},
     memory::{KeyHasher, MemoryBackend},
@@ -84,11 +85,17 @@ pub struct Locker {
 
 pub(crate) struct LockerInner {
     pub(crate) backend: Arc<dyn Backend>,
-    /// What this owner holds, for `Locker::release(key)`.
-    held: DashMap<Arc<str>, Arc<HeldLease>, KeyHasher>,
+    /// Tells this owner's leases from others' in a store of this process.
+    id: u64,
+    /// What this owner holds in a store outside the process, for
+    /// `Locker::release(key)`. A store inside keeps the lease's holder with
+    /// the lease instead, which spares the uncontended path a map.
+    held: DashMap<SmolStr, Arc<HeldLease>, KeyHasher>,
+    /// How many leases this owner holds in a store of this process.
+    held_here: AtomicUsize,
     /// One FIFO queue per key that has local waiters; the task holding the
     /// gate is the only one talking to the store for that key.
-    gates: DashMap<Arc<str>, Arc<Gate>, KeyHasher>,
+    gates: DashMap<SmolStr, Arc<Gate>, KeyHasher>,
     /// Live queue tickets: lets the uncontended path skip the `gates` lookup.
     queued: AtomicUsize,
     pub(crate) renewals: Renewals,
@@ -97,11 +104,19 @@ pub(crate) struct LockerInner {
 type Gate = tokio::sync::Mutex<()>;
 
 impl LockerInner {
+    /// Takes a released lease out of this owner's records.
     pub(crate) fn forget(&self, held: &HeldLease) {
-        self.held
-            .remove_if(&*held.key, |_, current| std::ptr::eq(&**current, held));
+        if held.listed.load(Ordering::Acquire) {
+            self.held
+                .remove_if(&*held.key, |_, current| std::ptr::eq(&**current, held));
+        } else {
+            self.held_here.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 }
+
+/// Owner ids, never reused within a process.
+static OWNERS: AtomicU64 = AtomicU64::new(0);
 
 impl Locker {
     /// A locker over `backend`.
@@ -128,7 +143,9 @@ impl Locker {
         Locker {
             inner: Arc::new(LockerInner {
                 backend,
+                id: OWNERS.fetch_add(1, Ordering::Relaxed),
                 held: DashMap::default(),
+                held_here: AtomicUsize::new(0),
                 gates: DashMap::default(),
                 queued: AtomicUsize::new(0),
                 renewals: Renewals::default(),
@@ -172,7 +189,7 @@ impl Locker {
 
     /// How many keys this locker (with its clones) holds, by its own records.
     pub fn held_count(&self) -> usize {
-        self.inner.held.len()
+        self.inner.held.len() + self.inner.held_here.load(Ordering::Acquire)
     }
 
     /// How many leases of this locker wait for their next renewal (see
@@ -290,9 +307,8 @@ impl Locker {
     pub async fn try_lock(&self, key: &str, ttl: Duration) -> Result<Option<LockGuard>, LockError> {
         validate_key(key)?;
         validate_ttl(ttl)?;
-        let runtime = current_runtime()?;
-        let key: Arc<str> = key.into();
-        Ok(self.attempt(&runtime, &key, ttl).await?.ok())
+        let key = SmolStr::new(key);
+        Ok(self.attempt(&key, ttl).await?.ok())
     }
 
     /// Releases the lock this locker (or a clone) holds on `key`.
@@ -322,9 +338,16 @@ impl Locker {
     /// ```
     pub async fn release(&self, key: &str) -> Result<(), LockError> {
         validate_key(key)?;
-        let runtime = current_runtime()?;
-        let (_, held) = self.inner.held.remove(key).ok_or(LockError::NotHeld)?;
-        held.release_from(self.inner.clone(), runtime).await
+        // Left in the records until the release takes it out, so a release
+        // that can not start (no runtime) forgets nothing.
+        let held = match self.inner.backend.holder_now(key) {
+            Some(holder) => holder
+                .map(|holder| holder.0)
+                .filter(|held| held.owner == self.inner.id),
+            None => self.inner.held.get(key).map(|held| held.clone()),
+        };
+        let held = held.ok_or(LockError::NotHeld)?;
+        held.release_from(self.inner.clone(), None).await
     }
 
     async fn lock(
@@ -335,13 +358,12 @@ impl Locker {
     ) -> Result<LockGuard, LockError> {
         validate_key(key)?;
         validate_ttl(ttl)?;
-        let runtime = current_runtime()?;
-        let key: Arc<str> = key.into();
+        let key = SmolStr::new(key);
         let mut remaining = None;
         let mut seen_busy = false;
         // Nobody of ours is queued: try at once (queued waiters go first).
         if self.inner.queued.load(Ordering::Acquire) == 0 || !self.inner.gates.contains_key(&*key) {
-            match self.attempt(&runtime, &key, ttl).await? {
+            match self.attempt(&key, ttl).await? {
                 Ok(guard) => return Ok(guard),
                 Err(left) => (remaining, seen_busy) = (left, true),
             }
@@ -351,7 +373,7 @@ impl Locker {
         // Boxed: the waiting state is large, and the uncontended path should
         // not carry (and move) it.
         Box::pin(
-            self.wait(runtime, key, ttl, deadline, remaining, seen_busy)
+            self.wait(key, ttl, deadline, remaining, seen_busy)
                 .instrument(span),
         )
         .await
@@ -360,13 +382,14 @@ impl Locker {
     /// The contended path: queue locally, then wake-up or backoff.
     async fn wait(
         &self,
-        runtime: Handle,
-        key: Arc<str>,
+        key: SmolStr,
         ttl: Duration,
         deadline: Option<Instant>,
         mut remaining: Option<Duration>,
         mut seen_busy: bool,
     ) -> Result<LockGuard, LockError> {
+        // Timers need a runtime; fail rather than panic without one.
+        current_runtime()?;
         let queue = QueueTicket::join(&self.inner, &key);
         let Some(_turn) = until(deadline, queue.gate().lock()).await else {
             return Err(LockError::Busy {
@@ -386,7 +409,7 @@ impl Locker {
         };
         let mut backoff = BACKOFF_START;
         loop {
-            let attempt = until(deadline, self.attempt(&runtime, &key, ttl)).await;
+            let attempt = until(deadline, self.attempt(&key, ttl)).await;
             match attempt.ok_or(busy(remaining))? {
                 Ok(Ok(guard)) => return Ok(guard),
                 Ok(Err(left)) => (remaining, seen_busy) = (left, true),
@@ -425,40 +448,60 @@ impl Locker {
     /// remaining lease when known.
     async fn attempt(
         &self,
-        runtime: &Handle,
-        key: &Arc<str>,
+        key: &SmolStr,
         ttl: Duration,
     ) -> Result<Result<LockGuard, Option<Duration>>, LockError> {
         let token = Token::new();
         let sent_at = std::time::Instant::now();
-        let outcome = match self.inner.backend.try_acquire_now(key, token, ttl, sent_at) {
-            Some(outcome) => outcome?,
-            None => self.request(runtime, key, token, ttl).await?,
+        let held = Arc::new(HeldLease::new(
+            key.clone(),
+            token,
+            self.inner.id,
+            ttl,
+            sent_at.into(),
+        ));
+        // A store in this process answers on the spot, keeps `held` with the
+        // lease, and needs no runtime to release either; only renewal, or a
+        // store behind I/O, does.
+        // Counted before the store can hand the lease to a `release(key)`.
+        let mut counted = Some(Counted::new(&self.inner.held_here));
+        let holder = Holder(held.clone());
+        let here = self
+            .inner
+            .backend
+            .try_acquire_now(key, token, ttl, sent_at, holder);
+        let (outcome, runtime) = match here {
+            Some(outcome) => {
+                let runtime = self.auto_renew.then(current_runtime).transpose()?;
+                (outcome?, runtime)
+            }
+            None => {
+                counted = None;
+                let runtime = current_runtime()?;
+                (
+                    self.request(&runtime, key, token, ttl).await?,
+                    Some(runtime),
+                )
+            }
         };
         match outcome {
             Attempt::Acquired { fence, revision } => {
-                let held = Arc::new(HeldLease::new(
-                    key.clone(),
-                    token,
-                    fence,
-                    revision,
-                    ttl,
-                    sent_at.into(),
-                ));
-                if let Some(stale) = self.inner.held.insert(key.clone(), held.clone()) {
-                    // The store granted the key again, so the earlier lease
-                    // of ours on it has run out.
-                    stale.supersede(&self.inner);
+                held.granted(fence, revision);
+                if let Some(counted) = counted {
+                    counted.keep();
+                } else {
+                    held.listed.store(true, Ordering::Release);
+                    if let Some(stale) = self.inner.held.insert(key.clone(), held.clone()) {
+                        // The store granted the key again, so the earlier
+                        // lease of ours on it has run out.
+                        stale.supersede(&self.inner);
+                    }
                 }
-                if self.auto_renew {
+                if let Some(runtime) = runtime.as_ref().filter(|_| self.auto_renew) {
                     held.start_renewal(&self.inner, runtime, sent_at.into());
                 }
                 tracing::debug!(%key, fence, "lock acquired");
-                Ok(Ok(LockGuard::new(
-                    held,
-                    self.inner.clone(),
-                    runtime.clone(),
-                )))
+                Ok(Ok(LockGuard::new(held, self.inner.clone(), runtime)))
             }
             Attempt::Busy { remaining } => Ok(Err(remaining)),
         }
@@ -469,7 +512,7 @@ impl Locker {
     async fn request(
         &self,
         runtime: &Handle,
-        key: &Arc<str>,
+        key: &SmolStr,
         token: Token,
         ttl: Duration,
     ) -> Result<Attempt, LockError> {
@@ -533,16 +576,38 @@ async fn until<T>(deadline: Option<Instant>, future: impl Future<Output = T>) ->
     }
 }
 
+/// One more lease in an owner's count, taken back on drop unless kept.
+struct Counted<'a>(Option<&'a AtomicUsize>);
+
+impl<'a> Counted<'a> {
+    fn new(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::AcqRel);
+        Counted(Some(count))
+    }
+
+    fn keep(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        if let Some(count) = self.0 {
+            count.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
 /// A place in a key's local queue; the queue's entry goes with its last
 /// ticket, so keys nobody waits for leave nothing behind.
 struct QueueTicket<'a> {
     locker: &'a LockerInner,
-    key: &'a Arc<str>,
+    key: &'a SmolStr,
     gate: Arc<Gate>,
 }
 
 impl<'a> QueueTicket<'a> {
-    fn join(locker: &'a LockerInner, key: &'a Arc<str>) -> Self {
+    fn join(locker: &'a LockerInner, key: &'a SmolStr) -> Self {
         locker.queued.fetch_add(1, Ordering::AcqRel);
         let gate = locker.gates.entry(key.clone()).or_default().clone();
         QueueTicket { locker, key, gate }

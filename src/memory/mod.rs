@@ -6,9 +6,10 @@
 //! every node replicates the table from the bus's ordered events and judges
 //! expiry by the bus's stamps (see [`bus`](crate::bus)).
 //!
-//! Fences come from one counter per backend (standalone) or from the bus's
-//! sequence numbers (shared), so they increase strictly across all keys and
-//! need no per-key entry: a released key leaves nothing behind.
+//! Fences come from one counter per shard of the table (standalone; a key
+//! always lives in the same shard) or from the bus's sequence numbers
+//! (shared), so they increase strictly for every key and need no per-key
+//! entry: a released key leaves nothing behind.
 //!
 //! # Examples
 //!
@@ -37,19 +38,18 @@ mod table;
 use std::{
     fmt,
     hash::BuildHasher,
-    sync::{
-        Arc, Mutex, MutexGuard,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::{Arc, Mutex, MutexGuard},
     time::{Duration, Instant},
 };
 
+use self::table::count_fence;
 pub(crate) use self::table::{KeyHasher, Table};
 use self::{replica::Replica, table::Released};
 use crate::{
     LockError,
-    backend::{Attempt, Backend, Lease, Subscription, Token, WakeRegistry},
+    backend::{Attempt, Backend, Holder, Lease, Subscription, Token, WakeRegistry},
     bus::Bus,
+    key::validate_ttl,
 };
 
 /// An in-process lock table; see the [module docs](self).
@@ -67,10 +67,8 @@ enum Inner {
 }
 
 struct Standalone {
-    shards: Box<[Mutex<Table>]>,
+    shards: Box<[Mutex<Table<Instant>>]>,
     hasher: KeyHasher,
-    epoch: Instant,
-    fences: AtomicU64,
     wakeups: WakeRegistry,
 }
 
@@ -79,12 +77,13 @@ const SHARDS: usize = 64;
 impl MemoryBackend {
     /// A standalone table for this process.
     pub fn new() -> Self {
+        let hasher = KeyHasher::default();
         MemoryBackend {
             inner: Arc::new(Inner::Standalone(Standalone {
-                shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
-                hasher: Default::default(),
-                epoch: Instant::now(),
-                fences: AtomicU64::new(0),
+                shards: (0..SHARDS)
+                    .map(|_| Mutex::new(Table::with_hasher(hasher.clone())))
+                    .collect(),
+                hasher,
                 wakeups: WakeRegistry::default(),
             })),
         }
@@ -148,29 +147,41 @@ impl fmt::Debug for MemoryBackend {
 }
 
 impl Standalone {
-    fn shard(&self, key: &str) -> MutexGuard<'_, Table> {
-        let index = self.hasher.hash_one(key) as usize % SHARDS;
-        lock(&self.shards[index])
+    /// The key's hash and its shard, locked. One hash serves both the shard
+    /// and the table inside it: bits 32 and up pick the shard, which the
+    /// table's own probing (low bits, and the top seven) leaves alone.
+    fn shard(&self, key: &str) -> (u64, MutexGuard<'_, Table<Instant>>) {
+        let hash = self.hasher.hash_one(key);
+        let index = (hash >> 32) as usize % SHARDS;
+        (hash, lock(&self.shards[index]))
     }
 
-    fn now(&self) -> Duration {
-        self.epoch.elapsed()
+    fn try_acquire(
+        &self,
+        key: &str,
+        token: Token,
+        ttl: Duration,
+        now: Instant,
+        holder: Option<Holder>,
+    ) -> Attempt {
+        let (hash, mut shard) = self.shard(key);
+        shard.try_acquire_hashed(key, hash, token, ttl, now, count_fence, holder)
     }
 
-    fn since_epoch(&self, at: Instant) -> Duration {
-        at.saturating_duration_since(self.epoch)
+    fn holder(&self, key: &str) -> Option<Holder> {
+        let (hash, shard) = self.shard(key);
+        shard.holder_hashed(key, hash)
     }
 
-    fn try_acquire(&self, key: &str, token: Token, ttl: Duration, at: Instant) -> Attempt {
-        let now = self.since_epoch(at);
-        self.shard(key).try_acquire(key, token, ttl, now, || {
-            self.fences.fetch_add(1, Ordering::Relaxed) + 1
-        })
+    fn extend(&self, key: &str, lease: &Lease, ttl: Duration) -> Option<u64> {
+        let (hash, mut shard) = self.shard(key);
+        shard.extend_hashed(key, hash, lease, ttl, Instant::now())
     }
 
-    fn release(&self, key: &str, lease: &Lease, at: Instant) -> bool {
-        let now = self.since_epoch(at);
-        let released = self.shard(key).release(key, lease, now);
+    fn release(&self, key: &str, lease: &Lease, now: Instant) -> bool {
+        let (hash, mut shard) = self.shard(key);
+        let released = shard.release_hashed(key, hash, lease, now);
+        drop(shard);
         match released {
             Released::Held => {
                 self.wakeups.notify(key);
@@ -192,7 +203,10 @@ impl Backend for MemoryBackend {
         ttl: Duration,
     ) -> Result<Attempt, LockError> {
         match &*self.inner {
-            Inner::Standalone(s) => Ok(s.try_acquire(key, token, ttl, Instant::now())),
+            Inner::Standalone(s) => {
+                validate_ttl(ttl)?;
+                Ok(s.try_acquire(key, token, ttl, Instant::now(), None))
+            }
             Inner::Replicated(r) => r.try_acquire(key, token, ttl).await,
         }
     }
@@ -205,8 +219,8 @@ impl Backend for MemoryBackend {
     ) -> Result<Option<u64>, LockError> {
         match &*self.inner {
             Inner::Standalone(s) => {
-                let now = s.now();
-                Ok(s.shard(key).extend(key, lease, ttl, now))
+                validate_ttl(ttl)?;
+                Ok(s.extend(key, lease, ttl))
             }
             Inner::Replicated(r) => r.extend(key, lease, ttl).await,
         }
@@ -232,10 +246,20 @@ impl Backend for MemoryBackend {
         token: Token,
         ttl: Duration,
         now: Instant,
+        holder: Holder,
     ) -> Option<Result<Attempt, LockError>> {
         match &*self.inner {
-            Inner::Standalone(s) => Some(Ok(s.try_acquire(key, token, ttl, now))),
+            Inner::Standalone(s) => {
+                Some(validate_ttl(ttl).map(|()| s.try_acquire(key, token, ttl, now, Some(holder))))
+            }
             // A replica's answer comes back over the bus.
+            Inner::Replicated(_) => None,
+        }
+    }
+
+    fn holder_now(&self, key: &str) -> Option<Option<Holder>> {
+        match &*self.inner {
+            Inner::Standalone(s) => Some(s.holder(key)),
             Inner::Replicated(_) => None,
         }
     }

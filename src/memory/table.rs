@@ -5,10 +5,17 @@
 //! stamp of the event being applied, so every replica decides every expiry
 //! the same way.
 
-use std::{collections::HashMap, time::Duration};
+use std::{
+    fmt,
+    hash::BuildHasher,
+    time::{Duration, Instant},
+};
+
+use hashbrown::HashTable;
+use smol_str::SmolStr;
 
 use crate::{
-    backend::{Attempt, Lease, Token},
+    backend::{Attempt, Holder, Lease, Token},
     bus::{Command, Event},
 };
 
@@ -16,23 +23,71 @@ use crate::{
 /// foldhash's quality variant is that at a fraction of SipHash's cost.
 pub(crate) type KeyHasher = foldhash::quality::RandomState;
 
+/// A point in time as a table judges it: the bus's stamps for replicas, the
+/// process's monotonic clock for the standalone table (compared as is, with
+/// no conversion on the hot path).
+pub(crate) trait Stamp: Copy + Ord + fmt::Debug {
+    /// `ttl` later; `None` past what the type can hold.
+    fn after(self, ttl: Duration) -> Option<Self>;
+    /// How long from `self` until `later`.
+    fn until(self, later: Self) -> Duration;
+}
+
+impl Stamp for Duration {
+    fn after(self, ttl: Duration) -> Option<Self> {
+        self.checked_add(ttl)
+    }
+
+    fn until(self, later: Self) -> Duration {
+        later.saturating_sub(self)
+    }
+}
+
+impl Stamp for Instant {
+    fn after(self, ttl: Duration) -> Option<Self> {
+        self.checked_add(ttl)
+    }
+
+    fn until(self, later: Self) -> Duration {
+        later.saturating_duration_since(self)
+    }
+}
+
 #[derive(Clone, Debug)]
-struct Entry {
+struct Entry<T> {
+    /// Keys up to 23 bytes live inline: no allocation per lease.
+    key: SmolStr,
+    hash: u64,
     token: Token,
     fence: u64,
-    expires_at: Duration,
+    expires_at: T,
+    /// Kept for the owner when the lease was granted on the spot.
+    holder: Option<Holder>,
 }
 
 /// Keys with their current lease. Expired leases count as absent; they are
 /// swept out lazily, so the table holds at most about twice the live leases.
-#[derive(Clone, Debug, Default)]
-pub(crate) struct Table {
-    entries: HashMap<Box<str>, Entry, KeyHasher>,
+///
+/// Every operation comes in two forms: one that hashes the key, and one
+/// (`*_hashed`) for a caller that already did, with [`Table::hash`], to pick
+/// the shard.
+#[derive(Clone)]
+pub(crate) struct Table<T = Duration> {
+    entries: HashTable<Entry<T>>,
+    hasher: KeyHasher,
     // Sweep when the table grows past this: amortised O(1) per insert.
     sweep_at: usize,
+    /// The last fence handed out by [`count_fence`](Self::count_fence).
+    fences: u64,
 }
 
 const MIN_SWEEP: usize = 1024;
+
+/// The fence source of a table that numbers its own grants.
+pub(crate) fn count_fence(last: &mut u64) -> u64 {
+    *last += 1;
+    *last
+}
 
 pub(crate) enum Released {
     Held,
@@ -46,7 +101,19 @@ pub(crate) enum Outcome {
     Release(bool),
 }
 
-impl Table {
+impl<T> Default for Table<T> {
+    fn default() -> Self {
+        Table::with_hasher(KeyHasher::default())
+    }
+}
+
+impl<T> fmt::Debug for Table<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Table").field("len", &self.len()).finish()
+    }
+}
+
+impl Table<Duration> {
     /// Applies one event of a bus, judging expiry by the event's stamp and
     /// fencing by its sequence number: the same on every replica.
     pub(crate) fn apply(&mut self, event: &Event) -> Outcome {
@@ -54,7 +121,7 @@ impl Table {
         match &event.command {
             Command::Acquire {
                 key, token, ttl, ..
-            } => Outcome::Acquire(self.try_acquire(key, *token, *ttl, now, || event.seq)),
+            } => Outcome::Acquire(self.try_acquire(key, *token, *ttl, now, |_| event.seq)),
             Command::Extend {
                 key, lease, ttl, ..
             } => Outcome::Extend(self.extend(key, lease, *ttl, now)),
@@ -63,27 +130,70 @@ impl Table {
             }
         }
     }
+}
+
+impl<T> Table<T> {
+    /// An empty table hashing with `hasher` (shards of one store share it).
+    pub(crate) fn with_hasher(hasher: KeyHasher) -> Self {
+        Table {
+            entries: HashTable::new(),
+            hasher,
+            sweep_at: 0,
+            fences: 0,
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// The holder kept with the lease on `key`, live or run out.
+    pub(crate) fn holder_hashed(&self, key: &str, hash: u64) -> Option<Holder> {
+        self.entries.find(hash, |e| e.key == key)?.holder.clone()
+    }
+}
+
+impl<T: Stamp> Table<T> {
+    pub(crate) fn hash(&self, key: &str) -> u64 {
+        self.hasher.hash_one(key)
+    }
 
     pub(crate) fn try_acquire(
         &mut self,
         key: &str,
         token: Token,
         ttl: Duration,
-        now: Duration,
-        fence: impl FnOnce() -> u64,
+        now: T,
+        fence: impl FnOnce(&mut u64) -> u64,
     ) -> Attempt {
-        if let Some(entry) = self.entries.get_mut(key) {
+        self.try_acquire_hashed(key, self.hash(key), token, ttl, now, fence, None)
+    }
+
+    #[allow(clippy::too_many_arguments)] // the hashed twin of `try_acquire`
+    pub(crate) fn try_acquire_hashed(
+        &mut self,
+        key: &str,
+        hash: u64,
+        token: Token,
+        ttl: Duration,
+        now: T,
+        fence: impl FnOnce(&mut u64) -> u64,
+        holder: Option<Holder>,
+    ) -> Attempt {
+        // Callers bound the ttl (`validate_ttl`), so this holds; were it
+        // not to, refusing is the answer that cannot break exclusion.
+        let Some(expires_at) = now.after(ttl) else {
+            return Attempt::Busy { remaining: None };
+        };
+        if let Some(entry) = self.entries.find_mut(hash, |e| e.key == key) {
             if entry.expires_at > now {
                 return Attempt::Busy {
-                    remaining: Some(entry.expires_at - now),
+                    remaining: Some(now.until(entry.expires_at)),
                 };
             }
-            let fence = fence();
-            *entry = Entry {
-                token,
-                fence,
-                expires_at: now + ttl,
-            };
+            let fence = fence(&mut self.fences);
+            (entry.token, entry.fence, entry.expires_at) = (token, fence, expires_at);
+            entry.holder = holder;
             return Attempt::Acquired {
                 fence,
                 revision: fence,
@@ -92,15 +202,16 @@ impl Table {
         if self.entries.len() >= self.sweep_at.max(MIN_SWEEP) {
             self.sweep(now);
         }
-        let fence = fence();
-        self.entries.insert(
-            key.into(),
-            Entry {
-                token,
-                fence,
-                expires_at: now + ttl,
-            },
-        );
+        let fence = fence(&mut self.fences);
+        let entry = Entry {
+            key: SmolStr::new(key),
+            hash,
+            token,
+            fence,
+            expires_at,
+            holder,
+        };
+        self.entries.insert_unique(hash, entry, |e| e.hash);
         Attempt::Acquired {
             fence,
             revision: fence,
@@ -112,35 +223,52 @@ impl Table {
         key: &str,
         lease: &Lease,
         ttl: Duration,
-        now: Duration,
+        now: T,
     ) -> Option<u64> {
-        match self.entries.get_mut(key) {
-            Some(entry) if entry.token == lease.token && entry.expires_at > now => {
-                entry.expires_at = now + ttl;
-                Some(entry.fence)
-            }
-            _ => None,
+        self.extend_hashed(key, self.hash(key), lease, ttl, now)
+    }
+
+    pub(crate) fn extend_hashed(
+        &mut self,
+        key: &str,
+        hash: u64,
+        lease: &Lease,
+        ttl: Duration,
+        now: T,
+    ) -> Option<u64> {
+        let entry = self.entries.find_mut(hash, |e| e.key == key)?;
+        if entry.token != lease.token || entry.expires_at <= now {
+            return None;
         }
+        entry.expires_at = now.after(ttl)?;
+        Some(entry.fence)
     }
 
-    pub(crate) fn release(&mut self, key: &str, lease: &Lease, now: Duration) -> Released {
-        match self.entries.get(key) {
-            Some(entry) if entry.token == lease.token => {
-                let live = entry.expires_at > now;
-                self.entries.remove(key);
-                if live { Released::Held } else { Released::Lost }
-            }
-            _ => Released::Lost,
-        }
+    pub(crate) fn release(&mut self, key: &str, lease: &Lease, now: T) -> Released {
+        self.release_hashed(key, self.hash(key), lease, now)
     }
 
-    pub(crate) fn len(&self) -> usize {
-        self.entries.len()
+    pub(crate) fn release_hashed(
+        &mut self,
+        key: &str,
+        hash: u64,
+        lease: &Lease,
+        now: T,
+    ) -> Released {
+        let Ok(entry) = self
+            .entries
+            .find_entry(hash, |e| e.key == key && e.token == lease.token)
+        else {
+            return Released::Lost;
+        };
+        let live = entry.get().expires_at > now;
+        entry.remove();
+        if live { Released::Held } else { Released::Lost }
     }
 
-    fn sweep(&mut self, now: Duration) {
-        self.entries.retain(|_, entry| entry.expires_at > now);
-        self.entries.shrink_to(self.entries.len() * 2);
+    fn sweep(&mut self, now: T) {
+        self.entries.retain(|entry| entry.expires_at > now);
+        self.entries.shrink_to(self.entries.len() * 2, |e| e.hash);
         self.sweep_at = self.entries.len() * 2;
     }
 }
@@ -166,21 +294,21 @@ mod tests {
     fn a_live_lease_excludes_until_it_expires() {
         let mut table = Table::default();
         let (a, b) = (Token::new(), Token::new());
-        fence_of(table.try_acquire("k", a, TTL, at(0), || 1));
+        fence_of(table.try_acquire("k", a, TTL, at(0), |_| 1));
         assert_eq!(
-            table.try_acquire("k", b, TTL, at(40), || 2),
+            table.try_acquire("k", b, TTL, at(40), |_| 2),
             Attempt::Busy {
                 remaining: Some(at(60))
             }
         );
-        assert_eq!(fence_of(table.try_acquire("k", b, TTL, at(100), || 3)), 3);
+        assert_eq!(fence_of(table.try_acquire("k", b, TTL, at(100), |_| 3)), 3);
     }
 
     #[test]
     fn only_the_holder_releases_and_an_expired_release_is_lost() {
         let mut table = Table::default();
         let (a, b) = (Token::new(), Token::new());
-        let fence = fence_of(table.try_acquire("k", a, TTL, at(0), || 7));
+        let fence = fence_of(table.try_acquire("k", a, TTL, at(0), |_| 7));
         let stranger = Lease {
             token: b,
             fence,
@@ -202,7 +330,7 @@ mod tests {
             Released::Held
         ));
         assert_eq!(table.len(), 0);
-        fence_of(table.try_acquire("k", a, TTL, at(200), || 8));
+        fence_of(table.try_acquire("k", a, TTL, at(200), |_| 8));
         assert!(matches!(
             table.release("k", &holder, at(400)),
             Released::Lost
@@ -215,7 +343,7 @@ mod tests {
         let mut table = Table::default();
         for i in 0..10 * MIN_SWEEP as u64 {
             let key = format!("k{i}");
-            fence_of(table.try_acquire(&key, Token::new(), TTL, at(i * 1000), || i));
+            fence_of(table.try_acquire(&key, Token::new(), TTL, at(i * 1000), |_| i));
         }
         assert!(
             table.len() <= MIN_SWEEP,

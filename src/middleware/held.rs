@@ -1,6 +1,6 @@
 //! [`HeldLock`]: what a handler learns about the lock taken for it.
 
-use std::sync::Arc;
+use smol_str::SmolStr;
 
 use crate::LockGuard;
 
@@ -25,14 +25,14 @@ use crate::LockGuard;
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HeldLock {
-    key: Arc<str>,
+    key: SmolStr,
     fence: u64,
 }
 
 impl HeldLock {
     pub(crate) fn new(guard: &LockGuard) -> Self {
         HeldLock {
-            key: guard.key().into(),
+            key: guard.shared_key(),
             fence: guard.fence(),
         }
     }

@@ -165,11 +165,19 @@ pub async fn release_by_key_frees_what_the_locker_holds<H: Harness>(h: &H) {
     let k = key("by-key");
     let guard = a.acquire(&k, LONG).await.expect("acquire");
     assert_eq!(a.held_count(), 1);
+    // Already waiting when the release comes.
+    let lost = tokio::spawn(guard.lost());
+    tokio::time::sleep(Duration::from_millis(20)).await;
     a.clone()
         .release(&k)
         .await
         .expect("a clone releases its owner's lock");
     assert_eq!(a.held_count(), 0);
+    tokio::time::timeout(PROMPT, lost)
+        .await
+        .expect("lost() must fire when the lock is released by key")
+        .expect("lost() task");
+    assert!(guard.is_lost());
     assert!(matches!(a.release(&k).await, Err(LockError::NotHeld)));
     assert!(matches!(guard.release().await, Err(LockError::NotHeld)));
     let next = b.try_lock(&k, LONG).await.expect("try_lock");
