@@ -323,6 +323,17 @@ pub enum Attempt {
         /// How long the holder's lease still runs, when the store says.
         remaining: Option<Duration>,
     },
+    /// Somebody else holds the key, and the store has put the caller in its
+    /// queue for it: a wake-up comes when the caller's turn does, so the
+    /// waiter has no need to poll. It still tries again once `remaining`
+    /// (the holder's lease, or the turn reserved for another waiter) runs
+    /// out, and at the longest backoff step at the latest, in case a wake-up
+    /// is lost.
+    Queued {
+        /// How long the holder's lease (or the turn held for the waiter
+        /// ahead) still runs, when the store says.
+        remaining: Option<Duration>,
+    },
 }
 
 /// What identifies one holding of a key to its backend.

@@ -365,7 +365,7 @@ impl Locker {
         if self.inner.queued.load(Ordering::Acquire) == 0 || !self.inner.gates.contains_key(&*key) {
             match self.attempt(&key, ttl).await? {
                 Ok(guard) => return Ok(guard),
-                Err(left) => (remaining, seen_busy) = (left, true),
+                Err(refused) => (remaining, seen_busy) = (refused.remaining, true),
             }
         }
         tracing::debug!(%key, "lock contended; waiting");
@@ -410,17 +410,24 @@ impl Locker {
         let mut backoff = BACKOFF_START;
         loop {
             let attempt = until(deadline, self.attempt(&key, ttl)).await;
+            let mut queued = false;
             match attempt.ok_or(busy(remaining))? {
                 Ok(Ok(guard)) => return Ok(guard),
-                Ok(Err(left)) => (remaining, seen_busy) = (left, true),
+                Ok(Err(refused)) => {
+                    (remaining, seen_busy, queued) = (refused.remaining, true, refused.queued);
+                }
                 Err(err) if !seen_busy => return Err(err),
                 Err(err) => {
                     tracing::warn!(%key, error = %err, "lock store failed while waiting; retrying");
                     remaining = None;
                 }
             }
+            // Queued in the store, the waiter is woken in its turn: it only
+            // checks back when the holder's lease ends, or after the longest
+            // step in case the wake-up was lost.
+            let step = if queued { BACKOFF_MAX } else { backoff };
             let pause = remaining
-                .map_or(backoff, |left| left.min(backoff))
+                .map_or(step, |left| left.min(step))
                 .max(Duration::from_millis(1));
             let woken = until(deadline, async {
                 tokio::select! {
@@ -444,13 +451,12 @@ impl Locker {
         }
     }
 
-    /// One try at the store. `Err` inside `Ok` is "busy", with the holder's
-    /// remaining lease when known.
+    /// One try at the store. `Err` inside `Ok` is "busy".
     async fn attempt(
         &self,
         key: &SmolStr,
         ttl: Duration,
-    ) -> Result<Result<LockGuard, Option<Duration>>, LockError> {
+    ) -> Result<Result<LockGuard, Refused>, LockError> {
         let token = Token::new();
         let sent_at = std::time::Instant::now();
         let held = Arc::new(HeldLease::new(
@@ -503,7 +509,14 @@ impl Locker {
                 tracing::debug!(%key, fence, "lock acquired");
                 Ok(Ok(LockGuard::new(held, self.inner.clone(), runtime)))
             }
-            Attempt::Busy { remaining } => Ok(Err(remaining)),
+            Attempt::Busy { remaining } => Ok(Err(Refused {
+                remaining,
+                queued: false,
+            })),
+            Attempt::Queued { remaining } => Ok(Err(Refused {
+                remaining,
+                queued: true,
+            })),
         }
     }
 
@@ -574,6 +587,14 @@ async fn until<T>(deadline: Option<Instant>, future: impl Future<Output = T>) ->
         None => Some(future.await),
         Some(deadline) => tokio::time::timeout_at(deadline, future).await.ok(),
     }
+}
+
+/// A try that found the key busy.
+struct Refused {
+    /// The holder's remaining lease, when the store said.
+    remaining: Option<Duration>,
+    /// Whether the store queued the caller (see [`Attempt::Queued`]).
+    queued: bool,
 }
 
 /// One more lease in an owner's count, taken back on drop unless kept.

@@ -260,3 +260,121 @@ async fn dropping_the_backend_closes_its_connections() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Backends on one key take turns in the order they started waiting,
+/// even against a newcomer of the releasing backend that tries the moment
+/// the lock is released (it would win any race).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_backends_take_turns_in_queue_order() -> anyhow::Result<()> {
+    let h = harness();
+    let ttl = Duration::from_secs(30);
+    let holder = Locker::new(h.backend().await);
+    let first = Locker::new(h.backend().await);
+    let second = Locker::new(h.backend().await);
+    let guard = holder.acquire("turns", ttl).await?;
+    let order = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut waiters = Vec::new();
+    for (name, locker) in [("first", first), ("second", second)] {
+        let order = order.clone();
+        waiters.push(tokio::spawn(async move {
+            let guard = locker.acquire("turns", ttl).await.expect("acquire");
+            order.lock().expect("order").push(name);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            guard.release().await.expect("release");
+        }));
+        // Queued in this order.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    guard.release().await?;
+    let again = holder.acquire("turns", ttl).await?;
+    order.lock().expect("order").push("newcomer");
+    again.release().await?;
+    for waiter in waiters {
+        waiter.await?;
+    }
+    assert_eq!(
+        *order.lock().expect("order"),
+        ["first", "second", "newcomer"]
+    );
+    Ok(())
+}
+
+/// A backend whose waiter gave up still has its place in the queue; when
+/// its turn comes it passes the turn on at once instead of letting the
+/// lock sit reserved for the grace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_turn_nobody_waits_for_is_passed_on() -> anyhow::Result<()> {
+    let h = harness();
+    let ttl = Duration::from_secs(30);
+    let holder = Locker::new(h.backend().await);
+    let quitter = Locker::new(h.backend().await);
+    let patient = Locker::new(h.backend().await);
+    let guard = holder.acquire("pass", ttl).await?;
+    let gave_up = quitter
+        .acquire_timeout("pass", ttl, Duration::from_millis(100))
+        .await;
+    assert!(
+        matches!(gave_up, Err(LockError::Busy { .. })),
+        "{gave_up:?}"
+    );
+    let waiter = tokio::spawn(async move {
+        let guard = patient.acquire("pass", ttl).await.expect("acquire");
+        (Instant::now(), guard)
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let released_at = Instant::now();
+    guard.release().await?;
+    let (acquired_at, next) = waiter.await?;
+    // The grace a turn is reserved for is 250 ms; a pass-on takes a couple
+    // of round trips.
+    let took = acquired_at - released_at;
+    assert!(took < Duration::from_millis(200), "took {took:?}");
+    next.release().await?;
+    Ok(())
+}
+
+/// A backend that went away while queued costs the waiters behind it one
+/// grace (250 ms), not a stall.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_backend_that_is_gone_only_delays_the_queue() -> anyhow::Result<()> {
+    let h = harness();
+    let ttl = Duration::from_secs(30);
+    let holder = Locker::new(h.backend().await);
+    let guard = holder.acquire("gone", ttl).await?;
+    {
+        let doomed = Locker::new(h.backend().await);
+        let waiting = tokio::spawn(async move { doomed.acquire("gone", ttl).await });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        waiting.abort();
+        let _ = waiting.await;
+    }
+    let patient = Locker::new(h.backend().await);
+    let waiter = tokio::spawn(async move { patient.acquire("gone", ttl).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    guard.release().await?;
+    let next = tokio::time::timeout(Duration::from_secs(2), waiter).await???;
+    next.release().await?;
+    Ok(())
+}
+
+/// `try_lock` never waits, so it never joins the queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn try_lock_never_joins_the_queue() -> anyhow::Result<()> {
+    let h = harness();
+    let backend = h.backend().await;
+    let (a, b) = (Locker::new(backend.clone()), Locker::new(h.backend().await));
+    let guard = a.acquire("no-queue", Duration::from_secs(30)).await?;
+    assert!(
+        b.try_lock("no-queue", Duration::from_secs(30))
+            .await?
+            .is_none()
+    );
+    let queue = format!("{}:queue", backend.redis_key("no-queue"));
+    let queued: usize = redis::cmd("LLEN")
+        .arg(&queue)
+        .query_async(&mut admin(&SERVER.url()).await)
+        .await?;
+    assert_eq!(queued, 0);
+    guard.release().await?;
+    Ok(())
+}

@@ -1,13 +1,13 @@
 //! How lock keys are named in Redis.
 //!
-//! A user key `K` becomes `<prefix>{E}` (the lock) and `<prefix>{E}:fence`
-//! (its fence counter), where `E` is `K` with `%`, `{`, `}` and control
+//! A user key `K` becomes `<prefix>{E}` (the lock), `<prefix>{E}:fence`
+//! (its fence counter) and `<prefix>{E}:queue` (its waiter queue), where `E` is `K` with `%`, `{`, `}` and control
 //! characters percent-encoded. Encoding the braces makes `E` the whole hash
 //! tag (Redis Cluster hashes the text between the first `{` and the first
 //! `}` after it), so both keys land in the same slot whatever `K` holds and
-//! one script may touch both. The encoding is injective, so distinct user
-//! keys never share a lock. A lock key always ends in `}` and a counter in
-//! `:fence`, so the two kinds never collide either.
+//! one script may touch all three. The encoding is injective, so distinct user
+//! keys never share a lock. A lock key always ends in `}`, a counter in
+//! `:fence` and a queue in `:queue`, so the kinds never collide either.
 
 use percent_encoding::{AsciiSet, CONTROLS, percent_decode, utf8_percent_encode};
 
@@ -16,6 +16,7 @@ use percent_encoding::{AsciiSet, CONTROLS, percent_decode, utf8_percent_encode};
 const TAG_UNSAFE: &AsciiSet = &CONTROLS.add(b'%').add(b'{').add(b'}');
 
 const FENCE_SUFFIX: &str = ":fence";
+const QUEUE_SUFFIX: &str = ":queue";
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct KeySpace {
@@ -43,6 +44,13 @@ impl KeySpace {
         let mut fence = self.lock_key(key);
         fence.push_str(FENCE_SUFFIX);
         fence
+    }
+
+    /// The Redis key of the waiter queue of `key`, in the lock's slot.
+    pub(crate) fn queue_key(&self, key: &str) -> String {
+        let mut queue = self.lock_key(key);
+        queue.push_str(QUEUE_SUFFIX);
+        queue
     }
 
     /// The user key of a lock key (as found in a wake-up message), or `None`

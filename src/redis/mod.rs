@@ -3,15 +3,25 @@
 //!
 //! # How it works
 //!
-//! - **Acquire** is one Lua script (`SET key token NX PX ttl`, and on
-//!   success `INCR` of the key's fence counter); when the key is busy it
-//!   returns the holder's `PTTL`, so a waiter never sleeps past the expiry.
+//! - **Acquire** is one Lua script (`SET key token PX ttl` when the key is
+//!   free, and then `INCR` of the key's fence counter); when the key is busy
+//!   it returns the holder's `PTTL`, so a waiter never sleeps past the
+//!   expiry.
+//! - **Waiters queue in Redis.** A try from a caller that waits puts its
+//!   backend in the key's queue (`lock:{K}:queue`, once per backend). The
+//!   release script hands the lock to the first queued backend: the key
+//!   holds `next:<backend id>` for a 250 ms grace, which only that backend
+//!   may take, and the release channel names it. So waiters across
+//!   processes are served first come, first served, a newcomer cannot jump
+//!   the queue even at the very moment of a release, and a release wakes
+//!   one backend instead of a herd that retries in vain. A backend whose
+//!   waiter has given up passes its turn on at once; one that died while
+//!   queued costs the queue its grace.
 //! - **Release** and **extend** are scripts that act only while the stored
 //!   token is the caller's: nobody can free or prolong another holder's
-//!   lock. Release also `PUBLISH`es the key, so waiters wake in one round
-//!   trip even where keyspace notifications are off.
+//!   lock. With nobody queued, release deletes the key.
 //! - **Wake-ups** come over one pub/sub connection per backend, shared by all
-//!   waiters: the release channel, plus the `expired` and `del` key events of
+//!   waiters: the release channel (turns), plus the `expired` and `del` key events of
 //!   the database in use when the server's `notify-keyspace-events` enables
 //!   them. Expiry never needs an event: a waiter's timer is capped by the
 //!   holder's `PTTL`. In a Cluster the release channel reaches every node
@@ -19,8 +29,10 @@
 //!   only from the node the wake-up connection is on; expiries elsewhere are
 //!   found by that capped timer.
 //! - **Where a wake-up is lost** (the pub/sub connection is down, an ACL
-//!   denies the channel) waiters retry on their backoff timer, at most one
-//!   step late; after the connection is back every waiter is woken once.
+//!   denies the channel) the turn lapses after its grace and waiters find
+//!   the lock free on their timers (a queued waiter checks back at least
+//!   every 500 ms); after the connection is back every waiter is woken
+//!   once.
 //! - **Connections**: one command connection that reconnects by itself
 //!   (redis-rs's `ConnectionManager`; the cluster connection; the Sentinel
 //!   master, looked up again after a failover) and the pub/sub connection.
@@ -33,6 +45,8 @@
 //! `lock:{K}`, with `%`, `{`, `}` and control characters percent-encoded
 //! inside the braces, so any key works, and `{K}` is the Cluster hash tag
 //! that puts the lock and its fence counter in one slot.
+//!
+//! Requires Redis 6.2 or later (`LPOS`).
 //!
 //! # Fence counters
 //!
@@ -121,9 +135,16 @@ struct Inner {
     conn: Conn,
     keys: KeySpace,
     channel: String,
+    /// Names this backend in waiter queues and turn messages.
+    id: String,
     registry: WakeRegistry,
     _notifier: Notifier,
 }
+
+/// How long a released lock stays reserved for the first queued backend:
+/// long enough for the turn message and the claim to cross the network, and
+/// short, because a backend that died while queued costs the queue this.
+const TURN_GRACE: Duration = Duration::from_millis(250);
 
 impl RedisBackend {
     /// Connects with `client` (a standalone [`redis::Client`], a
@@ -271,12 +292,14 @@ impl RedisBackendBuilder {
         }
         let keys = KeySpace::new(self.prefix);
         let channel = format!("{}released", keys.prefix());
+        let id = Token::new().to_string();
         let registry = WakeRegistry::default();
         let notifier = Notifier::start(Listener {
             source,
             conn: conn.clone(),
             keys: keys.clone(),
             channel: channel.clone(),
+            id: id.clone(),
             registry: registry.clone(),
         })
         .await;
@@ -285,6 +308,7 @@ impl RedisBackendBuilder {
                 conn,
                 keys,
                 channel,
+                id,
                 registry,
                 _notifier: notifier,
             }),
@@ -312,6 +336,33 @@ impl fmt::Debug for RedisBackend {
     }
 }
 
+/// Runs the release script for `holder` (a token, or `next:<id>` to pass a
+/// turn on). `None`: `holder` no longer held the lock; `Some(next)`: released,
+/// and handed to the queued backend `next` if there was one.
+async fn release(
+    conn: &Conn,
+    keys: &KeySpace,
+    key: &str,
+    holder: &str,
+    channel: &str,
+) -> Result<Option<Option<String>>, LockError> {
+    let reply: Vec<redis::Value> = scripts::RELEASE
+        .key(keys.lock_key(key))
+        .key(keys.queue_key(key))
+        .arg(holder)
+        .arg(channel)
+        .arg(millis(TURN_GRACE))
+        .invoke_async(&mut conn.clone())
+        .await
+        .map_err(LockError::unavailable)?;
+    let released = matches!(reply.first(), Some(redis::Value::Int(1)));
+    let next = match reply.get(1) {
+        Some(redis::Value::BulkString(id)) => Some(String::from_utf8_lossy(id).into_owned()),
+        _ => None,
+    };
+    Ok(released.then_some(next))
+}
+
 /// Milliseconds for Redis; validated ttls are at least 1 ms.
 fn millis(ttl: Duration) -> u64 {
     u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
@@ -326,26 +377,34 @@ impl Backend for RedisBackend {
         ttl: Duration,
     ) -> Result<Attempt, LockError> {
         let keys = &self.inner.keys;
-        let (taken, value): (i64, i64) = scripts::ACQUIRE
+        // A caller subscribed to the key's wake-ups is waiting: queue it.
+        // A one-off try (`try_lock`, an acquire's first try) is not.
+        let waits = self.inner.registry.is_watched(key);
+        let (outcome, value): (i64, i64) = scripts::ACQUIRE
             .key(keys.lock_key(key))
             .key(keys.fence_key(key))
+            .key(keys.queue_key(key))
             .arg(token.to_string())
             .arg(millis(ttl))
+            .arg(&self.inner.id)
+            .arg(if waits { "1" } else { "0" })
             .invoke_async(&mut self.conn())
             .await
             .map_err(LockError::unavailable)?;
-        if taken == 1 {
-            // INCR never returns less than 1.
-            let fence = u64::try_from(value).unwrap_or(0);
-            Ok(Attempt::Acquired {
-                fence,
-                revision: fence,
-            })
-        } else {
-            // Negative PTTL: the holder's key has no expiry (set by hand).
-            let remaining = u64::try_from(value).ok().map(Duration::from_millis);
-            Ok(Attempt::Busy { remaining })
-        }
+        // Negative PTTL: the holder's key has no expiry (set by hand).
+        let remaining = u64::try_from(value).ok().map(Duration::from_millis);
+        Ok(match outcome {
+            1 => {
+                // INCR never returns less than 1.
+                let fence = u64::try_from(value).unwrap_or(0);
+                Attempt::Acquired {
+                    fence,
+                    revision: fence,
+                }
+            }
+            2 => Attempt::Queued { remaining },
+            _ => Attempt::Busy { remaining },
+        })
     }
 
     async fn extend(
@@ -365,19 +424,25 @@ impl Backend for RedisBackend {
     }
 
     async fn release(&self, key: &str, lease: &Lease) -> Result<bool, LockError> {
-        let released: i64 = scripts::RELEASE
-            .key(self.inner.keys.lock_key(key))
-            .arg(lease.token.to_string())
-            .arg(&self.inner.channel)
-            .invoke_async(&mut self.conn())
-            .await
-            .map_err(LockError::unavailable)?;
-        if released == 1 {
-            // Waiters sharing this backend need not wait for the message's
-            // round trip through Redis.
-            self.inner.registry.notify(key);
+        let handed_to = release(
+            &self.conn(),
+            &self.inner.keys,
+            key,
+            &lease.token.to_string(),
+            &self.inner.channel,
+        )
+        .await?;
+        match handed_to {
+            None => Ok(false),
+            Some(next) => {
+                // Waiters sharing this backend need not wait for the
+                // message's round trip through Redis, when it is their turn.
+                if next.is_none_or(|next| next == self.inner.id) {
+                    self.inner.registry.notify(key);
+                }
+                Ok(true)
+            }
         }
-        Ok(released == 1)
     }
 
     async fn subscribe(&self, key: &str) -> Result<Subscription, LockError> {

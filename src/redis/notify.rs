@@ -43,6 +43,8 @@ pub(crate) struct Listener {
     pub(crate) conn: Conn,
     pub(crate) keys: KeySpace,
     pub(crate) channel: String,
+    /// The backend's id in waiter queues: turn messages for it are ours.
+    pub(crate) id: String,
     pub(crate) registry: WakeRegistry,
 }
 
@@ -141,9 +143,7 @@ impl Listener {
             tokio::select! {
                 message = messages.next() => {
                     let Some(message) = message else { return };
-                    if let Some(key) = self.keys.user_key(message.get_payload_bytes()) {
-                        self.registry.notify(&key);
-                    }
+                    self.deliver(message.get_channel_name(), message.get_payload_bytes());
                 }
                 _ = ping.tick() => {
                     let alive = tokio::time::timeout(PING_EVERY, sink.ping::<()>()).await;
@@ -154,6 +154,48 @@ impl Listener {
             }
         }
     }
+}
+
+impl Listener {
+    /// Wakes the waiters a message is for. A key event (an expiry, a
+    /// deletion) wakes every waiter of the key; a turn (`<id> <lock key>`)
+    /// only those of the backend it names, and a turn for this backend that
+    /// nobody here waits for any longer is passed on at once.
+    fn deliver(&self, channel: &str, payload: &[u8]) {
+        if channel != self.channel {
+            if let Some(key) = self.keys.user_key(payload) {
+                self.registry.notify(&key);
+            }
+            return;
+        }
+        let Some((id, lock_key)) = split_turn(payload) else {
+            return;
+        };
+        let Some(key) = self.keys.user_key(lock_key) else {
+            return;
+        };
+        if id != self.id.as_bytes() {
+            return;
+        }
+        if self.registry.is_watched(&key) {
+            self.registry.notify(&key);
+            return;
+        }
+        let (conn, keys, channel) = (self.conn.clone(), self.keys.clone(), self.channel.clone());
+        let turn = format!("next:{}", self.id);
+        tokio::spawn(async move {
+            if let Err(err) = super::release(&conn, &keys, &key, &turn, &channel).await {
+                // The turn lapses after its grace instead.
+                tracing::debug!(%key, error = %err, "could not pass on an unwanted turn");
+            }
+        });
+    }
+}
+
+/// `<id> <lock key>`; the id never holds a space, the lock key may.
+fn split_turn(payload: &[u8]) -> Option<(&[u8], &[u8])> {
+    let space = payload.iter().position(|&b| b == b' ')?;
+    Some((&payload[..space], &payload[space + 1..]))
 }
 
 /// Which of (`expired`, `del`) key events the server publishes, from its

@@ -6,22 +6,32 @@ use std::sync::LazyLock;
 
 use redis::Script;
 
-/// `KEYS[1]` lock, `KEYS[2]` fence counter; `ARGV[1]` token, `ARGV[2]` ttl
-/// in ms. Returns `{1, fence}` when taken, `{0, pttl}` when busy (`pttl` is
-/// -1 when the holder's key has no expiry).
+/// `KEYS[1]` lock, `KEYS[2]` fence counter, `KEYS[3]` waiter queue;
+/// `ARGV[1]` token, `ARGV[2]` ttl in ms, `ARGV[3]` the caller's backend id,
+/// `ARGV[4]` `1` when the caller will wait. Returns `{1, fence}` when taken,
+/// `{0, pttl}` when busy and `{2, pttl}` when busy and the caller is queued
+/// (`pttl` is -1 when the holder's key has no expiry).
 ///
-/// `PTTL` comes first so that a busy try, the common case under contention,
-/// costs one command inside the script rather than two. The counter is
-/// bumped only on success and in the same script, so fences are strictly
-/// increasing per key with no gap a crash could reorder.
+/// A lock that a release handed to the caller's backend holds
+/// `next:<backend id>` for a short grace; only that backend may take it.
+/// The counter is bumped only on success and in the same script, so fences
+/// are strictly increasing per key with no gap a crash could reorder. A
+/// waiting caller joins the queue once, however often it tries.
 pub(crate) static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-local pttl = redis.call('PTTL', KEYS[1])
-if pttl == -2 and redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+local current = redis.call('GET', KEYS[1])
+if current == false or current == 'next:' .. ARGV[3] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
   return {1, redis.call('INCR', KEYS[2])}
 end
-return {0, pttl}
+if ARGV[4] == '1' then
+  if not redis.call('LPOS', KEYS[3], ARGV[3]) then
+    redis.call('RPUSH', KEYS[3], ARGV[3])
+  end
+  return {2, redis.call('PTTL', KEYS[1])}
+end
+return {0, redis.call('PTTL', KEYS[1])}
 ",
     )
 });
@@ -40,22 +50,31 @@ return 0
     )
 });
 
-/// `KEYS[1]` lock; `ARGV[1]` token, `ARGV[2]` wake-up channel. Deletes the
-/// lock only when the token still holds it, then publishes the lock key so
-/// waiters on every node wake in one round trip (classic pub/sub reaches
-/// every node of a Cluster). Returns 1 when released, else 0.
+/// `KEYS[1]` lock, `KEYS[2]` waiter queue; `ARGV[1]` token (or
+/// `next:<id>` to pass on a turn), `ARGV[2]` wake-up channel, `ARGV[3]` the
+/// grace in ms. Acts only when `ARGV[1]` still holds the lock. With a waiter
+/// queued, the lock goes to the first queued backend for the grace, and the
+/// channel carries `<id> <lock key>` to tell it; with none, the lock is
+/// deleted. Returns `{1, id}` when handed on, `{1}` when deleted, `{0}` when
+/// `ARGV[1]` no longer held the lock.
 ///
 /// The publish is a `pcall`: where an ACL forbids the channel, the release
-/// must still happen, and waiters fall back to their timers.
+/// must still happen; the turn then lapses after the grace and waiters find
+/// the lock free on their timers.
 pub(crate) static RELEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('DEL', KEYS[1])
-  redis.pcall('PUBLISH', ARGV[2], KEYS[1])
-  return 1
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return {0}
 end
-return 0
+local next = redis.call('LPOP', KEYS[2])
+if next then
+  redis.call('SET', KEYS[1], 'next:' .. next, 'PX', ARGV[3])
+  redis.pcall('PUBLISH', ARGV[2], next .. ' ' .. KEYS[1])
+  return {1, next}
+end
+redis.call('DEL', KEYS[1])
+return {1}
 ",
     )
 });
