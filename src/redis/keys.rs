@@ -39,18 +39,16 @@ impl KeySpace {
         format!("{}{{{encoded}}}", self.prefix)
     }
 
-    /// The Redis key of the fence counter of `key`, in the lock's slot.
-    pub(crate) fn fence_key(&self, key: &str) -> String {
-        let mut fence = self.lock_key(key);
-        fence.push_str(FENCE_SUFFIX);
-        fence
+    /// The Redis key of the fence counter beside the lock `lock_key`, in
+    /// its slot (from the lock key, so the user key is encoded once).
+    pub(crate) fn fence_key(lock_key: &str) -> String {
+        [lock_key, FENCE_SUFFIX].concat()
     }
 
-    /// The Redis key of the waiter queue of `key`, in the lock's slot.
-    pub(crate) fn queue_key(&self, key: &str) -> String {
-        let mut queue = self.lock_key(key);
-        queue.push_str(QUEUE_SUFFIX);
-        queue
+    /// The Redis key of the waiter queue beside the lock `lock_key`, in its
+    /// slot.
+    pub(crate) fn queue_key(lock_key: &str) -> String {
+        [lock_key, QUEUE_SUFFIX].concat()
     }
 
     /// The user key of a lock key (as found in a wake-up message), or `None`
@@ -109,7 +107,8 @@ mod tests {
         for key in [
             "a", "}", "{", "{}", "}{", "a}b{c", "%7D", "x}:fence", "\n", "ключ",
         ] {
-            let (lock, fence) = (space.lock_key(key), space.fence_key(key));
+            let lock = space.lock_key(key);
+            let fence = KeySpace::fence_key(&lock);
             assert_eq!(hash_tag(&lock), hash_tag(&fence), "{key:?}");
             assert!(!hash_tag(&lock).is_empty());
             assert_ne!(hash_tag(&lock), lock, "{key:?} must be tagged");

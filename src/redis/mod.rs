@@ -346,9 +346,10 @@ async fn release(
     holder: &str,
     channel: &str,
 ) -> Result<Option<Option<String>>, LockError> {
+    let lock = keys.lock_key(key);
     let reply: Vec<redis::Value> = scripts::RELEASE
-        .key(keys.lock_key(key))
-        .key(keys.queue_key(key))
+        .key(&lock)
+        .key(KeySpace::queue_key(&lock))
         .arg(holder)
         .arg(channel)
         .arg(millis(TURN_GRACE))
@@ -376,14 +377,16 @@ impl Backend for RedisBackend {
         token: Token,
         ttl: Duration,
     ) -> Result<Attempt, LockError> {
-        let keys = &self.inner.keys;
-        // A caller subscribed to the key's wake-ups is waiting: queue it.
-        // A one-off try (`try_lock`, an acquire's first try) is not.
+        let lock = self.inner.keys.lock_key(key);
+        // Queue only a caller subscribed to the key's wake-ups (a waiter;
+        // `try_lock` and an acquire's first try are not): a turn that comes
+        // for a key nobody here watches is passed on, so a caller queued
+        // before it subscribed could lose its turn to that.
         let waits = self.inner.registry.is_watched(key);
         let (outcome, value): (i64, i64) = scripts::ACQUIRE
-            .key(keys.lock_key(key))
-            .key(keys.fence_key(key))
-            .key(keys.queue_key(key))
+            .key(&lock)
+            .key(KeySpace::fence_key(&lock))
+            .key(KeySpace::queue_key(&lock))
             .arg(token.to_string())
             .arg(millis(ttl))
             .arg(&self.inner.id)
