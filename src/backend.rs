@@ -177,6 +177,15 @@ pub trait Backend: fmt::Debug + Send + Sync + 'static {
         None
     }
 
+    /// How many leases kept with a [`Holder`] satisfy `counted`, for a store
+    /// that answers [`try_acquire_now`](Self::try_acquire_now) (a walk over
+    /// the whole store: for diagnostics, not the hot path); `None` (the
+    /// default) for any other store.
+    fn count_holders_now(&self, counted: &dyn Fn(&Holder) -> bool) -> Option<usize> {
+        let _ = counted;
+        None
+    }
+
     /// Answers [`release`](Self::release) on the spot, like
     /// [`try_acquire_now`](Self::try_acquire_now). It also lets a guard
     /// dropped outside any runtime release at once.
@@ -232,6 +241,10 @@ impl<B: Backend + ?Sized> Backend for Arc<B> {
 
     fn holder_now(&self, key: &str) -> Option<Option<Holder>> {
         (**self).holder_now(key)
+    }
+
+    fn count_holders_now(&self, counted: &dyn Fn(&Holder) -> bool) -> Option<usize> {
+        (**self).count_holders_now(counted)
     }
 
     fn release_now(

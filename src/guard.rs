@@ -5,7 +5,7 @@ use std::{
     future::Future,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -93,7 +93,6 @@ pub(crate) struct HeldLease {
     /// renewal keeps to what the holder last asked for.
     ttl_nanos: AtomicU64,
     revision: AtomicU64,
-    released: AtomicBool,
     status: Mutex<LeaseStatus>,
     /// Wakes `lost()` futures when the status changes.
     status_changed: Notify,
@@ -101,8 +100,9 @@ pub(crate) struct HeldLease {
     /// notification, which the uncontended release would otherwise pay.
     watchers: AtomicUsize,
     /// Serialises renewals with the release, so that a release always sees
-    /// the revision of the last extension and never races one in flight.
-    op: OpLock,
+    /// the revision of the last extension and never races one in flight;
+    /// and says whether the lease was released.
+    op: OpState,
     /// Where the lease waits in its locker's renewal schedule, if it does.
     renewal: Mutex<Option<Slot>>,
     /// Whether it was ever scheduled: lets releases of leases that do not
@@ -137,14 +137,13 @@ impl HeldLease {
             listed: AtomicBool::new(false),
             ttl_nanos: AtomicU64::new(nanos(ttl)),
             revision: AtomicU64::new(0),
-            released: AtomicBool::new(false),
             status: Mutex::new(LeaseStatus {
                 deadline: sent_at + ttl,
                 over: false,
             }),
             status_changed: Notify::new(),
             watchers: AtomicUsize::new(0),
-            op: OpLock::default(),
+            op: OpState::default(),
             renewal: Mutex::new(None),
             renews: AtomicBool::new(false),
         }
@@ -154,6 +153,10 @@ impl HeldLease {
     pub(crate) fn granted(&self, fence: u64, revision: u64) {
         self.fence.store(fence, Ordering::Release);
         self.revision.store(revision, Ordering::Release);
+    }
+
+    pub(crate) fn is_released(&self) -> bool {
+        self.op.is_released()
     }
 
     pub(crate) fn fence(&self) -> u64 {
@@ -198,10 +201,11 @@ impl HeldLease {
         self: Arc<Self>,
         locker: Arc<LockerInner>,
     ) -> Result<(), LockError> {
-        let _op = self.op.lock().await;
-        if !self.mark_released(&locker) {
+        let Some(op) = self.op.begin().await else {
             return Err(LockError::NotHeld);
-        }
+        };
+        op.end_released();
+        self.forget(&locker);
         let outcome = locker.backend.release(&self.key, &self.lease()).await;
         self.settle(outcome)
     }
@@ -214,27 +218,27 @@ impl HeldLease {
             // Granted through I/O: released the same way.
             return None;
         }
-        let _op = self.op.try_lock()?;
-        if self.released.load(Ordering::Acquire) {
+        if !self.op.release_now()? {
             return Some(Err(LockError::NotHeld));
         }
         let now = std::time::Instant::now();
-        let outcome = locker.backend.release_now(&self.key, &self.lease(), now)?;
-        self.mark_released(locker);
+        let Some(outcome) = locker.backend.release_now(&self.key, &self.lease(), now) else {
+            // A store that granted on the spot releases on the spot; were it
+            // not to, the release goes the async way.
+            self.op.unrelease();
+            return None;
+        };
+        self.forget(locker);
         Some(self.settle(outcome))
     }
 
-    /// Stops renewal and bookkeeping; `false` if somebody released first.
-    /// Callers hold `op`.
-    fn mark_released(&self, locker: &LockerInner) -> bool {
-        if self.released.swap(true, Ordering::SeqCst) {
-            return false;
-        }
+    /// What follows marking the lease released: renewal and the owner's
+    /// records let go of it, and `lost()` futures wake (the op state itself
+    /// tells them and `is_lost`: no status write).
+    fn forget(&self, locker: &LockerInner) {
         self.stop_renewal(locker);
-        // `released` itself tells `is_lost` and `lost()`: no status write.
         self.wake_watchers();
         locker.forget(self);
-        true
     }
 
     fn settle(&self, outcome: Result<bool, LockError>) -> Result<(), LockError> {
@@ -306,16 +310,15 @@ impl HeldLease {
             .schedule(&self, next, &locker, &Handle::current());
         // A release that came while this renewal ran may have missed the
         // new slot; the slot's lock orders the two, so one of us cancels it.
-        if self.released.load(Ordering::Acquire) {
+        if self.is_released() {
             self.stop_renewal(&locker);
         }
     }
 
     async fn extend(&self, locker: &LockerInner, ttl: Duration) -> Result<(), LockError> {
-        let _op = self.op.lock().await;
-        if self.released.load(Ordering::Acquire) {
+        let Some(_op) = self.op.begin().await else {
             return Err(LockError::NotHeld);
-        }
+        };
         let sent_at = Instant::now();
         match locker.backend.extend(&self.key, &self.lease(), ttl).await? {
             Some(revision) => {
@@ -362,7 +365,7 @@ impl HeldLease {
     }
 
     fn is_lost(&self) -> bool {
-        if self.released.load(Ordering::Acquire) {
+        if self.is_released() {
             return true;
         }
         let status = self.status();
@@ -370,53 +373,81 @@ impl HeldLease {
     }
 }
 
-/// Serialises the store operations of one lease. The release of a store in
-/// this process takes it with one atomic swap; operations that await queue
-/// on a tokio mutex first.
+/// The store operations of one lease, and whether it is released, in one
+/// atomic: the release of a store in this process is a single
+/// compare-and-swap, and operations that await (renewals, a release through
+/// I/O) queue on a tokio mutex, FIFO, and mark themselves busy.
 #[derive(Default)]
-struct OpLock {
-    busy: AtomicBool,
+struct OpState {
+    state: AtomicU8,
     queue: tokio::sync::Mutex<()>,
 }
 
-struct OpGuard<'a> {
-    busy: &'a AtomicBool,
-    _queued: Option<tokio::sync::MutexGuard<'a, ()>>,
+const IDLE: u8 = 0;
+const BUSY: u8 = 1;
+const RELEASED: u8 = 2;
+
+/// An operation under way; leaves the state idle, or released.
+struct Op<'a> {
+    state: &'a AtomicU8,
+    then: u8,
+    _queued: tokio::sync::MutexGuard<'a, ()>,
 }
 
-impl OpLock {
-    fn try_lock(&self) -> Option<OpGuard<'_>> {
-        self.busy
-            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+impl OpState {
+    /// Sequentially consistent, like the watcher count, so that a `lost()`
+    /// future that registers late still sees the release.
+    fn is_released(&self) -> bool {
+        self.state.load(Ordering::SeqCst) == RELEASED
+    }
+
+    /// Marks the lease released unless an operation is under way (`None`);
+    /// `Some(false)` when it already was.
+    fn release_now(&self) -> Option<bool> {
+        match self
+            .state
+            .compare_exchange(IDLE, RELEASED, Ordering::SeqCst, Ordering::SeqCst)
+        {
+            Ok(_) => Some(true),
+            Err(RELEASED) => Some(false),
+            Err(_) => None,
+        }
+    }
+
+    /// Takes back a [`release_now`](Self::release_now) whose store did not
+    /// answer.
+    fn unrelease(&self) {
+        let _ = self
+            .state
+            .compare_exchange(RELEASED, IDLE, Ordering::SeqCst, Ordering::SeqCst);
+    }
+
+    /// Waits for the operations queued ahead; `None` once released.
+    async fn begin(&self) -> Option<Op<'_>> {
+        let queued = self.queue.lock().await;
+        // Only queued operations mark the state busy, and each leaves it
+        // before the queue moves on: it is idle or released here.
+        self.state
+            .compare_exchange(IDLE, BUSY, Ordering::SeqCst, Ordering::SeqCst)
             .ok()?;
-        Some(OpGuard {
-            busy: &self.busy,
-            _queued: None,
+        Some(Op {
+            state: &self.state,
+            then: IDLE,
+            _queued: queued,
         })
     }
+}
 
-    /// Fair among awaiting callers (tokio's mutex is FIFO).
-    async fn lock(&self) -> OpGuard<'_> {
-        let queued = self.queue.lock().await;
-        // A holder through `try_lock` never awaits: it lets go within a few
-        // instructions, so yielding until then is no spin.
-        while self
-            .busy
-            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
-            .is_err()
-        {
-            tokio::task::yield_now().await;
-        }
-        OpGuard {
-            busy: &self.busy,
-            _queued: Some(queued),
-        }
+impl Op<'_> {
+    /// Ends the operation as the lease's release.
+    fn end_released(mut self) {
+        self.then = RELEASED;
     }
 }
 
-impl Drop for OpGuard<'_> {
+impl Drop for Op<'_> {
     fn drop(&mut self) {
-        self.busy.store(false, Ordering::Release);
+        self.state.store(self.then, Ordering::SeqCst);
     }
 }
 
@@ -526,7 +557,7 @@ impl LockGuard {
                 // a change between the read below and the wait is not missed.
                 let changed = held.status_changed.notified();
                 let LeaseStatus { deadline, over } = held.status();
-                if over || held.released.load(Ordering::SeqCst) {
+                if over || held.is_released() {
                     return;
                 }
                 tokio::select! {
@@ -602,7 +633,7 @@ impl Drop for LockGuard {
             locker,
             runtime,
         }) = self.parts.take()
-            && !held.released.load(Ordering::Acquire)
+            && !held.is_released()
             && held.release_now(&locker).is_none()
         {
             // A runtime that has shut down drops the task instead of running

@@ -91,8 +91,6 @@ pub(crate) struct LockerInner {
     /// `Locker::release(key)`. A store inside keeps the lease's holder with
     /// the lease instead, which spares the uncontended path a map.
     held: DashMap<SmolStr, Arc<HeldLease>, KeyHasher>,
-    /// How many leases this owner holds in a store of this process.
-    held_here: AtomicUsize,
     /// One FIFO queue per key that has local waiters; the task holding the
     /// gate is the only one talking to the store for that key.
     gates: DashMap<SmolStr, Arc<Gate>, KeyHasher>,
@@ -106,11 +104,10 @@ type Gate = tokio::sync::Mutex<()>;
 impl LockerInner {
     /// Takes a released lease out of this owner's records.
     pub(crate) fn forget(&self, held: &HeldLease) {
+        // A store in this process forgets the holder with the lease.
         if held.listed.load(Ordering::Acquire) {
             self.held
                 .remove_if(&*held.key, |_, current| std::ptr::eq(&**current, held));
-        } else {
-            self.held_here.fetch_sub(1, Ordering::AcqRel);
         }
     }
 }
@@ -145,7 +142,6 @@ impl Locker {
                 backend,
                 id: OWNERS.fetch_add(1, Ordering::Relaxed),
                 held: DashMap::default(),
-                held_here: AtomicUsize::new(0),
                 gates: DashMap::default(),
                 queued: AtomicUsize::new(0),
                 renewals: Renewals::default(),
@@ -189,7 +185,12 @@ impl Locker {
 
     /// How many keys this locker (with its clones) holds, by its own records.
     pub fn held_count(&self) -> usize {
-        self.inner.held.len() + self.inner.held_here.load(Ordering::Acquire)
+        let id = self.inner.id;
+        let here = self
+            .inner
+            .backend
+            .count_holders_now(&|holder| holder.0.owner == id && !holder.0.is_released());
+        self.inner.held.len() + here.unwrap_or(0)
     }
 
     /// How many leases of this locker wait for their next renewal (see
@@ -469,20 +470,18 @@ impl Locker {
         // A store in this process answers on the spot, keeps `held` with the
         // lease, and needs no runtime to release either; only renewal, or a
         // store behind I/O, does.
-        // Counted before the store can hand the lease to a `release(key)`.
-        let mut counted = Some(Counted::new(&self.inner.held_here));
         let holder = Holder(held.clone());
         let here = self
             .inner
             .backend
             .try_acquire_now(key, token, ttl, sent_at, holder);
+        let local = here.is_some();
         let (outcome, runtime) = match here {
             Some(outcome) => {
                 let runtime = self.auto_renew.then(current_runtime).transpose()?;
                 (outcome?, runtime)
             }
             None => {
-                counted = None;
                 let runtime = current_runtime()?;
                 (
                     self.request(&runtime, key, token, ttl).await?,
@@ -493,9 +492,7 @@ impl Locker {
         match outcome {
             Attempt::Acquired { fence, revision } => {
                 held.granted(fence, revision);
-                if let Some(counted) = counted {
-                    counted.keep();
-                } else {
+                if !local {
                     held.listed.store(true, Ordering::Release);
                     if let Some(stale) = self.inner.held.insert(key.clone(), held.clone()) {
                         // The store granted the key again, so the earlier
@@ -595,28 +592,6 @@ struct Refused {
     remaining: Option<Duration>,
     /// Whether the store queued the caller (see [`Attempt::Queued`]).
     queued: bool,
-}
-
-/// One more lease in an owner's count, taken back on drop unless kept.
-struct Counted<'a>(Option<&'a AtomicUsize>);
-
-impl<'a> Counted<'a> {
-    fn new(count: &'a AtomicUsize) -> Self {
-        count.fetch_add(1, Ordering::AcqRel);
-        Counted(Some(count))
-    }
-
-    fn keep(mut self) {
-        self.0 = None;
-    }
-}
-
-impl Drop for Counted<'_> {
-    fn drop(&mut self) {
-        if let Some(count) = self.0 {
-            count.fetch_sub(1, Ordering::AcqRel);
-        }
-    }
 }
 
 /// A place in a key's local queue; the queue's entry goes with its last

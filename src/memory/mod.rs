@@ -264,6 +264,18 @@ impl Backend for MemoryBackend {
         }
     }
 
+    fn count_holders_now(&self, counted: &dyn Fn(&Holder) -> bool) -> Option<usize> {
+        match &*self.inner {
+            Inner::Standalone(s) => Some(
+                s.shards
+                    .iter()
+                    .map(|shard| lock(shard).count_holders(counted))
+                    .sum(),
+            ),
+            Inner::Replicated(_) => None,
+        }
+    }
+
     fn release_now(
         &self,
         key: &str,

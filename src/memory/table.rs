@@ -147,6 +147,12 @@ impl<T> Table<T> {
         self.entries.len()
     }
 
+    /// How many entries keep a holder that satisfies `counted`.
+    pub(crate) fn count_holders(&self, counted: &dyn Fn(&Holder) -> bool) -> usize {
+        let kept = self.entries.iter().filter_map(|e| e.holder.as_ref());
+        kept.filter(|holder| counted(holder)).count()
+    }
+
     /// The holder kept with the lease on `key`, live or run out.
     pub(crate) fn holder_hashed(&self, key: &str, hash: u64) -> Option<Holder> {
         self.entries.find(hash, |e| e.key == key)?.holder.clone()
