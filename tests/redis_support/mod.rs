@@ -186,7 +186,11 @@ pub const MASTER_NAME: &str = "mymaster";
 
 impl SentinelGroup {
     pub fn start() -> SentinelGroup {
-        let master = Tied::start(free_port(), Vec::new());
+        SentinelGroup::watch(Tied::start(free_port(), Vec::new()), 2000)
+    }
+
+    /// A Sentinel that declares `master` down after `down_after_ms`.
+    pub fn watch(master: Tied, down_after_ms: u64) -> SentinelGroup {
         let port = free_port();
         let dir = master.dir.join(format!("sentinel-{port}"));
         std::fs::create_dir_all(&dir).expect("sentinel dir");
@@ -194,7 +198,7 @@ impl SentinelGroup {
         std::fs::write(
             &conf,
             format!(
-                "port {port}\nbind 127.0.0.1\ndir {}\nsentinel monitor {MASTER_NAME} 127.0.0.1 {} 1\nsentinel down-after-milliseconds {MASTER_NAME} 2000\n",
+                "port {port}\nbind 127.0.0.1\ndir {}\nsentinel monitor {MASTER_NAME} 127.0.0.1 {} 1\nsentinel down-after-milliseconds {MASTER_NAME} {down_after_ms}\n",
                 dir.display(),
                 master.port
             ),
