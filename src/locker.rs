@@ -484,7 +484,9 @@ impl Locker {
             None => {
                 let runtime = current_runtime()?;
                 (
-                    self.request(&runtime, key, token, ttl).await?,
+                    // Boxed: the in-process path should not carry (and
+                    // move) the state of a request it never makes.
+                    Box::pin(self.request(&runtime, key, token, ttl)).await?,
                     Some(runtime),
                 )
             }

@@ -210,7 +210,11 @@ impl<T: Stamp> Table<T> {
         }
         let fence = fence(&mut self.fences);
         let entry = Entry {
-            key: SmolStr::new(key),
+            // The holder's copy of the key, when there is one, is the same
+            // key: cloning it skips building another.
+            key: holder
+                .as_ref()
+                .map_or_else(|| SmolStr::new(key), |holder| holder.0.key.clone()),
             hash,
             token,
             fence,
