@@ -183,7 +183,22 @@ impl Locker {
         &self.inner.backend
     }
 
-    /// How many keys this locker (with its clones) holds, by its own records.
+    /// How many keys this locker (with its clones) holds, by its own records
+    /// (leases it has not released, including any that ran out). For a store
+    /// in this process that means a walk over the store, which keeps the
+    /// records with the leases: a diagnostic, not for a hot path.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), tower_lock::LockError> {
+    /// let locker = tower_lock::Locker::in_memory();
+    /// let guard = locker.acquire("k", std::time::Duration::from_secs(5)).await?;
+    /// assert_eq!(locker.held_count(), 1);
+    /// guard.release().await?;
+    /// assert_eq!(locker.held_count(), 0);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn held_count(&self) -> usize {
         let id = self.inner.id;
         let here = self
