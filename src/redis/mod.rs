@@ -59,6 +59,10 @@
 //! asynchronously, so after a failover a counter may lag its last value; the
 //! same failover can also lose a held lock, as with any single-Redis lock.
 //!
+//! A waiter queue exists only while backends wait: Redis drops a list when
+//! its last entry is popped. The id of a backend that died while queued
+//! stays until a release pops it (about 40 bytes).
+//!
 //! # Examples
 //!
 //! ```no_run
