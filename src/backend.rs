@@ -83,7 +83,7 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicUsize, Ordering},
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use tokio::sync::watch;
@@ -147,10 +147,10 @@ pub trait Backend: fmt::Debug + Send + Sync + 'static {
     /// `try_acquire`". A synchronous answer needs no future, and can not be
     /// cancelled half-way.
     ///
-    /// `now` is the caller's reading of this process's monotonic clock,
-    /// taken just before the call: a store in the same process shares that
-    /// clock, and starting the lease at the very instant the holder counts
-    /// from keeps the two in step without a second reading.
+    /// The store starts the lease by its own clock. The caller measures its
+    /// view of the lease from a reading of the process's monotonic clock
+    /// taken before the call, so the holder never counts on a lease the
+    /// store has ended.
     ///
     /// A store that grants the lease keeps `holder` with it until the lease
     /// leaves the store, and gives it back from
@@ -161,10 +161,9 @@ pub trait Backend: fmt::Debug + Send + Sync + 'static {
         key: &str,
         token: Token,
         ttl: Duration,
-        now: Instant,
         holder: Holder,
     ) -> Option<Result<Attempt, LockError>> {
-        let _ = (key, token, ttl, now, holder);
+        let _ = (key, token, ttl, holder);
         None
     }
 
@@ -189,13 +188,8 @@ pub trait Backend: fmt::Debug + Send + Sync + 'static {
     /// Answers [`release`](Self::release) on the spot, like
     /// [`try_acquire_now`](Self::try_acquire_now). It also lets a guard
     /// dropped outside any runtime release at once.
-    fn release_now(
-        &self,
-        key: &str,
-        lease: &Lease,
-        now: Instant,
-    ) -> Option<Result<bool, LockError>> {
-        let _ = (key, lease, now);
+    fn release_now(&self, key: &str, lease: &Lease) -> Option<Result<bool, LockError>> {
+        let _ = (key, lease);
         None
     }
 }
@@ -233,10 +227,9 @@ impl<B: Backend + ?Sized> Backend for Arc<B> {
         key: &str,
         token: Token,
         ttl: Duration,
-        now: Instant,
         holder: Holder,
     ) -> Option<Result<Attempt, LockError>> {
-        (**self).try_acquire_now(key, token, ttl, now, holder)
+        (**self).try_acquire_now(key, token, ttl, holder)
     }
 
     fn holder_now(&self, key: &str) -> Option<Option<Holder>> {
@@ -247,13 +240,8 @@ impl<B: Backend + ?Sized> Backend for Arc<B> {
         (**self).count_holders_now(counted)
     }
 
-    fn release_now(
-        &self,
-        key: &str,
-        lease: &Lease,
-        now: Instant,
-    ) -> Option<Result<bool, LockError>> {
-        (**self).release_now(key, lease, now)
+    fn release_now(&self, key: &str, lease: &Lease) -> Option<Result<bool, LockError>> {
+        (**self).release_now(key, lease)
     }
 }
 

@@ -16,6 +16,7 @@ use tokio::{runtime::Handle, sync::Notify, time::Instant};
 use crate::{
     BACKOFF_START, LockError,
     backend::{Lease, Token},
+    clock::Tick,
     locker::LockerInner,
     renewal::Slot,
     run_to_end::RunToEnd,
@@ -114,20 +115,70 @@ pub(crate) struct HeldLease {
 struct LeaseStatus {
     /// Measured from before the request that granted or renewed the lease
     /// was sent, so the holder never believes in a lease the store has ended.
-    deadline: Instant,
+    deadline: Deadline,
     /// Lost, or released: the holder can no longer count on the lock.
     over: bool,
 }
 
+/// When a lease ends, on the clock its store is judged by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Deadline {
+    /// A store in this process: the coarse clock the store reads too (see
+    /// [`clock`](crate::clock)), so both see the lease end at one reading.
+    Coarse(Tick),
+    /// A store behind I/O: the precise clock (tokio's, so that tests can
+    /// pause it).
+    Precise(Instant),
+}
+
+impl Deadline {
+    /// Now, on the coarse clock.
+    pub(crate) fn coarse_now() -> Self {
+        Deadline::Coarse(Tick::now())
+    }
+
+    /// Now, on the same clock as `self`.
+    fn now_alike(self) -> Self {
+        match self {
+            Deadline::Coarse(_) => Deadline::coarse_now(),
+            Deadline::Precise(_) => Deadline::Precise(Instant::now()),
+        }
+    }
+
+    /// `ttl` after `self`. Leases are bounded by `MAX_TTL`, far inside both
+    /// clocks' range; past it, the lease is taken to end at once, which can
+    /// only make its holder more careful.
+    fn plus(self, ttl: Duration) -> Self {
+        match self {
+            Deadline::Coarse(at) => Deadline::Coarse(at.after(ttl).unwrap_or(at)),
+            Deadline::Precise(at) => Deadline::Precise(at.checked_add(ttl).unwrap_or(at)),
+        }
+    }
+
+    /// How long until the deadline; zero once it has passed.
+    fn remaining(self) -> Duration {
+        match self {
+            Deadline::Coarse(at) => at.remaining(),
+            Deadline::Precise(at) => at.saturating_duration_since(Instant::now()),
+        }
+    }
+}
+
+/// After a timer has run out a lease that the coarse clock does not see over
+/// yet, `lost()` checks again this many times, a millisecond apart (more than
+/// the clock can lag), then trusts the timer: a paused test clock moves
+/// tokio's timers but not the coarse clock.
+const COARSE_LAG_CHECKS: u32 = 12;
+
 impl HeldLease {
-    /// A lease about to be asked for; [`granted`](Self::granted) completes
-    /// it.
+    /// A lease about to be asked for, from `start` (read before the store
+    /// is); [`granted`](Self::granted) completes it.
     pub(crate) fn new(
         key: SmolStr,
         token: Token,
         owner: u64,
         ttl: Duration,
-        sent_at: Instant,
+        start: Deadline,
     ) -> Self {
         HeldLease {
             key,
@@ -138,7 +189,7 @@ impl HeldLease {
             ttl_nanos: AtomicU64::new(nanos(ttl)),
             revision: AtomicU64::new(0),
             status: Mutex::new(LeaseStatus {
-                deadline: sent_at + ttl,
+                deadline: start.plus(ttl),
                 over: false,
             }),
             status_changed: Notify::new(),
@@ -147,6 +198,13 @@ impl HeldLease {
             renewal: Mutex::new(None),
             renews: AtomicBool::new(false),
         }
+    }
+
+    /// Measures the lease from `start` instead, on its clock: for a request
+    /// that turned out to need I/O.
+    pub(crate) fn restart(&self, start: Deadline) {
+        let ttl = self.ttl();
+        self.update_status(|status| status.deadline = start.plus(ttl));
     }
 
     /// Records what the store granted.
@@ -221,8 +279,7 @@ impl HeldLease {
         if !self.op.release_now()? {
             return Some(Err(LockError::NotHeld));
         }
-        let now = std::time::Instant::now();
-        let Some(outcome) = locker.backend.release_now(&self.key, &self.lease(), now) else {
+        let Some(outcome) = locker.backend.release_now(&self.key, &self.lease()) else {
             // A store that granted on the spot releases on the spot; were it
             // not to, the release goes the async way.
             self.op.unrelease();
@@ -293,15 +350,14 @@ impl HeldLease {
             Ok(()) => Instant::now() + period,
             Err(LockError::Lost | LockError::NotHeld) => return,
             Err(err) => {
-                let deadline = self.status().deadline;
-                if Instant::now() >= deadline {
+                let left = self.status().deadline.remaining();
+                if left.is_zero() {
                     self.end();
                     tracing::warn!(key = %self.key, error = %err, "lease lost: renewal failed until it ran out");
                     return;
                 }
                 tracing::warn!(key = %self.key, error = %err, "lease renewal failed; retrying");
                 // Retry well before the lease runs out, but never in a spin.
-                let left = deadline.saturating_duration_since(Instant::now());
                 Instant::now() + (period.min(left) / 2).max(BACKOFF_START)
             }
         };
@@ -319,12 +375,12 @@ impl HeldLease {
         let Some(_op) = self.op.begin().await else {
             return Err(LockError::NotHeld);
         };
-        let sent_at = Instant::now();
+        let start = self.status().deadline.now_alike();
         match locker.backend.extend(&self.key, &self.lease(), ttl).await? {
             Some(revision) => {
                 self.revision.store(revision, Ordering::Release);
                 self.ttl_nanos.store(nanos(ttl), Ordering::Release);
-                self.update_status(|status| status.deadline = sent_at + ttl);
+                self.update_status(|status| status.deadline = start.plus(ttl));
                 Ok(())
             }
             None => {
@@ -369,7 +425,7 @@ impl HeldLease {
             return true;
         }
         let status = self.status();
-        status.over || Instant::now() >= status.deadline
+        status.over || status.deadline.remaining().is_zero()
     }
 }
 
@@ -552,20 +608,30 @@ impl LockGuard {
                 return;
             };
             let _watching = Watching::new(&held);
+            // The deadline a timer has already run out, and the checks left
+            // before that timer is trusted (see `COARSE_LAG_CHECKS`).
+            let mut timed_out = None;
+            let mut lag_checks = COARSE_LAG_CHECKS;
             loop {
                 // `notify_waiters` reaches a `Notified` from its creation, so
                 // a change between the read below and the wait is not missed.
                 let changed = held.status_changed.notified();
                 let LeaseStatus { deadline, over } = held.status();
-                if over || held.is_released() {
+                let left = deadline.remaining();
+                if over || held.is_released() || left.is_zero() {
                     return;
                 }
-                tokio::select! {
-                    () = tokio::time::sleep_until(deadline) => {
-                        if held.status().deadline <= deadline {
-                            return;
-                        }
+                let pause = if timed_out == Some(deadline) {
+                    if lag_checks == 0 {
+                        return;
                     }
+                    lag_checks -= 1;
+                    Duration::from_millis(1)
+                } else {
+                    left
+                };
+                tokio::select! {
+                    () = tokio::time::sleep(pause) => timed_out = Some(deadline),
                     () = changed => {}
                 }
             }

@@ -79,6 +79,7 @@
 
 pub mod backend;
 pub mod bus;
+mod clock;
 mod error;
 mod guard;
 mod key;

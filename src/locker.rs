@@ -18,7 +18,7 @@ use tracing::Instrument;
 use crate::{
     LockError, LockGuard,
     backend::{Attempt, Backend, Holder, Lease, Subscription, Token},
-    guard::HeldLease,
+    guard::{Deadline, HeldLease},
     key::{validate_key, validate_ttl},
     memory::{KeyHasher, MemoryBackend},
     renewal::Renewals,
@@ -474,29 +474,33 @@ impl Locker {
         ttl: Duration,
     ) -> Result<Result<LockGuard, Refused>, LockError> {
         let token = Token::new();
-        let sent_at = std::time::Instant::now();
+        // Read before the store reads its own clock: the holder's lease never
+        // outlasts the store's.
         let held = Arc::new(HeldLease::new(
             key.clone(),
             token,
             self.inner.id,
             ttl,
-            sent_at.into(),
+            Deadline::coarse_now(),
         ));
         // A store in this process answers on the spot, keeps `held` with the
         // lease, and needs no runtime to release either; only renewal, or a
         // store behind I/O, does.
         let holder = Holder(held.clone());
-        let here = self
-            .inner
-            .backend
-            .try_acquire_now(key, token, ttl, sent_at, holder);
+        let here = self.inner.backend.try_acquire_now(key, token, ttl, holder);
         let local = here.is_some();
+        // When the request went out, for a store behind I/O.
+        let mut sent_at = None;
         let (outcome, runtime) = match here {
             Some(outcome) => {
                 let runtime = self.auto_renew.then(current_runtime).transpose()?;
                 (outcome?, runtime)
             }
             None => {
+                // A store behind I/O is measured on the precise clock.
+                let now = Instant::now();
+                held.restart(Deadline::Precise(now));
+                sent_at = Some(now);
                 let runtime = current_runtime()?;
                 (
                     // Boxed: the in-process path should not carry (and
@@ -518,7 +522,8 @@ impl Locker {
                     }
                 }
                 if let Some(runtime) = runtime.as_ref().filter(|_| self.auto_renew) {
-                    held.start_renewal(&self.inner, runtime, sent_at.into());
+                    let start = sent_at.unwrap_or_else(Instant::now);
+                    held.start_renewal(&self.inner, runtime, start);
                 }
                 tracing::debug!(%key, fence, "lock acquired");
                 Ok(Ok(LockGuard::new(held, self.inner.clone(), runtime)))

@@ -19,6 +19,35 @@ mod standalone {
     }
 
     crate::conformance_suite!(async { Standalone(MemoryBackend::new()) });
+
+    /// The store and its holders judge leases by a coarse clock; the holder
+    /// reads it first, so at no moment may the store hand the key to someone
+    /// else while the holder still counts on its lease.
+    #[tokio::test]
+    async fn the_store_never_ends_a_lease_its_holder_still_counts_on() {
+        use std::time::Duration;
+
+        let backend = MemoryBackend::new();
+        let (holder, other) = (Locker::new(backend.clone()), Locker::new(backend));
+        let ttl = Duration::from_millis(7);
+        // Rounds start at different phases of the clock's tick.
+        for round in 0..25 {
+            let guard = holder.acquire("k", ttl).await.expect("acquire");
+            let taken = loop {
+                if let Some(taken) = other.try_lock("k", ttl).await.expect("try_lock") {
+                    break taken;
+                }
+                tokio::task::yield_now().await;
+            };
+            assert!(
+                guard.is_lost(),
+                "round {round}: the store granted the key again while its holder \
+                 still counted on its lease"
+            );
+            drop((guard, taken));
+            tokio::time::sleep(Duration::from_micros(300 * round)).await;
+        }
+    }
 }
 
 mod over_bus {

@@ -39,7 +39,7 @@ use std::{
     fmt,
     hash::BuildHasher,
     sync::{Arc, Mutex, MutexGuard},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use self::table::count_fence;
@@ -49,6 +49,7 @@ use crate::{
     LockError,
     backend::{Attempt, Backend, Holder, Lease, Subscription, Token, WakeRegistry},
     bus::Bus,
+    clock::Tick,
     key::validate_ttl,
 };
 
@@ -67,7 +68,7 @@ enum Inner {
 }
 
 struct Standalone {
-    shards: Box<[Mutex<Table<Instant>>]>,
+    shards: Box<[Mutex<Table<Tick>>]>,
     hasher: KeyHasher,
     wakeups: WakeRegistry,
 }
@@ -150,7 +151,7 @@ impl Standalone {
     /// The key's hash and its shard, locked. One hash serves both the shard
     /// and the table inside it: bits 32 and up pick the shard, which the
     /// table's own probing (low bits, and the top seven) leaves alone.
-    fn shard(&self, key: &str) -> (u64, MutexGuard<'_, Table<Instant>>) {
+    fn shard(&self, key: &str) -> (u64, MutexGuard<'_, Table<Tick>>) {
         let hash = self.hasher.hash_one(key);
         let index = (hash >> 32) as usize % SHARDS;
         (hash, lock(&self.shards[index]))
@@ -161,11 +162,10 @@ impl Standalone {
         key: &str,
         token: Token,
         ttl: Duration,
-        now: Instant,
         holder: Option<Holder>,
     ) -> Attempt {
         let (hash, mut shard) = self.shard(key);
-        shard.try_acquire_hashed(key, hash, token, ttl, now, count_fence, holder)
+        shard.try_acquire_hashed(key, hash, token, ttl, Tick::now(), count_fence, holder)
     }
 
     fn holder(&self, key: &str) -> Option<Holder> {
@@ -175,12 +175,12 @@ impl Standalone {
 
     fn extend(&self, key: &str, lease: &Lease, ttl: Duration) -> Option<u64> {
         let (hash, mut shard) = self.shard(key);
-        shard.extend_hashed(key, hash, lease, ttl, Instant::now())
+        shard.extend_hashed(key, hash, lease, ttl, Tick::now())
     }
 
-    fn release(&self, key: &str, lease: &Lease, now: Instant) -> bool {
+    fn release(&self, key: &str, lease: &Lease) -> bool {
         let (hash, mut shard) = self.shard(key);
-        let released = shard.release_hashed(key, hash, lease, now);
+        let released = shard.release_hashed(key, hash, lease, Tick::now());
         drop(shard);
         match released {
             Released::Held => {
@@ -205,7 +205,7 @@ impl Backend for MemoryBackend {
         match &*self.inner {
             Inner::Standalone(s) => {
                 validate_ttl(ttl)?;
-                Ok(s.try_acquire(key, token, ttl, Instant::now(), None))
+                Ok(s.try_acquire(key, token, ttl, None))
             }
             Inner::Replicated(r) => r.try_acquire(key, token, ttl).await,
         }
@@ -228,7 +228,7 @@ impl Backend for MemoryBackend {
 
     async fn release(&self, key: &str, lease: &Lease) -> Result<bool, LockError> {
         match &*self.inner {
-            Inner::Standalone(s) => Ok(s.release(key, lease, Instant::now())),
+            Inner::Standalone(s) => Ok(s.release(key, lease)),
             Inner::Replicated(r) => r.release(key, lease).await,
         }
     }
@@ -245,12 +245,11 @@ impl Backend for MemoryBackend {
         key: &str,
         token: Token,
         ttl: Duration,
-        now: Instant,
         holder: Holder,
     ) -> Option<Result<Attempt, LockError>> {
         match &*self.inner {
             Inner::Standalone(s) => {
-                Some(validate_ttl(ttl).map(|()| s.try_acquire(key, token, ttl, now, Some(holder))))
+                Some(validate_ttl(ttl).map(|()| s.try_acquire(key, token, ttl, Some(holder))))
             }
             // A replica's answer comes back over the bus.
             Inner::Replicated(_) => None,
@@ -276,14 +275,9 @@ impl Backend for MemoryBackend {
         }
     }
 
-    fn release_now(
-        &self,
-        key: &str,
-        lease: &Lease,
-        now: Instant,
-    ) -> Option<Result<bool, LockError>> {
+    fn release_now(&self, key: &str, lease: &Lease) -> Option<Result<bool, LockError>> {
         match &*self.inner {
-            Inner::Standalone(s) => Some(Ok(s.release(key, lease, now))),
+            Inner::Standalone(s) => Some(Ok(s.release(key, lease))),
             Inner::Replicated(_) => None,
         }
     }

@@ -5,11 +5,7 @@
 //! stamp of the event being applied, so every replica decides every expiry
 //! the same way.
 
-use std::{
-    fmt,
-    hash::BuildHasher,
-    time::{Duration, Instant},
-};
+use std::{fmt, hash::BuildHasher, time::Duration};
 
 use hashbrown::HashTable;
 use smol_str::SmolStr;
@@ -17,6 +13,7 @@ use smol_str::SmolStr;
 use crate::{
     backend::{Attempt, Holder, Lease, Token},
     bus::{Command, Event},
+    clock::Tick,
 };
 
 /// Keys may come from HTTP requests, so the hasher is seeded per process;
@@ -24,8 +21,7 @@ use crate::{
 pub(crate) type KeyHasher = foldhash::quality::RandomState;
 
 /// A point in time as a table judges it: the bus's stamps for replicas, the
-/// process's monotonic clock for the standalone table (compared as is, with
-/// no conversion on the hot path).
+/// process's coarse monotonic clock ([`Tick`]) for the standalone table.
 pub(crate) trait Stamp: Copy + Ord + fmt::Debug {
     /// `ttl` later; `None` past what the type can hold.
     fn after(self, ttl: Duration) -> Option<Self>;
@@ -43,13 +39,13 @@ impl Stamp for Duration {
     }
 }
 
-impl Stamp for Instant {
+impl Stamp for Tick {
     fn after(self, ttl: Duration) -> Option<Self> {
-        self.checked_add(ttl)
+        Tick::after(self, ttl)
     }
 
     fn until(self, later: Self) -> Duration {
-        later.saturating_duration_since(self)
+        Tick::until(self, later)
     }
 }
 
