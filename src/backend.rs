@@ -77,11 +77,12 @@
 //! ```
 
 use std::{
+    cell::Cell,
     collections::HashMap,
     fmt,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -257,8 +258,12 @@ impl fmt::Debug for Holder {
     }
 }
 
-/// The random identity of one acquisition (a UUID v4), stored as the lock's
-/// value so that only its holder can extend or release it.
+/// The identity of one acquisition, stored as the lock's value so that only
+/// its holder can extend or release it.
+///
+/// [`Locker`](crate::Locker) sends stores behind I/O a random one (a UUID
+/// v4, [`Token::new`]); [`Backend::try_acquire_now`] gets one that is unique
+/// within the process, which is all a store inside it needs.
 ///
 /// ```
 /// use tower_lock::backend::Token;
@@ -274,6 +279,33 @@ impl Token {
     /// A fresh random token.
     pub fn new() -> Self {
         Token(Uuid::new_v4())
+    }
+
+    /// A token for a store inside this process, where it only has to be
+    /// unique within the process: a number per thread and a count, as a
+    /// UUID of version 8 (so never equal to a [`new`](Self::new) one).
+    /// Drawing 122 random bits costs an uncontended in-memory lock more than
+    /// the rest of making its lease.
+    pub(crate) fn in_process() -> Self {
+        /// Numbers threads in the order they first take a token.
+        static THREADS: AtomicU64 = AtomicU64::new(0);
+        thread_local! {
+            static NEXT: Cell<Option<(u64, u64)>> = const { Cell::new(None) };
+        }
+        let (thread, count) = NEXT.with(|next| {
+            let (thread, count) = next
+                .get()
+                .unwrap_or_else(|| (THREADS.fetch_add(1, Ordering::Relaxed), 0));
+            next.set(Some((thread, count.wrapping_add(1))));
+            (thread, count)
+        });
+        // The version takes the high half of byte 6 and the variant the top
+        // two bits of byte 8: the thread's number (below 2^48) goes before
+        // them, and the count (below 2^62) after.
+        let mut bytes = [0; 16];
+        bytes[..6].copy_from_slice(&thread.to_be_bytes()[2..]);
+        bytes[8..].copy_from_slice(&count.to_be_bytes());
+        Token(uuid::Builder::from_custom_bytes(bytes).into_uuid())
     }
 
     /// The token as a UUID.
@@ -537,6 +569,29 @@ impl Drop for Registration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn in_process_tokens_are_unique_across_threads_and_apart_from_random_ones() {
+        let per_thread = 1000;
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                std::thread::spawn(move || {
+                    (0..per_thread)
+                        .map(|_| Token::in_process())
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let mut seen = std::collections::HashSet::new();
+        for thread in threads {
+            for token in thread.join().expect("thread") {
+                assert_eq!(token.as_uuid().get_version_num(), 8);
+                assert!(seen.insert(token), "{token} was handed out twice");
+            }
+        }
+        assert_eq!(seen.len(), 4 * per_thread);
+        assert_eq!(Token::new().as_uuid().get_version_num(), 4);
+    }
 
     #[tokio::test]
     async fn notify_before_wait_is_not_lost() {

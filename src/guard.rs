@@ -4,8 +4,8 @@ use std::{
     fmt,
     future::Future,
     sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering},
+        Arc, Mutex, OnceLock,
+        atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -57,10 +57,9 @@ use crate::{
 #[must_use = "if unused the lock is released at once"]
 #[clippy::has_significant_drop]
 pub struct LockGuard {
-    /// `None` once [`release`](Self::release) has taken over.
+    /// `None` once [`release`](Self::release) or the drop has taken over,
+    /// which consume the guard: always there for its public methods.
     parts: Option<Parts>,
-    key: SmolStr,
-    fence: u64,
 }
 
 struct Parts {
@@ -95,20 +94,31 @@ pub(crate) struct HeldLease {
     ttl_nanos: AtomicU64,
     revision: AtomicU64,
     status: Mutex<LeaseStatus>,
-    /// Wakes `lost()` futures when the status changes.
-    status_changed: Notify,
     /// How many `lost()` futures watch: a change nobody watches skips the
     /// notification, which the uncontended release would otherwise pay.
-    watchers: AtomicUsize,
-    /// Serialises renewals with the release, so that a release always sees
-    /// the revision of the last extension and never races one in flight;
-    /// and says whether the lease was released.
+    watchers: AtomicU32,
+    /// Whether the lease is released, or an operation on it under way.
     op: OpState,
+    /// Whether it was ever scheduled for renewal: lets releases of leases
+    /// that do not renew skip the renewal slot's lock.
+    renews: AtomicBool,
+    /// Made on first use: most leases are taken and released without
+    /// anyone watching, renewing or waiting on them, and a lease that does
+    /// not carry these is built (and moved into its allocation) faster.
+    extras: OnceLock<Box<Extras>>,
+}
+
+/// The parts of a [`HeldLease`] that only some leases use.
+#[derive(Default)]
+struct Extras {
+    /// Wakes `lost()` futures when the status changes.
+    status_changed: Notify,
+    /// Serialises renewals with the release (FIFO), so that a release always
+    /// sees the revision of the last extension and never races one in
+    /// flight.
+    ops: tokio::sync::Mutex<()>,
     /// Where the lease waits in its locker's renewal schedule, if it does.
     renewal: Mutex<Option<Slot>>,
-    /// Whether it was ever scheduled: lets releases of leases that do not
-    /// renew skip the lock above.
-    renews: AtomicBool,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -192,19 +202,15 @@ impl HeldLease {
                 deadline: start.plus(ttl),
                 over: false,
             }),
-            status_changed: Notify::new(),
-            watchers: AtomicUsize::new(0),
+            watchers: AtomicU32::new(0),
             op: OpState::default(),
-            renewal: Mutex::new(None),
             renews: AtomicBool::new(false),
+            extras: OnceLock::new(),
         }
     }
 
-    /// Measures the lease from `start` instead, on its clock: for a request
-    /// that turned out to need I/O.
-    pub(crate) fn restart(&self, start: Deadline) {
-        let ttl = self.ttl();
-        self.update_status(|status| status.deadline = start.plus(ttl));
+    fn extras(&self) -> &Extras {
+        self.extras.get_or_init(Box::default)
     }
 
     /// Records what the store granted.
@@ -249,7 +255,10 @@ impl HeldLease {
     /// reads what was written before it.
     fn wake_watchers(&self) {
         if self.watchers.load(Ordering::SeqCst) > 0 {
-            self.status_changed.notify_waiters();
+            // A watcher makes the extras before it counts itself.
+            if let Some(extras) = self.extras.get() {
+                extras.status_changed.notify_waiters();
+            }
         }
     }
 
@@ -259,7 +268,7 @@ impl HeldLease {
         self: Arc<Self>,
         locker: Arc<LockerInner>,
     ) -> Result<(), LockError> {
-        let Some(op) = self.op.begin().await else {
+        let Some(op) = self.op.begin(&self.extras().ops).await else {
             return Err(LockError::NotHeld);
         };
         op.end_released();
@@ -329,14 +338,14 @@ impl HeldLease {
 
     pub(crate) fn set_renewal_slot(&self, slot: Option<Slot>) {
         self.renews.store(true, Ordering::Release);
-        *crate::sync::lock(&self.renewal) = slot;
+        *crate::sync::lock(&self.extras().renewal) = slot;
     }
 
     fn stop_renewal(&self, locker: &LockerInner) {
         if !self.renews.load(Ordering::Acquire) {
             return;
         }
-        let slot = crate::sync::lock(&self.renewal).take();
+        let slot = crate::sync::lock(&self.extras().renewal).take();
         if let Some(slot) = slot {
             locker.renewals.cancel(slot);
         }
@@ -372,7 +381,7 @@ impl HeldLease {
     }
 
     async fn extend(&self, locker: &LockerInner, ttl: Duration) -> Result<(), LockError> {
-        let Some(_op) = self.op.begin().await else {
+        let Some(_op) = self.op.begin(&self.extras().ops).await else {
             return Err(LockError::NotHeld);
         };
         let start = self.status().deadline.now_alike();
@@ -436,7 +445,6 @@ impl HeldLease {
 #[derive(Default)]
 struct OpState {
     state: AtomicU8,
-    queue: tokio::sync::Mutex<()>,
 }
 
 const IDLE: u8 = 0;
@@ -478,9 +486,10 @@ impl OpState {
             .compare_exchange(RELEASED, IDLE, Ordering::SeqCst, Ordering::SeqCst);
     }
 
-    /// Waits for the operations queued ahead; `None` once released.
-    async fn begin(&self) -> Option<Op<'_>> {
-        let queued = self.queue.lock().await;
+    /// Waits for the operations queued ahead on `queue` (the lease's only
+    /// one); `None` once released.
+    async fn begin<'a>(&'a self, queue: &'a tokio::sync::Mutex<()>) -> Option<Op<'a>> {
+        let queued = queue.lock().await;
         // Only queued operations mark the state busy, and each leaves it
         // before the queue moves on: it is idle or released here.
         self.state
@@ -512,6 +521,8 @@ struct Watching<'a>(&'a HeldLease);
 
 impl<'a> Watching<'a> {
     fn new(held: &'a HeldLease) -> Self {
+        // Made first, so that a waker that sees the count sees them.
+        held.extras();
         held.watchers.fetch_add(1, Ordering::SeqCst);
         Watching(held)
     }
@@ -530,8 +541,6 @@ impl LockGuard {
         runtime: Option<Handle>,
     ) -> Self {
         LockGuard {
-            key: held.key.clone(),
-            fence: held.fence(),
             parts: Some(Parts {
                 held,
                 locker,
@@ -542,12 +551,14 @@ impl LockGuard {
 
     /// The locked key.
     pub fn key(&self) -> &str {
-        &self.key
+        self.parts.as_ref().map_or("", |p| &p.held.key)
     }
 
     /// The key as a clone that shares the guard's storage.
     pub(crate) fn shared_key(&self) -> SmolStr {
-        self.key.clone()
+        self.parts
+            .as_ref()
+            .map_or_else(SmolStr::default, |p| p.held.key.clone())
     }
 
     /// The fencing token: strictly greater than the fence of every earlier
@@ -555,7 +566,7 @@ impl LockGuard {
     /// resource can refuse a write carrying a smaller fence than one it has
     /// already seen.
     pub fn fence(&self) -> u64 {
-        self.fence
+        self.parts.as_ref().map_or(0, |p| p.held.fence())
     }
 
     /// The lease length this lock was taken (and is renewed) with.
@@ -615,7 +626,7 @@ impl LockGuard {
             loop {
                 // `notify_waiters` reaches a `Notified` from its creation, so
                 // a change between the read below and the wait is not missed.
-                let changed = held.status_changed.notified();
+                let changed = held.extras().status_changed.notified();
                 let LeaseStatus { deadline, over } = held.status();
                 let left = deadline.remaining();
                 if over || held.is_released() || left.is_zero() {
@@ -717,8 +728,8 @@ impl Drop for LockGuard {
 impl fmt::Debug for LockGuard {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LockGuard")
-            .field("key", &self.key)
-            .field("fence", &self.fence)
+            .field("key", &self.key())
+            .field("fence", &self.fence())
             .field("lost", &self.is_lost())
             .finish()
     }

@@ -19,7 +19,7 @@ use crate::{
     LockError, LockGuard,
     backend::{Attempt, Backend, Holder, Lease, Subscription, Token},
     guard::{Deadline, HeldLease},
-    key::{validate_key, validate_ttl},
+    key::{owned_key, validate_key, validate_ttl},
     memory::{KeyHasher, MemoryBackend},
     renewal::Renewals,
     run_to_end::RunToEnd,
@@ -323,7 +323,7 @@ impl Locker {
     pub async fn try_lock(&self, key: &str, ttl: Duration) -> Result<Option<LockGuard>, LockError> {
         validate_key(key)?;
         validate_ttl(ttl)?;
-        let key = SmolStr::new(key);
+        let key = owned_key(key);
         Ok(self.attempt(&key, ttl).await?.ok())
     }
 
@@ -374,7 +374,7 @@ impl Locker {
     ) -> Result<LockGuard, LockError> {
         validate_key(key)?;
         validate_ttl(ttl)?;
-        let key = SmolStr::new(key);
+        let key = owned_key(key);
         let mut remaining = None;
         let mut seen_busy = false;
         // Nobody of ours is queued: try at once (queued waiters go first).
@@ -473,16 +473,14 @@ impl Locker {
         key: &SmolStr,
         ttl: Duration,
     ) -> Result<Result<LockGuard, Refused>, LockError> {
-        let token = Token::new();
-        // Read before the store reads its own clock: the holder's lease never
-        // outlasts the store's.
-        let held = Arc::new(HeldLease::new(
-            key.clone(),
-            token,
-            self.inner.id,
-            ttl,
-            Deadline::coarse_now(),
-        ));
+        // The clock is read before the store reads its own: the holder's
+        // lease never outlasts the store's.
+        let lease = |token, start| {
+            let lease = HeldLease::new(key.clone(), token, self.inner.id, ttl, start);
+            Arc::new(lease)
+        };
+        let token = Token::in_process();
+        let held = lease(token, Deadline::coarse_now());
         // A store in this process answers on the spot, keeps `held` with the
         // lease, and needs no runtime to release either; only renewal, or a
         // store behind I/O, does.
@@ -491,23 +489,23 @@ impl Locker {
         let local = here.is_some();
         // When the request went out, for a store behind I/O.
         let mut sent_at = None;
-        let (outcome, runtime) = match here {
+        let (held, outcome, runtime) = match here {
             Some(outcome) => {
                 let runtime = self.auto_renew.then(current_runtime).transpose()?;
-                (outcome?, runtime)
+                (held, outcome?, runtime)
             }
             None => {
-                // A store behind I/O is measured on the precise clock.
+                // A store behind I/O gets a random token, and its lease is
+                // measured on the precise clock.
+                let token = Token::new();
                 let now = Instant::now();
-                held.restart(Deadline::Precise(now));
+                let held = lease(token, Deadline::Precise(now));
                 sent_at = Some(now);
                 let runtime = current_runtime()?;
-                (
-                    // Boxed: the in-process path should not carry (and
-                    // move) the state of a request it never makes.
-                    Box::pin(self.request(&runtime, key, token, ttl)).await?,
-                    Some(runtime),
-                )
+                // Boxed: the in-process path should not carry (and move) the
+                // state of a request it never makes.
+                let outcome = Box::pin(self.request(&runtime, key, token, ttl)).await?;
+                (held, outcome, Some(runtime))
             }
         };
         match outcome {

@@ -14,6 +14,7 @@ use crate::{
     backend::{Attempt, Holder, Lease, Token},
     bus::{Command, Event},
     clock::Tick,
+    key::owned_key,
 };
 
 /// Keys may come from HTTP requests, so the hasher is seeded per process;
@@ -210,7 +211,7 @@ impl<T: Stamp> Table<T> {
             // key: cloning it skips building another.
             key: holder
                 .as_ref()
-                .map_or_else(|| SmolStr::new(key), |holder| holder.0.key.clone()),
+                .map_or_else(|| owned_key(key), |holder| holder.0.key.clone()),
             hash,
             token,
             fence,
