@@ -286,6 +286,7 @@ impl Token {
     /// UUID of version 8 (so never equal to a [`new`](Self::new) one).
     /// Drawing 122 random bits costs an uncontended in-memory lock more than
     /// the rest of making its lease.
+    #[inline]
     pub(crate) fn in_process() -> Self {
         /// Numbers threads in the order they first take a token.
         static THREADS: AtomicU64 = AtomicU64::new(0);

@@ -25,6 +25,7 @@ pub(crate) struct Tick(coarsetime::Instant);
 impl Tick {
     /// The clock now. Does not touch `coarsetime`'s process-wide cache of
     /// the last reading, which every thread would otherwise write to.
+    #[inline]
     pub(crate) fn now() -> Self {
         Tick(coarsetime::Instant::now_without_cache_update())
     }

@@ -92,8 +92,12 @@ pub(crate) struct HeldLease {
     /// The lease length of the last grant or extension, in nanoseconds:
     /// renewal keeps to what the holder last asked for.
     ttl_nanos: AtomicU64,
-    revision: AtomicU64,
-    status: Mutex<LeaseStatus>,
+    /// Measured from before the request that granted or renewed the lease
+    /// was sent, so the holder never believes in a lease the store has ended.
+    deadline: Mutex<Deadline>,
+    /// Lost: the holder can no longer count on the lock (a release says so
+    /// through `op`).
+    over: AtomicBool,
     /// How many `lost()` futures watch: a change nobody watches skips the
     /// notification, which the uncontended release would otherwise pay.
     watchers: AtomicU32,
@@ -109,7 +113,6 @@ pub(crate) struct HeldLease {
 }
 
 /// The parts of a [`HeldLease`] that only some leases use.
-#[derive(Default)]
 struct Extras {
     /// Wakes `lost()` futures when the status changes.
     status_changed: Notify,
@@ -119,16 +122,25 @@ struct Extras {
     ops: tokio::sync::Mutex<()>,
     /// Where the lease waits in its locker's renewal schedule, if it does.
     renewal: Mutex<Option<Slot>>,
+    /// The store's revision of the lease, where it differs from the fence
+    /// (stores with revisions of their own); [`SAME_AS_FENCE`] otherwise.
+    revision: AtomicU64,
 }
 
-#[derive(Clone, Copy, Debug)]
-struct LeaseStatus {
-    /// Measured from before the request that granted or renewed the lease
-    /// was sent, so the holder never believes in a lease the store has ended.
-    deadline: Deadline,
-    /// Lost, or released: the holder can no longer count on the lock.
-    over: bool,
+impl Default for Extras {
+    fn default() -> Self {
+        Extras {
+            status_changed: Notify::new(),
+            ops: tokio::sync::Mutex::new(()),
+            renewal: Mutex::new(None),
+            revision: AtomicU64::new(SAME_AS_FENCE),
+        }
+    }
 }
+
+/// The revision of a lease whose store gives its fence as its revision, as
+/// the in-memory store does: such a lease needs no extras to keep it.
+const SAME_AS_FENCE: u64 = u64::MAX;
 
 /// When a lease ends, on the clock its store is judged by.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -143,6 +155,7 @@ pub(crate) enum Deadline {
 
 impl Deadline {
     /// Now, on the coarse clock.
+    #[inline]
     pub(crate) fn coarse_now() -> Self {
         Deadline::Coarse(Tick::now())
     }
@@ -197,11 +210,8 @@ impl HeldLease {
             owner,
             listed: AtomicBool::new(false),
             ttl_nanos: AtomicU64::new(nanos(ttl)),
-            revision: AtomicU64::new(0),
-            status: Mutex::new(LeaseStatus {
-                deadline: start.plus(ttl),
-                over: false,
-            }),
+            deadline: Mutex::new(start.plus(ttl)),
+            over: AtomicBool::new(false),
             watchers: AtomicU32::new(0),
             op: OpState::default(),
             renews: AtomicBool::new(false),
@@ -216,7 +226,25 @@ impl HeldLease {
     /// Records what the store granted.
     pub(crate) fn granted(&self, fence: u64, revision: u64) {
         self.fence.store(fence, Ordering::Release);
-        self.revision.store(revision, Ordering::Release);
+        self.set_revision(revision);
+    }
+
+    fn set_revision(&self, revision: u64) {
+        // Extras made since would start from `SAME_AS_FENCE`: right only
+        // while the revision is the fence.
+        if revision != self.fence() || self.extras.get().is_some() {
+            self.extras().revision.store(revision, Ordering::Release);
+        }
+    }
+
+    fn revision(&self) -> u64 {
+        match self.extras.get() {
+            Some(extras) => match extras.revision.load(Ordering::Acquire) {
+                SAME_AS_FENCE => self.fence(),
+                revision => revision,
+            },
+            None => self.fence(),
+        }
     }
 
     pub(crate) fn is_released(&self) -> bool {
@@ -231,23 +259,28 @@ impl HeldLease {
         Lease {
             token: self.token,
             fence: self.fence(),
-            revision: self.revision.load(Ordering::Acquire),
+            revision: self.revision(),
         }
     }
 
-    /// Marks the lease as no longer to be counted on (lost or released).
+    /// Marks the lease as no longer to be counted on.
     pub(crate) fn end(&self) {
-        self.update_status(|status| status.over = true);
-    }
-
-    fn status(&self) -> LeaseStatus {
-        // A status is two plain fields, consistent at every step.
-        *crate::sync::lock(&self.status)
-    }
-
-    fn update_status(&self, update: impl FnOnce(&mut LeaseStatus)) {
-        update(&mut crate::sync::lock(&self.status));
+        self.over.store(true, Ordering::SeqCst);
         self.wake_watchers();
+    }
+
+    fn deadline(&self) -> Deadline {
+        *crate::sync::lock(&self.deadline)
+    }
+
+    fn set_deadline(&self, deadline: Deadline) {
+        *crate::sync::lock(&self.deadline) = deadline;
+        self.wake_watchers();
+    }
+
+    /// Lost or released.
+    fn is_over(&self) -> bool {
+        self.over.load(Ordering::SeqCst) || self.is_released()
     }
 
     /// Wakes `lost()` futures, if any watch. A watcher counts itself before
@@ -359,7 +392,7 @@ impl HeldLease {
             Ok(()) => Instant::now() + period,
             Err(LockError::Lost | LockError::NotHeld) => return,
             Err(err) => {
-                let left = self.status().deadline.remaining();
+                let left = self.deadline().remaining();
                 if left.is_zero() {
                     self.end();
                     tracing::warn!(key = %self.key, error = %err, "lease lost: renewal failed until it ran out");
@@ -384,12 +417,12 @@ impl HeldLease {
         let Some(_op) = self.op.begin(&self.extras().ops).await else {
             return Err(LockError::NotHeld);
         };
-        let start = self.status().deadline.now_alike();
+        let start = self.deadline().now_alike();
         match locker.backend.extend(&self.key, &self.lease(), ttl).await? {
             Some(revision) => {
-                self.revision.store(revision, Ordering::Release);
+                self.set_revision(revision);
                 self.ttl_nanos.store(nanos(ttl), Ordering::Release);
-                self.update_status(|status| status.deadline = start.plus(ttl));
+                self.set_deadline(start.plus(ttl));
                 Ok(())
             }
             None => {
@@ -426,15 +459,13 @@ impl HeldLease {
             Some(runtime) => runtime,
             None => Handle::try_current().map_err(LockError::unavailable)?,
         };
-        RunToEnd::new(runtime, self.release(locker), |_| async {}).await
+        // Boxed: a release on the spot should not carry (and move) the state
+        // of one through I/O.
+        Box::pin(RunToEnd::new(runtime, self.release(locker), |_| async {})).await
     }
 
     fn is_lost(&self) -> bool {
-        if self.is_released() {
-            return true;
-        }
-        let status = self.status();
-        status.over || status.deadline.remaining().is_zero()
+        self.is_over() || self.deadline().remaining().is_zero()
     }
 }
 
@@ -627,9 +658,9 @@ impl LockGuard {
                 // `notify_waiters` reaches a `Notified` from its creation, so
                 // a change between the read below and the wait is not missed.
                 let changed = held.extras().status_changed.notified();
-                let LeaseStatus { deadline, over } = held.status();
+                let deadline = held.deadline();
                 let left = deadline.remaining();
-                if over || held.is_released() || left.is_zero() {
+                if held.is_over() || left.is_zero() {
                     return;
                 }
                 let pause = if timed_out == Some(deadline) {

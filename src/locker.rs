@@ -473,68 +473,102 @@ impl Locker {
         key: &SmolStr,
         ttl: Duration,
     ) -> Result<Result<LockGuard, Refused>, LockError> {
-        // The clock is read before the store reads its own: the holder's
-        // lease never outlasts the store's.
-        let lease = |token, start| {
-            let lease = HeldLease::new(key.clone(), token, self.inner.id, ttl, start);
-            Arc::new(lease)
+        match self.attempt_here(key, ttl) {
+            Some(answer) => answer,
+            // Boxed: the in-process path should not carry (and move) the
+            // state of a request it never makes.
+            None => Box::pin(self.attempt_remote(key, ttl)).await,
+        }
+    }
+
+    /// A try at a store in this process, which answers on the spot, keeps
+    /// the lease's holder with the lease, and needs no runtime to release
+    /// either (only renewal does); `None` when the store needs I/O.
+    fn attempt_here(
+        &self,
+        key: &SmolStr,
+        ttl: Duration,
+    ) -> Option<Result<Result<LockGuard, Refused>, LockError>> {
+        let runtime = match self.auto_renew.then(current_runtime).transpose() {
+            Ok(runtime) => runtime,
+            Err(err) => return Some(Err(err)),
         };
         let token = Token::in_process();
-        let held = lease(token, Deadline::coarse_now());
-        // A store in this process answers on the spot, keeps `held` with the
-        // lease, and needs no runtime to release either; only renewal, or a
-        // store behind I/O, does.
+        // Read before the store reads its own clock: the holder's lease never
+        // outlasts the store's.
+        let start = Deadline::coarse_now();
+        let held = Arc::new(HeldLease::new(
+            key.clone(),
+            token,
+            self.inner.id,
+            ttl,
+            start,
+        ));
         let holder = Holder(held.clone());
-        let here = self.inner.backend.try_acquire_now(key, token, ttl, holder);
-        let local = here.is_some();
-        // When the request went out, for a store behind I/O.
-        let mut sent_at = None;
-        let (held, outcome, runtime) = match here {
-            Some(outcome) => {
-                let runtime = self.auto_renew.then(current_runtime).transpose()?;
-                (held, outcome?, runtime)
-            }
-            None => {
-                // A store behind I/O gets a random token, and its lease is
-                // measured on the precise clock.
-                let token = Token::new();
-                let now = Instant::now();
-                let held = lease(token, Deadline::Precise(now));
-                sent_at = Some(now);
-                let runtime = current_runtime()?;
-                // Boxed: the in-process path should not carry (and move) the
-                // state of a request it never makes.
-                let outcome = Box::pin(self.request(&runtime, key, token, ttl)).await?;
-                (held, outcome, Some(runtime))
-            }
+        let outcome = match self
+            .inner
+            .backend
+            .try_acquire_now(key, token, ttl, holder)?
+        {
+            Ok(outcome) => outcome,
+            Err(err) => return Some(Err(err)),
         };
-        match outcome {
+        Some(Ok(self.settle(held, outcome, runtime, None)))
+    }
+
+    /// A try at a store behind I/O: a random token, and a lease measured on
+    /// the precise clock from before the request.
+    async fn attempt_remote(
+        &self,
+        key: &SmolStr,
+        ttl: Duration,
+    ) -> Result<Result<LockGuard, Refused>, LockError> {
+        let runtime = current_runtime()?;
+        let token = Token::new();
+        let sent_at = Instant::now();
+        let start = Deadline::Precise(sent_at);
+        let held = Arc::new(HeldLease::new(
+            key.clone(),
+            token,
+            self.inner.id,
+            ttl,
+            start,
+        ));
+        let outcome = self.request(&runtime, key, token, ttl).await?;
+        let answer = self.settle(held.clone(), outcome, Some(runtime), Some(sent_at));
+        if answer.is_ok() {
+            held.listed.store(true, Ordering::Release);
+            if let Some(stale) = self.inner.held.insert(key.clone(), held) {
+                // The store granted the key again, so the earlier lease of
+                // ours on it has run out.
+                stale.supersede(&self.inner);
+            }
+        }
+        Ok(answer)
+    }
+
+    /// What a try came to: a guard over `held`, or the refusal.
+    fn settle(
+        &self,
+        held: Arc<HeldLease>,
+        outcome: Attempt,
+        runtime: Option<Handle>,
+        sent_at: Option<Instant>,
+    ) -> Result<LockGuard, Refused> {
+        let (remaining, queued) = match outcome {
             Attempt::Acquired { fence, revision } => {
                 held.granted(fence, revision);
-                if !local {
-                    held.listed.store(true, Ordering::Release);
-                    if let Some(stale) = self.inner.held.insert(key.clone(), held.clone()) {
-                        // The store granted the key again, so the earlier
-                        // lease of ours on it has run out.
-                        stale.supersede(&self.inner);
-                    }
-                }
                 if let Some(runtime) = runtime.as_ref().filter(|_| self.auto_renew) {
                     let start = sent_at.unwrap_or_else(Instant::now);
                     held.start_renewal(&self.inner, runtime, start);
                 }
-                tracing::debug!(%key, fence, "lock acquired");
-                Ok(Ok(LockGuard::new(held, self.inner.clone(), runtime)))
+                tracing::debug!(key = %held.key, fence, "lock acquired");
+                return Ok(LockGuard::new(held, self.inner.clone(), runtime));
             }
-            Attempt::Busy { remaining } => Ok(Err(Refused {
-                remaining,
-                queued: false,
-            })),
-            Attempt::Queued { remaining } => Ok(Err(Refused {
-                remaining,
-                queued: true,
-            })),
-        }
+            Attempt::Busy { remaining } => (remaining, false),
+            Attempt::Queued { remaining } => (remaining, true),
+        };
+        Err(Refused { remaining, queued })
     }
 
     /// A try that needs I/O. If the caller goes away mid-request, a lock it

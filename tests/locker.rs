@@ -234,6 +234,25 @@ fn a_guard_dropped_after_its_runtime_shut_down_does_not_panic() {
     assert_eq!(store.len(), 0);
 }
 
+#[test]
+fn a_renewing_locker_outside_any_runtime_refuses_before_it_takes_anything() {
+    let store = MemoryBackend::new();
+    let locker = Locker::new(store.clone()).auto_renew(true);
+    // Renewal needs a runtime; with none, the try must fail before the
+    // store grants a lock nobody would hold.
+    let mut attempt = std::pin::pin!(locker.try_lock("k", LONG));
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    let outcome = attempt.as_mut().poll(&mut cx);
+    assert!(
+        matches!(
+            outcome,
+            std::task::Poll::Ready(Err(LockError::Unavailable { .. }))
+        ),
+        "{outcome:?}"
+    );
+    assert_eq!(store.len(), 0, "the failed try left a lock in the store");
+}
+
 #[tokio::test]
 async fn locker_is_send_sync_clone_and_guard_is_send() {
     fn send_sync_clone<T: Send + Sync + Clone>() {}
