@@ -90,7 +90,7 @@ use std::{
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use crate::{LockError, guard::HeldLease};
+use crate::{LockError, pool::LeaseRef};
 
 /// A store that can hold leases on keys.
 ///
@@ -250,7 +250,7 @@ impl<B: Backend + ?Sized> Backend for Arc<B> {
 /// store, which only keeps it with the lease and hands it back from
 /// [`Backend::holder_now`].
 #[derive(Clone)]
-pub struct Holder(pub(crate) Arc<HeldLease>);
+pub struct Holder(pub(crate) LeaseRef);
 
 impl fmt::Debug for Holder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

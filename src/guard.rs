@@ -18,6 +18,7 @@ use crate::{
     backend::{Lease, Token},
     clock::Tick,
     locker::LockerInner,
+    pool::{self, LeaseRef},
     renewal::Slot,
     run_to_end::RunToEnd,
 };
@@ -63,7 +64,7 @@ pub struct LockGuard {
 }
 
 struct Parts {
-    held: Arc<HeldLease>,
+    held: LeaseRef,
     locker: Arc<LockerInner>,
     /// Where a release that needs I/O runs; `None` for stores in this
     /// process, which release on the spot.
@@ -297,17 +298,14 @@ impl HeldLease {
 
     /// Releases the lease in the store, once, whoever asks first (the guard,
     /// its drop, or [`Locker::release`](crate::Locker::release)).
-    pub(crate) async fn release(
-        self: Arc<Self>,
-        locker: Arc<LockerInner>,
-    ) -> Result<(), LockError> {
-        let Some(op) = self.op.begin(&self.extras().ops).await else {
+    pub(crate) async fn release(this: LeaseRef, locker: Arc<LockerInner>) -> Result<(), LockError> {
+        let Some(op) = this.op.begin(&this.extras().ops).await else {
             return Err(LockError::NotHeld);
         };
         op.end_released();
-        self.forget(&locker);
-        let outcome = locker.backend.release(&self.key, &self.lease()).await;
-        self.settle(outcome)
+        this.forget(&locker);
+        let outcome = locker.backend.release(&this.key, &this.lease()).await;
+        this.settle(outcome)
     }
 
     /// [`release`](Self::release) without a future, when the backend can
@@ -360,13 +358,13 @@ impl HeldLease {
     /// Keeps the lease alive until it is released or lost: renewed every
     /// third of its ttl by the locker's scheduler.
     pub(crate) fn start_renewal(
-        self: &Arc<Self>,
+        this: &LeaseRef,
         locker: &Arc<LockerInner>,
         runtime: &Handle,
         sent_at: Instant,
     ) {
-        let at = sent_at + self.ttl() / 3;
-        locker.renewals.schedule(self, at, locker, runtime);
+        let at = sent_at + this.ttl() / 3;
+        locker.renewals.schedule(this, at, locker, runtime);
     }
 
     pub(crate) fn set_renewal_slot(&self, slot: Option<Slot>) {
@@ -385,31 +383,31 @@ impl HeldLease {
     }
 
     /// One renewal, run by the scheduler when it is due; schedules the next.
-    pub(crate) async fn renew_once(self: Arc<Self>, locker: Arc<LockerInner>) {
-        let ttl = self.ttl();
+    pub(crate) async fn renew_once(this: LeaseRef, locker: Arc<LockerInner>) {
+        let ttl = this.ttl();
         let period = ttl / 3;
-        let next = match self.extend(&locker, ttl).await {
+        let next = match this.extend(&locker, ttl).await {
             Ok(()) => Instant::now() + period,
             Err(LockError::Lost | LockError::NotHeld) => return,
             Err(err) => {
-                let left = self.deadline().remaining();
+                let left = this.deadline().remaining();
                 if left.is_zero() {
-                    self.end();
-                    tracing::warn!(key = %self.key, error = %err, "lease lost: renewal failed until it ran out");
+                    this.end();
+                    tracing::warn!(key = %this.key, error = %err, "lease lost: renewal failed until it ran out");
                     return;
                 }
-                tracing::warn!(key = %self.key, error = %err, "lease renewal failed; retrying");
+                tracing::warn!(key = %this.key, error = %err, "lease renewal failed; retrying");
                 // Retry well before the lease runs out, but never in a spin.
                 Instant::now() + (period.min(left) / 2).max(BACKOFF_START)
             }
         };
         locker
             .renewals
-            .schedule(&self, next, &locker, &Handle::current());
+            .schedule(&this, next, &locker, &Handle::current());
         // A release that came while this renewal ran may have missed the
         // new slot; the slot's lock orders the two, so one of us cancels it.
-        if self.is_released() {
-            self.stop_renewal(&locker);
+        if this.is_released() {
+            this.stop_renewal(&locker);
         }
     }
 
@@ -448,11 +446,12 @@ impl HeldLease {
     /// can answer so, else a request that finishes even if the caller drops
     /// the future.
     pub(crate) async fn release_from(
-        self: Arc<Self>,
+        this: LeaseRef,
         locker: Arc<LockerInner>,
         runtime: Option<Handle>,
     ) -> Result<(), LockError> {
-        if let Some(released) = self.release_now(&locker) {
+        if let Some(released) = this.release_now(&locker) {
+            pool::recycle(this);
             return released;
         }
         let runtime = match runtime {
@@ -461,7 +460,8 @@ impl HeldLease {
         };
         // Boxed: a release on the spot should not carry (and move) the state
         // of one through I/O.
-        Box::pin(RunToEnd::new(runtime, self.release(locker), |_| async {})).await
+        let release = HeldLease::release(this, locker);
+        Box::pin(RunToEnd::new(runtime, release, |_| async {})).await
     }
 
     fn is_lost(&self) -> bool {
@@ -566,11 +566,7 @@ impl Drop for Watching<'_> {
 }
 
 impl LockGuard {
-    pub(crate) fn new(
-        held: Arc<HeldLease>,
-        locker: Arc<LockerInner>,
-        runtime: Option<Handle>,
-    ) -> Self {
+    pub(crate) fn new(held: LeaseRef, locker: Arc<LockerInner>, runtime: Option<Handle>) -> Self {
         LockGuard {
             parts: Some(Parts {
                 held,
@@ -730,7 +726,7 @@ impl LockGuard {
         else {
             return Err(LockError::NotHeld);
         };
-        held.release_from(locker, runtime).await
+        HeldLease::release_from(held, locker, runtime).await
     }
 }
 
@@ -742,14 +738,17 @@ impl Drop for LockGuard {
             runtime,
         }) = self.parts.take()
             && !held.is_released()
-            && held.release_now(&locker).is_none()
         {
+            if held.release_now(&locker).is_some() {
+                pool::recycle(held);
+                return;
+            }
             // A runtime that has shut down drops the task instead of running
             // it, and without any runtime nothing is spawned: no panic, and
             // the lease ends at its ttl.
             if let Some(runtime) = runtime.or_else(|| Handle::try_current().ok()) {
                 runtime.spawn(async move {
-                    let _ = held.release(locker).await;
+                    let _ = HeldLease::release(held, locker).await;
                 });
             }
         }

@@ -21,6 +21,7 @@ use crate::{
     guard::{Deadline, HeldLease},
     key::{owned_key, validate_key, validate_ttl},
     memory::{KeyHasher, MemoryBackend},
+    pool::{self, LeaseRef},
     renewal::Renewals,
     run_to_end::RunToEnd,
 };
@@ -90,7 +91,7 @@ pub(crate) struct LockerInner {
     /// What this owner holds in a store outside the process, for
     /// `Locker::release(key)`. A store inside keeps the lease's holder with
     /// the lease instead, which spares the uncontended path a map.
-    held: DashMap<SmolStr, Arc<HeldLease>, KeyHasher>,
+    held: DashMap<SmolStr, LeaseRef, KeyHasher>,
     /// One FIFO queue per key that has local waiters; the task holding the
     /// gate is the only one talking to the store for that key.
     gates: DashMap<SmolStr, Arc<Gate>, KeyHasher>,
@@ -363,7 +364,7 @@ impl Locker {
             None => self.inner.held.get(key).map(|held| held.clone()),
         };
         let held = held.ok_or(LockError::NotHeld)?;
-        held.release_from(self.inner.clone(), None).await
+        HeldLease::release_from(held, self.inner.clone(), None).await
     }
 
     async fn lock(
@@ -497,7 +498,7 @@ impl Locker {
         // Read before the store reads its own clock: the holder's lease never
         // outlasts the store's.
         let start = Deadline::coarse_now();
-        let held = Arc::new(HeldLease::new(
+        let held = pool::share(HeldLease::new(
             key.clone(),
             token,
             self.inner.id,
@@ -527,7 +528,7 @@ impl Locker {
         let token = Token::new();
         let sent_at = Instant::now();
         let start = Deadline::Precise(sent_at);
-        let held = Arc::new(HeldLease::new(
+        let held = pool::share(HeldLease::new(
             key.clone(),
             token,
             self.inner.id,
@@ -550,7 +551,7 @@ impl Locker {
     /// What a try came to: a guard over `held`, or the refusal.
     fn settle(
         &self,
-        held: Arc<HeldLease>,
+        held: LeaseRef,
         outcome: Attempt,
         runtime: Option<Handle>,
         sent_at: Option<Instant>,
@@ -560,7 +561,7 @@ impl Locker {
                 held.granted(fence, revision);
                 if let Some(runtime) = runtime.as_ref().filter(|_| self.auto_renew) {
                     let start = sent_at.unwrap_or_else(Instant::now);
-                    held.start_renewal(&self.inner, runtime, start);
+                    HeldLease::start_renewal(&held, &self.inner, runtime, start);
                 }
                 tracing::debug!(key = %held.key, fence, "lock acquired");
                 return Ok(LockGuard::new(held, self.inner.clone(), runtime));

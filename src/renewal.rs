@@ -17,7 +17,7 @@ use std::{
 
 use tokio::{runtime::Handle, sync::Notify, task::AbortHandle, time::Instant};
 
-use crate::{guard::HeldLease, locker::LockerInner};
+use crate::{guard::HeldLease, locker::LockerInner, pool::LeaseRef};
 
 /// Where a lease waits in the schedule: its due time and a tie-breaker.
 pub(crate) type Slot = (Instant, u64);
@@ -38,7 +38,9 @@ struct Shared {
 
 #[derive(Default)]
 struct Schedule {
-    due: BTreeMap<Slot, Weak<HeldLease>>,
+    /// The leases, held until they are due or cancelled: every way a lease
+    /// ends (release, loss, a superseding grant) cancels its slot.
+    due: BTreeMap<Slot, LeaseRef>,
     /// When the scheduler looks next; `None` while it waits to be woken.
     looks_at: Option<Instant>,
 }
@@ -47,7 +49,7 @@ impl Renewals {
     /// Renews `held` at `at`, starting the scheduler on `runtime` if needed.
     pub(crate) fn schedule(
         &self,
-        held: &Arc<HeldLease>,
+        held: &LeaseRef,
         at: Instant,
         locker: &Arc<LockerInner>,
         runtime: &Handle,
@@ -55,7 +57,7 @@ impl Renewals {
         let slot = (at, self.shared.next_id.fetch_add(1, Ordering::Relaxed));
         let wake = {
             let mut schedule = self.shared.lock();
-            schedule.due.insert(slot, Arc::downgrade(held));
+            schedule.due.insert(slot, held.clone());
             let wake = schedule.looks_at.is_none_or(|looks_at| at < looks_at);
             if wake {
                 schedule.looks_at = Some(at);
@@ -117,8 +119,8 @@ async fn run(shared: Arc<Shared>, locker: Weak<LockerInner>) {
             let Some(locker) = locker.upgrade() else {
                 return;
             };
-            for held in due.into_values().filter_map(|held| held.upgrade()) {
-                tokio::spawn(held.renew_once(locker.clone()));
+            for held in due.into_values() {
+                tokio::spawn(HeldLease::renew_once(held, locker.clone()));
             }
         }
         match next {
