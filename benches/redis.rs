@@ -13,7 +13,10 @@
 //! - contention: 16 tasks over 4 Lockers (4 backends) on one key with a 1 ms
 //!   critical section, vs one task doing the same loop alone, vs rslock in
 //!   the same harness: acquisitions per second, Jain's fairness index over
-//!   the 16 tasks, and Redis commands per acquisition (`INFO stats`).
+//!   the 16 tasks, and Redis commands per acquisition (`INFO stats`);
+//! - requests: the contention runs again, watched by `redis-cli monitor`,
+//!   which tells the commands clients send from those their scripts run
+//!   (`INFO stats` counts both).
 //!
 //! Run: `cargo bench --features redis --bench redis -- --warm-up-time 1 --measurement-time 3`
 
@@ -75,7 +78,7 @@ fn main() {
     c.final_summary();
 
     if std::env::args().any(|arg| arg == "--bench") {
-        rt.block_on(summary(&url));
+        rt.block_on(summary(&url, port));
     }
     drop(server);
 }
@@ -144,7 +147,7 @@ fn uncontended(c: &mut Criterion, rt: &Runtime, url: &str) {
     group.finish();
 }
 
-async fn summary(url: &str) {
+async fn summary(url: &str, port: u16) {
     println!("\n== summary (redis-server on {url}) ==");
     wake_up(url).await;
     let serial = contention(url, Contender::Locker, 1, 1).await;
@@ -158,6 +161,95 @@ async fn summary(url: &str) {
         "rslock, 16 tasks / 4 LockManagers",
         Some(rslock_serial.rate()),
     );
+    // The same runs again, watched.
+    for (name, contender) in [
+        ("tower-lock", Contender::Locker),
+        ("rslock", Contender::Rslock),
+    ] {
+        let monitor = Monitor::start(port).await;
+        let outcome = contention(url, contender, 16, 4).await;
+        let (requests, scripted) = monitor.stop(url).await;
+        let per = |n: u64| n as f64 / outcome.total().max(1) as f64;
+        println!(
+            "{name}, 16 tasks / 4 owners, watched by MONITOR: {:.2} requests/acquisition \
+             (commands clients send), plus {:.2} commands run inside scripts",
+            per(requests),
+            per(scripted),
+        );
+    }
+}
+
+/// Tells the commands clients send from those their scripts run, by
+/// watching the server with `redis-cli monitor` (Redis counts both in
+/// `total_commands_processed`). MONITOR slows the server, so it watches
+/// runs of its own, never the timed ones.
+struct Monitor {
+    child: tokio::process::Child,
+    counts: tokio::task::JoinHandle<(u64, u64)>,
+}
+
+/// Sent once the watched run is over: the monitor counts up to it.
+const MONITOR_END: &str = "monitor-end";
+
+impl Monitor {
+    async fn start(port: u16) -> Self {
+        use tokio::io::AsyncBufReadExt;
+
+        let mut child = tokio::process::Command::new("redis-cli")
+            .args(["-p", &port.to_string(), "monitor"])
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("redis-cli monitor (Debian package redis-tools)");
+        let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+        // MONITOR answers OK once it watches.
+        let ok = lines.next_line().await.expect("monitor output");
+        assert_eq!(ok.as_deref(), Some("OK"), "redis-cli monitor did not start");
+        let counts = tokio::spawn(async move {
+            let (mut requests, mut scripted) = (0, 0);
+            while let Ok(Some(line)) = lines.next_line().await {
+                // `<time> [<db> <client address or lua>] "COMMAND" args...`
+                let Some((client, command)) = line
+                    .split_once('[')
+                    .and_then(|(_, rest)| rest.split_once("] "))
+                else {
+                    continue;
+                };
+                let command = command.to_ascii_lowercase();
+                if command.contains(MONITOR_END) {
+                    break;
+                }
+                if command.starts_with("\"info\"") {
+                    continue; // the harness's own counters
+                }
+                if client.ends_with(" lua") {
+                    scripted += 1;
+                } else {
+                    requests += 1;
+                }
+            }
+            (requests, scripted)
+        });
+        Monitor { child, counts }
+    }
+
+    /// Stops watching; returns the requests and the commands run by scripts.
+    async fn stop(mut self, url: &str) -> (u64, u64) {
+        let mut conn = ConnectionManager::new(redis::Client::open(url).expect("client"))
+            .await
+            .expect("connection");
+        redis::cmd("ECHO")
+            .arg(MONITOR_END)
+            .query_async::<String>(&mut conn)
+            .await
+            .expect("ECHO");
+        let counts = tokio::time::timeout(Duration::from_secs(10), self.counts)
+            .await
+            .expect("the monitor saw the end of the run")
+            .expect("monitor task");
+        let _ = self.child.kill().await;
+        counts
+    }
 }
 
 fn median(mut samples: Vec<Duration>) -> Duration {
