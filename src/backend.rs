@@ -90,6 +90,7 @@ use std::{
 use tokio::sync::watch;
 use uuid::Uuid;
 
+pub use crate::clock::Tick;
 use crate::{LockError, pool::LeaseRef};
 
 /// A store that can hold leases on keys.
@@ -148,10 +149,10 @@ pub trait Backend: fmt::Debug + Send + Sync + 'static {
     /// `try_acquire`". A synchronous answer needs no future, and can not be
     /// cancelled half-way.
     ///
-    /// The store starts the lease by its own clock. The caller measures its
-    /// view of the lease from a reading of the process's monotonic clock
-    /// taken before the call, so the holder never counts on a lease the
-    /// store has ended.
+    /// The store judges the lease by [`Tick`]: it starts at a `Tick::now()`
+    /// read in this call and runs until `start.after(ttl)`. The caller
+    /// counts its view of the lease the same way from a reading taken before
+    /// the call, so the holder never counts on a lease the store has ended.
     ///
     /// A store that grants the lease keeps `holder` with it until the lease
     /// leaves the store, and gives it back from
@@ -263,7 +264,8 @@ impl fmt::Debug for Holder {
 ///
 /// [`Locker`](crate::Locker) sends stores behind I/O a random one (a UUID
 /// v4, [`Token::new`]); [`Backend::try_acquire_now`] gets one that is unique
-/// within the process, which is all a store inside it needs.
+/// within the process (a thread's number and a count), which is all a store
+/// inside it needs: such a token tells holders apart, it is not a secret.
 ///
 /// ```
 /// use tower_lock::backend::Token;

@@ -3,50 +3,113 @@
 //! A lease needs two clock readings: one when it starts, and one when its
 //! release (or the next try on its key) asks whether it has run out. The
 //! precise monotonic clock costs 20 to 40 ns a reading on a virtual machine,
-//! as much as the rest of an uncontended lock. The coarse one (the kernel's
-//! last tick: `CLOCK_MONOTONIC_COARSE` on Linux, read through `coarsetime`)
-//! costs about 5 ns and is just as monotonic; what it gives up is
-//! resolution: it lags real time by up to one kernel tick (1 to 10 ms,
-//! 4 ms on most distributions' kernels).
-//!
-//! For a store in this process that lag is harmless, because the store and
-//! the holder read the same clock: the holder reads it before the store
-//! does, so the holder's lease never ends after the store's, and both see
-//! the lease run out at the same reading. The cost is that a lease may last
-//! up to one tick past its ttl. Stores behind I/O are judged on the precise
-//! clock, as before.
+//! as much as the rest of an uncontended lock. On Linux the coarse one (the
+//! kernel's last tick, `CLOCK_MONOTONIC_COARSE`, read through `rustix`)
+//! costs a few ns and is just as monotonic; what it gives up is resolution:
+//! a reading runs behind real time by up to one tick (1 to 10 ms, 4 ms on
+//! most distributions' kernels), its *lag*. Elsewhere the precise clock is
+//! used, with no lag.
 
-use std::time::Duration;
+use std::{sync::OnceLock, time::Duration};
 
-/// A reading of the coarse monotonic clock.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub(crate) struct Tick(coarsetime::Instant);
+/// A reading of the clock that leases in stores inside this process are
+/// judged by: the kernel's coarse monotonic clock on Linux
+/// (`CLOCK_MONOTONIC_COARSE`, a few ns a reading), the precise monotonic
+/// clock elsewhere.
+///
+/// A coarse reading runs behind real time by up to the clock's
+/// [`lag`](Self::lag). [`after`](Self::after) allows for it, so a lease judged
+/// by these readings lasts at least its ttl. A store that answers
+/// [`Backend::try_acquire_now`](crate::backend::Backend::try_acquire_now)
+/// judges its leases by this clock: the holder counts its lease from a
+/// reading taken before the call, so it never counts on a lease the store
+/// has ended.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_lock::backend::Tick;
+///
+/// let start = Tick::now();
+/// let end = start.after(Duration::from_secs(5)).expect("in range");
+/// assert!(start.until(end) >= Duration::from_secs(5));
+/// assert!(Tick::now() < end);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Tick(u64);
 
 impl Tick {
-    /// The clock now. Does not touch `coarsetime`'s process-wide cache of
-    /// the last reading, which every thread would otherwise write to.
+    /// The clock now.
     #[inline]
-    pub(crate) fn now() -> Self {
-        Tick(coarsetime::Instant::now_without_cache_update())
+    pub fn now() -> Self {
+        Tick(source::read())
     }
 
-    /// `ttl` later; `None` past what the clock can hold (about 136 years of
-    /// uptime).
-    pub(crate) fn after(self, ttl: Duration) -> Option<Self> {
-        self.0.checked_add(ttl.into()).map(Tick)
+    /// The reading at which a lease of `ttl` that started at `self` has run
+    /// for at least `ttl` of real time: `ttl` plus the clock's lag later.
+    /// `None` past what the clock can hold (about 584 years of uptime).
+    pub fn after(self, ttl: Duration) -> Option<Self> {
+        let span = ttl.checked_add(Tick::lag())?;
+        let span = u64::try_from(span.as_nanos()).ok()?;
+        self.0.checked_add(span).map(Tick)
     }
 
     /// How long from `self` until `later`; zero when `later` is not later.
-    pub(crate) fn until(self, later: Self) -> Duration {
-        if later <= self {
-            return Duration::ZERO;
-        }
-        Duration::from(later.0.duration_since(self.0))
+    pub fn until(self, later: Self) -> Duration {
+        Duration::from_nanos(later.0.saturating_sub(self.0))
     }
 
     /// How long from now until `self`; zero once it has passed.
-    pub(crate) fn remaining(self) -> Duration {
+    pub fn remaining(self) -> Duration {
         Tick::now().until(self)
+    }
+
+    /// How far a reading may run behind real time: the coarse clock's
+    /// resolution, zero for the precise clock.
+    pub fn lag() -> Duration {
+        static LAG: OnceLock<Duration> = OnceLock::new();
+        *LAG.get_or_init(source::lag)
+    }
+}
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+mod source {
+    use std::time::Duration;
+
+    use rustix::time::{ClockId, Timespec, clock_getres, clock_gettime};
+
+    pub(super) fn read() -> u64 {
+        nanos(clock_gettime(ClockId::MonotonicCoarse))
+    }
+
+    pub(super) fn lag() -> Duration {
+        Duration::from_nanos(nanos(clock_getres(ClockId::MonotonicCoarse)))
+    }
+
+    /// A monotonic reading is never negative; were it to be, zero is an
+    /// earlier reading, which only shortens what a holder counts on.
+    fn nanos(time: Timespec) -> u64 {
+        let seconds = u64::try_from(time.tv_sec).unwrap_or(0);
+        let nanos = u64::try_from(time.tv_nsec).unwrap_or(0);
+        seconds.saturating_mul(1_000_000_000).saturating_add(nanos)
+    }
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+mod source {
+    use std::{
+        sync::LazyLock,
+        time::{Duration, Instant},
+    };
+
+    /// Readings count from the first one in the process.
+    static ORIGIN: LazyLock<Instant> = LazyLock::new(Instant::now);
+
+    pub(super) fn read() -> u64 {
+        u64::try_from(ORIGIN.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    pub(super) fn lag() -> Duration {
+        Duration::ZERO
     }
 }
 
@@ -55,19 +118,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn readings_never_go_back_and_add_up() {
+    fn readings_never_go_back_and_a_lease_allows_for_the_lag() {
         let a = Tick::now();
         let b = Tick::now();
         assert!(b >= a);
-        let later = a.after(Duration::from_secs(3)).expect("in range");
-        let gap = a.until(later);
-        // The clock's fixed point is finer than a nanosecond, so a round
-        // trip through it may lose one.
-        assert!(
-            gap.abs_diff(Duration::from_secs(3)) <= Duration::from_nanos(1),
-            "{gap:?}"
-        );
-        assert_eq!(later.until(a), Duration::ZERO);
+        let ttl = Duration::from_secs(3);
+        let end = a.after(ttl).expect("in range");
+        assert_eq!(a.until(end), ttl + Tick::lag());
+        assert_eq!(end.until(a), Duration::ZERO);
         assert!(a.after(Duration::MAX).is_none());
+        assert!(Tick::lag() < Duration::from_millis(20), "{:?}", Tick::lag());
     }
 }

@@ -365,6 +365,13 @@ impl HeldLease {
     ) {
         let at = sent_at + this.ttl() / 3;
         locker.renewals.schedule(this, at, locker, runtime);
+        // A release that came before the slot was recorded (a concurrent
+        // `Locker::release(key)` finds the lease in the store as soon as it
+        // is granted) saw no renewal to stop; the slot's lock orders the
+        // two, so one of us cancels it.
+        if this.is_released() {
+            this.stop_renewal(locker);
+        }
     }
 
     pub(crate) fn set_renewal_slot(&self, slot: Option<Slot>) {
@@ -661,6 +668,8 @@ impl LockGuard {
                 }
                 let pause = if timed_out == Some(deadline) {
                     if lag_checks == 0 {
+                        // Said over here, so that `is_lost` agrees.
+                        held.end();
                         return;
                     }
                     lag_checks -= 1;

@@ -506,13 +506,15 @@ impl Locker {
             start,
         ));
         let holder = Holder(held.clone());
-        let outcome = match self
-            .inner
-            .backend
-            .try_acquire_now(key, token, ttl, holder)?
-        {
-            Ok(outcome) => outcome,
-            Err(err) => return Some(Err(err)),
+        let outcome = match self.inner.backend.try_acquire_now(key, token, ttl, holder) {
+            Some(Ok(outcome)) => outcome,
+            Some(Err(err)) => return Some(Err(err)),
+            None => {
+                // Back to the pool, or a thread whose locks go over I/O
+                // would drain it on every try.
+                pool::recycle(held);
+                return None;
+            }
         };
         Some(Ok(self.settle(held, outcome, runtime, None)))
     }

@@ -226,9 +226,10 @@ async fn busy_key_gets_423_with_retry_after() {
             .expect("ascii")
             .parse()
             .expect("seconds");
-        // The holder's lease has about 30 s left.
+        // The holder's lease has about 30 s left; the in-memory store adds
+        // its clock's lag (a few ms), which rounds up to one more second.
         assert!(
-            (25..=30).contains(&retry_after),
+            (25..=31).contains(&retry_after),
             "Retry-After: {retry_after}"
         );
     }

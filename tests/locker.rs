@@ -253,6 +253,39 @@ fn a_renewing_locker_outside_any_runtime_refuses_before_it_takes_anything() {
     assert_eq!(store.len(), 0, "the failed try left a lock in the store");
 }
 
+/// `Locker::release(key)` finds a lease in the store as soon as it is
+/// granted, before its renewal is scheduled: that renewal must not stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_by_key_racing_the_grant_leaves_no_renewal_behind() {
+    let locker = Locker::in_memory().auto_renew(true);
+    let mut released_early = 0;
+    for i in 0..2000 {
+        let key = format!("k{i}");
+        let started = Arc::new(AtomicUsize::new(0));
+        let releaser = tokio::spawn({
+            let (locker, key, started) = (locker.clone(), key.clone(), started.clone());
+            async move {
+                started.store(1, Ordering::SeqCst);
+                for _ in 0..2000 {
+                    if locker.release(&key).await.is_ok() {
+                        return true;
+                    }
+                }
+                false
+            }
+        });
+        // The releaser spins on its own worker while the grant happens.
+        while started.load(Ordering::SeqCst) == 0 {
+            std::hint::spin_loop();
+        }
+        let guard = locker.acquire(&key, LONG).await.expect("acquire");
+        released_early += usize::from(releaser.await.expect("releaser"));
+        drop(guard);
+    }
+    assert!(released_early > 0, "no release raced a grant");
+    assert_eq!(locker.renewing_count(), 0, "renewals left behind");
+}
+
 #[tokio::test]
 async fn locker_is_send_sync_clone_and_guard_is_send() {
     fn send_sync_clone<T: Send + Sync + Clone>() {}

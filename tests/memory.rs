@@ -48,6 +48,31 @@ mod standalone {
             tokio::time::sleep(Duration::from_micros(300 * round)).await;
         }
     }
+
+    /// The coarse clock runs behind real time; the store allows for it, so
+    /// a lease is never handed on before its ttl has passed.
+    #[tokio::test]
+    async fn a_lease_lasts_at_least_its_ttl() {
+        use std::time::{Duration, Instant};
+
+        let backend = MemoryBackend::new();
+        let (holder, other) = (Locker::new(backend.clone()), Locker::new(backend));
+        let ttl = Duration::from_millis(9);
+        for round in 0..25 {
+            let asked = Instant::now();
+            let guard = holder.acquire("k", ttl).await.expect("acquire");
+            let taken = loop {
+                if let Some(taken) = other.try_lock("k", ttl).await.expect("try_lock") {
+                    break taken;
+                }
+                tokio::task::yield_now().await;
+            };
+            let lasted = asked.elapsed();
+            assert!(lasted >= ttl, "round {round}: handed on after {lasted:?}");
+            drop((guard, taken));
+            tokio::time::sleep(Duration::from_micros(300 * round)).await;
+        }
+    }
 }
 
 mod over_bus {

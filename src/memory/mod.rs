@@ -8,19 +8,24 @@
 //!
 //! # The coarse clock
 //!
-//! The standalone table reads the kernel's last tick
-//! (`CLOCK_MONOTONIC_COARSE` on Linux, through `coarsetime`): about 5 ns a
+//! The standalone table judges leases by [`Tick`]: on
+//! Linux the kernel's last tick (`CLOCK_MONOTONIC_COARSE`), a few ns a
 //! reading where the precise clock takes 20 to 40 ns on a virtual machine,
 //! which was a fifth of an uncontended lock. It is as monotonic as the
 //! precise clock but runs behind it by up to one tick (1 to 10 ms; 4 ms on
 //! most distributions' kernels), so:
 //!
-//! - a lease may last up to one tick past its ttl, never less;
-//! - the holder reads the same clock before the store does, so
-//!   [`LockGuard::is_lost`](crate::LockGuard::is_lost) turns true no later
-//!   than the store hands the key to someone else;
+//! - the table adds that lag to every lease: a lease lasts at least its ttl,
+//!   and up to two ticks more;
+//! - the holder reads the same clock before the store does and counts the
+//!   same way, so [`LockGuard::is_lost`](crate::LockGuard::is_lost) turns
+//!   true no later than the store hands the key to someone else;
 //! - [`LockGuard::lost`](crate::LockGuard::lost) may resolve up to a
 //!   millisecond after the clock shows the lease over.
+//!
+//! Other systems read the precise clock, with no lag.
+//!
+//! [`Tick`]: crate::backend::Tick
 //!
 //! Fences come from one counter per shard of the table (standalone; a key
 //! always lives in the same shard) or from the bus's sequence numbers
