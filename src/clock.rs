@@ -4,7 +4,7 @@
 //! release (or the next try on its key) asks whether it has run out. The
 //! precise monotonic clock costs 20 to 40 ns a reading on a virtual machine,
 //! as much as the rest of an uncontended lock. On Linux the coarse one (the
-//! kernel's last tick, `CLOCK_MONOTONIC_COARSE`, read through `rustix`)
+//! kernel's last tick, `CLOCK_MONOTONIC_COARSE`, read through `coarsetime`)
 //! costs a few ns and is just as monotonic; what it gives up is resolution:
 //! a reading runs behind real time by up to one tick (1 to 10 ms, 4 ms on
 //! most distributions' kernels), its *lag*. Elsewhere the precise clock is
@@ -46,16 +46,15 @@ impl Tick {
 
     /// The reading at which a lease of `ttl` that started at `self` has run
     /// for at least `ttl` of real time: `ttl` plus the clock's lag later.
-    /// `None` past what the clock can hold (about 584 years of uptime).
+    /// `None` past what the clock can hold (about 136 years of uptime).
     pub fn after(self, ttl: Duration) -> Option<Self> {
-        let span = ttl.checked_add(Tick::lag())?;
-        let span = u64::try_from(span.as_nanos()).ok()?;
+        let span = source::units(ttl.checked_add(Tick::lag())?)?;
         self.0.checked_add(span).map(Tick)
     }
 
     /// How long from `self` until `later`; zero when `later` is not later.
     pub fn until(self, later: Self) -> Duration {
-        Duration::from_nanos(later.0.saturating_sub(self.0))
+        source::duration(later.0.saturating_sub(self.0))
     }
 
     /// How long from now until `self`; zero once it has passed.
@@ -71,29 +70,47 @@ impl Tick {
     }
 }
 
+/// Linux: readings of `CLOCK_MONOTONIC_COARSE` through `coarsetime` (which
+/// calls the C library, and so the vDSO, in fixed point: 2^-32 s units), its
+/// resolution through `nix` (once).
 #[cfg(any(target_os = "linux", target_os = "android"))]
 mod source {
     use std::time::Duration;
 
-    use rustix::time::{ClockId, Timespec, clock_getres, clock_gettime};
+    use nix::time::{ClockId, clock_getres};
 
+    /// The longest kernel tick (100 Hz): the lag assumed should the kernel
+    /// not tell.
+    const LONGEST_TICK: Duration = Duration::from_millis(10);
+
+    #[inline]
     pub(super) fn read() -> u64 {
-        nanos(clock_gettime(ClockId::MonotonicCoarse))
+        // Not `now()`, which also writes a process-wide cache of the last
+        // reading that every thread would contend on.
+        coarsetime::Instant::now_without_cache_update().as_ticks()
+    }
+
+    pub(super) fn units(span: Duration) -> Option<u64> {
+        // coarsetime saturates rather than fail: a span it cannot hold is
+        // refused here instead.
+        (span.as_secs() < 1 << 32).then(|| coarsetime::Duration::from(span).as_ticks())
+    }
+
+    pub(super) fn duration(units: u64) -> Duration {
+        coarsetime::Duration::from_ticks(units).into()
     }
 
     pub(super) fn lag() -> Duration {
-        Duration::from_nanos(nanos(clock_getres(ClockId::MonotonicCoarse)))
-    }
-
-    /// A monotonic reading is never negative; were it to be, zero is an
-    /// earlier reading, which only shortens what a holder counts on.
-    fn nanos(time: Timespec) -> u64 {
-        let seconds = u64::try_from(time.tv_sec).unwrap_or(0);
-        let nanos = u64::try_from(time.tv_nsec).unwrap_or(0);
-        seconds.saturating_mul(1_000_000_000).saturating_add(nanos)
+        clock_getres(ClockId::CLOCK_MONOTONIC_COARSE).map_or(LONGEST_TICK, |resolution| {
+            let seconds = u64::try_from(resolution.tv_sec()).unwrap_or(0);
+            let nanos = u32::try_from(resolution.tv_nsec()).unwrap_or(0);
+            Duration::new(seconds, nanos).min(LONGEST_TICK * 100)
+        })
     }
 }
 
+/// Elsewhere: the precise monotonic clock, in nanoseconds from the first
+/// reading in the process.
 #[cfg(not(any(target_os = "linux", target_os = "android")))]
 mod source {
     use std::{
@@ -101,11 +118,18 @@ mod source {
         time::{Duration, Instant},
     };
 
-    /// Readings count from the first one in the process.
     static ORIGIN: LazyLock<Instant> = LazyLock::new(Instant::now);
 
     pub(super) fn read() -> u64 {
         u64::try_from(ORIGIN.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    pub(super) fn units(span: Duration) -> Option<u64> {
+        u64::try_from(span.as_nanos()).ok()
+    }
+
+    pub(super) fn duration(units: u64) -> Duration {
+        Duration::from_nanos(units)
     }
 
     pub(super) fn lag() -> Duration {
@@ -124,7 +148,12 @@ mod tests {
         assert!(b >= a);
         let ttl = Duration::from_secs(3);
         let end = a.after(ttl).expect("in range");
-        assert_eq!(a.until(end), ttl + Tick::lag());
+        // The clock's fixed point may lose a nanosecond each way.
+        let span = a.until(end);
+        assert!(
+            span.abs_diff(ttl + Tick::lag()) <= Duration::from_nanos(2),
+            "{span:?}"
+        );
         assert_eq!(end.until(a), Duration::ZERO);
         assert!(a.after(Duration::MAX).is_none());
         assert!(Tick::lag() < Duration::from_millis(20), "{:?}", Tick::lag());
