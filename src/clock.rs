@@ -6,9 +6,10 @@
 //! as much as the rest of an uncontended lock. On Linux the coarse one (the
 //! kernel's last tick, `CLOCK_MONOTONIC_COARSE`, read through `coarsetime`)
 //! costs a few ns and is just as monotonic; what it gives up is resolution:
-//! a reading runs behind real time by up to one tick (1 to 10 ms, 4 ms on
-//! most distributions' kernels), its *lag*. Elsewhere the precise clock is
-//! used, with no lag.
+//! it moves in kernel ticks (1 to 10 ms, 4 ms on most distributions'
+//! kernels), and how far a reading runs behind real time varies by up to
+//! about two ticks. Leases allow for that *lag*. Elsewhere the precise clock
+//! is used, with no lag.
 
 use std::{sync::OnceLock, time::Duration};
 
@@ -17,9 +18,10 @@ use std::{sync::OnceLock, time::Duration};
 /// (`CLOCK_MONOTONIC_COARSE`, a few ns a reading), the precise monotonic
 /// clock elsewhere.
 ///
-/// A coarse reading runs behind real time by up to the clock's
-/// [`lag`](Self::lag). [`after`](Self::after) allows for it, so a lease judged
-/// by these readings lasts at least its ttl. A store that answers
+/// Judged by two coarse readings, a span of real time can look up to the
+/// clock's [`lag`](Self::lag) shorter than it is. [`after`](Self::after)
+/// allows for it, so a lease judged by these readings lasts at least its
+/// ttl. A store that answers
 /// [`Backend::try_acquire_now`](crate::backend::Backend::try_acquire_now)
 /// judges its leases by this clock: the holder counts its lease from a
 /// reading taken before the call, so it never counts on a lease the store
@@ -62,8 +64,10 @@ impl Tick {
         Tick::now().until(self)
     }
 
-    /// How far a reading may run behind real time: the coarse clock's
-    /// resolution, zero for the precise clock.
+    /// How much a lease judged by two readings may lose against real time,
+    /// which [`after`](Self::after) adds: two ticks of the coarse clock and
+    /// a millisecond (9 ms on most Linux kernels), zero for the precise
+    /// clock.
     pub fn lag() -> Duration {
         static LAG: OnceLock<Duration> = OnceLock::new();
         *LAG.get_or_init(source::lag)
@@ -100,12 +104,19 @@ mod source {
         coarsetime::Duration::from_ticks(units).into()
     }
 
+    /// Two ticks and a millisecond. The kernel moves the coarse clock in
+    /// whole ticks, out of step with real time, and a CPU waking from
+    /// tickless idle brings it up to date at once: on a 4 ms kernel its lag
+    /// was seen anywhere between 0.02 and 7.2 ms, so a lease judged by two
+    /// readings can lose up to about two ticks against real time. The
+    /// millisecond is for a tick that comes late.
     pub(super) fn lag() -> Duration {
-        clock_getres(ClockId::CLOCK_MONOTONIC_COARSE).map_or(LONGEST_TICK, |resolution| {
-            let seconds = u64::try_from(resolution.tv_sec()).unwrap_or(0);
-            let nanos = u32::try_from(resolution.tv_nsec()).unwrap_or(0);
-            Duration::new(seconds, nanos).min(LONGEST_TICK * 100)
-        })
+        let tick = clock_getres(ClockId::CLOCK_MONOTONIC_COARSE).map_or(LONGEST_TICK, |tick| {
+            let seconds = u64::try_from(tick.tv_sec()).unwrap_or(0);
+            let nanos = u32::try_from(tick.tv_nsec()).unwrap_or(0);
+            Duration::new(seconds, nanos).min(LONGEST_TICK)
+        });
+        2 * tick + Duration::from_millis(1)
     }
 }
 
@@ -156,6 +167,11 @@ mod tests {
         );
         assert_eq!(end.until(a), Duration::ZERO);
         assert!(a.after(Duration::MAX).is_none());
-        assert!(Tick::lag() < Duration::from_millis(20), "{:?}", Tick::lag());
+        // Two of the longest ticks (100 Hz) and a millisecond at most.
+        assert!(
+            Tick::lag() <= Duration::from_millis(21),
+            "{:?}",
+            Tick::lag()
+        );
     }
 }

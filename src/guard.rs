@@ -375,12 +375,14 @@ impl HeldLease {
     }
 
     pub(crate) fn set_renewal_slot(&self, slot: Option<Slot>) {
-        self.renews.store(true, Ordering::Release);
+        // Sequentially consistent, like the release state: a release that
+        // misses this flag is one that `start_renewal` then sees.
+        self.renews.store(true, Ordering::SeqCst);
         *crate::sync::lock(&self.extras().renewal) = slot;
     }
 
     fn stop_renewal(&self, locker: &LockerInner) {
-        if !self.renews.load(Ordering::Acquire) {
+        if !self.renews.load(Ordering::SeqCst) {
             return;
         }
         let slot = crate::sync::lock(&self.extras().renewal).take();

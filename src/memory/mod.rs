@@ -12,11 +12,13 @@
 //! Linux the kernel's last tick (`CLOCK_MONOTONIC_COARSE`), a few ns a
 //! reading where the precise clock takes 20 to 40 ns on a virtual machine,
 //! which was a fifth of an uncontended lock. It is as monotonic as the
-//! precise clock but runs behind it by up to one tick (1 to 10 ms; 4 ms on
-//! most distributions' kernels), so:
+//! precise clock but moves in ticks (1 to 10 ms; 4 ms on most
+//! distributions' kernels), and how far it runs behind real time varies by
+//! up to about two ticks, so:
 //!
-//! - the table adds that lag to every lease: a lease lasts at least its ttl,
-//!   and up to two ticks more;
+//! - the table adds two ticks and a millisecond to every lease
+//!   ([`Tick::lag`](crate::backend::Tick::lag)): a lease lasts at least its
+//!   ttl, and up to about four ticks more;
 //! - the holder reads the same clock before the store does and counts the
 //!   same way, so [`LockGuard::is_lost`](crate::LockGuard::is_lost) turns
 //!   true no later than the store hands the key to someone else;
