@@ -52,14 +52,46 @@ impl Stamp for Tick {
 
 #[derive(Clone, Debug)]
 struct Entry<T> {
-    /// Keys up to 23 bytes live inline: no allocation per lease.
-    key: SmolStr,
+    keeper: Keeper,
     hash: u64,
     token: Token,
     fence: u64,
     expires_at: T,
-    /// Kept for the owner when the lease was granted on the spot.
-    holder: Option<Holder>,
+}
+
+/// Who keeps an entry's key.
+#[derive(Clone, Debug)]
+enum Keeper {
+    /// The lease's holder, kept for its owner when the lease was granted on
+    /// the spot: its copy of the key serves, with no second one.
+    Holder(Holder),
+    /// The entry itself (keys up to 23 bytes inline: no allocation).
+    Key(SmolStr),
+}
+
+impl Keeper {
+    fn new(key: &str, holder: Option<Holder>) -> Self {
+        match holder {
+            Some(holder) => Keeper::Holder(holder),
+            None => Keeper::Key(owned_key(key)),
+        }
+    }
+}
+
+impl<T> Entry<T> {
+    fn key(&self) -> &str {
+        match &self.keeper {
+            Keeper::Holder(holder) => &holder.0.key,
+            Keeper::Key(key) => key,
+        }
+    }
+
+    fn holder(&self) -> Option<&Holder> {
+        match &self.keeper {
+            Keeper::Holder(holder) => Some(holder),
+            Keeper::Key(_) => None,
+        }
+    }
 }
 
 /// Keys with their current lease. Expired leases count as absent; they are
@@ -146,13 +178,16 @@ impl<T> Table<T> {
 
     /// How many entries keep a holder that satisfies `counted`.
     pub(crate) fn count_holders(&self, counted: &dyn Fn(&Holder) -> bool) -> usize {
-        let kept = self.entries.iter().filter_map(|e| e.holder.as_ref());
+        let kept = self.entries.iter().filter_map(Entry::holder);
         kept.filter(|holder| counted(holder)).count()
     }
 
     /// The holder kept with the lease on `key`, live or run out.
     pub(crate) fn holder_hashed(&self, key: &str, hash: u64) -> Option<Holder> {
-        self.entries.find(hash, |e| e.key == key)?.holder.clone()
+        self.entries
+            .find(hash, |e| e.key() == key)?
+            .holder()
+            .cloned()
     }
 }
 
@@ -188,7 +223,7 @@ impl<T: Stamp> Table<T> {
         let Some(expires_at) = now.after(ttl) else {
             return Attempt::Busy { remaining: None };
         };
-        if let Some(entry) = self.entries.find_mut(hash, |e| e.key == key) {
+        if let Some(entry) = self.entries.find_mut(hash, |e| e.key() == key) {
             if entry.expires_at > now {
                 return Attempt::Busy {
                     remaining: Some(now.until(entry.expires_at)),
@@ -196,7 +231,7 @@ impl<T: Stamp> Table<T> {
             }
             let fence = fence(&mut self.fences);
             (entry.token, entry.fence, entry.expires_at) = (token, fence, expires_at);
-            entry.holder = holder;
+            entry.keeper = Keeper::new(key, holder);
             return Attempt::Acquired {
                 fence,
                 revision: fence,
@@ -207,16 +242,11 @@ impl<T: Stamp> Table<T> {
         }
         let fence = fence(&mut self.fences);
         let entry = Entry {
-            // The holder's copy of the key, when there is one, is the same
-            // key: cloning it skips building another.
-            key: holder
-                .as_ref()
-                .map_or_else(|| owned_key(key), |holder| holder.0.key.clone()),
+            keeper: Keeper::new(key, holder),
             hash,
             token,
             fence,
             expires_at,
-            holder,
         };
         self.entries.insert_unique(hash, entry, |e| e.hash);
         Attempt::Acquired {
@@ -243,7 +273,7 @@ impl<T: Stamp> Table<T> {
         ttl: Duration,
         now: T,
     ) -> Option<u64> {
-        let entry = self.entries.find_mut(hash, |e| e.key == key)?;
+        let entry = self.entries.find_mut(hash, |e| e.key() == key)?;
         if entry.token != lease.token || entry.expires_at <= now {
             return None;
         }
@@ -264,7 +294,7 @@ impl<T: Stamp> Table<T> {
     ) -> Released {
         let Ok(entry) = self
             .entries
-            .find_entry(hash, |e| e.key == key && e.token == lease.token)
+            .find_entry(hash, |e| e.token == lease.token && e.key() == key)
         else {
             return Released::Lost;
         };
