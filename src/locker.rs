@@ -498,13 +498,7 @@ impl Locker {
         // Read before the store reads its own clock: the holder's lease never
         // outlasts the store's.
         let start = Deadline::coarse_now();
-        let held = pool::share(HeldLease::new(
-            key.clone(),
-            token,
-            self.inner.id,
-            ttl,
-            start,
-        ));
+        let held = self.lease(key, token, ttl, start);
         let holder = Holder(held.clone());
         let outcome = match self.inner.backend.try_acquire_now(key, token, ttl, holder) {
             Some(Ok(outcome)) => outcome,
@@ -530,13 +524,7 @@ impl Locker {
         let token = Token::new();
         let sent_at = Instant::now();
         let start = Deadline::Precise(sent_at);
-        let held = pool::share(HeldLease::new(
-            key.clone(),
-            token,
-            self.inner.id,
-            ttl,
-            start,
-        ));
+        let held = self.lease(key, token, ttl, start);
         let outcome = self.request(&runtime, key, token, ttl).await?;
         let answer = self.settle(held.clone(), outcome, Some(runtime), Some(sent_at));
         if answer.is_ok() {
@@ -548,6 +536,17 @@ impl Locker {
             }
         }
         Ok(answer)
+    }
+
+    /// The record of a lease of this owner's, about to be asked for.
+    fn lease(&self, key: &SmolStr, token: Token, ttl: Duration, start: Deadline) -> LeaseRef {
+        pool::share(HeldLease::new(
+            key.clone(),
+            token,
+            self.inner.id,
+            ttl,
+            start,
+        ))
     }
 
     /// What a try came to: a guard over `held`, or the refusal.
