@@ -146,8 +146,9 @@ const SAME_AS_FENCE: u64 = u64::MAX;
 /// When a lease ends, on the clock its store is judged by.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Deadline {
-    /// A store in this process: the coarse clock the store reads too (see
-    /// [`clock`](crate::clock)), so both see the lease end at one reading.
+    /// A store in this process: the clock the store judges by too
+    /// ([`Tick`]), read before the store reads it, so the holder's lease
+    /// never ends after the store's.
     Coarse(Tick),
     /// A store behind I/O: the precise clock (tokio's, so that tests can
     /// pause it).
