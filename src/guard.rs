@@ -309,10 +309,26 @@ impl HeldLease {
         this.settle(outcome)
     }
 
+    /// [`release_now`](Self::release_now), after which the record goes back
+    /// to its thread's pool; the record back when the release needs a
+    /// future.
+    fn release_here(
+        this: LeaseRef,
+        locker: &LockerInner,
+    ) -> Result<Result<(), LockError>, LeaseRef> {
+        match this.release_now(locker) {
+            Some(released) => {
+                pool::recycle(this);
+                Ok(released)
+            }
+            None => Err(this),
+        }
+    }
+
     /// [`release`](Self::release) without a future, when the backend can
     /// answer on the spot and no renewal is under way; `None` otherwise,
     /// having changed nothing.
-    pub(crate) fn release_now(&self, locker: &LockerInner) -> Option<Result<(), LockError>> {
+    fn release_now(&self, locker: &LockerInner) -> Option<Result<(), LockError>> {
         if self.listed.load(Ordering::Acquire) {
             // Granted through I/O: released the same way.
             return None;
@@ -460,10 +476,10 @@ impl HeldLease {
         locker: Arc<LockerInner>,
         runtime: Option<Handle>,
     ) -> Result<(), LockError> {
-        if let Some(released) = this.release_now(&locker) {
-            pool::recycle(this);
-            return released;
-        }
+        let this = match HeldLease::release_here(this, &locker) {
+            Ok(released) => return released,
+            Err(this) => this,
+        };
         let runtime = match runtime {
             Some(runtime) => runtime,
             None => Handle::try_current().map_err(LockError::unavailable)?,
@@ -750,11 +766,8 @@ impl Drop for LockGuard {
             runtime,
         }) = self.parts.take()
             && !held.is_released()
+            && let Err(held) = HeldLease::release_here(held, &locker)
         {
-            if held.release_now(&locker).is_some() {
-                pool::recycle(held);
-                return;
-            }
             // A runtime that has shut down drops the task instead of running
             // it, and without any runtime nothing is spawned: no panic, and
             // the lease ends at its ttl.
