@@ -22,6 +22,11 @@ pub const MIN_TTL: Duration = Duration::from_millis(1);
 /// mistake; hold a shorter one with renewal instead.
 pub const MAX_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 
+/// The hasher of every map keyed by lock keys. Keys may come from HTTP
+/// requests, so it is seeded per process; foldhash's quality variant is
+/// that at a fraction of SipHash's cost.
+pub(crate) type KeyHasher = foldhash::quality::RandomState;
+
 pub(crate) fn validate_key(key: &str) -> Result<(), LockError> {
     if key.is_empty() {
         return Err(LockError::InvalidKey {

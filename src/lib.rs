@@ -78,18 +78,17 @@
 #![deny(unreachable_pub, unsafe_code)]
 
 pub mod backend;
-pub mod bus;
-mod clock;
 mod error;
 mod guard;
 mod key;
+mod lease;
 mod locker;
 pub mod memory;
 pub mod middleware;
 #[cfg(feature = "nats")]
 #[cfg_attr(docsrs, doc(cfg(feature = "nats")))]
 pub mod nats;
-mod pool;
+mod owner;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod redis;
@@ -101,6 +100,8 @@ mod sync;
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub mod extract;
 
+#[doc(inline)]
+pub use crate::memory::bus;
 pub use crate::{
     error::{BoxError, LockError},
     guard::LockGuard,

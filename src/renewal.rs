@@ -1,5 +1,6 @@
-//! Lease renewal for every guard of one `Locker`: one scheduler task per
-//! locker, instead of one task per guard.
+//! Lease renewal for every lease of one owner: one scheduler task, instead
+//! of one task per lease. It knows leases and their backend, nothing of who
+//! holds them.
 //!
 //! Most locks (an HTTP request's, say) are released long before their first
 //! renewal is due, so scheduling a renewal must cost next to nothing: an
@@ -10,28 +11,33 @@
 use std::{
     collections::BTreeMap,
     sync::{
-        Arc, Mutex, OnceLock, Weak,
+        Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
+    time::Duration,
 };
 
 use tokio::{runtime::Handle, sync::Notify, task::AbortHandle, time::Instant};
 
-use crate::{guard::HeldLease, locker::LockerInner, pool::LeaseRef};
+use crate::{
+    LockError,
+    backend::Backend,
+    lease::{Record, RenewalSlot},
+};
 
-/// Where a lease waits in the schedule: its due time and a tie-breaker.
-pub(crate) type Slot = (Instant, u64);
+/// The shortest wait before a failed renewal is tried again.
+const RETRY_MIN: Duration = Duration::from_millis(5);
 
-#[derive(Default)]
 pub(crate) struct Renewals {
     shared: Arc<Shared>,
-    /// The scheduler, started by the first lease that asks for renewal.
-    task: OnceLock<AbortHandle>,
+    /// The scheduler, started by the first lease that asks for renewal, and
+    /// again should the runtime it ran on have shut down.
+    task: Mutex<Option<AbortHandle>>,
 }
 
-#[derive(Default)]
 struct Shared {
-    state: Mutex<Schedule>,
+    backend: Arc<dyn Backend>,
+    schedule: Mutex<Schedule>,
     wake: Notify,
     next_id: AtomicU64,
 }
@@ -39,46 +45,40 @@ struct Shared {
 #[derive(Default)]
 struct Schedule {
     /// The leases, held until they are due or cancelled: every way a lease
-    /// ends (release, loss, a superseding grant) cancels its slot.
-    due: BTreeMap<Slot, LeaseRef>,
+    /// ends (release, loss) cancels its slot.
+    due: BTreeMap<RenewalSlot, Arc<Record>>,
     /// When the scheduler looks next; `None` while it waits to be woken.
     looks_at: Option<Instant>,
 }
 
 impl Renewals {
-    /// Renews `held` at `at`, starting the scheduler on `runtime` if needed.
-    pub(crate) fn schedule(
-        &self,
-        held: &LeaseRef,
-        at: Instant,
-        locker: &Arc<LockerInner>,
-        runtime: &Handle,
-    ) {
-        let slot = (at, self.shared.next_id.fetch_add(1, Ordering::Relaxed));
-        let wake = {
-            let mut schedule = self.shared.lock();
-            schedule.due.insert(slot, held.clone());
-            let wake = schedule.looks_at.is_none_or(|looks_at| at < looks_at);
-            if wake {
-                schedule.looks_at = Some(at);
-            }
-            wake
-        };
-        held.set_renewal_slot(Some(slot));
-        self.task.get_or_init(|| {
-            runtime
-                .spawn(run(self.shared.clone(), Arc::downgrade(locker)))
-                .abort_handle()
-        });
-        if wake {
-            // A stored permit if the scheduler is not waiting yet: no lost
-            // wake-up.
-            self.shared.wake.notify_one();
+    pub(crate) fn new(backend: Arc<dyn Backend>) -> Self {
+        Renewals {
+            shared: Arc::new(Shared {
+                backend,
+                schedule: Mutex::default(),
+                wake: Notify::new(),
+                next_id: AtomicU64::new(0),
+            }),
+            task: Mutex::new(None),
         }
     }
 
-    /// Takes a lease out of the schedule (it was released or superseded).
-    pub(crate) fn cancel(&self, slot: Slot) {
+    /// Renews `record` at `at`, starting the scheduler on `runtime` if it
+    /// does not run.
+    pub(crate) fn schedule(&self, record: &Arc<Record>, at: Instant, runtime: &Handle) {
+        {
+            let mut task = crate::sync::lock(&self.task);
+            if task.as_ref().is_none_or(AbortHandle::is_finished) {
+                let shared = self.shared.clone();
+                *task = Some(runtime.spawn(run(shared)).abort_handle());
+            }
+        }
+        self.shared.insert(record, at);
+    }
+
+    /// Takes a lease out of the schedule (it was released).
+    pub(crate) fn cancel(&self, slot: RenewalSlot) {
         self.shared.lock().due.remove(&slot);
     }
 
@@ -90,7 +90,7 @@ impl Renewals {
 
 impl Drop for Renewals {
     fn drop(&mut self) {
-        if let Some(task) = self.task.get() {
+        if let Some(task) = crate::sync::lock(&self.task).take() {
             task.abort();
         }
     }
@@ -99,11 +99,56 @@ impl Drop for Renewals {
 impl Shared {
     fn lock(&self) -> std::sync::MutexGuard<'_, Schedule> {
         // Every step leaves the map consistent.
-        crate::sync::lock(&self.state)
+        crate::sync::lock(&self.schedule)
+    }
+
+    fn insert(&self, record: &Arc<Record>, at: Instant) {
+        let slot = (at, self.next_id.fetch_add(1, Ordering::Relaxed));
+        let wake = {
+            let mut schedule = self.lock();
+            schedule.due.insert(slot, record.clone());
+            let wake = schedule.looks_at.is_none_or(|looks_at| at < looks_at);
+            if wake {
+                schedule.looks_at = Some(at);
+            }
+            wake
+        };
+        if !record.set_renewal(slot) {
+            // Released meanwhile: its release saw no slot to cancel.
+            self.lock().due.remove(&slot);
+            return;
+        }
+        if wake {
+            // A stored permit if the scheduler is not waiting yet: no lost
+            // wake-up.
+            self.wake.notify_one();
+        }
+    }
+
+    /// One renewal, when it is due; schedules the next.
+    async fn renew(self: Arc<Self>, record: Arc<Record>) {
+        let ttl = record.ttl();
+        let every = record.timing().every(ttl);
+        let next = match record.extend(&*self.backend, ttl).await {
+            Ok(()) => Instant::now() + every,
+            Err(LockError::Lost | LockError::NotHeld) => return,
+            Err(err) => {
+                let left = record.remaining();
+                if left.is_zero() {
+                    record.mark_lost();
+                    tracing::warn!(key = ?record.key(), error = %err, "lease lost: renewal failed until its deadline");
+                    return;
+                }
+                tracing::warn!(key = ?record.key(), error = %err, "lease renewal failed; retrying");
+                // Retry well before the deadline, but never in a spin.
+                Instant::now() + (every.min(left) / 2).max(RETRY_MIN)
+            }
+        };
+        self.insert(&record, next);
     }
 }
 
-async fn run(shared: Arc<Shared>, locker: Weak<LockerInner>) {
+async fn run(shared: Arc<Shared>) {
     loop {
         let now = Instant::now();
         let (due, next) = {
@@ -114,14 +159,8 @@ async fn run(shared: Arc<Shared>, locker: Weak<LockerInner>) {
             schedule.looks_at = next;
             (due, next)
         };
-        if !due.is_empty() {
-            // The locker is gone: so are its guards, nothing to renew.
-            let Some(locker) = locker.upgrade() else {
-                return;
-            };
-            for held in due.into_values() {
-                tokio::spawn(HeldLease::renew_once(held, locker.clone()));
-            }
+        for record in due.into_values() {
+            tokio::spawn(shared.clone().renew(record));
         }
         match next {
             Some(next) => {

@@ -32,7 +32,7 @@ use tokio::{
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_lock::{
     LockError, LockLayer, LockService, Locker,
-    backend::{Attempt, Backend, Lease, Subscription, Token},
+    backend::{AcquireRequest, Attempt, Backend, Holding, Lease, Subscription},
     extract::{HeldLock, LockKey, Locked},
     middleware::{MissingKey, key},
 };
@@ -90,7 +90,7 @@ fn refused() -> LockError {
 
 #[async_trait::async_trait]
 impl Backend for DownBackend {
-    async fn try_acquire(&self, _: &str, _: Token, _: Duration) -> Result<Attempt, LockError> {
+    async fn try_acquire(&self, _: &AcquireRequest<'_>) -> Result<Attempt, LockError> {
         Err(refused())
     }
 
@@ -103,6 +103,10 @@ impl Backend for DownBackend {
     }
 
     async fn subscribe(&self, _: &str) -> Result<Subscription, LockError> {
+        Err(refused())
+    }
+
+    async fn holder(&self, _: &str) -> Result<Option<Holding>, LockError> {
         Err(refused())
     }
 }

@@ -12,7 +12,7 @@ use std::{
 
 use tower_lock::{
     BACKOFF_MAX, LockError, Locker,
-    backend::{Attempt, Backend, Lease, Subscription, Token},
+    backend::{AcquireRequest, Attempt, Backend, Holding, Lease, Subscription},
     bus::LocalBus,
     memory::MemoryBackend,
 };
@@ -40,14 +40,9 @@ impl Instrumented {
 
 #[async_trait::async_trait]
 impl Backend for Instrumented {
-    async fn try_acquire(
-        &self,
-        key: &str,
-        token: Token,
-        ttl: Duration,
-    ) -> Result<Attempt, LockError> {
+    async fn try_acquire(&self, request: &AcquireRequest<'_>) -> Result<Attempt, LockError> {
         self.tries.fetch_add(1, Ordering::SeqCst);
-        self.store.try_acquire(key, token, ttl).await
+        self.store.try_acquire(request).await
     }
 
     async fn extend(
@@ -69,6 +64,10 @@ impl Backend for Instrumented {
         } else {
             Ok(Subscription::never())
         }
+    }
+
+    async fn holder(&self, key: &str) -> Result<Option<Holding>, LockError> {
+        self.store.holder(key).await
     }
 }
 

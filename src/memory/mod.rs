@@ -2,32 +2,12 @@
 //! one table over a [`Bus`].
 //!
 //! Standalone, the table is sharded across mutexes (no global lock on the
-//! hot path) and leases expire on the process's coarse monotonic clock. With
-//! a bus, every node replicates the table from the bus's ordered events and
-//! judges expiry by the bus's stamps (see [`bus`](crate::bus)).
-//!
-//! # The coarse clock
-//!
-//! The standalone table judges leases by [`Tick`]: on
-//! Linux the kernel's last tick (`CLOCK_MONOTONIC_COARSE`), a few ns a
-//! reading where the precise clock takes 20 to 40 ns on a virtual machine,
-//! which was a fifth of an uncontended lock. It is as monotonic as the
-//! precise clock but moves in ticks (1 to 10 ms; 4 ms on most
-//! distributions' kernels), and how far it runs behind real time varies by
-//! up to about two ticks, so:
-//!
-//! - the table adds two ticks and a millisecond to every lease
-//!   ([`Tick::lag`](crate::backend::Tick::lag)): a lease lasts at least its
-//!   ttl, and up to about four ticks more;
-//! - the holder reads the same clock before the store does and counts the
-//!   same way, so [`LockGuard::is_lost`](crate::LockGuard::is_lost) turns
-//!   true no later than the store hands the key to someone else;
-//! - [`LockGuard::lost`](crate::LockGuard::lost) may resolve up to a
-//!   millisecond after the clock shows the lease over.
-//!
-//! Other systems read the precise clock, with no lag.
-//!
-//! [`Tick`]: crate::backend::Tick
+//! hot path) and answers on the spot, with no future: an uncontended lock
+//! and its release never wait. Leases expire on tokio's monotonic clock, so
+//! tests that pause time (`tokio::time::pause`, `start_paused = true`) see
+//! them run out as the clock advances. With a bus, every node replicates
+//! the table from the bus's ordered events and judges expiry by the bus's
+//! stamps (see [`bus`]).
 //!
 //! Fences come from one counter per shard of the table (standalone; a key
 //! always lives in the same shard) or from the bus's sequence numbers
@@ -55,6 +35,7 @@
 //! # }
 //! ```
 
+pub mod bus;
 mod replica;
 mod table;
 
@@ -65,15 +46,18 @@ use std::{
     time::Duration,
 };
 
-use self::table::count_fence;
-pub(crate) use self::table::{KeyHasher, Table};
-use self::{replica::Replica, table::Released};
-use crate::{
-    LockError,
-    backend::{Attempt, Backend, Holder, Lease, Subscription, Token, WakeRegistry},
+use tokio::time::Instant;
+
+use self::{
     bus::Bus,
-    clock::Tick,
-    key::validate_ttl,
+    replica::Replica,
+    table::{Released, Table, count_fence},
+};
+use crate::{
+    LockError, Locker,
+    backend::{AcquireRequest, Attempt, Backend, Holding, Lease, Subscription, WakeRegistry},
+    key::{KeyHasher, validate_ttl},
+    sync::lock,
 };
 
 /// An in-process lock table; see the [module docs](self).
@@ -91,7 +75,7 @@ enum Inner {
 }
 
 struct Standalone {
-    shards: Box<[Mutex<Table<Tick>>]>,
+    shards: Box<[Mutex<Table<Instant>>]>,
     hasher: KeyHasher,
     wakeups: WakeRegistry,
 }
@@ -118,7 +102,7 @@ impl MemoryBackend {
     /// The node subscribes at once, so it sees every event from now on. It
     /// applies events on a task it starts on the tokio runtime of its first
     /// operation; the task ends when the last clone of the backend is
-    /// dropped. See [`bus`](crate::bus) for an example.
+    /// dropped. See [`bus`] for an example.
     pub fn with_bus(bus: impl Bus) -> Self {
         MemoryBackend {
             inner: Arc::new(Inner::Replicated(Replica::new(Arc::new(bus)))),
@@ -170,40 +154,50 @@ impl fmt::Debug for MemoryBackend {
     }
 }
 
+impl Locker {
+    /// A locker over a new standalone [`MemoryBackend`]: locks for the tasks
+    /// of this process.
+    ///
+    /// ```
+    /// let locker = tower_lock::Locker::in_memory();
+    /// ```
+    pub fn in_memory() -> Self {
+        Locker::new(MemoryBackend::new())
+    }
+}
+
 impl Standalone {
     /// The key's hash and its shard, locked. One hash serves both the shard
     /// and the table inside it: bits 32 and up pick the shard, which the
     /// table's own probing (low bits, and the top seven) leaves alone.
-    fn shard(&self, key: &str) -> (u64, MutexGuard<'_, Table<Tick>>) {
+    fn shard(&self, key: &str) -> (u64, MutexGuard<'_, Table<Instant>>) {
         let hash = self.hasher.hash_one(key);
         let index = (hash >> 32) as usize % SHARDS;
         (hash, lock(&self.shards[index]))
     }
 
-    fn try_acquire(
-        &self,
-        key: &str,
-        token: Token,
-        ttl: Duration,
-        holder: Option<Holder>,
-    ) -> Attempt {
-        let (hash, mut shard) = self.shard(key);
-        shard.try_acquire_hashed(key, hash, token, ttl, Tick::now(), count_fence, holder)
+    fn try_acquire(&self, request: &AcquireRequest<'_>) -> Result<Attempt, LockError> {
+        validate_ttl(request.ttl)?;
+        let (hash, mut shard) = self.shard(request.key);
+        let (token, ttl) = (request.token, request.ttl);
+        let now = Instant::now();
+        Ok(shard.try_acquire_hashed(request.key, hash, token, ttl, now, count_fence))
     }
 
-    fn holder(&self, key: &str) -> Option<Holder> {
+    fn holder(&self, key: &str) -> Option<Holding> {
         let (hash, shard) = self.shard(key);
-        shard.holder_hashed(key, hash)
+        shard.holder_hashed(key, hash, Instant::now())
     }
 
-    fn extend(&self, key: &str, lease: &Lease, ttl: Duration) -> Option<u64> {
+    fn extend(&self, key: &str, lease: &Lease, ttl: Duration) -> Result<Option<u64>, LockError> {
+        validate_ttl(ttl)?;
         let (hash, mut shard) = self.shard(key);
-        shard.extend_hashed(key, hash, lease, ttl, Tick::now())
+        Ok(shard.extend_hashed(key, hash, lease, ttl, Instant::now()))
     }
 
     fn release(&self, key: &str, lease: &Lease) -> bool {
         let (hash, mut shard) = self.shard(key);
-        let released = shard.release_hashed(key, hash, lease, Tick::now());
+        let released = shard.release_hashed(key, hash, lease, Instant::now());
         drop(shard);
         match released {
             Released::Held => {
@@ -215,22 +209,12 @@ impl Standalone {
     }
 }
 
-pub(super) use crate::sync::lock;
-
 #[async_trait::async_trait]
 impl Backend for MemoryBackend {
-    async fn try_acquire(
-        &self,
-        key: &str,
-        token: Token,
-        ttl: Duration,
-    ) -> Result<Attempt, LockError> {
+    async fn try_acquire(&self, request: &AcquireRequest<'_>) -> Result<Attempt, LockError> {
         match &*self.inner {
-            Inner::Standalone(s) => {
-                validate_ttl(ttl)?;
-                Ok(s.try_acquire(key, token, ttl, None))
-            }
-            Inner::Replicated(r) => r.try_acquire(key, token, ttl).await,
+            Inner::Standalone(s) => s.try_acquire(request),
+            Inner::Replicated(r) => r.try_acquire(request).await,
         }
     }
 
@@ -241,10 +225,7 @@ impl Backend for MemoryBackend {
         ttl: Duration,
     ) -> Result<Option<u64>, LockError> {
         match &*self.inner {
-            Inner::Standalone(s) => {
-                validate_ttl(ttl)?;
-                Ok(s.extend(key, lease, ttl))
-            }
+            Inner::Standalone(s) => s.extend(key, lease, ttl),
             Inner::Replicated(r) => r.extend(key, lease, ttl).await,
         }
     }
@@ -263,37 +244,18 @@ impl Backend for MemoryBackend {
         }
     }
 
-    fn try_acquire_now(
-        &self,
-        key: &str,
-        token: Token,
-        ttl: Duration,
-        holder: Holder,
-    ) -> Option<Result<Attempt, LockError>> {
+    /// On a bus node: the holder as of the last bus event the node applied.
+    async fn holder(&self, key: &str) -> Result<Option<Holding>, LockError> {
         match &*self.inner {
-            Inner::Standalone(s) => {
-                Some(validate_ttl(ttl).map(|()| s.try_acquire(key, token, ttl, Some(holder))))
-            }
+            Inner::Standalone(s) => Ok(s.holder(key)),
+            Inner::Replicated(r) => Ok(r.holder(key)),
+        }
+    }
+
+    fn try_acquire_now(&self, request: &AcquireRequest<'_>) -> Option<Result<Attempt, LockError>> {
+        match &*self.inner {
+            Inner::Standalone(s) => Some(s.try_acquire(request)),
             // A replica's answer comes back over the bus.
-            Inner::Replicated(_) => None,
-        }
-    }
-
-    fn holder_now(&self, key: &str) -> Option<Option<Holder>> {
-        match &*self.inner {
-            Inner::Standalone(s) => Some(s.holder(key)),
-            Inner::Replicated(_) => None,
-        }
-    }
-
-    fn count_holders_now(&self, counted: &dyn Fn(&Holder) -> bool) -> Option<usize> {
-        match &*self.inner {
-            Inner::Standalone(s) => Some(
-                s.shards
-                    .iter()
-                    .map(|shard| lock(shard).count_holders(counted))
-                    .sum(),
-            ),
             Inner::Replicated(_) => None,
         }
     }

@@ -16,13 +16,13 @@ use tokio::{
 };
 
 use super::{
-    lock,
-    table::{Outcome, Table},
+    bus::{Bus, Command, Event, Feed, Origin, Outcome, apply},
+    table::Table,
 };
 use crate::{
     LockError,
-    backend::{Attempt, Lease, Token, WakeRegistry},
-    bus::{Bus, Command, Event, Feed, Origin},
+    backend::{AcquireRequest, Attempt, Holding, Lease, WakeRegistry},
+    sync::lock,
 };
 
 pub(super) struct Replica {
@@ -33,10 +33,16 @@ pub(super) struct Replica {
     pump: Mutex<Pump>,
 }
 
+/// The replica's table, and the stamp of the last event applied to it.
+struct Applied {
+    table: Table,
+    stamp: Duration,
+}
+
 /// What the pump task shares with the node's requests.
 struct ReplicaState {
     node: u64,
-    table: Mutex<Table>,
+    table: Mutex<Applied>,
     /// Requests of this node that are on the bus and not yet applied.
     pending: Mutex<HashMap<u64, oneshot::Sender<Outcome>>>,
     /// Set when the pump has ended: nothing will answer requests any more.
@@ -65,7 +71,10 @@ impl Replica {
             requests: AtomicU64::new(0),
             state: Arc::new(ReplicaState {
                 node,
-                table: Mutex::new(snapshot.into_table()),
+                table: Mutex::new(Applied {
+                    table: snapshot.into_table(),
+                    stamp: Duration::ZERO,
+                }),
                 pending: Mutex::default(),
                 stopped: AtomicBool::new(false),
                 wakeups: WakeRegistry::default(),
@@ -78,7 +87,13 @@ impl Replica {
     }
 
     pub(super) fn len(&self) -> usize {
-        lock(&self.state.table).len()
+        lock(&self.state.table).table.len()
+    }
+
+    /// The holder of `key` as of the last event this node applied.
+    pub(super) fn holder(&self, key: &str) -> Option<Holding> {
+        let applied = lock(&self.state.table);
+        applied.table.holder(key, applied.stamp)
     }
 
     pub(super) fn wakeups(&self) -> &WakeRegistry {
@@ -87,16 +102,14 @@ impl Replica {
 
     pub(super) async fn try_acquire(
         &self,
-        key: &str,
-        token: Token,
-        ttl: Duration,
+        request: &AcquireRequest<'_>,
     ) -> Result<Attempt, LockError> {
         let outcome = self
             .request(|origin| Command::Acquire {
                 origin,
-                key: key.into(),
-                token,
-                ttl,
+                key: request.key.into(),
+                token: request.token,
+                ttl: request.ttl,
             })
             .await?;
         match outcome {
@@ -228,7 +241,7 @@ fn mismatch() -> LockError {
 async fn apply_events(mut events: mpsc::UnboundedReceiver<Arc<Event>>, state: Arc<ReplicaState>) {
     let _stopped = PumpStopped(state.clone());
     while let Some(event) = events.recv().await {
-        let outcome = apply(&state, &event);
+        let outcome = apply_event(&state, &event);
         let origin = event.command.origin();
         if origin.node == state.node
             && let Some(tx) = lock(&state.pending).remove(&origin.request)
@@ -240,8 +253,12 @@ async fn apply_events(mut events: mpsc::UnboundedReceiver<Arc<Event>>, state: Ar
     }
 }
 
-fn apply(state: &ReplicaState, event: &Event) -> Outcome {
-    let outcome = lock(&state.table).apply(event);
+fn apply_event(state: &ReplicaState, event: &Event) -> Outcome {
+    let outcome = {
+        let mut applied = lock(&state.table);
+        applied.stamp = event.stamp;
+        apply(&mut applied.table, event)
+    };
     if let (Outcome::Release(true), Command::Release { key, .. }) = (&outcome, &event.command) {
         state.wakeups.notify(key);
     }

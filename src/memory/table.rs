@@ -1,28 +1,23 @@
 //! The lock table: a deterministic state machine over lease commands.
 //!
-//! Time is an argument, never read here. The standalone backend passes its
-//! own monotonic clock; replicas on a [`Bus`](crate::bus::Bus) pass the
-//! stamp of the event being applied, so every replica decides every expiry
-//! the same way.
+//! Time is an argument, never read here. The standalone backend passes
+//! tokio's clock (so that paused test time moves its leases); replicas on a
+//! [`Bus`](super::bus::Bus) pass the stamp of the event being applied, so
+//! every replica decides every expiry the same way.
 
 use std::{fmt, hash::BuildHasher, time::Duration};
 
 use hashbrown::HashTable;
 use smol_str::SmolStr;
+use tokio::time::Instant;
 
 use crate::{
-    backend::{Attempt, Holder, Lease, Token},
-    bus::{Command, Event},
-    clock::Tick,
-    key::owned_key,
+    backend::{Attempt, Holding, Lease, Token},
+    key::{KeyHasher, owned_key},
 };
 
-/// Keys may come from HTTP requests, so the hasher is seeded per process;
-/// foldhash's quality variant is that at a fraction of SipHash's cost.
-pub(crate) type KeyHasher = foldhash::quality::RandomState;
-
-/// A point in time as a table judges it: the bus's stamps for replicas, the
-/// process's coarse monotonic clock ([`Tick`]) for the standalone table.
+/// A point in time as a table judges it: the bus's stamps for replicas,
+/// tokio's clock for the standalone table.
 pub(crate) trait Stamp: Copy + Ord + fmt::Debug {
     /// `ttl` later; `None` past what the type can hold.
     fn after(self, ttl: Duration) -> Option<Self>;
@@ -40,58 +35,23 @@ impl Stamp for Duration {
     }
 }
 
-impl Stamp for Tick {
+impl Stamp for Instant {
     fn after(self, ttl: Duration) -> Option<Self> {
-        Tick::after(self, ttl)
+        self.checked_add(ttl)
     }
 
     fn until(self, later: Self) -> Duration {
-        Tick::until(self, later)
+        later.saturating_duration_since(self)
     }
 }
 
 #[derive(Clone, Debug)]
 struct Entry<T> {
-    keeper: Keeper,
+    key: SmolStr,
     hash: u64,
     token: Token,
     fence: u64,
     expires_at: T,
-}
-
-/// Who keeps an entry's key.
-#[derive(Clone, Debug)]
-enum Keeper {
-    /// The lease's holder, kept for its owner when the lease was granted on
-    /// the spot: its copy of the key serves, with no second one.
-    Holder(Holder),
-    /// The entry itself (keys up to 23 bytes inline: no allocation).
-    Key(SmolStr),
-}
-
-impl Keeper {
-    fn new(key: &str, holder: Option<Holder>) -> Self {
-        match holder {
-            Some(holder) => Keeper::Holder(holder),
-            None => Keeper::Key(owned_key(key)),
-        }
-    }
-}
-
-impl<T> Entry<T> {
-    fn key(&self) -> &str {
-        match &self.keeper {
-            Keeper::Holder(holder) => &holder.0.key,
-            Keeper::Key(key) => key,
-        }
-    }
-
-    fn holder(&self) -> Option<&Holder> {
-        match &self.keeper {
-            Keeper::Holder(holder) => Some(holder),
-            Keeper::Key(_) => None,
-        }
-    }
 }
 
 /// Keys with their current lease. Expired leases count as absent; they are
@@ -123,13 +83,6 @@ pub(crate) enum Released {
     Lost,
 }
 
-/// What applying a bus event decided.
-pub(crate) enum Outcome {
-    Acquire(Attempt),
-    Extend(Option<u64>),
-    Release(bool),
-}
-
 impl<T> Default for Table<T> {
     fn default() -> Self {
         Table::with_hasher(KeyHasher::default())
@@ -139,25 +92,6 @@ impl<T> Default for Table<T> {
 impl<T> fmt::Debug for Table<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Table").field("len", &self.len()).finish()
-    }
-}
-
-impl Table<Duration> {
-    /// Applies one event of a bus, judging expiry by the event's stamp and
-    /// fencing by its sequence number: the same on every replica.
-    pub(crate) fn apply(&mut self, event: &Event) -> Outcome {
-        let now = event.stamp;
-        match &event.command {
-            Command::Acquire {
-                key, token, ttl, ..
-            } => Outcome::Acquire(self.try_acquire(key, *token, *ttl, now, |_| event.seq)),
-            Command::Extend {
-                key, lease, ttl, ..
-            } => Outcome::Extend(self.extend(key, lease, *ttl, now)),
-            Command::Release { key, lease, .. } => {
-                Outcome::Release(matches!(self.release(key, lease, now), Released::Held))
-            }
-        }
     }
 }
 
@@ -175,20 +109,6 @@ impl<T> Table<T> {
     pub(crate) fn len(&self) -> usize {
         self.entries.len()
     }
-
-    /// How many entries keep a holder that satisfies `counted`.
-    pub(crate) fn count_holders(&self, counted: &dyn Fn(&Holder) -> bool) -> usize {
-        let kept = self.entries.iter().filter_map(Entry::holder);
-        kept.filter(|holder| counted(holder)).count()
-    }
-
-    /// The holder kept with the lease on `key`, live or run out.
-    pub(crate) fn holder_hashed(&self, key: &str, hash: u64) -> Option<Holder> {
-        self.entries
-            .find(hash, |e| e.key() == key)?
-            .holder()
-            .cloned()
-    }
 }
 
 impl<T: Stamp> Table<T> {
@@ -204,10 +124,9 @@ impl<T: Stamp> Table<T> {
         now: T,
         fence: impl FnOnce(&mut u64) -> u64,
     ) -> Attempt {
-        self.try_acquire_hashed(key, self.hash(key), token, ttl, now, fence, None)
+        self.try_acquire_hashed(key, self.hash(key), token, ttl, now, fence)
     }
 
-    #[allow(clippy::too_many_arguments)] // the hashed twin of `try_acquire`
     pub(crate) fn try_acquire_hashed(
         &mut self,
         key: &str,
@@ -216,14 +135,13 @@ impl<T: Stamp> Table<T> {
         ttl: Duration,
         now: T,
         fence: impl FnOnce(&mut u64) -> u64,
-        holder: Option<Holder>,
     ) -> Attempt {
         // Callers bound the ttl (`validate_ttl`), so this holds; were it
         // not to, refusing is the answer that cannot break exclusion.
         let Some(expires_at) = now.after(ttl) else {
             return Attempt::Busy { remaining: None };
         };
-        if let Some(entry) = self.entries.find_mut(hash, |e| e.key() == key) {
+        if let Some(entry) = self.entries.find_mut(hash, |e| &*e.key == key) {
             if entry.expires_at > now {
                 return Attempt::Busy {
                     remaining: Some(now.until(entry.expires_at)),
@@ -231,7 +149,6 @@ impl<T: Stamp> Table<T> {
             }
             let fence = fence(&mut self.fences);
             (entry.token, entry.fence, entry.expires_at) = (token, fence, expires_at);
-            entry.keeper = Keeper::new(key, holder);
             return Attempt::Acquired {
                 fence,
                 revision: fence,
@@ -242,7 +159,7 @@ impl<T: Stamp> Table<T> {
         }
         let fence = fence(&mut self.fences);
         let entry = Entry {
-            keeper: Keeper::new(key, holder),
+            key: owned_key(key),
             hash,
             token,
             fence,
@@ -273,12 +190,23 @@ impl<T: Stamp> Table<T> {
         ttl: Duration,
         now: T,
     ) -> Option<u64> {
-        let entry = self.entries.find_mut(hash, |e| e.key() == key)?;
+        let entry = self.entries.find_mut(hash, |e| &*e.key == key)?;
         if entry.token != lease.token || entry.expires_at <= now {
             return None;
         }
         entry.expires_at = now.after(ttl)?;
         Some(entry.fence)
+    }
+
+    /// Who holds `key` at `now`.
+    pub(crate) fn holder(&self, key: &str, now: T) -> Option<Holding> {
+        self.holder_hashed(key, self.hash(key), now)
+    }
+
+    pub(crate) fn holder_hashed(&self, key: &str, hash: u64, now: T) -> Option<Holding> {
+        let entry = self.entries.find(hash, |e| &*e.key == key)?;
+        (entry.expires_at > now)
+            .then(|| Holding::new(entry.token, entry.fence, Some(now.until(entry.expires_at))))
     }
 
     pub(crate) fn release(&mut self, key: &str, lease: &Lease, now: T) -> Released {
@@ -294,7 +222,7 @@ impl<T: Stamp> Table<T> {
     ) -> Released {
         let Ok(entry) = self
             .entries
-            .find_entry(hash, |e| e.token == lease.token && e.key() == key)
+            .find_entry(hash, |e| e.token == lease.token && &*e.key == key)
         else {
             return Released::Lost;
         };

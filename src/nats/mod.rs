@@ -113,7 +113,9 @@ use tokio::time::Instant;
 use self::lease::{LeaseValue, SeenKeys, Verdict};
 use crate::{
     LockError,
-    backend::{Attempt, Backend, Lease, Subscription, Token, WakeRegistry},
+    backend::{
+        AcquireRequest, Attempt, Backend, Holding, Lease, Subscription, Token, WakeRegistry,
+    },
 };
 
 /// How often one call re-reads a key whose revision moved under it before
@@ -405,13 +407,9 @@ struct Conflict;
 
 #[async_trait::async_trait]
 impl Backend for NatsBackend {
-    async fn try_acquire(
-        &self,
-        key: &str,
-        token: Token,
-        ttl: Duration,
-    ) -> Result<Attempt, LockError> {
-        let key = key::encode(key);
+    async fn try_acquire(&self, request: &AcquireRequest<'_>) -> Result<Attempt, LockError> {
+        let (token, ttl) = (request.token, request.ttl);
+        let key = key::encode(request.key);
         let value = LeaseValue { token, ttl }.encode();
         let seen = &self.inner.seen;
         let sent_at = Instant::now();
@@ -531,6 +529,37 @@ impl Backend for NatsBackend {
         // The watch is live from construction (and re-established with a
         // wake-up for everyone after failures), so registering is enough.
         Ok(self.inner.wakeups.subscribe(&key::encode(key)))
+    }
+
+    /// The lease stored at the key, with its remaining time as this backend
+    /// measures it (from when it first saw the lease's revision).
+    async fn holder(&self, key: &str) -> Result<Option<Holding>, LockError> {
+        let key = key::encode(key);
+        let entry = self
+            .inner
+            .store
+            .entry(&key)
+            .await
+            .map_err(LockError::unavailable)?;
+        let Some(entry) = entry.filter(|entry| entry.operation == Operation::Put) else {
+            return Ok(None);
+        };
+        // A value this crate did not write is a holder that never expires.
+        let Some(lease) = LeaseValue::decode(&entry.value) else {
+            return Ok(Some(Holding::new(
+                Token::from(uuid::Uuid::nil()),
+                entry.revision,
+                None,
+            )));
+        };
+        Ok(
+            match self.inner.seen.judge(&key, entry.revision, lease.ttl) {
+                Verdict::Running(remaining) => {
+                    Some(Holding::new(lease.token, entry.revision, Some(remaining)))
+                }
+                Verdict::Expired => None,
+            },
+        )
     }
 }
 

@@ -120,7 +120,9 @@ use self::{
 };
 use crate::{
     LockError,
-    backend::{Attempt, Backend, Lease, Subscription, Token, WakeRegistry},
+    backend::{
+        AcquireRequest, Attempt, Backend, Holding, Lease, Subscription, Token, WakeRegistry,
+    },
 };
 
 /// The key prefix used unless [`RedisBackendBuilder::prefix`] sets another.
@@ -375,26 +377,19 @@ fn millis(ttl: Duration) -> u64 {
 
 #[async_trait::async_trait]
 impl Backend for RedisBackend {
-    async fn try_acquire(
-        &self,
-        key: &str,
-        token: Token,
-        ttl: Duration,
-    ) -> Result<Attempt, LockError> {
-        let lock = self.inner.keys.lock_key(key);
-        // Queue only a caller subscribed to the key's wake-ups (a waiter;
-        // `try_lock` and an acquire's first try are not): a turn that comes
-        // for a key nobody here watches is passed on, so a caller queued
-        // before it subscribed could lose its turn to that.
-        let waits = self.inner.registry.is_watched(key);
+    async fn try_acquire(&self, request: &AcquireRequest<'_>) -> Result<Attempt, LockError> {
+        let lock = self.inner.keys.lock_key(request.key);
+        // Only a waiting caller (subscribed to the key's wake-ups before it
+        // tried) joins the queue: a turn that comes for a key nobody here
+        // watches is passed on.
         let (outcome, value): (i64, i64) = scripts::ACQUIRE
             .key(&lock)
             .key(KeySpace::fence_key(&lock))
             .key(KeySpace::queue_key(&lock))
-            .arg(token.to_string())
-            .arg(millis(ttl))
+            .arg(request.token.to_string())
+            .arg(millis(request.ttl))
             .arg(&self.inner.id)
-            .arg(if waits { "1" } else { "0" })
+            .arg(if request.waiting { "1" } else { "0" })
             .invoke_async(&mut self.conn())
             .await
             .map_err(LockError::unavailable)?;
@@ -454,5 +449,36 @@ impl Backend for RedisBackend {
 
     async fn subscribe(&self, key: &str) -> Result<Subscription, LockError> {
         Ok(self.inner.registry.subscribe(key))
+    }
+
+    async fn holder(&self, key: &str) -> Result<Option<Holding>, LockError> {
+        let lock = self.inner.keys.lock_key(key);
+        let reply: Vec<redis::Value> = scripts::HOLDER
+            .key(&lock)
+            .key(KeySpace::fence_key(&lock))
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(LockError::unavailable)?;
+        let [
+            redis::Value::Int(1),
+            token,
+            redis::Value::Int(fence),
+            redis::Value::Int(pttl),
+        ] = &reply[..]
+        else {
+            return Ok(None);
+        };
+        // A value this crate did not write is a holder all the same.
+        let token = match token {
+            redis::Value::BulkString(token) => std::str::from_utf8(token)
+                .ok()
+                .and_then(|token| uuid::Uuid::parse_str(token).ok()),
+            _ => None,
+        };
+        Ok(Some(Holding::new(
+            token.unwrap_or_default().into(),
+            u64::try_from(*fence).unwrap_or(0),
+            u64::try_from(*pttl).ok().map(Duration::from_millis),
+        )))
     }
 }

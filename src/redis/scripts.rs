@@ -78,3 +78,18 @@ return {1}
 ",
     )
 });
+
+/// `KEYS[1]` lock, `KEYS[2]` fence counter. Returns `{1, token, fence,
+/// pttl}` while a holder's token is stored, `{0}` when the lock is free or
+/// only reserved for a queued backend's turn.
+pub(crate) static HOLDER: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local token = redis.call('GET', KEYS[1])
+if token == false or string.sub(token, 1, 5) == 'next:' then
+  return {0}
+end
+return {1, token, tonumber(redis.call('GET', KEYS[2]) or '0'), redis.call('PTTL', KEYS[1])}
+",
+    )
+});

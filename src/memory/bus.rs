@@ -30,20 +30,20 @@
 //! # }
 //! ```
 //!
-//! [`MemoryBackend`]: crate::memory::MemoryBackend
+//! [`MemoryBackend`]: super::MemoryBackend
 
 use std::{
     fmt,
     sync::{Arc, Mutex},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use tokio::sync::mpsc;
+use tokio::{sync::mpsc, time::Instant};
 
+use super::table::{Released, Table};
 use crate::{
     LockError,
-    backend::{Lease, Token},
-    memory::Table,
+    backend::{Attempt, Lease, Token},
 };
 
 /// A totally ordered broadcast of [`Command`]s.
@@ -99,7 +99,7 @@ impl Snapshot {
 
     /// Applies the next event in bus order.
     pub fn apply(&mut self, event: &Event) {
-        self.table.apply(event);
+        apply(&mut self.table, event);
         self.seq = event.seq;
     }
 
@@ -124,12 +124,38 @@ impl Snapshot {
     }
 }
 
+/// What applying a bus event decided.
+pub(crate) enum Outcome {
+    Acquire(Attempt),
+    Extend(Option<u64>),
+    Release(bool),
+}
+
+/// Applies one event of a bus to a replica's table, judging expiry by the
+/// event's stamp and fencing by its sequence number: the same on every
+/// replica.
+pub(crate) fn apply(table: &mut Table, event: &Event) -> Outcome {
+    let now = event.stamp;
+    match &event.command {
+        Command::Acquire {
+            key, token, ttl, ..
+        } => Outcome::Acquire(table.try_acquire(key, *token, *ttl, now, |_| event.seq)),
+        Command::Extend {
+            key, lease, ttl, ..
+        } => Outcome::Extend(table.extend(key, lease, *ttl, now)),
+        Command::Release { key, lease, .. } => {
+            Outcome::Release(matches!(table.release(key, lease, now), Released::Held))
+        }
+    }
+}
+
 /// One command in bus order.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Event {
     /// The position in the bus's total order.
     pub seq: u64,
-    /// The bus's monotonic time when the command was ordered.
+    /// The bus's monotonic time when the command was ordered (tokio's
+    /// clock for [`LocalBus`], so paused test time moves it too).
     pub stamp: Duration,
     /// What a node asked for.
     pub command: Command,

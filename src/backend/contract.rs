@@ -1,0 +1,126 @@
+//! The [`Backend`] trait.
+
+use std::{fmt, sync::Arc, time::Duration};
+
+use super::{
+    request::{AcquireRequest, Attempt, Holding, Lease},
+    wake::Subscription,
+};
+use crate::LockError;
+
+/// A store that can hold leases on keys.
+///
+/// Implementations must keep the semantics listed in the crate docs: mutual
+/// exclusion, ownership by token, expiry after the ttl decided by one clock,
+/// and strictly increasing fences per key. Keys arrive validated (non-empty,
+/// at most [`MAX_KEY_LEN`](crate::MAX_KEY_LEN) bytes) but may contain any
+/// characters; a store that restricts characters must encode them. Ttls
+/// arrive between [`MIN_TTL`](crate::MIN_TTL) and
+/// [`MAX_TTL`](crate::MAX_TTL).
+///
+/// Five primitives are required. A store inside the process may also answer
+/// [`try_acquire_now`](Self::try_acquire_now) and
+/// [`release_now`](Self::release_now) on the spot; their defaults ("this
+/// needs I/O") are correct on their own, and the two are independent: a
+/// store may answer either, both or neither.
+///
+/// The trait is object-safe; [`Locker`](crate::Locker) holds it as
+/// `Arc<dyn Backend>`. See the [module docs](super) for a complete backend.
+#[async_trait::async_trait]
+pub trait Backend: fmt::Debug + Send + Sync + 'static {
+    /// Takes `request.key` for `request.token` for `request.ttl` if nobody
+    /// holds it (or its holder's lease has run out).
+    ///
+    /// Returns [`Attempt::Acquired`] with the new fence, or
+    /// [`Attempt::Busy`] with the holder's remaining lease when the store
+    /// reports it, so waiters never sleep past an expiry. A store that
+    /// queues waiters may queue a caller whose request says
+    /// [`waiting`](AcquireRequest::waiting), and answer
+    /// [`Attempt::Queued`].
+    async fn try_acquire(&self, request: &AcquireRequest<'_>) -> Result<Attempt, LockError>;
+
+    /// Restarts the lease of `lease` on `key` at `ttl` from now.
+    ///
+    /// Returns the lease's new revision, or `None` when the lease is no
+    /// longer held by `lease.token` (expired or taken over); in that case
+    /// nothing is changed.
+    async fn extend(
+        &self,
+        key: &str,
+        lease: &Lease,
+        ttl: Duration,
+    ) -> Result<Option<u64>, LockError>;
+
+    /// Releases `key` if it is still held by `lease`, and wakes the key's
+    /// waiters.
+    ///
+    /// Returns `false`, changing nothing that belongs to anyone else, when
+    /// the lease was no longer held.
+    async fn release(&self, key: &str, lease: &Lease) -> Result<bool, LockError>;
+
+    /// Registers interest in wake-ups for `key`.
+    ///
+    /// Must be registered when the returned future completes: a release that
+    /// happens afterwards has to wake the subscription. A backend that can
+    /// not deliver wake-ups may return [`Subscription::never`]; waiters then
+    /// fall back to their backoff timer.
+    async fn subscribe(&self, key: &str) -> Result<Subscription, LockError>;
+
+    /// Who holds `key` now: `None` when nobody does (never taken, released,
+    /// or its lease ran out as far as the store can tell).
+    async fn holder(&self, key: &str) -> Result<Option<Holding>, LockError>;
+
+    /// Answers [`try_acquire`](Self::try_acquire) on the spot, for a store
+    /// inside this process; `None` (the default) means "this needs I/O: call
+    /// `try_acquire`". A synchronous answer needs no future, and can not be
+    /// cancelled half-way.
+    fn try_acquire_now(&self, request: &AcquireRequest<'_>) -> Option<Result<Attempt, LockError>> {
+        let _ = request;
+        None
+    }
+
+    /// Answers [`release`](Self::release) on the spot, like
+    /// [`try_acquire_now`](Self::try_acquire_now); `None` (the default)
+    /// means "call `release`". It also lets a guard dropped outside any
+    /// runtime release at once.
+    fn release_now(&self, key: &str, lease: &Lease) -> Option<Result<bool, LockError>> {
+        let _ = (key, lease);
+        None
+    }
+}
+
+#[async_trait::async_trait]
+impl<B: Backend + ?Sized> Backend for Arc<B> {
+    async fn try_acquire(&self, request: &AcquireRequest<'_>) -> Result<Attempt, LockError> {
+        (**self).try_acquire(request).await
+    }
+
+    async fn extend(
+        &self,
+        key: &str,
+        lease: &Lease,
+        ttl: Duration,
+    ) -> Result<Option<u64>, LockError> {
+        (**self).extend(key, lease, ttl).await
+    }
+
+    async fn release(&self, key: &str, lease: &Lease) -> Result<bool, LockError> {
+        (**self).release(key, lease).await
+    }
+
+    async fn subscribe(&self, key: &str) -> Result<Subscription, LockError> {
+        (**self).subscribe(key).await
+    }
+
+    async fn holder(&self, key: &str) -> Result<Option<Holding>, LockError> {
+        (**self).holder(key).await
+    }
+
+    fn try_acquire_now(&self, request: &AcquireRequest<'_>) -> Option<Result<Attempt, LockError>> {
+        (**self).try_acquire_now(request)
+    }
+
+    fn release_now(&self, key: &str, lease: &Lease) -> Option<Result<bool, LockError>> {
+        (**self).release_now(key, lease)
+    }
+}

@@ -1,0 +1,131 @@
+//! What crosses the [`Backend`](super::Backend) trait: the acquire request,
+//! its answer, a held lease, and a key's holder.
+
+use std::time::Duration;
+
+use super::token::Token;
+
+/// A request to take a key, for
+/// [`Backend::try_acquire`](super::Backend::try_acquire).
+///
+/// Fields are added as lock kinds grow; make one with
+/// [`new`](Self::new).
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_lock::backend::{AcquireRequest, Token};
+///
+/// let request = AcquireRequest::new("invoice:42", Token::new(), Duration::from_secs(5));
+/// assert!(!request.waiting);
+/// assert!(request.waiting(true).waiting);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct AcquireRequest<'a> {
+    /// The lock key.
+    pub key: &'a str,
+    /// The identity the lease is taken with.
+    pub token: Token,
+    /// The lease length.
+    pub ttl: Duration,
+    /// Whether the caller waits for the key if it is busy: it has
+    /// [subscribed](super::Backend::subscribe) to the key's wake-ups before
+    /// this request, and tries again when woken. A store with a waiter
+    /// queue may queue such a caller; `false` is a one-off try
+    /// ([`Locker::try_lock`](crate::Locker::try_lock), or the first try of
+    /// an acquire) that must never be queued.
+    pub waiting: bool,
+}
+
+impl<'a> AcquireRequest<'a> {
+    /// A one-off try for `key`, with `token`, for `ttl`.
+    pub fn new(key: &'a str, token: Token, ttl: Duration) -> Self {
+        AcquireRequest {
+            key,
+            token,
+            ttl,
+            waiting: false,
+        }
+    }
+
+    /// Sets [`waiting`](Self::waiting).
+    pub fn waiting(mut self, waiting: bool) -> Self {
+        self.waiting = waiting;
+        self
+    }
+}
+
+/// The outcome of [`Backend::try_acquire`](super::Backend::try_acquire).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Attempt {
+    /// The key is now held by the caller's token.
+    Acquired {
+        /// The fencing token: strictly greater than every earlier fence of
+        /// the key.
+        fence: u64,
+        /// A backend-specific version of the stored lease, handed back in
+        /// [`Lease::revision`] (the key's revision on NATS; the fence where a
+        /// store has no such notion).
+        revision: u64,
+    },
+    /// Somebody else holds the key.
+    Busy {
+        /// How long the holder's lease still runs, when the store says.
+        remaining: Option<Duration>,
+    },
+    /// Somebody else holds the key, and the store has put the caller in its
+    /// queue for it: a wake-up comes when the caller's turn does, so the
+    /// waiter has no need to poll. It still tries again once `remaining`
+    /// (the holder's lease, or the turn reserved for another waiter) runs
+    /// out, and at the longest backoff step at the latest, in case a wake-up
+    /// is lost.
+    Queued {
+        /// How long the holder's lease (or the turn held for the waiter
+        /// ahead) still runs, when the store says.
+        remaining: Option<Duration>,
+    },
+}
+
+/// What identifies one holding of a key to its backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Lease {
+    /// The token the key was taken with.
+    pub token: Token,
+    /// The fence returned with the acquisition.
+    pub fence: u64,
+    /// The lease's current revision (see [`Attempt::Acquired`]); updated by
+    /// each successful [`Backend::extend`](super::Backend::extend).
+    pub revision: u64,
+}
+
+/// Who holds a key, from [`Backend::holder`](super::Backend::holder).
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_lock::backend::{Holding, Token};
+///
+/// let holding = Holding::new(Token::new(), 7, Some(Duration::from_secs(3)));
+/// assert_eq!(holding.fence, 7);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Holding {
+    /// The holder's token.
+    pub token: Token,
+    /// The fence of the holder's acquisition.
+    pub fence: u64,
+    /// How long its lease still runs, when the store says.
+    pub remaining: Option<Duration>,
+}
+
+impl Holding {
+    /// The holding of `token`, acquired with `fence`, with `remaining` left.
+    pub fn new(token: Token, fence: u64, remaining: Option<Duration>) -> Self {
+        Holding {
+            token,
+            fence,
+            remaining,
+        }
+    }
+}

@@ -1,0 +1,322 @@
+//! The record of one held lease, and its state: held, renewed, lost or
+//! released.
+//!
+//! A record is made when the store grants a lease, and is shared by the
+//! guard, its owner's bookkeeping and the renewal schedule. The holder
+//! measures the lease on tokio's clock from the send time of the request
+//! that granted (or last renewed) it, which is never later than when the
+//! store started it: so the holder stops counting on the lease no later
+//! than the store can hand the key on.
+
+use std::{
+    future::Future,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use smol_str::SmolStr;
+use tokio::{sync::Notify, time::Instant};
+
+use crate::{
+    LockError,
+    backend::{Backend, Lease, Token},
+};
+
+/// Where a lease waits in its owner's renewal schedule: its due time and a
+/// tie-breaker.
+pub(crate) type RenewalSlot = (Instant, u64);
+
+/// When a lease renews, and how long its holder counts on it without a
+/// successful renewal.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Timing {
+    /// The renewal interval; a third of the ttl when `None`.
+    pub(crate) every: Option<Duration>,
+    /// How long after the send time of its last successful grant or renewal
+    /// the holder counts the lease lost: the ttl when `None`, and never more.
+    pub(crate) deadline: Option<Duration>,
+}
+
+impl Timing {
+    pub(crate) fn every(&self, ttl: Duration) -> Duration {
+        self.every.unwrap_or(ttl / 3).min(ttl)
+    }
+
+    pub(crate) fn deadline(&self, ttl: Duration) -> Duration {
+        self.deadline.unwrap_or(ttl).min(ttl)
+    }
+}
+
+/// One held lease.
+pub(crate) struct Record {
+    key: SmolStr,
+    token: Token,
+    fence: u64,
+    /// The store's revision of the lease; moved on by each extension.
+    revision: AtomicU64,
+    /// The lease length of the last grant or extension, in nanoseconds:
+    /// renewal keeps to what the holder last asked for.
+    ttl_nanos: AtomicU64,
+    timing: Timing,
+    /// When the holder stops counting on the lease.
+    deadline: Mutex<Instant>,
+    /// Idle, an operation under way, or released.
+    state: AtomicU8,
+    /// Lost: the store refused a renewal, or renewal failed until the
+    /// deadline.
+    lost: AtomicBool,
+    /// Serialises the operations that await (renewals, a release through
+    /// I/O), FIFO: a release always sees the revision of the last extension
+    /// and never races one in flight.
+    ops: tokio::sync::Mutex<()>,
+    /// Wakes `lost()` futures when the state or deadline changes.
+    changed: Notify,
+    /// Where the lease waits in the renewal schedule, if it does.
+    renewal: Mutex<Option<RenewalSlot>>,
+}
+
+const IDLE: u8 = 0;
+const BUSY: u8 = 1;
+const RELEASED: u8 = 2;
+
+/// Durations beyond u64 nanoseconds (584 years) are beyond `MAX_TTL`.
+fn nanos(ttl: Duration) -> u64 {
+    u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// `ttl` after `start`; at `start` past the clock's range, which can only
+/// make the holder more careful (validated ttls are far inside it).
+fn after(start: Instant, ttl: Duration) -> Instant {
+    start.checked_add(ttl).unwrap_or(start)
+}
+
+/// What a release came to, logged the same way wherever it ran.
+pub(crate) fn settle_release(
+    record: &Record,
+    outcome: Result<bool, LockError>,
+) -> Result<(), LockError> {
+    let (key, fence) = (&record.key, record.fence);
+    match outcome {
+        Ok(true) => {
+            tracing::debug!(?key, fence, "lock released");
+            Ok(())
+        }
+        Ok(false) => {
+            tracing::warn!(?key, fence, "lease was lost before release");
+            Err(LockError::Lost)
+        }
+        Err(err) => {
+            tracing::warn!(?key, fence, error = %err, "release failed");
+            Err(err)
+        }
+    }
+}
+
+impl Record {
+    /// A lease the store granted with `fence` and `revision`, to a request
+    /// sent at `sent_at`.
+    pub(crate) fn new(
+        key: SmolStr,
+        token: Token,
+        (fence, revision): (u64, u64),
+        ttl: Duration,
+        timing: Timing,
+        sent_at: Instant,
+    ) -> Arc<Self> {
+        Arc::new(Record {
+            key,
+            token,
+            fence,
+            revision: AtomicU64::new(revision),
+            ttl_nanos: AtomicU64::new(nanos(ttl)),
+            timing,
+            deadline: Mutex::new(after(sent_at, timing.deadline(ttl))),
+            state: AtomicU8::new(IDLE),
+            lost: AtomicBool::new(false),
+            ops: tokio::sync::Mutex::new(()),
+            changed: Notify::new(),
+            renewal: Mutex::new(None),
+        })
+    }
+
+    pub(crate) fn key(&self) -> &SmolStr {
+        &self.key
+    }
+
+    pub(crate) fn fence(&self) -> u64 {
+        self.fence
+    }
+
+    pub(crate) fn ttl(&self) -> Duration {
+        Duration::from_nanos(self.ttl_nanos.load(Ordering::Acquire))
+    }
+
+    pub(crate) fn timing(&self) -> Timing {
+        self.timing
+    }
+
+    pub(crate) fn lease(&self) -> Lease {
+        Lease {
+            token: self.token,
+            fence: self.fence,
+            revision: self.revision.load(Ordering::Acquire),
+        }
+    }
+
+    /// How long until the holder stops counting on the lease; zero once it
+    /// has.
+    pub(crate) fn remaining(&self) -> Duration {
+        crate::sync::lock(&self.deadline).saturating_duration_since(Instant::now())
+    }
+
+    pub(crate) fn is_released(&self) -> bool {
+        self.state.load(Ordering::SeqCst) == RELEASED
+    }
+
+    /// Lost or released.
+    fn is_over(&self) -> bool {
+        self.lost.load(Ordering::SeqCst) || self.is_released()
+    }
+
+    /// Over, or past the holder's deadline.
+    pub(crate) fn is_lost(&self) -> bool {
+        self.is_over() || self.remaining().is_zero()
+    }
+
+    /// Marks the lease as no longer to be counted on.
+    pub(crate) fn mark_lost(&self) {
+        self.lost.store(true, Ordering::SeqCst);
+        self.changed.notify_waiters();
+    }
+
+    /// Resolves when the lease is over (see [`is_lost`](Self::is_lost)).
+    pub(crate) fn lost(self: &Arc<Self>) -> impl Future<Output = ()> + Send + use<> {
+        let record = self.clone();
+        async move {
+            loop {
+                // `notify_waiters` reaches a `Notified` from its creation, so
+                // a change between the reads below and the wait is not missed.
+                let changed = record.changed.notified();
+                let left = record.remaining();
+                if record.is_over() || left.is_zero() {
+                    return;
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(left) => {}
+                    () = changed => {}
+                }
+            }
+        }
+    }
+
+    /// Marks the lease released at once, unless an operation is under way
+    /// (`None`); `Some(false)` when it already was.
+    pub(crate) fn release_here(&self) -> Option<bool> {
+        match self
+            .state
+            .compare_exchange(IDLE, RELEASED, Ordering::SeqCst, Ordering::SeqCst)
+        {
+            Ok(_) => {
+                self.changed.notify_waiters();
+                Some(true)
+            }
+            Err(RELEASED) => Some(false),
+            Err(_) => None,
+        }
+    }
+
+    /// Takes back a [`release_here`](Self::release_here) whose store did not
+    /// answer on the spot.
+    pub(crate) fn unrelease(&self) {
+        let _ = self
+            .state
+            .compare_exchange(RELEASED, IDLE, Ordering::SeqCst, Ordering::SeqCst);
+    }
+
+    /// Waits for the operations queued ahead, then marks the lease
+    /// released; `false` when it already was.
+    pub(crate) async fn release_queued(&self) -> bool {
+        let Some(mut op) = self.begin().await else {
+            return false;
+        };
+        op.then = RELEASED;
+        drop(op);
+        self.changed.notify_waiters();
+        true
+    }
+
+    /// Waits for the operations queued ahead; `None` once released.
+    async fn begin(&self) -> Option<Op<'_>> {
+        let queued = self.ops.lock().await;
+        // Only queued operations mark the state busy, and each leaves it
+        // before the queue moves on: it is idle or released here.
+        self.state
+            .compare_exchange(IDLE, BUSY, Ordering::SeqCst, Ordering::SeqCst)
+            .ok()?;
+        Some(Op {
+            state: &self.state,
+            then: IDLE,
+            _queued: queued,
+        })
+    }
+
+    /// Restarts the lease at `ttl` from now in `backend`.
+    pub(crate) async fn extend(
+        &self,
+        backend: &dyn Backend,
+        ttl: Duration,
+    ) -> Result<(), LockError> {
+        let Some(_op) = self.begin().await else {
+            return Err(LockError::NotHeld);
+        };
+        let sent_at = Instant::now();
+        match backend.extend(&self.key, &self.lease(), ttl).await? {
+            Some(revision) => {
+                self.revision.store(revision, Ordering::Release);
+                self.ttl_nanos.store(nanos(ttl), Ordering::Release);
+                *crate::sync::lock(&self.deadline) = after(sent_at, self.timing.deadline(ttl));
+                self.changed.notify_waiters();
+                Ok(())
+            }
+            None => {
+                self.mark_lost();
+                tracing::warn!(key = ?self.key, fence = self.fence, "lease lost");
+                Err(LockError::Lost)
+            }
+        }
+    }
+
+    /// Records the lease's place in the renewal schedule; `false` (nothing
+    /// recorded) once it is released, so that a release and a renewal being
+    /// scheduled never miss each other: the release marks the state first,
+    /// then takes the slot under the same lock.
+    pub(crate) fn set_renewal(&self, slot: RenewalSlot) -> bool {
+        let mut current = crate::sync::lock(&self.renewal);
+        if self.is_released() {
+            return false;
+        }
+        *current = Some(slot);
+        true
+    }
+
+    /// Takes the lease's place in the renewal schedule, if it has one.
+    pub(crate) fn take_renewal(&self) -> Option<RenewalSlot> {
+        crate::sync::lock(&self.renewal).take()
+    }
+}
+
+/// An operation under way; leaves the state idle, or released.
+struct Op<'a> {
+    state: &'a AtomicU8,
+    then: u8,
+    _queued: tokio::sync::MutexGuard<'a, ()>,
+}
+
+impl Drop for Op<'_> {
+    fn drop(&mut self) {
+        self.state.store(self.then, Ordering::SeqCst);
+    }
+}

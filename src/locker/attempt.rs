@@ -1,0 +1,126 @@
+//! One try at the store, and what its answer comes to: a guard over a new
+//! lease record, or a refusal the wait strategy acts on.
+
+use std::time::Duration;
+
+use smol_str::SmolStr;
+use tokio::{runtime::Handle, time::Instant};
+
+use super::Locker;
+use crate::{
+    LockError, LockGuard,
+    backend::{AcquireRequest, Attempt, Lease, Token},
+    lease::Record,
+    run_to_end::RunToEnd,
+};
+
+/// A try that found the key busy.
+pub(super) struct Refused {
+    /// The holder's remaining lease, when the store said.
+    pub(super) remaining: Option<Duration>,
+    /// Whether the store queued the caller (see [`Attempt::Queued`]).
+    pub(super) queued: bool,
+}
+
+pub(super) fn current_runtime() -> Result<Handle, LockError> {
+    Handle::try_current().map_err(LockError::unavailable)
+}
+
+impl Locker {
+    /// One try at the store, as a caller that will wait if refused
+    /// (`waiting`) or not. `Err` inside `Ok` is "busy".
+    pub(super) async fn attempt(
+        &self,
+        key: &SmolStr,
+        ttl: Duration,
+        waiting: bool,
+    ) -> Result<Result<LockGuard, Refused>, LockError> {
+        // Renewal needs a runtime: refused before the store grants anything.
+        let runtime = self.auto_renew.then(current_runtime).transpose()?;
+        let token = Token::unique();
+        let request = AcquireRequest::new(key, token, ttl).waiting(waiting);
+        // Read before the request: the holder's lease never outlasts the
+        // store's.
+        let sent_at = Instant::now();
+        if let Some(answer) = self.backend().try_acquire_now(&request) {
+            return Ok(self.settle(key, token, ttl, answer?, runtime, sent_at));
+        }
+        // Boxed: the on-the-spot path should not carry (and move) the state
+        // of a request it never makes.
+        Box::pin(self.attempt_remote(key, token, ttl, waiting)).await
+    }
+
+    /// A try that needs I/O.
+    async fn attempt_remote(
+        &self,
+        key: &SmolStr,
+        token: Token,
+        ttl: Duration,
+        waiting: bool,
+    ) -> Result<Result<LockGuard, Refused>, LockError> {
+        let runtime = current_runtime()?;
+        let sent_at = Instant::now();
+        let outcome = self.request(&runtime, key, token, ttl, waiting).await?;
+        Ok(self.settle(key, token, ttl, outcome, Some(runtime), sent_at))
+    }
+
+    /// What a try came to: a guard over a new lease, or the refusal.
+    fn settle(
+        &self,
+        key: &SmolStr,
+        token: Token,
+        ttl: Duration,
+        outcome: Attempt,
+        runtime: Option<Handle>,
+        sent_at: Instant,
+    ) -> Result<LockGuard, Refused> {
+        let (remaining, queued) = match outcome {
+            Attempt::Acquired { fence, revision } => {
+                let granted = (fence, revision);
+                let record = Record::new(key.clone(), token, granted, ttl, self.timing, sent_at);
+                self.owner.hold(&record);
+                if let Some(runtime) = runtime.as_ref().filter(|_| self.auto_renew) {
+                    self.owner.renew(&record, runtime, sent_at);
+                }
+                tracing::debug!(?key, fence, "lock acquired");
+                return Ok(LockGuard::new(record, self.owner.clone(), runtime));
+            }
+            Attempt::Busy { remaining } => (remaining, false),
+            Attempt::Queued { remaining } => (remaining, true),
+        };
+        Err(Refused { remaining, queued })
+    }
+
+    /// A try through I/O. If the caller goes away mid-request, a lock it was
+    /// granted is nobody's: it is given back.
+    async fn request(
+        &self,
+        runtime: &Handle,
+        key: &SmolStr,
+        token: Token,
+        ttl: Duration,
+        waiting: bool,
+    ) -> Result<Attempt, LockError> {
+        let request = {
+            let (backend, key) = (self.backend().clone(), key.clone());
+            async move {
+                let request = AcquireRequest::new(&key, token, ttl).waiting(waiting);
+                backend.try_acquire(&request).await
+            }
+        };
+        let cleanup = {
+            let (backend, key) = (self.backend().clone(), key.clone());
+            move |outcome: Result<Attempt, LockError>| async move {
+                if let Ok(Attempt::Acquired { fence, revision }) = outcome {
+                    let lease = Lease {
+                        token,
+                        fence,
+                        revision,
+                    };
+                    let _ = backend.release(&key, &lease).await;
+                }
+            }
+        };
+        RunToEnd::new(runtime.clone(), request, cleanup).await
+    }
+}

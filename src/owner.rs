@@ -1,0 +1,157 @@
+//! What one owner (a `Locker` and its clones) holds: its leases by key, so
+//! that it can release by key and count what it holds, and their renewal.
+//!
+//! An owner may hold several leases on one key (a lease that ran out and
+//! was granted again, and later several shared holders): each is kept, and
+//! a release by key releases them all.
+
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use smallvec::SmallVec;
+use smol_str::SmolStr;
+use tokio::{runtime::Handle, time::Instant};
+
+use crate::{
+    LockError,
+    backend::Backend,
+    key::KeyHasher,
+    lease::{Record, settle_release},
+    renewal::Renewals,
+    run_to_end::RunToEnd,
+};
+
+/// The leases held on one key: nearly always one, kept inline.
+type Records = SmallVec<[Arc<Record>; 1]>;
+
+pub(crate) struct Owner {
+    backend: Arc<dyn Backend>,
+    held: DashMap<SmolStr, Records, KeyHasher>,
+    renewals: Renewals,
+}
+
+impl Owner {
+    pub(crate) fn new(backend: Arc<dyn Backend>) -> Self {
+        Owner {
+            renewals: Renewals::new(backend.clone()),
+            backend,
+            held: DashMap::default(),
+        }
+    }
+
+    pub(crate) fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+
+    /// Records a lease the store granted to this owner.
+    pub(crate) fn hold(&self, record: &Arc<Record>) {
+        self.held
+            .entry(record.key().clone())
+            .or_default()
+            .push(record.clone());
+    }
+
+    /// Keeps `record` alive in the store until it is released or lost, from
+    /// a grant or renewal sent at `sent_at`.
+    pub(crate) fn renew(&self, record: &Arc<Record>, runtime: &Handle, sent_at: Instant) {
+        let at = sent_at + record.timing().every(record.ttl());
+        self.renewals.schedule(record, at, runtime);
+    }
+
+    /// The leases this owner holds on `key`.
+    pub(crate) fn held_on(&self, key: &str) -> Records {
+        self.held.get(key).map(|r| r.clone()).unwrap_or_default()
+    }
+
+    /// How many leases this owner holds.
+    pub(crate) fn held_count(&self) -> usize {
+        self.held.iter().map(|entry| entry.len()).sum()
+    }
+
+    /// How many leases wait for their next renewal.
+    pub(crate) fn renewing_count(&self) -> usize {
+        self.renewals.len()
+    }
+
+    /// How many keys this owner holds leases on.
+    pub(crate) fn held_keys(&self) -> usize {
+        self.held.len()
+    }
+
+    /// What follows marking a lease released: renewal and these records let
+    /// go of it.
+    fn forget(&self, record: &Record) {
+        if let Some(slot) = record.take_renewal() {
+            self.renewals.cancel(slot);
+        }
+        self.held.remove_if_mut(&**record.key(), |_, records| {
+            records.retain(|held| !std::ptr::eq(&**held, record));
+            records.is_empty()
+        });
+    }
+
+    /// Releases on the spot, when no operation is under way and the store
+    /// can answer so; `None`, having changed nothing, otherwise.
+    pub(crate) fn release_here(&self, record: &Record) -> Option<Result<(), LockError>> {
+        if !record.release_here()? {
+            return Some(Err(LockError::NotHeld));
+        }
+        let Some(outcome) = self.backend.release_now(record.key(), &record.lease()) else {
+            // Not a store that answers on the spot: the release goes the
+            // async way.
+            record.unrelease();
+            return None;
+        };
+        self.forget(record);
+        Some(settle_release(record, outcome))
+    }
+
+    /// Releases `record` in the store, once, whoever asks first (its guard,
+    /// the guard's drop, or a release by key).
+    pub(crate) async fn release(&self, record: &Record) -> Result<(), LockError> {
+        if !record.release_queued().await {
+            return Err(LockError::NotHeld);
+        }
+        self.forget(record);
+        let outcome = self.backend.release(record.key(), &record.lease()).await;
+        settle_release(record, outcome)
+    }
+
+    /// Releases for a caller that may go away: on the spot when the store
+    /// can answer so, else a request that finishes even if the caller drops
+    /// the future (on `runtime`, or the current one).
+    pub(crate) async fn release_from(
+        self: &Arc<Self>,
+        record: Arc<Record>,
+        runtime: Option<Handle>,
+    ) -> Result<(), LockError> {
+        if let Some(released) = self.release_here(&record) {
+            return released;
+        }
+        let runtime = match runtime {
+            Some(runtime) => runtime,
+            None => Handle::try_current().map_err(LockError::unavailable)?,
+        };
+        let owner = self.clone();
+        let release = async move { owner.release(&record).await };
+        // Boxed: a release on the spot should not carry (and move) the state
+        // of one through I/O.
+        Box::pin(RunToEnd::new(runtime, release, |_| async {})).await
+    }
+
+    /// Releases a lease whose guard was dropped: on the spot, or in the
+    /// background on `runtime` (or the current one). A runtime that has shut
+    /// down drops the task instead of running it, and without any runtime
+    /// nothing is spawned: no panic, and the lease ends at its ttl.
+    pub(crate) fn release_dropped(self: &Arc<Self>, record: Arc<Record>, runtime: Option<Handle>) {
+        if record.is_released() || self.release_here(&record).is_some() {
+            return;
+        }
+        if let Some(runtime) = runtime.or_else(|| Handle::try_current().ok()) {
+            let owner = self.clone();
+            runtime.spawn(async move {
+                let _ = owner.release(&record).await;
+            });
+        }
+    }
+}
