@@ -120,3 +120,239 @@ mod over_bus {
         assert!(next.fence() > 0);
     }
 }
+
+/// A store of a third party's that answers on the spot, through the
+/// optional pair of the `Backend` trait, held to the same suite.
+mod on_the_spot {
+    use std::{
+        collections::HashMap,
+        sync::{
+            Arc, Mutex,
+            atomic::{AtomicUsize, Ordering},
+        },
+        time::Duration,
+    };
+
+    use tokio::time::Instant;
+    use tower_lock::{
+        LockError, Locker,
+        backend::{
+            AcquireRequest, Attempt, Backend, Holding, Lease, Subscription, Token, WakeRegistry,
+        },
+    };
+
+    /// One mutex over a map; counts the calls that needed a future.
+    #[derive(Debug, Default)]
+    pub struct SpotStore {
+        table: Mutex<HashMap<String, (Token, u64, Instant)>>,
+        fences: AtomicUsize,
+        wakeups: WakeRegistry,
+        async_tries: AtomicUsize,
+        async_releases: AtomicUsize,
+    }
+
+    impl SpotStore {
+        fn take(&self, request: &AcquireRequest<'_>) -> Attempt {
+            let mut table = self.table.lock().expect("table");
+            let now = Instant::now();
+            if let Some((_, _, expires)) = table.get(request.key)
+                && *expires > now
+            {
+                return Attempt::Busy {
+                    remaining: Some(*expires - now),
+                };
+            }
+            let fence = self.fences.fetch_add(1, Ordering::SeqCst) as u64 + 1;
+            let expires = now + request.ttl;
+            table.insert(request.key.to_owned(), (request.token, fence, expires));
+            Attempt::Acquired {
+                fence,
+                revision: fence,
+            }
+        }
+
+        fn give_back(&self, key: &str, lease: &Lease) -> bool {
+            let mut table = self.table.lock().expect("table");
+            let Some((token, _, expires)) = table.get(key).copied() else {
+                return false;
+            };
+            if token != lease.token {
+                return false;
+            }
+            table.remove(key);
+            drop(table);
+            let held = expires > Instant::now();
+            if held {
+                self.wakeups.notify(key);
+            }
+            held
+        }
+
+        pub fn len(&self) -> usize {
+            self.table.lock().expect("table").len()
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl Backend for SpotStore {
+        async fn try_acquire(&self, request: &AcquireRequest<'_>) -> Result<Attempt, LockError> {
+            self.async_tries.fetch_add(1, Ordering::SeqCst);
+            Ok(self.take(request))
+        }
+
+        async fn extend(
+            &self,
+            key: &str,
+            lease: &Lease,
+            ttl: Duration,
+        ) -> Result<Option<u64>, LockError> {
+            let mut table = self.table.lock().expect("table");
+            let now = Instant::now();
+            Ok(match table.get_mut(key) {
+                Some((token, _, expires)) if *token == lease.token && *expires > now => {
+                    *expires = now + ttl;
+                    Some(lease.revision)
+                }
+                _ => None,
+            })
+        }
+
+        async fn release(&self, key: &str, lease: &Lease) -> Result<bool, LockError> {
+            self.async_releases.fetch_add(1, Ordering::SeqCst);
+            Ok(self.give_back(key, lease))
+        }
+
+        async fn subscribe(&self, key: &str) -> Result<Subscription, LockError> {
+            Ok(self.wakeups.subscribe(key))
+        }
+
+        async fn holder(&self, key: &str) -> Result<Option<Holding>, LockError> {
+            let table = self.table.lock().expect("table");
+            let now = Instant::now();
+            Ok(table
+                .get(key)
+                .filter(|(_, _, expires)| *expires > now)
+                .map(|(token, fence, expires)| Holding::new(*token, *fence, Some(*expires - now))))
+        }
+
+        fn try_acquire_now(
+            &self,
+            request: &AcquireRequest<'_>,
+        ) -> Option<Result<Attempt, LockError>> {
+            Some(Ok(self.take(request)))
+        }
+
+        fn release_now(&self, key: &str, lease: &Lease) -> Option<Result<bool, LockError>> {
+            Some(Ok(self.give_back(key, lease)))
+        }
+    }
+
+    pub struct Spot(Arc<SpotStore>);
+
+    impl crate::conformance::Harness for Spot {
+        async fn locker(&self) -> Locker {
+            Locker::from_arc(self.0.clone())
+        }
+
+        async fn stored_locks(&self) -> usize {
+            self.0.len()
+        }
+    }
+
+    crate::conformance_suite!(async { Spot(Arc::default()) });
+
+    /// The optional pair is used, and alone is enough: no try or release
+    /// of an uncontended lock goes through a future, and what the locker
+    /// holds is found by key and counted all the same.
+    #[tokio::test]
+    async fn a_store_that_answers_on_the_spot_is_used_so_and_its_locks_are_found_by_key() {
+        let store = Arc::new(SpotStore::default());
+        let locker = Locker::from_arc(store.clone());
+        let ttl = Duration::from_secs(30);
+        let guard = locker.acquire("a", ttl).await.expect("acquire");
+        let other = locker
+            .try_lock("b", ttl)
+            .await
+            .expect("try_lock")
+            .expect("free");
+        assert_eq!(locker.held_count(), 2);
+        locker.release("a").await.expect("found by key");
+        assert!(guard.is_lost(), "released by key");
+        drop(other);
+        assert_eq!(locker.held_count(), 0);
+        assert_eq!(store.len(), 0, "dropped guards released on the spot");
+        assert_eq!(store.async_tries.load(Ordering::SeqCst), 0);
+        assert_eq!(store.async_releases.load(Ordering::SeqCst), 0);
+    }
+}
+
+/// The standalone store runs on tokio's clock: tests that pause time see
+/// leases run out as they advance it, and not before.
+#[tokio::test(start_paused = true)]
+async fn leases_follow_paused_time() {
+    use std::time::Duration;
+
+    use tower_lock::{Locker, memory::MemoryBackend};
+
+    let backend = MemoryBackend::new();
+    let (holder, other) = (Locker::new(backend.clone()), Locker::new(backend));
+    let ttl = Duration::from_secs(60);
+    let guard = holder.acquire("paused", ttl).await.expect("acquire");
+    tokio::time::advance(ttl - Duration::from_millis(1)).await;
+    assert!(!guard.is_lost());
+    assert!(
+        other
+            .try_lock("paused", ttl)
+            .await
+            .expect("try_lock")
+            .is_none()
+    );
+    tokio::time::advance(Duration::from_millis(1)).await;
+    assert!(guard.is_lost(), "the holder sees its lease run out");
+    let next = other.try_lock("paused", ttl).await.expect("try_lock");
+    assert!(
+        next.is_some(),
+        "the store hands the key on as time advances"
+    );
+}
+
+/// A lease of one locker that ran out and was granted to the same locker
+/// again: both leases are its own, neither supersedes the other.
+#[tokio::test]
+async fn a_locker_keeps_each_lease_it_holds_on_one_key() {
+    use std::time::Duration;
+
+    use tower_lock::{LockError, Locker};
+
+    let locker = Locker::in_memory();
+    let stale = locker
+        .acquire("again", Duration::from_millis(30))
+        .await
+        .expect("acquire");
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    let current = locker
+        .acquire("again", Duration::from_secs(30))
+        .await
+        .expect("acquire after the first lease ran out");
+    assert_eq!(locker.held_count(), 2);
+    assert!(stale.is_lost());
+    assert!(
+        !current.is_lost(),
+        "a new grant is not lost with the old one"
+    );
+    assert!(matches!(stale.release().await, Err(LockError::Lost)));
+    assert_eq!(locker.held_count(), 1);
+    assert!(
+        locker
+            .try_lock("again", Duration::from_secs(1))
+            .await
+            .expect("try")
+            .is_none(),
+        "the stale release left the current lease alone"
+    );
+    current
+        .release()
+        .await
+        .expect("the current lease is still held");
+    assert_eq!(locker.held_count(), 0);
+}
