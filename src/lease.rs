@@ -11,7 +11,7 @@
 use std::{
     future::Future,
     sync::{
-        Arc, Mutex,
+        Arc, Mutex, OnceLock,
         atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering},
     },
     time::Duration,
@@ -68,6 +68,20 @@ pub(crate) struct Record {
     /// Lost: the store refused a renewal, or renewal failed until the
     /// deadline.
     lost: AtomicBool,
+    /// What only leases that renew, are watched or release through I/O
+    /// use; made on first use, since most locks are taken and released on
+    /// the spot with none of it (and a record without it is built faster).
+    busy: OnceLock<Box<Busy>>,
+    /// Whether a `lost()` future ever watched: a change nobody watches
+    /// skips waking, which would otherwise cost every release a lock.
+    watched: AtomicBool,
+    /// Whether it was ever scheduled for renewal: lets releases of leases
+    /// that do not renew skip the slot's lock.
+    renews: AtomicBool,
+}
+
+#[derive(Default)]
+struct Busy {
     /// Serialises the operations that await (renewals, a release through
     /// I/O), FIFO: a release always sees the revision of the last extension
     /// and never races one in flight.
@@ -136,10 +150,14 @@ impl Record {
             deadline: Mutex::new(after(sent_at, timing.deadline(ttl))),
             state: AtomicU8::new(IDLE),
             lost: AtomicBool::new(false),
-            ops: tokio::sync::Mutex::new(()),
-            changed: Notify::new(),
-            renewal: Mutex::new(None),
+            busy: OnceLock::new(),
+            watched: AtomicBool::new(false),
+            renews: AtomicBool::new(false),
         })
+    }
+
+    fn busy(&self) -> &Busy {
+        self.busy.get_or_init(Box::default)
     }
 
     pub(crate) fn key(&self) -> &SmolStr {
@@ -189,17 +207,32 @@ impl Record {
     /// Marks the lease as no longer to be counted on.
     pub(crate) fn mark_lost(&self) {
         self.lost.store(true, Ordering::SeqCst);
-        self.changed.notify_waiters();
+        self.wake_watchers();
+    }
+
+    /// Wakes `lost()` futures, if any ever watched. Sequentially
+    /// consistent, like the state: a watcher marks itself before it reads
+    /// the state, so one that this load misses reads what was written
+    /// before it.
+    fn wake_watchers(&self) {
+        // A watcher makes the busy parts before it marks itself.
+        if self.watched.load(Ordering::SeqCst)
+            && let Some(busy) = self.busy.get()
+        {
+            busy.changed.notify_waiters();
+        }
     }
 
     /// Resolves when the lease is over (see [`is_lost`](Self::is_lost)).
     pub(crate) fn lost(self: &Arc<Self>) -> impl Future<Output = ()> + Send + use<> {
         let record = self.clone();
         async move {
+            let changes = &record.busy().changed;
+            record.watched.store(true, Ordering::SeqCst);
             loop {
                 // `notify_waiters` reaches a `Notified` from its creation, so
                 // a change between the reads below and the wait is not missed.
-                let changed = record.changed.notified();
+                let changed = changes.notified();
                 let left = record.remaining();
                 if record.is_over() || left.is_zero() {
                     return;
@@ -220,7 +253,7 @@ impl Record {
             .compare_exchange(IDLE, RELEASED, Ordering::SeqCst, Ordering::SeqCst)
         {
             Ok(_) => {
-                self.changed.notify_waiters();
+                self.wake_watchers();
                 Some(true)
             }
             Err(RELEASED) => Some(false),
@@ -244,13 +277,13 @@ impl Record {
         };
         op.then = RELEASED;
         drop(op);
-        self.changed.notify_waiters();
+        self.wake_watchers();
         true
     }
 
     /// Waits for the operations queued ahead; `None` once released.
     async fn begin(&self) -> Option<Op<'_>> {
-        let queued = self.ops.lock().await;
+        let queued = self.busy().ops.lock().await;
         // Only queued operations mark the state busy, and each leaves it
         // before the queue moves on: it is idle or released here.
         self.state
@@ -278,7 +311,7 @@ impl Record {
                 self.revision.store(revision, Ordering::Release);
                 self.ttl_nanos.store(nanos(ttl), Ordering::Release);
                 *crate::sync::lock(&self.deadline) = after(sent_at, self.timing.deadline(ttl));
-                self.changed.notify_waiters();
+                self.wake_watchers();
                 Ok(())
             }
             None => {
@@ -294,7 +327,10 @@ impl Record {
     /// scheduled never miss each other: the release marks the state first,
     /// then takes the slot under the same lock.
     pub(crate) fn set_renewal(&self, slot: RenewalSlot) -> bool {
-        let mut current = crate::sync::lock(&self.renewal);
+        // Before the check below: a release that misses this flag is one
+        // whose mark the check then sees.
+        self.renews.store(true, Ordering::SeqCst);
+        let mut current = crate::sync::lock(&self.busy().renewal);
         if self.is_released() {
             return false;
         }
@@ -304,7 +340,12 @@ impl Record {
 
     /// Takes the lease's place in the renewal schedule, if it has one.
     pub(crate) fn take_renewal(&self) -> Option<RenewalSlot> {
-        crate::sync::lock(&self.renewal).take()
+        if !self.renews.load(Ordering::SeqCst) {
+            return None;
+        }
+        // Made by `set_renewal`, which set the flag.
+        let busy = self.busy.get()?;
+        crate::sync::lock(&busy.renewal).take()
     }
 }
 

@@ -5,11 +5,12 @@
 //! was granted again, and later several shared holders): each is kept, and
 //! a release by key releases them all.
 
-use std::sync::Arc;
+use std::{
+    hash::BuildHasher,
+    sync::{Arc, Mutex, MutexGuard},
+};
 
-use dashmap::DashMap;
-use smallvec::SmallVec;
-use smol_str::SmolStr;
+use hashbrown::HashTable;
 use tokio::{runtime::Handle, time::Instant};
 
 use crate::{
@@ -21,12 +22,16 @@ use crate::{
     run_to_end::RunToEnd,
 };
 
-/// The leases held on one key: nearly always one, kept inline.
-type Records = SmallVec<[Arc<Record>; 1]>;
+/// Shards of the table of held leases, so that tasks on several threads
+/// rarely contend for one.
+const SHARDS: usize = 16;
 
 pub(crate) struct Owner {
     backend: Arc<dyn Backend>,
-    held: DashMap<SmolStr, Records, KeyHasher>,
+    /// The leases, by their key's hash; one entry per lease, so one key may
+    /// have several.
+    held: Box<[Mutex<HashTable<Arc<Record>>>]>,
+    hasher: KeyHasher,
     renewals: Renewals,
 }
 
@@ -35,8 +40,17 @@ impl Owner {
         Owner {
             renewals: Renewals::new(backend.clone()),
             backend,
-            held: DashMap::default(),
+            held: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            hasher: KeyHasher::default(),
         }
+    }
+
+    /// The key's hash and its shard, locked: the hash's top bits pick the
+    /// shard, which the table's own probing leaves alone.
+    fn shard(&self, key: &str) -> (u64, MutexGuard<'_, HashTable<Arc<Record>>>) {
+        let hash = self.hasher.hash_one(key);
+        let index = (hash >> 32) as usize % SHARDS;
+        (hash, crate::sync::lock(&self.held[index]))
     }
 
     pub(crate) fn backend(&self) -> &Arc<dyn Backend> {
@@ -45,10 +59,9 @@ impl Owner {
 
     /// Records a lease the store granted to this owner.
     pub(crate) fn hold(&self, record: &Arc<Record>) {
-        self.held
-            .entry(record.key().clone())
-            .or_default()
-            .push(record.clone());
+        let (hash, mut shard) = self.shard(record.key());
+        let rehash = |held: &Arc<Record>| self.hasher.hash_one(&**held.key());
+        shard.insert_unique(hash, record.clone(), rehash);
     }
 
     /// Keeps `record` alive in the store until it is released or lost, from
@@ -59,23 +72,23 @@ impl Owner {
     }
 
     /// The leases this owner holds on `key`.
-    pub(crate) fn held_on(&self, key: &str) -> Records {
-        self.held.get(key).map(|r| r.clone()).unwrap_or_default()
+    pub(crate) fn held_on(&self, key: &str) -> Vec<Arc<Record>> {
+        let (hash, shard) = self.shard(key);
+        let on_key = shard.iter_hash(hash).filter(|held| held.key() == key);
+        on_key.cloned().collect()
     }
 
     /// How many leases this owner holds.
     pub(crate) fn held_count(&self) -> usize {
-        self.held.iter().map(|entry| entry.len()).sum()
+        self.held
+            .iter()
+            .map(|shard| crate::sync::lock(shard).len())
+            .sum()
     }
 
     /// How many leases wait for their next renewal.
     pub(crate) fn renewing_count(&self) -> usize {
         self.renewals.len()
-    }
-
-    /// How many keys this owner holds leases on.
-    pub(crate) fn held_keys(&self) -> usize {
-        self.held.len()
     }
 
     /// What follows marking a lease released: renewal and these records let
@@ -84,10 +97,10 @@ impl Owner {
         if let Some(slot) = record.take_renewal() {
             self.renewals.cancel(slot);
         }
-        self.held.remove_if_mut(&**record.key(), |_, records| {
-            records.retain(|held| !std::ptr::eq(&**held, record));
-            records.is_empty()
-        });
+        let (hash, mut shard) = self.shard(record.key());
+        if let Ok(entry) = shard.find_entry(hash, |held| std::ptr::eq(&**held, record)) {
+            entry.remove();
+        }
     }
 
     /// Releases on the spot, when no operation is under way and the store

@@ -312,7 +312,7 @@ impl fmt::Debug for Locker {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Locker")
             .field("backend", self.owner.backend())
-            .field("held_keys", &self.owner.held_keys())
+            .field("held", &self.owner.held_count())
             .field("queued_keys", &self.queue.len())
             .field("auto_renew", &self.auto_renew)
             .finish()
