@@ -1,3 +1,8 @@
+// Over 400 lines: a sixth is the backend's manual (the module docs), and the
+// rest is the backend type, its builder, the few bucket operations its
+// `Backend` impl is built from, and that impl, all over one bucket's
+// handles; the parts that stand alone (bucket, key, lease, watch) are
+// modules of their own.
 //! [`NatsBackend`]: locks in a NATS JetStream key-value bucket.
 //!
 //! ```no_run

@@ -1,3 +1,7 @@
+// Over 400 lines: a quarter is the backend's manual (the module docs), and
+// the rest is the backend type, its builder and its `Backend` impl, which
+// share one set of connections and keys; the parts that stand alone
+// (client, keys, notify, scripts) are modules of their own.
 //! [`RedisBackend`]: locks in Redis (standalone, Sentinel or Cluster), with
 //! prompt wake-ups over pub/sub and fencing tokens.
 //!
