@@ -63,7 +63,8 @@ pub(crate) struct Record {
     timing: Timing,
     /// When the holder stops counting on the lease.
     deadline: Mutex<Instant>,
-    /// Idle, an operation under way, or released.
+    /// Idle, an operation under way, a release on the spot being answered,
+    /// or released.
     state: AtomicU8,
     /// Lost: the store refused a renewal, or renewal failed until the
     /// deadline.
@@ -95,6 +96,8 @@ struct Busy {
 const IDLE: u8 = 0;
 const BUSY: u8 = 1;
 const RELEASED: u8 = 2;
+/// A release on the spot is waiting for the store's answer.
+const ANSWERING: u8 = 3;
 
 /// Durations beyond u64 nanoseconds (584 years) are beyond `MAX_TTL`.
 fn nanos(ttl: Duration) -> u64 {
@@ -245,28 +248,30 @@ impl Record {
         }
     }
 
-    /// Marks the lease released at once, unless an operation is under way
-    /// (`None`); `Some(false)` when it already was.
-    pub(crate) fn release_here(&self) -> Option<bool> {
+    /// Releases at once through `release` (the store's answer on the spot,
+    /// or `None` where it has none), unless an operation is under way.
+    /// `None`: nothing changed, the release must queue; `Some(None)`: it was
+    /// already released; `Some(Some(answer))`: released.
+    ///
+    /// While the store answers, the state says so (neither idle nor
+    /// released): a `lost()` future or a renewal never sees a release that
+    /// the store then turns down.
+    pub(crate) fn release_here<R>(&self, release: impl FnOnce() -> Option<R>) -> Option<Option<R>> {
         match self
             .state
-            .compare_exchange(IDLE, RELEASED, Ordering::SeqCst, Ordering::SeqCst)
+            .compare_exchange(IDLE, ANSWERING, Ordering::SeqCst, Ordering::SeqCst)
         {
-            Ok(_) => {
-                self.wake_watchers();
-                Some(true)
-            }
-            Err(RELEASED) => Some(false),
-            Err(_) => None,
+            Ok(_) => {}
+            Err(RELEASED) => return Some(None),
+            Err(_) => return None,
         }
-    }
-
-    /// Takes back a [`release_here`](Self::release_here) whose store did not
-    /// answer on the spot.
-    pub(crate) fn unrelease(&self) {
-        let _ = self
-            .state
-            .compare_exchange(RELEASED, IDLE, Ordering::SeqCst, Ordering::SeqCst);
+        let Some(answer) = release() else {
+            self.state.store(IDLE, Ordering::SeqCst);
+            return None;
+        };
+        self.state.store(RELEASED, Ordering::SeqCst);
+        self.wake_watchers();
+        Some(Some(answer))
     }
 
     /// Waits for the operations queued ahead, then marks the lease
@@ -285,10 +290,18 @@ impl Record {
     async fn begin(&self) -> Option<Op<'_>> {
         let queued = self.busy().ops.lock().await;
         // Only queued operations mark the state busy, and each leaves it
-        // before the queue moves on: it is idle or released here.
-        self.state
-            .compare_exchange(IDLE, BUSY, Ordering::SeqCst, Ordering::SeqCst)
-            .ok()?;
+        // before the queue moves on; a release on the spot holds it for the
+        // length of one synchronous call.
+        loop {
+            match self
+                .state
+                .compare_exchange(IDLE, BUSY, Ordering::SeqCst, Ordering::SeqCst)
+            {
+                Ok(_) => break,
+                Err(ANSWERING) => tokio::task::yield_now().await,
+                Err(_) => return None,
+            }
+        }
         Some(Op {
             state: &self.state,
             then: IDLE,

@@ -106,14 +106,12 @@ impl Owner {
     /// Releases on the spot, when no operation is under way and the store
     /// can answer so; `None`, having changed nothing, otherwise.
     pub(crate) fn release_here(&self, record: &Record) -> Option<Result<(), LockError>> {
-        if !record.release_here()? {
+        let answer =
+            record.release_here(|| self.backend.release_now(record.key(), &record.lease()));
+        // `None`: busy, or not a store that answers on the spot; the
+        // release goes the async way.
+        let Some(outcome) = answer? else {
             return Some(Err(LockError::NotHeld));
-        }
-        let Some(outcome) = self.backend.release_now(record.key(), &record.lease()) else {
-            // Not a store that answers on the spot: the release goes the
-            // async way.
-            record.unrelease();
-            return None;
         };
         self.forget(record);
         Some(settle_release(record, outcome))

@@ -107,7 +107,7 @@ use async_nats::{
     jetstream::{
         self,
         context::PublishErrorKind,
-        kv::{Operation, Store, UpdateErrorKind},
+        kv::{Entry, Operation, Store, UpdateErrorKind},
         response::Response,
         stream::DeleteStatus,
     },
@@ -357,16 +357,16 @@ impl NatsBackend {
         }
     }
 
+    /// The key's last entry (a lease, or a delete marker).
+    async fn entry(&self, key: &str) -> Result<Option<Entry>, LockError> {
+        let store = &self.inner.store;
+        store.entry(key).await.map_err(LockError::unavailable)
+    }
+
     /// The key's current entry: `Some(revision)` when it still carries
     /// `token`'s lease.
     async fn revision_held_by(&self, key: &str, token: Token) -> Result<Option<u64>, LockError> {
-        let entry = self
-            .inner
-            .store
-            .entry(key)
-            .await
-            .map_err(LockError::unavailable)?;
-        Ok(entry.and_then(|entry| {
+        Ok(self.entry(key).await?.and_then(|entry| {
             let ours = entry.operation == Operation::Put
                 && LeaseValue::decode(&entry.value).is_some_and(|lease| lease.token == token);
             ours.then_some(entry.revision)
@@ -437,13 +437,7 @@ impl Backend for NatsBackend {
                     remaining: Some(remaining),
                 });
             }
-            let entry = self
-                .inner
-                .store
-                .entry(&key)
-                .await
-                .map_err(LockError::unavailable)?;
-            expected = match entry {
+            expected = match self.entry(&key).await? {
                 None => 0,
                 Some(entry) if entry.operation != Operation::Put => entry.revision,
                 Some(entry) => {
@@ -540,13 +534,11 @@ impl Backend for NatsBackend {
     /// measures it (from when it first saw the lease's revision).
     async fn holder(&self, key: &str) -> Result<Option<Holding>, LockError> {
         let key = key::encode(key);
-        let entry = self
-            .inner
-            .store
+        let Some(entry) = self
             .entry(&key)
-            .await
-            .map_err(LockError::unavailable)?;
-        let Some(entry) = entry.filter(|entry| entry.operation == Operation::Put) else {
+            .await?
+            .filter(|entry| entry.operation == Operation::Put)
+        else {
             return Ok(None);
         };
         // A value this crate did not write is a holder that never expires.
