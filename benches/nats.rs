@@ -9,12 +9,17 @@
 //! - `wakeup`: release → acquisition by a waiter in another `Locker`,
 //!   against one KV `update` round trip (criterion reports means; the
 //!   printed `wakeup:` line gives the medians of 200 hand-offs).
+//! - `NATS uncontended acquire+release, interleaved` (printed): the locker
+//!   and the same operations by hand in alternating rounds; the ratio to
+//!   quote.
 //! - contention (printed): 16 tasks over 4 Lockers on one key with a 1 ms
 //!   critical section, against one task doing the same serially; and Jain's
 //!   fairness index over the tasks.
 //!
 //! `cargo bench --features nats --bench nats -- --warm-up-time 1 --measurement-time 3`
 
+#[path = "common/interleave.rs"]
+mod interleave;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
@@ -143,8 +148,59 @@ fn benches(c: &mut Criterion) {
     group.finish();
 }
 
-/// Acquisitions per task in `period`, `tasks` tasks over `lockers` lockers.
-fn contention(s: &Setup, lockers: usize, tasks: usize, period: Duration) -> Vec<u64> {
+/// The uncontended cycle against its floors, in alternating rounds.
+fn uncontended_interleaved() {
+    let s = setup();
+    s.rt.block_on(async {
+        let a = locker(s.port).await;
+        let js = async_nats::jetstream::new(support::nats::connect(&[s.port]).await);
+        let store = js.get_key_value("bench").await.expect("bucket");
+        let (a, js, store) = (&a, &js, &store);
+        interleave::compare(
+            "NATS uncontended acquire+release",
+            30,
+            20,
+            &mut [
+                (
+                    "tower-lock Locker",
+                    Box::new(move || {
+                        Box::pin(async move {
+                            let guard = a.acquire("uncontended", TTL).await.expect("acquire");
+                            guard.release().await.expect("release");
+                        })
+                    }),
+                ),
+                (
+                    "the same KV operations by hand",
+                    Box::new(move || {
+                        Box::pin(async move {
+                            let revision = store
+                                .update("floor", "v1 x 30000".into(), 0)
+                                .await
+                                .expect("create");
+                            let _: serde_json_free::Reply = js
+                                .request(
+                                    "STREAM.MSG.DELETE.KV_bench",
+                                    &serde_json_free::Delete {
+                                        seq: revision,
+                                        no_erase: true,
+                                    },
+                                )
+                                .await
+                                .expect("delete");
+                        })
+                    }),
+                ),
+            ],
+        )
+        .await;
+    });
+}
+
+/// Acquisitions per second of each task, `tasks` tasks over `lockers`
+/// lockers for about `period`: divided by the time from the start to the
+/// last task's end, since tasks finish the acquisition they are in.
+fn contention(s: &Setup, lockers: usize, tasks: usize, period: Duration) -> Vec<f64> {
     s.rt.block_on(async {
         let mut all = Vec::new();
         for _ in 0..lockers {
@@ -166,35 +222,39 @@ fn contention(s: &Setup, lockers: usize, tasks: usize, period: Duration) -> Vec<
                 })
             })
             .collect();
+        let start = Instant::now();
         tokio::time::sleep(period).await;
         stop.store(true, Ordering::Relaxed);
         let mut counts = Vec::new();
         for handle in handles {
             counts.push(handle.await.expect("task"));
         }
+        let elapsed = start.elapsed().as_secs_f64();
         counts
+            .into_iter()
+            .map(|count| count as f64 / elapsed)
+            .collect()
     })
 }
 
-fn jain(counts: &[u64]) -> f64 {
-    let sum: f64 = counts.iter().map(|&c| c as f64).sum();
-    let squares: f64 = counts.iter().map(|&c| (c as f64).powi(2)).sum();
+fn jain(counts: &[f64]) -> f64 {
+    let sum: f64 = counts.iter().sum();
+    let squares: f64 = counts.iter().map(|c| c.powi(2)).sum();
     sum * sum / (counts.len() as f64 * squares)
 }
 
 fn contention_summary() {
     let s = setup();
     let period = Duration::from_secs(5);
-    let serial: u64 = contention(&s, 1, 1, period).iter().sum();
-    let counts = contention(&s, 4, 16, period);
-    let total: u64 = counts.iter().sum();
-    let secs = period.as_secs_f64();
+    let serial: f64 = contention(&s, 1, 1, period).iter().sum();
+    let rates = contention(&s, 4, 16, period);
+    let total: f64 = rates.iter().sum();
+    let per_task: Vec<String> = rates.iter().map(|rate| format!("{rate:.0}")).collect();
     println!(
-        "contention: serial 1 task {:.0}/s | 16 tasks over 4 lockers {:.0}/s = {:.2}x serial | Jain fairness {:.3} | per task {counts:?}",
-        serial as f64 / secs,
-        total as f64 / secs,
-        total as f64 / serial as f64,
-        jain(&counts),
+        "contention: serial 1 task {serial:.0}/s | 16 tasks over 4 lockers {total:.0}/s = {:.2}x serial | Jain fairness {:.3} | per task /s [{}]",
+        total / serial,
+        jain(&rates),
+        per_task.join(", "),
     );
 }
 
@@ -249,6 +309,7 @@ fn main() {
     criterion::Criterion::default()
         .configure_from_args()
         .final_summary();
+    uncontended_interleaved();
     wakeup_medians(200);
     contention_summary();
 }

@@ -20,6 +20,8 @@
 //!
 //! Run: `cargo bench --features redis --bench redis -- --warm-up-time 1 --measurement-time 3`
 
+#[path = "common/interleave.rs"]
+mod interleave;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
@@ -103,28 +105,8 @@ fn uncontended(c: &mut Criterion, rt: &Runtime, url: &str) {
         })
     });
     group.bench_function("floor_set_nx_px_then_evalsha_release", |b| {
-        b.to_async(rt).iter(|| async {
-            let mut conn = conn.clone();
-            let token = Token::new().to_string();
-            let set: Option<String> = redis::cmd("SET")
-                .arg(&floor_key)
-                .arg(&token)
-                .arg("NX")
-                .arg("PX")
-                .arg(TTL.as_millis() as u64)
-                .query_async(&mut conn)
-                .await
-                .expect("SET");
-            assert!(set.is_some());
-            let released: i64 = release
-                .key(&floor_key)
-                .arg(&token)
-                .arg(&channel)
-                .invoke_async(&mut conn)
-                .await
-                .expect("EVALSHA");
-            assert_eq!(released, 1);
-        })
+        b.to_async(rt)
+            .iter(|| floor_cycle(&conn, &release, &floor_key, &channel))
     });
     group.bench_function("rslock_lock_unlock", |b| {
         b.to_async(rt).iter(|| async {
@@ -133,6 +115,45 @@ fn uncontended(c: &mut Criterion, rt: &Runtime, url: &str) {
         })
     });
     group.finish();
+
+    rt.block_on(async {
+        let (locker, conn, release, rslock) = (&locker, &conn, &release, &rslock);
+        let (floor_key, channel) = (&floor_key, &channel);
+        interleave::compare(
+            "Redis uncontended acquire+release",
+            30,
+            40,
+            &mut [
+                (
+                    "tower-lock Locker",
+                    Box::new(move || {
+                        Box::pin(async move {
+                            let guard = locker.acquire("uncontended", TTL).await.expect("acquire");
+                            guard.release().await.expect("release");
+                        })
+                    }),
+                ),
+                (
+                    "floor: SET NX PX, EVALSHA release",
+                    Box::new(move || {
+                        Box::pin(async move {
+                            floor_cycle(conn, release, floor_key, channel).await;
+                        })
+                    }),
+                ),
+                (
+                    "rslock lock, unlock",
+                    Box::new(move || {
+                        Box::pin(async move {
+                            let lock = rslock.lock("rslock-uncontended", TTL).await.expect("lock");
+                            rslock.unlock(&lock).await;
+                        })
+                    }),
+                ),
+            ],
+        )
+        .await;
+    });
 
     let mut group = c.benchmark_group("round_trip");
     group.bench_function("ping", |b| {
@@ -145,6 +166,31 @@ fn uncontended(c: &mut Criterion, rt: &Runtime, url: &str) {
         })
     });
     group.finish();
+}
+
+/// The floor: the cheapest correct pair, a bare `SET NX PX` and a
+/// token-checked release script.
+async fn floor_cycle(conn: &ConnectionManager, release: &redis::Script, key: &str, channel: &str) {
+    let mut conn = conn.clone();
+    let token = Token::new().to_string();
+    let set: Option<String> = redis::cmd("SET")
+        .arg(key)
+        .arg(&token)
+        .arg("NX")
+        .arg("PX")
+        .arg(TTL.as_millis() as u64)
+        .query_async(&mut conn)
+        .await
+        .expect("SET");
+    assert!(set.is_some());
+    let released: i64 = release
+        .key(key)
+        .arg(&token)
+        .arg(channel)
+        .invoke_async(&mut conn)
+        .await
+        .expect("EVALSHA");
+    assert_eq!(released, 1);
 }
 
 async fn summary(url: &str, port: u16) {

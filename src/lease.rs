@@ -63,8 +63,7 @@ pub(crate) struct Record {
     timing: Timing,
     /// When the holder stops counting on the lease.
     deadline: Mutex<Instant>,
-    /// Idle, an operation under way, a release on the spot being answered,
-    /// or released.
+    /// Idle, an operation under way, or released.
     state: AtomicU8,
     /// Lost: the store refused a renewal, or renewal failed until the
     /// deadline.
@@ -96,8 +95,6 @@ struct Busy {
 const IDLE: u8 = 0;
 const BUSY: u8 = 1;
 const RELEASED: u8 = 2;
-/// A release on the spot is waiting for the store's answer.
-const ANSWERING: u8 = 3;
 
 /// Durations beyond u64 nanoseconds (584 years) are beyond `MAX_TTL`.
 fn nanos(ttl: Duration) -> u64 {
@@ -253,23 +250,25 @@ impl Record {
     /// `None`: nothing changed, the release must queue; `Some(None)`: it was
     /// already released; `Some(Some(answer))`: released.
     ///
-    /// While the store answers, the state says so (neither idle nor
-    /// released): a `lost()` future or a renewal never sees a release that
-    /// the store then turns down.
+    /// Marked released before the store answers, so that the uncontended
+    /// release is one compare-and-swap; a store that turns out to have no
+    /// answer on the spot gets the lease back idle, for the release to
+    /// queue (what saw it released meanwhile saw a release under way).
     pub(crate) fn release_here<R>(&self, release: impl FnOnce() -> Option<R>) -> Option<Option<R>> {
         match self
             .state
-            .compare_exchange(IDLE, ANSWERING, Ordering::SeqCst, Ordering::SeqCst)
+            .compare_exchange(IDLE, RELEASED, Ordering::SeqCst, Ordering::SeqCst)
         {
             Ok(_) => {}
             Err(RELEASED) => return Some(None),
             Err(_) => return None,
         }
         let Some(answer) = release() else {
-            self.state.store(IDLE, Ordering::SeqCst);
+            let _ = self
+                .state
+                .compare_exchange(RELEASED, IDLE, Ordering::SeqCst, Ordering::SeqCst);
             return None;
         };
-        self.state.store(RELEASED, Ordering::SeqCst);
         self.wake_watchers();
         Some(Some(answer))
     }
@@ -290,18 +289,10 @@ impl Record {
     async fn begin(&self) -> Option<Op<'_>> {
         let queued = self.busy().ops.lock().await;
         // Only queued operations mark the state busy, and each leaves it
-        // before the queue moves on; a release on the spot holds it for the
-        // length of one synchronous call.
-        loop {
-            match self
-                .state
-                .compare_exchange(IDLE, BUSY, Ordering::SeqCst, Ordering::SeqCst)
-            {
-                Ok(_) => break,
-                Err(ANSWERING) => tokio::task::yield_now().await,
-                Err(_) => return None,
-            }
-        }
+        // before the queue moves on: it is idle or released here.
+        self.state
+            .compare_exchange(IDLE, BUSY, Ordering::SeqCst, Ordering::SeqCst)
+            .ok()?;
         Some(Op {
             state: &self.state,
             then: IDLE,

@@ -166,6 +166,46 @@ async fn same_key_requests_never_overlap() {
     eventually("all locks released", || locker.held_count() == 0).await;
 }
 
+/// Two replicas of one service, each with its own `Locker` over one shared
+/// store (two nodes on one bus): requests for one account never overlap,
+/// whichever replica serves them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_at_a_time_across_replicas() {
+    const REQUESTS: usize = 40;
+    let checker = Arc::new(OverlapChecker::default());
+    let bus = tower_lock::bus::LocalBus::new();
+    let mut replicas = Vec::new();
+    for _ in 0..2 {
+        let checker = checker.clone();
+        let handler = move |lock: HeldLock| async move {
+            let _section = checker.enter(lock.fence());
+            tokio::time::sleep(Duration::from_millis(3)).await;
+        };
+        let locker = Locker::new(tower_lock::memory::MemoryBackend::with_bus(bus.clone()));
+        let app = Router::new()
+            .route("/accounts/{id}", post(handler))
+            .route_layer(LockLayer::new(locker.clone(), key::path_param("id")));
+        replicas.push((serve(app).await, locker));
+    }
+    let client = client();
+    let requests = (0..REQUESTS).map(|i| {
+        let (client, addr) = (client.clone(), replicas[i % 2].0);
+        async move {
+            let response = client
+                .post(format!("http://{addr}/accounts/7"))
+                .send()
+                .await
+                .expect("send");
+            assert_eq!(response.status(), StatusCode::OK);
+        }
+    });
+    join_all(requests).await;
+    checker.assert_exclusive(REQUESTS);
+    for (_, locker) in &replicas {
+        eventually("all locks released", || locker.held_count() == 0).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn different_keys_run_at_the_same_time() {
     const KEYS: usize = 4;
@@ -530,6 +570,10 @@ async fn locked_extractor_serialises_and_refuses() {
             .iter()
             .all(|s| *s == StatusCode::OK || *s == StatusCode::LOCKED),
         "{statuses:?}"
+    );
+    assert!(
+        served >= 2,
+        "requests must queue and be served in turn: {statuses:?}"
     );
     checker.assert_exclusive(served);
     eventually("all released", || locker.held_count() == 0).await;

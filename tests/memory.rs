@@ -16,6 +16,14 @@ mod standalone {
         async fn stored_locks(&self) -> usize {
             self.0.len()
         }
+
+        async fn leftovers(&self) -> Vec<String> {
+            let watched = self.0.watched_keys();
+            (watched > 0)
+                .then(|| format!("{watched} keys with wake-up registrations"))
+                .into_iter()
+                .collect()
+        }
     }
 
     crate::conformance_suite!(async { Standalone(MemoryBackend::new()) });
@@ -87,6 +95,15 @@ mod over_bus {
             // instant; report the largest.
             counts.into_iter().max().unwrap_or(0)
         }
+
+        async fn leftovers(&self) -> Vec<String> {
+            let nodes = self.nodes.lock().expect("nodes").clone();
+            let watched: usize = nodes.iter().map(MemoryBackend::watched_keys).sum();
+            (watched > 0)
+                .then(|| format!("{watched} keys with wake-up registrations"))
+                .into_iter()
+                .collect()
+        }
     }
 
     fn nodes() -> Nodes {
@@ -104,6 +121,7 @@ mod over_bus {
         let first = Locker::new(MemoryBackend::with_bus(bus.clone()));
         let ttl = std::time::Duration::from_secs(30);
         let held = first.acquire("leader", ttl).await.expect("acquire");
+        let first_fence = held.fence();
         let late = Locker::new(MemoryBackend::with_bus(bus.clone()));
         assert!(
             late.try_lock("leader", ttl)
@@ -117,7 +135,7 @@ mod over_bus {
             .acquire("leader", ttl)
             .await
             .expect("acquire after release");
-        assert!(next.fence() > 0);
+        assert!(next.fence() > first_fence);
     }
 }
 
@@ -257,6 +275,14 @@ mod on_the_spot {
         async fn stored_locks(&self) -> usize {
             self.0.len()
         }
+
+        async fn leftovers(&self) -> Vec<String> {
+            let watched = self.0.wakeups.len();
+            (watched > 0)
+                .then(|| format!("{watched} keys with wake-up registrations"))
+                .into_iter()
+                .collect()
+        }
     }
 
     crate::conformance_suite!(async { Spot(Arc::default()) });
@@ -355,4 +381,31 @@ async fn a_locker_keeps_each_lease_it_holds_on_one_key() {
         .await
         .expect("the current lease is still held");
     assert_eq!(locker.held_count(), 0);
+}
+
+/// Request-chosen keys cannot grow the store: 100,000 distinct keys locked
+/// and released leave nothing in the table or the locker.
+#[tokio::test]
+async fn a_hundred_thousand_distinct_keys_leave_nothing_behind() {
+    use std::time::Duration;
+
+    use tower_lock::{Locker, memory::MemoryBackend};
+
+    let backend = MemoryBackend::new();
+    let locker = Locker::new(backend.clone());
+    for i in 0..100_000u32 {
+        let guard = locker
+            .acquire(&format!("tenant:{i}"), Duration::from_secs(10))
+            .await
+            .expect("acquire");
+        if i % 2 == 0 {
+            guard.release().await.expect("release");
+        } else {
+            drop(guard);
+        }
+    }
+    assert_eq!(backend.len(), 0, "released keys must leave the table");
+    assert_eq!(backend.watched_keys(), 0);
+    assert_eq!(locker.held_count(), 0);
+    assert_eq!(locker.queued_keys(), 0);
 }

@@ -186,9 +186,9 @@ impl Nats {
 
 const CHILD_ENV: &str = "TOWER_LOCK_NATS_FAULT_CHILD";
 
-/// Not a test: the holder process the fault tests start. It takes the lock,
-/// prints `acquired <fence>`, then on a line `release` on stdin releases and
-/// prints the outcome.
+/// Not a test: the holder process the fault tests start. It takes the lock
+/// (renewing it while it runs), prints `acquired <fence>`, then on a line
+/// `release` on stdin releases and prints the outcome.
 #[tokio::test]
 #[ignore = "run only as a child process by the fault tests"]
 async fn fault_child() {
@@ -199,7 +199,7 @@ async fn fault_child() {
     let port: u16 = parts.next().and_then(|p| p.parse().ok()).expect("port");
     let key = parts.next().expect("key").to_owned();
     let ttl = Duration::from_millis(parts.next().and_then(|t| t.parse().ok()).expect("ttl"));
-    let locker = Locker::new(backend(port).await);
+    let locker = Locker::new(backend(port).await).auto_renew(true);
     let guard = locker.acquire(&key, ttl).await.expect("child acquire");
     println!("acquired {}", guard.fence());
     let mut line = String::new();
@@ -283,65 +283,78 @@ fn read_line(stdout: &mut BufReader<ChildStdout>) -> String {
     line
 }
 
+/// A waiter in this process over a holder process that renews: the key
+/// stays held for several ttls.
+async fn held_for_several_ttls(
+    port: u16,
+    key: &'static str,
+    ttl: Duration,
+) -> (Holder, WaitingTask) {
+    let holder = tokio::task::spawn_blocking(move || Holder::start(port, key, ttl))
+        .await
+        .expect("holder");
+    let waiter = Locker::new(backend(port).await);
+    let waiting = tokio::spawn(async move {
+        let guard = waiter.acquire(key, Duration::from_secs(30)).await;
+        (guard, Instant::now())
+    });
+    tokio::time::sleep(ttl * 3).await;
+    assert!(
+        !waiting.is_finished(),
+        "the holder renews its lease: the key is still held after three ttls"
+    );
+    (holder, waiting)
+}
+
+type WaitingTask = tokio::task::JoinHandle<(Result<tower_lock::LockGuard, LockError>, Instant)>;
+
+/// The waiter takes over once the holder's last renewed lease has run out
+/// on the waiter's clock: after the holder stopped, at least the two thirds
+/// of a ttl that a renewal leaves, and at most a ttl and 500 ms.
+async fn taken_over_after(
+    stopped_at: Instant,
+    waiting: WaitingTask,
+    ttl: Duration,
+    fence: u64,
+) -> tower_lock::LockGuard {
+    let (guard, acquired_at) = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("the stopped holder's lock must be taken over")
+        .expect("task");
+    let guard = guard.expect("acquire");
+    let after = acquired_at - stopped_at;
+    assert!(
+        after >= ttl * 2 / 3 - Duration::from_millis(50),
+        "taken over {after:?} after the holder stopped, before its renewed lease could end"
+    );
+    assert!(
+        after <= ttl + Duration::from_millis(500),
+        "taken over only {after:?} after the holder stopped"
+    );
+    assert!(guard.fence() > fence);
+    guard
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_holders_lock_is_taken_within_ttl_and_500ms_of_first_sight() {
     let server = nats::server();
     let ttl = Duration::from_millis(1500);
-    let mut holder = tokio::task::spawn_blocking({
-        let port = server.port;
-        move || Holder::start(port, "killed", ttl)
-    })
-    .await
-    .expect("holder");
-    let waiter = Locker::new(backend(server.port).await);
-    // The waiter's first try is its first sight of the lease.
-    let first_sight = Instant::now();
-    let waiting = tokio::spawn(async move {
-        let guard = waiter.acquire("killed", Duration::from_secs(30)).await;
-        (guard, Instant::now())
-    });
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(!waiting.is_finished(), "the lock is held");
+    let (mut holder, waiting) = held_for_several_ttls(server.port, "killed", ttl).await;
     let _ = holder.child.kill();
+    let killed_at = Instant::now();
     let _ = holder.child.wait();
-    let (guard, acquired_at) = tokio::time::timeout(Duration::from_secs(10), waiting)
-        .await
-        .expect("the abandoned lock must be taken over")
-        .expect("task");
-    let guard = guard.expect("acquire");
-    let waited = acquired_at - first_sight;
-    assert!(
-        waited >= ttl,
-        "taken over after {waited:?}, before the {ttl:?} lease ran out"
-    );
-    assert!(
-        waited <= ttl + Duration::from_millis(500),
-        "taken over only after {waited:?}"
-    );
-    assert!(guard.fence() > holder.fence);
+    let guard = taken_over_after(killed_at, waiting, ttl, holder.fence).await;
     guard.release().await.expect("release");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_holder_past_its_ttl_loses_to_a_higher_fence() {
     let server = nats::server();
-    let ttl = Duration::from_millis(800);
-    let mut holder = tokio::task::spawn_blocking({
-        let port = server.port;
-        move || Holder::start(port, "paused", ttl)
-    })
-    .await
-    .expect("holder");
+    let ttl = Duration::from_millis(1500);
+    let (mut holder, waiting) = held_for_several_ttls(server.port, "paused", ttl).await;
     support::signal(holder.child.id(), "STOP");
-    let locker = Locker::new(backend(server.port).await);
-    let guard = tokio::time::timeout(
-        Duration::from_secs(10),
-        locker.acquire("paused", Duration::from_secs(30)),
-    )
-    .await
-    .expect("the paused holder's lease must run out")
-    .expect("acquire");
-    assert!(guard.fence() > holder.fence);
+    let stopped_at = Instant::now();
+    let guard = taken_over_after(stopped_at, waiting, ttl, holder.fence).await;
     support::signal(holder.child.id(), "CONT");
     let outcome = tokio::task::spawn_blocking(move || {
         let outcome = holder.release();

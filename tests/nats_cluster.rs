@@ -51,17 +51,20 @@ async fn locking_survives_a_killed_node_and_stays_exclusive() {
     let checker = Arc::new(conformance::OverlapChecker::default());
     let counter = Arc::new(std::sync::Mutex::new(0u64));
     let sections = Arc::new(AtomicU64::new(0));
+    // Store errors seen by the tasks (failed acquires and releases).
+    let errors = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let tasks: Vec<_> = (0..8)
         .map(|task| {
             let locker = lockers[task % lockers.len()].clone();
             let (checker, counter) = (checker.clone(), counter.clone());
-            let (sections, stop) = (sections.clone(), stop.clone());
+            let (sections, stop, errors) = (sections.clone(), stop.clone(), errors.clone());
             tokio::spawn(async move {
                 while !stop.load(Ordering::Relaxed) {
                     // Short leases, so one whose release was lost in the
                     // failover frees itself soon.
                     let Ok(guard) = locker.acquire("shared", Duration::from_secs(2)).await else {
+                        errors.fetch_add(1, Ordering::Relaxed);
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     };
@@ -71,13 +74,20 @@ async fn locking_survives_a_killed_node_and_stays_exclusive() {
                     *counter.lock().expect("counter") = read + 1;
                     drop(section);
                     sections.fetch_add(1, Ordering::Relaxed);
-                    let _ = guard.release().await;
+                    if guard.release().await.is_err() {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
             })
         })
         .collect();
 
     wait_for_progress(&sections, 30, Duration::from_secs(30)).await;
+    assert_eq!(
+        errors.load(Ordering::Relaxed),
+        0,
+        "no store error may happen while every node is up"
+    );
     // Kill the bucket's stream leader: the hardest node to lose.
     let killed = tokio::task::spawn_blocking(move || {
         nodes[leader].kill();

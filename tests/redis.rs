@@ -25,6 +25,21 @@ mod standalone {
     crate::conformance_suite!(async { crate::harness() });
 }
 
+/// How many backends wait in Redis's queue for `key`.
+async fn queue_len(h: &RedisHarness, key: &str) -> usize {
+    let backend = h.backend().await;
+    let mut conn = redis::Client::open(h.scan[0].as_str())
+        .expect("client")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    redis::cmd("LLEN")
+        .arg(format!("{}:queue", backend.redis_key(key)))
+        .query_async(&mut conn)
+        .await
+        .expect("LLEN")
+}
+
 /// A server of the test's own, for checks that reconfigure it.
 fn own_server(extra: &[&str]) -> Tied {
     Tied::start(
@@ -282,8 +297,14 @@ async fn waiting_backends_take_turns_in_queue_order() -> anyhow::Result<()> {
             tokio::time::sleep(Duration::from_millis(20)).await;
             guard.release().await.expect("release");
         }));
-        // Queued in this order.
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Queued in this order: wait until Redis has the waiter's backend
+        // in the key's queue.
+        let queued = waiters.len();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while queue_len(&h, "turns").await < queued {
+            assert!(Instant::now() < deadline, "the waiter never queued");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
     guard.release().await?;
     let again = holder.acquire("turns", ttl).await?;

@@ -35,6 +35,29 @@ async fn wake_ups_cross_nodes_and_locks_share_a_slot_with_their_fence() -> anyho
     let mut admin = redis::Client::open(urls[0].as_str())?
         .get_multiplexed_async_connection()
         .await?;
+    // Which master serves each slot range, as the cluster says.
+    let ranges: Vec<(u16, u16, String)> = {
+        let slots: Vec<redis::Value> = redis::cmd("CLUSTER")
+            .arg("SLOTS")
+            .query_async(&mut admin)
+            .await?;
+        slots
+            .iter()
+            .filter_map(|range| {
+                let redis::Value::Array(parts) = range else { return None };
+                let (redis::Value::Int(start), redis::Value::Int(end), redis::Value::Array(master)) =
+                    (&parts[0], &parts[1], &parts[2])
+                else {
+                    return None;
+                };
+                let port = match master.get(1) {
+                    Some(redis::Value::Int(port)) => port.to_string(),
+                    _ => return None,
+                };
+                Some((u16::try_from(*start).ok()?, u16::try_from(*end).ok()?, port))
+            })
+            .collect()
+    };
     for i in 0..24 {
         let key = format!("}}{{{i}}} node spread {i}");
         let slot: u16 = redis::cmd("CLUSTER")
@@ -42,7 +65,12 @@ async fn wake_ups_cross_nodes_and_locks_share_a_slot_with_their_fence() -> anyho
             .arg(a.redis_key(&key))
             .query_async(&mut admin)
             .await?;
-        slots_seen.insert(slot / 5462);
+        let master = ranges
+            .iter()
+            .find(|(start, end, _)| (*start..=*end).contains(&slot))
+            .map(|(.., master)| master.clone())
+            .ok_or_else(|| anyhow::anyhow!("slot {slot} has no master"))?;
+        slots_seen.insert(master);
         let held = holder.acquire(&key, Duration::from_secs(60)).await?;
         let task = tokio::spawn({
             let (waiter, key) = (waiter.clone(), key.clone());

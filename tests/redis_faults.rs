@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use conformance::OverlapChecker;
+use conformance::{Counting, OverlapChecker};
 use redis_support::{REDIS_SERVER, cli, server_args};
 use support::{ServerProcess, free_port, signal};
 use tower_lock::{LockError, Locker, redis::RedisBackend};
@@ -109,9 +109,11 @@ async fn child_process() {
     );
     let backend = RedisBackend::from_url(url).await.expect("connect");
     match mode {
-        // Take the lock and never give it back: the parent kills us.
+        // Take the lock and keep it by renewal, never giving it back: the
+        // parent kills us.
         "hold" => {
             let guard = Locker::new(backend)
+                .auto_renew(true)
                 .acquire(key, Duration::from_secs(1))
                 .await
                 .expect("acquire");
@@ -140,35 +142,39 @@ async fn child_process() {
     }
 }
 
-/// A holder process SIGKILLed while it holds the lock: a waiter in this
-/// process takes over within ttl + 250 ms, and not before the ttl.
+/// A holder process that renews its lease holds the key for several ttls;
+/// once SIGKILLed, a waiter in this process takes over when the last
+/// renewed lease runs out: after the kill, within ttl + 250 ms of it, and
+/// not before the lease renewed up to a third of a ttl earlier could end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_holder_process_is_taken_over_after_its_ttl() -> anyhow::Result<()> {
     let server = start_server(&[]);
     let ttl = Duration::from_secs(1);
     let child = ChildProcess::start("hold", &url(&server), "job");
     let child_fence: u64 = child.expect_line("ACQUIRED").parse()?;
-    let acquired_by_child = Instant::now();
     let waiter = Locker::new(RedisBackend::from_url(&url(&server)).await?);
     let task = tokio::spawn(async move {
         let guard = waiter.acquire("job", Duration::from_secs(30)).await;
         (guard, Instant::now())
     });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    tokio::time::sleep(ttl * 3).await;
+    assert!(
+        !task.is_finished(),
+        "the child renews its lease: the key is still held after three ttls"
+    );
     signal(child.pid(), "KILL");
     let killed_at = Instant::now();
     let (guard, acquired_at) = tokio::time::timeout(Duration::from_secs(10), task).await??;
     let guard = guard?;
     assert!(guard.fence() > child_fence);
+    let after_kill = acquired_at - killed_at;
     assert!(
-        acquired_at - acquired_by_child >= ttl - Duration::from_millis(50),
-        "taken over {:?} after the child's acquisition, before its ttl",
-        acquired_at - acquired_by_child
+        after_kill >= ttl * 2 / 3 - Duration::from_millis(50),
+        "taken over {after_kill:?} after the kill, before the renewed lease could end"
     );
     assert!(
-        acquired_at - killed_at <= ttl + Duration::from_millis(250),
-        "taken over {:?} after the kill",
-        acquired_at - killed_at
+        after_kill <= ttl + Duration::from_millis(250),
+        "taken over {after_kill:?} after the kill"
     );
     guard.release().await?;
     Ok(())
@@ -236,29 +242,50 @@ async fn waiters_recover_from_a_server_restart() -> anyhow::Result<()> {
     assert!(tasks.iter().all(|t| !t.is_finished()), "the key is held");
     // Down long enough that waiters retry into refused connections.
     server.kill();
+    let killed_at = Instant::now();
     tokio::time::sleep(Duration::from_millis(700)).await;
     server.restart();
     for task in tasks {
         tokio::time::timeout(Duration::from_secs(60), task).await???;
     }
     checker.assert_exclusive(TASKS * ROUNDS);
-    // After the restart, the persisted counter still orders fences.
+    // After the restart, the persisted counter still orders fences: every
+    // fence taken after it is above every fence taken before it.
+    let (before, after): (Vec<_>, Vec<_>) = checker
+        .sections()
+        .into_iter()
+        .partition(|(_, start, _)| *start < killed_at);
+    let largest_before = before
+        .iter()
+        .map(|(fence, ..)| *fence)
+        .max()
+        .unwrap_or(first_fence);
+    let smallest_after = after.iter().map(|(fence, ..)| *fence).min();
+    assert!(
+        smallest_after.is_some_and(|smallest| smallest > largest_before.max(first_fence)),
+        "fences after the restart ({smallest_after:?}..) did not stay above {largest_before}"
+    );
     let last = lockers[0].acquire("job", Duration::from_secs(30)).await?;
-    assert!(last.fence() > first_fence + (TASKS * ROUNDS) as u64 - 1);
-    // A release wakes a waiter again (the listener has resubscribed).
+    // A release wakes a waiter again (the listener has resubscribed): the
+    // winning try follows the busy one before it by far less than the
+    // longest backoff step the waiter is on.
+    let counting = Counting::new(lockers[1].backend().clone());
     let waiter = tokio::spawn({
-        let locker = lockers[1].clone();
+        let locker = Locker::from_arc(counting.clone());
         async move { locker.acquire("job", Duration::from_secs(30)).await }
     });
-    tokio::time::sleep(Duration::from_millis(1200)).await;
-    let released_at = Instant::now();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    counting.until_tries(counting.tries() + 1).await;
     last.release().await?;
     tokio::time::timeout(Duration::from_secs(3), waiter)
         .await???
         .release()
         .await?;
-    let woke_after = released_at.elapsed();
-    tracing::info!(?woke_after, "hand-off after restart");
+    let gap = counting.last_gap();
+    assert!(
+        gap < tower_lock::BACKOFF_MAX / 2,
+        "after the restart, the waiter found the lock by its timer ({gap:?}), not by a wake-up"
+    );
     Ok(())
 }
 

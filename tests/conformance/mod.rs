@@ -5,6 +5,7 @@
 //! [`conformance_suite!`] with it; each check then runs as its own test.
 #![allow(dead_code)]
 
+pub mod counting;
 pub mod overlap;
 
 use std::{
@@ -16,8 +17,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tower_lock::{LockError, Locker};
+use tower_lock::{
+    BACKOFF_MAX, LockError, Locker,
+    backend::{Lease, Token},
+};
 
+pub use counting::Counting;
 pub use overlap::OverlapChecker;
 
 /// A store under test.
@@ -28,6 +33,26 @@ pub trait Harness: Send + Sync + 'static {
 
     /// How many lock entries the store still holds, fence counters aside.
     fn stored_locks(&self) -> impl std::future::Future<Output = usize> + Send;
+
+    /// What else the store or its backends still keep for keys nobody
+    /// holds or waits for (waiter queues, wake-up registrations): checked
+    /// to be empty after every check of the suite.
+    fn leftovers(&self) -> impl std::future::Future<Output = Vec<String>> + Send {
+        async { Vec::new() }
+    }
+}
+
+/// Waits until the harness reports no leftovers.
+pub async fn assert_no_leftovers<H: Harness>(h: &H) {
+    let deadline = Instant::now() + PROMPT;
+    loop {
+        let left = h.leftovers().await;
+        if left.is_empty() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "left behind: {left:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Long enough that a test passing by expiry instead of by release fails.
@@ -44,6 +69,11 @@ macro_rules! conformance_suite {
         $crate::conformance_suite!(@tests $make;
             try_lock_excludes_other_owners,
             acquire_waits_and_wakes_promptly_on_release,
+            a_release_between_a_busy_try_and_the_wait_is_not_missed,
+            the_store_refuses_a_stale_or_foreign_token,
+            the_holder_counts_its_lease_lost_before_the_store_hands_it_on,
+            bad_input_never_reaches_the_store,
+            the_shortest_and_longest_ttls_are_accepted,
             abandoned_lock_expires_after_its_ttl,
             only_the_owner_can_release,
             release_by_key_frees_what_the_locker_holds,
@@ -64,10 +94,10 @@ macro_rules! conformance_suite {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $name() {
                 let harness = $make.await;
-                tokio::time::timeout(
-                    std::time::Duration::from_secs(120),
-                    $crate::conformance::$name(&harness),
-                )
+                tokio::time::timeout(std::time::Duration::from_secs(120), async {
+                    $crate::conformance::$name(&harness).await;
+                    $crate::conformance::assert_no_leftovers(&harness).await;
+                })
                 .await
                 .expect(concat!(stringify!($name), " did not finish in 120s"));
             }
@@ -104,28 +134,205 @@ pub async fn try_lock_excludes_other_owners<H: Harness>(h: &H) {
     next.expect("checked").release().await.expect("release");
 }
 
-pub async fn acquire_waits_and_wakes_promptly_on_release<H: Harness>(h: &H) {
-    let (a, b) = (h.locker().await, h.locker().await);
-    let k = key("wake");
-    let held = a.acquire(&k, LONG).await.expect("acquire");
-    let waiter = tokio::spawn({
-        let k = k.clone();
-        async move { b.acquire(&k, LONG).await.map(|g| (g, Instant::now())) }
+/// A waiter over a store that counts its tries, waiting long enough that
+/// its backoff (or a queued waiter's check-back) is at its longest step.
+async fn waiter_at_its_longest_step<H: Harness>(
+    h: &H,
+    k: &str,
+) -> (
+    Arc<Counting>,
+    tokio::task::JoinHandle<Result<tower_lock::LockGuard, LockError>>,
+) {
+    let counting = Counting::new(h.locker().await.backend().clone());
+    let waiter = Locker::from_arc(counting.clone());
+    let task = tokio::spawn({
+        let k = k.to_owned();
+        async move { waiter.acquire(&k, LONG).await }
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // 5 ms doubling reaches 500 ms after about 0.6 s.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(
-        !waiter.is_finished(),
+        !task.is_finished(),
         "acquire must wait while the key is held"
     );
+    (counting, task)
+}
+
+/// The winning try came from the release's wake-up, not from the backoff
+/// timer: it followed the busy try before it by far less than a step.
+fn assert_woken(counting: &Counting) {
+    let gap = counting.last_gap();
+    assert!(
+        gap < BACKOFF_MAX / 2,
+        "the winning try came {gap:?} after the busy one before it: the \
+         backoff timer found the free lock, no wake-up did"
+    );
+}
+
+pub async fn acquire_waits_and_wakes_promptly_on_release<H: Harness>(h: &H) {
+    let a = h.locker().await;
+    let k = key("wake");
+    let held = a.acquire(&k, LONG).await.expect("acquire");
+    let (counting, waiter) = waiter_at_its_longest_step(h, &k).await;
+    // Released just after a busy try: the timer's next try is a whole step
+    // away.
+    counting.until_tries(counting.tries() + 1).await;
     let released_at = Instant::now();
     held.release().await.expect("release");
-    let (guard, acquired_at) = tokio::time::timeout(PROMPT, waiter)
+    let guard = tokio::time::timeout(PROMPT, waiter)
         .await
         .expect("the waiter must be woken by the release, not by the ttl")
         .expect("task")
         .expect("acquire");
-    assert!(acquired_at >= released_at);
+    assert!(released_at.elapsed() < PROMPT);
+    assert_woken(&counting);
     guard.release().await.expect("release");
+}
+
+/// The release lands after the waiter's try found the key busy and before
+/// it waits: its subscription, made before the try, still wakes it.
+pub async fn a_release_between_a_busy_try_and_the_wait_is_not_missed<H: Harness>(h: &H) {
+    let a = h.locker().await;
+    let k = key("between");
+    let held = a.acquire(&k, LONG).await.expect("acquire");
+    let (counting, waiter) = waiter_at_its_longest_step(h, &k).await;
+    counting.after_next_busy(move || drop(held));
+    let guard = tokio::time::timeout(PROMPT, waiter)
+        .await
+        .expect("the release between the try and the wait was missed")
+        .expect("task")
+        .expect("acquire");
+    assert_woken(&counting);
+    guard.release().await.expect("release");
+}
+
+/// Ownership is the store's to check, not only the locker's records: a
+/// holder whose lease was taken over, and a token that never held the key,
+/// change nothing there.
+pub async fn the_store_refuses_a_stale_or_foreign_token<H: Harness>(h: &H) {
+    let (a, b, c) = (h.locker().await, h.locker().await, h.locker().await);
+    let k = key("stale");
+    let stale_ttl = Duration::from_millis(200);
+    let stale = a.acquire(&k, stale_ttl).await.expect("acquire");
+    tokio::time::sleep(stale_ttl * 2).await;
+    let current = b.acquire(&k, LONG).await.expect("acquire after expiry");
+    assert!(matches!(stale.extend(LONG).await, Err(LockError::Lost)));
+    // A token that never held the key (with a revision no store issued:
+    // NATS deletes by revision, which only the writer of it knows).
+    let foreign = Lease {
+        token: Token::new(),
+        fence: current.fence(),
+        revision: u64::MAX,
+    };
+    let store = c.backend();
+    assert_eq!(
+        store.extend(&k, &foreign, LONG).await.expect("extend"),
+        None
+    );
+    assert!(!store.release(&k, &foreign).await.expect("release"));
+    assert!(matches!(stale.release().await, Err(LockError::Lost)));
+    // Past the stale lease's ttl again: the current holder still holds.
+    tokio::time::sleep(stale_ttl * 2).await;
+    assert!(
+        c.try_lock(&k, LONG).await.expect("try_lock").is_none(),
+        "a stale or foreign token freed or shortened the current lease"
+    );
+    let holding = store.holder(&k).await.expect("holder").expect("held");
+    assert_eq!(holding.fence, current.fence());
+    current
+        .release()
+        .await
+        .expect("the current lease is intact");
+    assert!(store.holder(&k).await.expect("holder").is_none());
+}
+
+/// The holder stops counting on its lease no later than the store lets
+/// anyone else take the key.
+pub async fn the_holder_counts_its_lease_lost_before_the_store_hands_it_on<H: Harness>(h: &H) {
+    let (holder, other) = (h.locker().await, h.locker().await);
+    let k = key("handed-on");
+    let ttl = Duration::from_millis(100);
+    for round in 0..5 {
+        let asked = Instant::now();
+        let guard = holder.acquire(&k, ttl).await.expect("acquire");
+        let taken = loop {
+            if let Some(taken) = other.try_lock(&k, LONG).await.expect("try_lock") {
+                break taken;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        };
+        assert!(
+            asked.elapsed() >= ttl,
+            "round {round}: handed on after {:?}",
+            asked.elapsed()
+        );
+        assert!(
+            guard.is_lost(),
+            "round {round}: the store handed the key on while its holder still counted on it"
+        );
+        drop(guard);
+        taken.release().await.expect("release");
+    }
+}
+
+/// Bad input is refused by the locker: not one call reaches the store.
+pub async fn bad_input_never_reaches_the_store<H: Harness>(h: &H) {
+    let counting = Counting::new(h.locker().await.backend().clone());
+    let a = Locker::from_arc(counting.clone());
+    let long_key = "k".repeat(tower_lock::MAX_KEY_LEN + 1);
+    for bad in ["", long_key.as_str()] {
+        assert!(a.acquire(bad, LONG).await.is_err());
+        assert!(a.try_lock(bad, LONG).await.is_err());
+        assert!(a.acquire_timeout(bad, LONG, LONG).await.is_err());
+        assert!(a.release(bad).await.is_err());
+    }
+    let k = key("bad-input");
+    for ttl in [
+        Duration::ZERO,
+        Duration::from_micros(999),
+        tower_lock::MAX_TTL + Duration::from_millis(1),
+    ] {
+        assert!(a.acquire(&k, ttl).await.is_err());
+        assert!(a.try_lock(&k, ttl).await.is_err());
+    }
+    assert_eq!(counting.calls(), 0, "refused input reached the store");
+    let guard = a.acquire(&k, LONG).await.expect("acquire");
+    let before = counting.calls();
+    assert!(guard.extend(Duration::ZERO).await.is_err());
+    assert_eq!(
+        counting.calls(),
+        before,
+        "a refused extension reached the store"
+    );
+    guard.release().await.expect("release");
+}
+
+/// The bounds are accepted by the real store, exactly.
+pub async fn the_shortest_and_longest_ttls_are_accepted<H: Harness>(h: &H) {
+    let (a, b) = (h.locker().await, h.locker().await);
+    let k = key("bounds");
+    let longest = a
+        .acquire(&k, tower_lock::MAX_TTL)
+        .await
+        .expect("the longest ttl is accepted");
+    assert!(b.try_lock(&k, LONG).await.expect("try_lock").is_none());
+    let holding = a.backend().holder(&k).await.expect("holder").expect("held");
+    let left = holding.remaining.unwrap_or(tower_lock::MAX_TTL);
+    assert!(
+        left > tower_lock::MAX_TTL - Duration::from_secs(60),
+        "{left:?}"
+    );
+    longest.release().await.expect("release");
+    let shortest = a
+        .acquire(&k, tower_lock::MIN_TTL)
+        .await
+        .expect("the shortest ttl is accepted");
+    drop(shortest);
+    let next = tokio::time::timeout(PROMPT, b.acquire(&k, LONG))
+        .await
+        .expect("a 1 ms lease ends")
+        .expect("acquire");
+    next.release().await.expect("release");
 }
 
 pub async fn abandoned_lock_expires_after_its_ttl<H: Harness>(h: &H) {
@@ -238,10 +445,20 @@ pub async fn cancelled_waiters_leave_nothing_behind<H: Harness>(h: &H) {
         "a cancelled waiter leaves no queue entry"
     );
     held.release().await.expect("release");
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let next = c.try_lock(&k, LONG).await.expect("try_lock");
-    assert!(next.is_some(), "no cancelled waiter may hold the key");
-    next.expect("checked").release().await.expect("release");
+    // A turn reserved for a cancelled waiter's backend is passed on: the key
+    // comes free without anyone's ttl running out.
+    let deadline = Instant::now() + PROMPT;
+    let next = loop {
+        if let Some(next) = c.try_lock(&k, LONG).await.expect("try_lock") {
+            break next;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a cancelled waiter kept the key from others"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    next.release().await.expect("release");
     assert_eq!(b.held_count(), 0);
 }
 
@@ -353,6 +570,10 @@ pub async fn keys_with_any_characters_are_distinct_locks<H: Harness>(h: &H) {
     while longest.len() + 'é'.len_utf8() <= tower_lock::MAX_KEY_LEN {
         longest.push('é');
     }
+    while longest.len() < tower_lock::MAX_KEY_LEN {
+        longest.push('x');
+    }
+    assert_eq!(longest.len(), tower_lock::MAX_KEY_LEN);
     guards.push(
         a.try_lock(&longest, LONG)
             .await
@@ -386,9 +607,10 @@ pub async fn release_after_lease_loss_reports_lost_and_spares_the_new_holder<H: 
 pub async fn renewal_keeps_the_lease_past_its_ttl<H: Harness>(h: &H) {
     let (a, b) = (h.locker().await.auto_renew(true), h.locker().await);
     let k = key("renew");
-    let ttl = Duration::from_millis(300);
+    // Renewed every 300 ms: a loaded machine has ample slack.
+    let ttl = Duration::from_millis(900);
     let guard = a.acquire(&k, ttl).await.expect("acquire");
-    for _ in 0..8 {
+    for _ in 0..6 {
         tokio::time::sleep(ttl / 2).await;
         assert!(
             b.try_lock(&k, LONG).await.expect("try_lock").is_none(),
@@ -413,7 +635,14 @@ pub async fn lost_signal_fires_when_the_lease_runs_out<H: Harness>(h: &H) {
         .await
         .expect("lost() must fire once the lease is over");
     assert!(guard.is_lost());
-    let _ = guard.release().await;
+    // Once someone else holds the key, the lost lease's release says so.
+    let other = h.locker().await;
+    let next = tokio::time::timeout(PROMPT, other.acquire(&k, LONG))
+        .await
+        .expect("the lost lease frees the key")
+        .expect("acquire");
+    assert!(matches!(guard.release().await, Err(LockError::Lost)));
+    next.release().await.expect("release");
 }
 
 pub async fn contention_loses_no_update_and_never_overlaps<H: Harness>(h: &H) {

@@ -34,6 +34,11 @@ impl OverlapChecker {
         }
     }
 
+    /// Every section so far: its fence, start and end.
+    pub fn sections(&self) -> Vec<(u64, Instant, Instant)> {
+        self.sections.lock().expect("sections").clone()
+    }
+
     pub fn most_inside(&self) -> usize {
         self.most_inside.load(Ordering::SeqCst)
     }

@@ -319,4 +319,18 @@ impl crate::conformance::Harness for RedisHarness {
         }
         count
     }
+
+    /// Waiter queues: kept only while a backend waits.
+    async fn leftovers(&self) -> Vec<String> {
+        let backend = self.backend().await;
+        let mut left = Vec::new();
+        for url in &self.scan {
+            for key in scan_keys(url, &backend.key_pattern()).await {
+                if key.ends_with(b":queue") {
+                    left.push(String::from_utf8_lossy(&key).into_owned());
+                }
+            }
+        }
+        left
+    }
 }
