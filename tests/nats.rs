@@ -63,6 +63,10 @@ impl conformance::Harness for Nats {
         // delete does (see the module docs).
         live_keys(&self.store).await
     }
+
+    fn measures_from_first_sight(&self) -> bool {
+        true
+    }
 }
 
 conformance_suite!(Nats::start());

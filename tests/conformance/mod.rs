@@ -40,6 +40,13 @@ pub trait Harness: Send + Sync + 'static {
     fn leftovers(&self) -> impl std::future::Future<Output = Vec<String>> + Send {
         async { Vec::new() }
     }
+
+    /// Whether a waiter measures another's lease from when it first saw it
+    /// (NATS 2.9, which has no per-key expiry), rather than the store
+    /// ending it at its ttl.
+    fn measures_from_first_sight(&self) -> bool {
+        false
+    }
 }
 
 /// Waits until the harness reports no leftovers.
@@ -75,6 +82,7 @@ macro_rules! conformance_suite {
             bad_input_never_reaches_the_store,
             the_shortest_and_longest_ttls_are_accepted,
             abandoned_lock_expires_after_its_ttl,
+            a_waiter_before_the_expiry_takes_over_at_the_expiry,
             only_the_owner_can_release,
             release_by_key_frees_what_the_locker_holds,
             dropping_a_guard_releases,
@@ -351,6 +359,35 @@ pub async fn abandoned_lock_expires_after_its_ttl<H: Harness>(h: &H) {
         start.elapsed() >= ttl - Duration::from_millis(50),
         "taken over after {:?}, before the {ttl:?} lease ran out",
         start.elapsed()
+    );
+    guard.release().await.expect("release");
+}
+
+/// A waiter that starts while an abandoned lease still runs sleeps no
+/// longer than the lease it was told of: it takes over at the expiry (as
+/// its store measures it), not a backoff step later.
+pub async fn a_waiter_before_the_expiry_takes_over_at_the_expiry<H: Harness>(h: &H) {
+    let (a, b) = (h.locker().await, h.locker().await);
+    let k = key("before-expiry");
+    let ttl = Duration::from_secs(1);
+    let taken = Instant::now();
+    std::mem::forget(a.acquire(&k, ttl).await.expect("acquire"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    let guard = b.acquire(&k, LONG).await.expect("acquire");
+    let from = if h.measures_from_first_sight() {
+        started
+    } else {
+        taken
+    };
+    let after = from.elapsed();
+    assert!(
+        after >= ttl - Duration::from_millis(50),
+        "taken over after {after:?}"
+    );
+    assert!(
+        after <= ttl + Duration::from_millis(150),
+        "taken over {after:?} after the lease began: the waiter overslept its expiry"
     );
     guard.release().await.expect("release");
 }
