@@ -7,7 +7,7 @@
 //!   named floor (`floor_kv_create_delete`: `Store::create` then
 //!   `Store::delete_expect_revision` on a classic KV bucket).
 //! - `wakeup`: release → acquisition by a waiter in another `Locker`,
-//!   against one KV `update` round trip (criterion reports means; the
+//!   against one KV `put` round trip (one write and its ack, the cost of a store round trip) (criterion reports means; the
 //!   printed `wakeup:` line gives the medians of 200 hand-offs).
 //! - `NATS uncontended acquire+release, interleaved` (printed): the locker
 //!   and the same operations by hand in alternating rounds; the ratio to
@@ -140,7 +140,7 @@ fn benches(c: &mut Criterion) {
             }
         })
     });
-    group.bench_function("kv_update_round_trip", |bench| {
+    group.bench_function("kv_put_round_trip", |bench| {
         bench.to_async(&s.rt).iter(|| async {
             store.put("rtt", "x".into()).await.expect("put");
         })
@@ -274,7 +274,7 @@ mod serde_json_free {
 }
 
 /// Medians of `rounds` hand-offs (release → acquisition by a waiter in
-/// another Locker) and of as many KV update round trips, in one run.
+/// another Locker) and of as many KV put round trips, in one run.
 fn wakeup_medians(rounds: usize) {
     let s = setup();
     let (handoffs, updates) = s.rt.block_on(async {
@@ -297,7 +297,7 @@ fn wakeup_medians(rounds: usize) {
     };
     let (handoff, update) = (median(handoffs), median(updates));
     println!(
-        "wakeup: median release->acquire {handoff:?} | median KV update round trip {update:?} | ratio {:.2}x",
+        "wakeup: median release->acquire {handoff:?} | median KV put round trip (one write and its ack) {update:?} | ratio {:.2}x",
         handoff.as_secs_f64() / update.as_secs_f64()
     );
 }

@@ -399,3 +399,84 @@ async fn try_lock_never_joins_the_queue() -> anyhow::Result<()> {
     guard.release().await?;
     Ok(())
 }
+
+/// A waiter that gives up (a timeout, a dropped future) takes its backend
+/// out of the key's queue at once, unless another waiter of its locker
+/// still waits; nothing is left queued for a waiter that is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_that_gives_up_leaves_the_queue() -> anyhow::Result<()> {
+    let h = harness();
+    let ttl = Duration::from_secs(30);
+    let holder = Locker::new(h.backend().await);
+    let quitter = Locker::new(h.backend().await);
+    let guard = holder.acquire("quit", ttl).await?;
+    let until_queue_is = |len: usize| {
+        let h = &h;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while queue_len(h, "quit").await != len {
+                assert!(Instant::now() < deadline, "the queue never held {len}");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    };
+
+    // Timed out.
+    let gave_up = quitter
+        .acquire_timeout("quit", ttl, Duration::from_millis(300))
+        .await;
+    assert!(
+        matches!(gave_up, Err(LockError::Busy { .. })),
+        "{gave_up:?}"
+    );
+    until_queue_is(0).await;
+
+    // Dropped while waiting.
+    let waiting = tokio::spawn({
+        let quitter = quitter.clone();
+        async move { quitter.acquire("quit", ttl).await }
+    });
+    until_queue_is(1).await;
+    waiting.abort();
+    let _ = waiting.await;
+    until_queue_is(0).await;
+
+    // Two waiters of one locker, and one of another backend queued after
+    // them: the first of the two to give up leaves the other's place in the
+    // queue alone, so it still comes before the other backend's waiter.
+    let order = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let waiter = |locker: Locker, name: &'static str| {
+        let order = order.clone();
+        tokio::spawn(async move {
+            let guard = locker.acquire("quit", ttl).await.expect("acquire");
+            order.lock().expect("order").push(name);
+            guard.release().await.expect("release");
+        })
+    };
+    let impatient = tokio::spawn({
+        let quitter = quitter.clone();
+        async move {
+            quitter
+                .acquire_timeout("quit", ttl, Duration::from_millis(800))
+                .await
+        }
+    });
+    until_queue_is(1).await;
+    let patient = waiter(quitter.clone(), "patient");
+    // It waits behind the impatient one, inside its locker.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let later = waiter(Locker::new(h.backend().await), "other backend");
+    until_queue_is(2).await;
+    let gave_up = impatient.await?;
+    assert!(
+        matches!(gave_up, Err(LockError::Busy { .. })),
+        "{gave_up:?}"
+    );
+    guard.release().await?;
+    for task in [patient, later] {
+        tokio::time::timeout(Duration::from_secs(5), task).await??;
+    }
+    assert_eq!(*order.lock().expect("order"), ["patient", "other backend"]);
+    until_queue_is(0).await;
+    Ok(())
+}

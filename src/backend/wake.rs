@@ -15,11 +15,20 @@ use tokio::sync::watch;
 
 /// Wake-ups for one key, from [`Backend::subscribe`](super::Backend::subscribe).
 ///
+/// It is also how a backend hears that a waiter gave up: a subscription is
+/// held by one waiter for as long as it waits, and dropped when it stops;
+/// the hook set with [`on_give_up`](Self::on_give_up) runs when that waiter
+/// stops without having acquired the key (it timed out, its future was
+/// dropped, or the store kept failing), and when no other waiter of the
+/// same [`Locker`](crate::Locker) goes on waiting for the key.
+///
 /// Dropping it unregisters the interest.
 #[must_use = "a subscription only wakes while it is kept"]
 pub struct Subscription {
     changes: Option<watch::Receiver<()>>,
-    _registration: Option<Registration>,
+    registration: Option<Registration>,
+    /// Runs on drop unless the waiter acquired (or handed its wait on).
+    gave_up: Option<Box<dyn FnOnce() + Send>>,
 }
 
 impl Subscription {
@@ -28,8 +37,40 @@ impl Subscription {
     pub fn never() -> Self {
         Subscription {
             changes: None,
-            _registration: None,
+            registration: None,
+            gave_up: None,
         }
+    }
+
+    /// Runs `hook` if the waiter gives up (see the type's docs), after the
+    /// subscription has left its [`WakeRegistry`], so that the hook can ask
+    /// the registry whether anybody else still waits for the key.
+    ///
+    /// It runs in a destructor, possibly outside any runtime: it must not
+    /// block, and should spawn what needs I/O.
+    ///
+    /// ```
+    /// use std::sync::{Arc, atomic::{AtomicBool, Ordering}};
+    /// use tower_lock::backend::WakeRegistry;
+    ///
+    /// let registry = WakeRegistry::default();
+    /// let gave_up = Arc::new(AtomicBool::new(false));
+    /// let subscription = registry.subscribe("k").on_give_up({
+    ///     let (gave_up, registry) = (gave_up.clone(), registry.clone());
+    ///     move || gave_up.store(!registry.is_watched("k"), Ordering::SeqCst)
+    /// });
+    /// drop(subscription);
+    /// assert!(gave_up.load(Ordering::SeqCst));
+    /// ```
+    pub fn on_give_up(mut self, hook: impl FnOnce() + Send + 'static) -> Self {
+        self.gave_up = Some(Box::new(hook));
+        self
+    }
+
+    /// The waiter is done without having given up: it acquired the key, or
+    /// another waiter of its locker goes on waiting for it.
+    pub(crate) fn done(&mut self) {
+        self.gave_up = None;
     }
 
     /// Waits for the next wake-up after the subscription was made (or after
@@ -48,6 +89,15 @@ impl Subscription {
         // The source is gone (or there never was one): only the backoff
         // timer can end the wait.
         std::future::pending().await
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        drop(self.registration.take());
+        if let Some(hook) = self.gave_up.take() {
+            hook();
+        }
     }
 }
 
@@ -122,10 +172,11 @@ impl WakeRegistry {
         };
         Subscription {
             changes: Some(changes),
-            _registration: Some(Registration {
+            registration: Some(Registration {
                 registry: self.clone(),
                 key: key.into(),
             }),
+            gave_up: None,
         }
     }
 

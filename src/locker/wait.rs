@@ -76,6 +76,22 @@ impl Drop for QueueTicket<'_> {
     }
 }
 
+/// The head waiter's subscription, which tells the backend on drop whether
+/// this locker gave up on the key.
+struct Waiting<'a> {
+    subscription: Subscription,
+    ticket: &'a QueueTicket<'a>,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        // Clones of the gate are the map's, ours and one per other waiter.
+        if Arc::strong_count(&self.ticket.gate) > 2 {
+            self.subscription.done();
+        }
+    }
+}
+
 impl Locker {
     /// Validates, tries once, and waits if the key is busy.
     pub(super) async fn lock(
@@ -128,19 +144,29 @@ impl Locker {
         // against the deadline too: a try that is cut off finishes in the
         // background and gives back what it took.
         let subscribed = until(deadline, self.backend().subscribe(&key)).await;
-        let mut wakeups = match subscribed.ok_or(busy(remaining))? {
+        let wakeups = match subscribed.ok_or(busy(remaining))? {
             Ok(wakeups) => wakeups,
             Err(err) => {
                 tracing::warn!(?key, error = %err, "no wake-ups for this wait; polling");
                 Subscription::never()
             }
         };
+        // However the wait ends, the backend hears whether this locker gave
+        // up on the key: not when it acquired, nor when the next of its
+        // waiters takes over the wait.
+        let mut wakeups = Waiting {
+            subscription: wakeups,
+            ticket: &ticket,
+        };
         let mut backoff = BACKOFF_START;
         loop {
             let attempt = until(deadline, self.attempt(&key, ttl, true)).await;
             let mut queued = false;
             match attempt.ok_or(busy(remaining))? {
-                Ok(Ok(guard)) => return Ok(guard),
+                Ok(Ok(guard)) => {
+                    wakeups.subscription.done();
+                    return Ok(guard);
+                }
                 Ok(Err(refused)) => {
                     (remaining, seen_busy, queued) = (refused.remaining, true, refused.queued);
                 }
@@ -159,7 +185,7 @@ impl Locker {
                 .max(Duration::from_millis(1));
             let woken = until(deadline, async {
                 tokio::select! {
-                    () = wakeups.changed() => true,
+                    () = wakeups.subscription.changed() => true,
                     () = tokio::time::sleep(pause) => false,
                 }
             })

@@ -18,9 +18,11 @@
 //!   may take, and the release channel names it. So waiters across
 //!   processes are served first come, first served, a newcomer cannot jump
 //!   the queue even at the very moment of a release, and a release wakes
-//!   one backend instead of a herd that retries in vain. A backend whose
-//!   waiter has given up passes its turn on at once; one that died while
-//!   queued costs the queue its grace.
+//!   one backend instead of a herd that retries in vain. A backend leaves
+//!   the queue when its waiter takes the lock, and when its last waiter on
+//!   the key gives up (a timeout, a dropped future), passing on a turn
+//!   already reserved for it; one that died while queued costs the queue
+//!   its grace.
 //! - **Release** and **extend** are scripts that act only while the stored
 //!   token is the caller's: nobody can free or prolong another holder's
 //!   lock. With nobody queued, release deletes the key.
@@ -149,6 +151,35 @@ struct Inner {
     id: String,
     registry: WakeRegistry,
     _notifier: Notifier,
+}
+
+impl Inner {
+    /// Takes this backend out of `key`'s queue, in the background, unless
+    /// another of its waiters still waits for the key.
+    fn withdraw(self: Arc<Self>, key: String) {
+        if self.registry.is_watched(&key) {
+            return;
+        }
+        // Without a runtime, the entry stays until a release pops it, and a
+        // turn then given to this backend is passed on by its listener.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        runtime.spawn(async move {
+            let turn = format!("next:{}", self.id);
+            let withdrawn = release(
+                &self.conn,
+                &self.keys,
+                &key,
+                &turn,
+                &self.channel,
+                Some(&self.id),
+            );
+            if let Err(err) = withdrawn.await {
+                tracing::debug!(?key, error = %err, "could not leave the waiter queue");
+            }
+        });
+    }
 }
 
 /// How long a released lock stays reserved for the first queued backend:
@@ -347,7 +378,7 @@ impl fmt::Debug for RedisBackend {
 }
 
 /// Runs the release script for `holder` (a token, or `next:<id>` to pass a
-/// turn on). `None`: `holder` no longer held the lock; `Some(next)`: released,
+/// turn on), after taking `withdraw` (a backend id) out of the queue. `None`: `holder` no longer held the lock; `Some(next)`: released,
 /// and handed to the queued backend `next` if there was one.
 async fn release(
     conn: &Conn,
@@ -355,6 +386,7 @@ async fn release(
     key: &str,
     holder: &str,
     channel: &str,
+    withdraw: Option<&str>,
 ) -> Result<Option<Option<String>>, LockError> {
     let lock = keys.lock_key(key);
     let reply: Vec<redis::Value> = scripts::RELEASE
@@ -363,6 +395,7 @@ async fn release(
         .arg(holder)
         .arg(channel)
         .arg(millis(TURN_GRACE))
+        .arg(withdraw.unwrap_or(""))
         .invoke_async(&mut conn.clone())
         .await
         .map_err(LockError::unavailable)?;
@@ -436,6 +469,7 @@ impl Backend for RedisBackend {
             key,
             &lease.token.to_string(),
             &self.inner.channel,
+            None,
         )
         .await?;
         match handed_to {
@@ -451,8 +485,13 @@ impl Backend for RedisBackend {
         }
     }
 
+    /// A waiter that gives up takes this backend out of the key's queue,
+    /// once no other waiter here is left, and passes on a turn already
+    /// reserved for it.
     async fn subscribe(&self, key: &str) -> Result<Subscription, LockError> {
-        Ok(self.inner.registry.subscribe(key))
+        let (inner, gone) = (self.inner.clone(), key.to_owned());
+        let subscription = self.inner.registry.subscribe(key);
+        Ok(subscription.on_give_up(move || inner.withdraw(gone)))
     }
 
     async fn holder(&self, key: &str) -> Result<Option<Holding>, LockError> {

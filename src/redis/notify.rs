@@ -184,7 +184,7 @@ impl Listener {
         let (conn, keys, channel) = (self.conn.clone(), self.keys.clone(), self.channel.clone());
         let turn = format!("next:{}", self.id);
         tokio::spawn(async move {
-            if let Err(err) = super::release(&conn, &keys, &key, &turn, &channel).await {
+            if let Err(err) = super::release(&conn, &keys, &key, &turn, &channel, None).await {
                 // The turn lapses after its grace instead.
                 tracing::debug!(%key, error = %err, "could not pass on an unwanted turn");
             }

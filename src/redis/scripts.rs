@@ -16,13 +16,17 @@ use redis::Script;
 /// `next:<backend id>` for a short grace; only that backend may take it.
 /// The counter is bumped only on success and in the same script, so fences
 /// are strictly increasing per key with no gap a crash could reorder. A
-/// waiting caller joins the queue once, however often it tries.
+/// waiting caller joins the queue once, however often it tries, and leaves
+/// it when it takes the lock (a turn's release already took it out).
 pub(crate) static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 local current = redis.call('GET', KEYS[1])
 if current == false or current == 'next:' .. ARGV[3] then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  if current == false and ARGV[4] == '1' then
+    redis.call('LREM', KEYS[3], 0, ARGV[3])
+  end
   return {1, redis.call('INCR', KEYS[2])}
 end
 if ARGV[4] == '1' then
@@ -52,7 +56,8 @@ return 0
 
 /// `KEYS[1]` lock, `KEYS[2]` waiter queue; `ARGV[1]` token (or
 /// `next:<id>` to pass on a turn), `ARGV[2]` wake-up channel, `ARGV[3]` the
-/// grace in ms. Acts only when `ARGV[1]` still holds the lock. With a waiter
+/// grace in ms, `ARGV[4]` a backend id to take out of the queue first (its
+/// waiters gave up), or empty. Acts only when `ARGV[1]` still holds the lock. With a waiter
 /// queued, the lock goes to the first queued backend for the grace, and the
 /// channel carries `<id> <lock key>` to tell it; with none, the lock is
 /// deleted. Returns `{1, id}` when handed on, `{1}` when deleted, `{0}` when
@@ -64,6 +69,9 @@ return 0
 pub(crate) static RELEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
+if ARGV[4] ~= '' then
+  redis.call('LREM', KEYS[2], 0, ARGV[4])
+end
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return {0}
 end
