@@ -96,23 +96,7 @@ fn benches(c: &mut Criterion) {
         })
     });
     group.bench_function("floor_same_ops", |bench| {
-        bench.to_async(&s.rt).iter(|| async {
-            let revision = store
-                .update("floor", "v1 x 30000".into(), 0)
-                .await
-                .expect("create");
-            // The same exact delete the backend sends (no secure erase).
-            let _: serde_json_free::Reply = js
-                .request(
-                    "STREAM.MSG.DELETE.KV_bench",
-                    &serde_json_free::Delete {
-                        seq: revision,
-                        no_erase: true,
-                    },
-                )
-                .await
-                .expect("delete");
-        })
+        bench.to_async(&s.rt).iter(|| floor_same_ops(&store, &js))
     });
     group.bench_function("floor_kv_create_delete", |bench| {
         bench.to_async(&s.rt).iter(|| async {
@@ -148,6 +132,28 @@ fn benches(c: &mut Criterion) {
     group.finish();
 }
 
+/// What the backend's uncontended cycle sends, by hand: a create on an
+/// empty key, then the same exact delete of that message (no secure erase).
+async fn floor_same_ops(
+    store: &async_nats::jetstream::kv::Store,
+    js: &async_nats::jetstream::Context,
+) {
+    let revision = store
+        .update("floor", "v1 x 30000".into(), 0)
+        .await
+        .expect("create");
+    let _: serde_json_free::Reply = js
+        .request(
+            "STREAM.MSG.DELETE.KV_bench",
+            &serde_json_free::Delete {
+                seq: revision,
+                no_erase: true,
+            },
+        )
+        .await
+        .expect("delete");
+}
+
 /// The uncontended cycle against its floors, in alternating rounds.
 fn uncontended_interleaved() {
     let s = setup();
@@ -172,24 +178,7 @@ fn uncontended_interleaved() {
                 ),
                 (
                     "the same KV operations by hand",
-                    Box::new(move || {
-                        Box::pin(async move {
-                            let revision = store
-                                .update("floor", "v1 x 30000".into(), 0)
-                                .await
-                                .expect("create");
-                            let _: serde_json_free::Reply = js
-                                .request(
-                                    "STREAM.MSG.DELETE.KV_bench",
-                                    &serde_json_free::Delete {
-                                        seq: revision,
-                                        no_erase: true,
-                                    },
-                                )
-                                .await
-                                .expect("delete");
-                        })
-                    }),
+                    Box::new(move || Box::pin(floor_same_ops(store, js))),
                 ),
             ],
         )

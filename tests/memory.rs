@@ -3,6 +3,14 @@
 
 mod conformance;
 
+/// What a store's wake-up registry still holds, as a harness reports it.
+fn watched(keys: usize) -> Vec<String> {
+    (keys > 0)
+        .then(|| format!("{keys} keys with wake-up registrations"))
+        .into_iter()
+        .collect()
+}
+
 mod standalone {
     use tower_lock::{Locker, memory::MemoryBackend};
 
@@ -19,10 +27,7 @@ mod standalone {
 
         async fn leftovers(&self) -> Vec<String> {
             let watched = self.0.watched_keys();
-            (watched > 0)
-                .then(|| format!("{watched} keys with wake-up registrations"))
-                .into_iter()
-                .collect()
+            crate::watched(watched)
         }
     }
 
@@ -99,10 +104,7 @@ mod over_bus {
         async fn leftovers(&self) -> Vec<String> {
             let nodes = self.nodes.lock().expect("nodes").clone();
             let watched: usize = nodes.iter().map(MemoryBackend::watched_keys).sum();
-            (watched > 0)
-                .then(|| format!("{watched} keys with wake-up registrations"))
-                .into_iter()
-                .collect()
+            crate::watched(watched)
         }
     }
 
@@ -278,10 +280,7 @@ mod on_the_spot {
 
         async fn leftovers(&self) -> Vec<String> {
             let watched = self.0.wakeups.len();
-            (watched > 0)
-                .then(|| format!("{watched} keys with wake-up registrations"))
-                .into_iter()
-                .collect()
+            crate::watched(watched)
         }
     }
 
