@@ -196,12 +196,7 @@ async fn a_refused_config_command_is_tolerated() -> anyhow::Result<()> {
         Locker::new(RedisBackend::from_url(&server.url()).await?),
         Locker::new(RedisBackend::from_url(&server.url()).await?),
     );
-    let held = a.acquire("k", Duration::from_secs(60)).await?;
-    let waiter = tokio::spawn(async move { b.acquire("k", Duration::from_secs(60)).await });
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    held.release().await?;
-    let next = tokio::time::timeout(Duration::from_secs(3), waiter).await??;
-    next?.release().await?;
+    conformance::assert_hand_off_is_woken(&a, b.backend().clone(), "k").await;
     Ok(())
 }
 

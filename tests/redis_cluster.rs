@@ -7,7 +7,7 @@ mod conformance;
 mod redis_support;
 mod support;
 
-use std::{sync::LazyLock, time::Duration};
+use std::sync::LazyLock;
 
 use redis_support::{Cluster, Deployment, RedisHarness};
 use tower_lock::Locker;
@@ -58,7 +58,7 @@ async fn wake_ups_cross_nodes_and_locks_share_a_slot_with_their_fence() -> anyho
             })
             .collect()
     };
-    for i in 0..24 {
+    for i in 0..64 {
         let key = format!("}}{{{i}}} node spread {i}");
         let slot: u16 = redis::cmd("CLUSTER")
             .arg("KEYSLOT")
@@ -70,18 +70,11 @@ async fn wake_ups_cross_nodes_and_locks_share_a_slot_with_their_fence() -> anyho
             .find(|(start, end, _)| (*start..=*end).contains(&slot))
             .map(|(.., master)| master.clone())
             .ok_or_else(|| anyhow::anyhow!("slot {slot} has no master"))?;
-        slots_seen.insert(master);
-        let held = holder.acquire(&key, Duration::from_secs(60)).await?;
-        let task = tokio::spawn({
-            let (waiter, key) = (waiter.clone(), key.clone());
-            async move { waiter.acquire(&key, Duration::from_secs(60)).await }
-        });
-        tokio::time::sleep(Duration::from_millis(30)).await;
-        held.release().await?;
-        let next = tokio::time::timeout(Duration::from_secs(3), task)
-            .await
-            .map_err(|_| anyhow::anyhow!("{key:?}: release did not wake the waiter"))??;
-        next?.release().await?;
+        // One key per master is enough, and each check takes a while.
+        if !slots_seen.insert(master) {
+            continue;
+        }
+        conformance::assert_hand_off_is_woken(&holder, waiter.backend().clone(), &key).await;
     }
     assert_eq!(slots_seen.len(), 3, "the keys must cover every master");
     Ok(())

@@ -64,6 +64,10 @@ pub trait Backend: fmt::Debug + Send + Sync + 'static {
     /// happens afterwards has to wake the subscription. A backend that can
     /// not deliver wake-ups may return [`Subscription::never`]; waiters then
     /// fall back to their backoff timer.
+    ///
+    /// A waiter holds its subscription for as long as it waits. A store that
+    /// keeps state for waiters (a queue) learns that one gave up through
+    /// [`Subscription::on_give_up`].
     async fn subscribe(&self, key: &str) -> Result<Subscription, LockError>;
 
     /// Who holds `key` now: `None` when nobody does (never taken, released,
