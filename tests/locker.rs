@@ -25,7 +25,11 @@ const LONG: Duration = Duration::from_secs(30);
 struct Instrumented {
     store: MemoryBackend,
     tries: Arc<AtomicUsize>,
+    extends: Arc<AtomicUsize>,
     wakeups: bool,
+    /// Answers every extension with "no longer held", as a store does whose
+    /// key was deleted or evicted under a live lease.
+    refuse_extends: bool,
 }
 
 impl Instrumented {
@@ -33,7 +37,9 @@ impl Instrumented {
         Instrumented {
             store,
             tries: Arc::default(),
+            extends: Arc::default(),
             wakeups,
+            refuse_extends: false,
         }
     }
 }
@@ -51,6 +57,10 @@ impl Backend for Instrumented {
         lease: &Lease,
         ttl: Duration,
     ) -> Result<Option<u64>, LockError> {
+        self.extends.fetch_add(1, Ordering::SeqCst);
+        if self.refuse_extends {
+            return Ok(None);
+        }
         self.store.extend(key, lease, ttl).await
     }
 
@@ -364,4 +374,48 @@ async fn renewing_guards_leave_the_schedule_when_released_and_keep_their_lease_m
         "released leases leave the schedule"
     );
     assert_eq!(store.len(), 0);
+}
+
+/// Renewal keeps to its schedule: a lease renews about every third of its
+/// ttl, not more often (which would load the store) nor less.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewing_lease_renews_every_third_of_its_ttl() {
+    let backend = Instrumented::new(MemoryBackend::new(), true);
+    let extends = backend.extends.clone();
+    let locker = Locker::new(backend).auto_renew(true);
+    let ttl = Duration::from_millis(600);
+    let guard = locker.acquire("schedule", ttl).await.expect("acquire");
+    // Six ttls: eighteen renewals on schedule.
+    tokio::time::sleep(ttl * 6).await;
+    let renewed = extends.load(Ordering::SeqCst);
+    assert!(
+        (12..=20).contains(&renewed),
+        "{renewed} renewals in six ttls, where eighteen are due"
+    );
+    guard.release().await.expect("release");
+}
+
+/// A store that refuses a renewal (its key was deleted or evicted under a
+/// live lease) makes the lease lost at once, long before its ttl: `lost()`
+/// fires and `is_lost()` says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_renewal_loses_the_lease_at_once() {
+    let mut backend = Instrumented::new(MemoryBackend::new(), true);
+    backend.refuse_extends = true;
+    let locker = Locker::new(backend.clone()).auto_renew(true);
+    let ttl = Duration::from_millis(900);
+    let guard = locker.acquire("evicted", ttl).await.expect("acquire");
+    let lost = guard.lost();
+    // The first renewal is due after a third of the ttl, and refused.
+    tokio::time::timeout(ttl / 2, lost)
+        .await
+        .expect("lost() must fire when the store refuses the renewal");
+    assert!(guard.is_lost());
+    assert_eq!(locker.renewing_count(), 0, "a lost lease stops renewing");
+    let explicit = Locker::new(backend)
+        .acquire("evicted-too", LONG)
+        .await
+        .expect("acquire");
+    assert!(matches!(explicit.extend(LONG).await, Err(LockError::Lost)));
+    assert!(explicit.is_lost(), "a refused extension loses the lease");
 }
