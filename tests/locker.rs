@@ -419,3 +419,35 @@ async fn a_refused_renewal_loses_the_lease_at_once() {
     assert!(matches!(explicit.extend(LONG).await, Err(LockError::Lost)));
     assert!(explicit.is_lost(), "a refused extension loses the lease");
 }
+
+/// The renewal scheduler runs on the runtime of the first lease that
+/// renews; if that runtime shuts down, the next renewing lease starts it
+/// again on its own runtime, so leases never silently stop renewing.
+#[test]
+fn renewal_restarts_on_a_new_runtime_when_its_first_one_shut_down() {
+    let store = MemoryBackend::new();
+    let locker = Locker::new(store.clone()).auto_renew(true);
+    let other = Locker::new(store);
+    let first = tokio::runtime::Runtime::new().expect("runtime");
+    first.block_on(async {
+        let guard = locker.acquire("first", LONG).await.expect("acquire");
+        guard.release().await.expect("release");
+    });
+    drop(first);
+    let second = tokio::runtime::Runtime::new().expect("runtime");
+    second.block_on(async {
+        let ttl = Duration::from_millis(600);
+        let guard = locker.acquire("second", ttl).await.expect("acquire");
+        tokio::time::sleep(ttl * 3).await;
+        assert!(
+            other
+                .try_lock("second", LONG)
+                .await
+                .expect("try_lock")
+                .is_none(),
+            "the lease stopped renewing with the first runtime"
+        );
+        assert!(!guard.is_lost());
+        guard.release().await.expect("release");
+    });
+}
