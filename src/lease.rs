@@ -172,8 +172,9 @@ impl Record {
         Duration::from_nanos(self.ttl_nanos.load(Ordering::Acquire))
     }
 
-    pub(crate) fn timing(&self) -> Timing {
-        self.timing
+    /// How long after a successful grant or renewal the next renewal is due.
+    pub(crate) fn renew_every(&self) -> Duration {
+        self.timing.every(self.ttl())
     }
 
     pub(crate) fn lease(&self) -> Lease {
@@ -190,7 +191,7 @@ impl Record {
         crate::sync::lock(&self.deadline).saturating_duration_since(Instant::now())
     }
 
-    pub(crate) fn is_released(&self) -> bool {
+    fn is_released(&self) -> bool {
         self.state.load(Ordering::SeqCst) == RELEASED
     }
 

@@ -67,7 +67,7 @@ impl Owner {
     /// Keeps `record` alive in the store until it is released or lost, from
     /// a grant or renewal sent at `sent_at`.
     pub(crate) fn renew(&self, record: &Arc<Record>, runtime: &Handle, sent_at: Instant) {
-        let at = sent_at + record.timing().every(record.ttl());
+        let at = sent_at + record.renew_every();
         self.renewals.schedule(record, at, runtime);
     }
 
@@ -155,7 +155,8 @@ impl Owner {
     /// down drops the task instead of running it, and without any runtime
     /// nothing is spawned: no panic, and the lease ends at its ttl.
     pub(crate) fn release_dropped(self: &Arc<Self>, record: Arc<Record>, runtime: Option<Handle>) {
-        if record.is_released() || self.release_here(&record).is_some() {
+        // Released already, or now, on the spot.
+        if self.release_here(&record).is_some() {
             return;
         }
         if let Some(runtime) = runtime.or_else(|| Handle::try_current().ok()) {

@@ -127,9 +127,8 @@ impl Shared {
 
     /// One renewal, when it is due; schedules the next.
     async fn renew(self: Arc<Self>, record: Arc<Record>) {
-        let ttl = record.ttl();
-        let every = record.timing().every(ttl);
-        let next = match record.extend(&*self.backend, ttl).await {
+        let every = record.renew_every();
+        let next = match record.extend(&*self.backend, record.ttl()).await {
             Ok(()) => Instant::now() + every,
             Err(LockError::Lost | LockError::NotHeld) => return,
             Err(err) => {

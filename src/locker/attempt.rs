@@ -47,18 +47,19 @@ impl Locker {
         }
         // Boxed: the on-the-spot path should not carry (and move) the state
         // of a request it never makes.
-        Box::pin(self.attempt_remote(key, token, ttl, waiting)).await
+        Box::pin(self.attempt_remote(key, token, ttl, waiting, runtime)).await
     }
 
-    /// A try that needs I/O.
+    /// A try that needs I/O, on `runtime` if renewal already asked for it.
     async fn attempt_remote(
         &self,
         key: &SmolStr,
         token: Token,
         ttl: Duration,
         waiting: bool,
+        runtime: Option<Handle>,
     ) -> Result<Result<LockGuard, Refused>, LockError> {
-        let runtime = current_runtime()?;
+        let runtime = runtime.map_or_else(current_runtime, Ok)?;
         let sent_at = Instant::now();
         let outcome = self.request(&runtime, key, token, ttl, waiting).await?;
         Ok(self.settle(key, token, ttl, outcome, Some(runtime), sent_at))
