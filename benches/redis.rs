@@ -13,7 +13,8 @@
 //! - contention: 16 tasks over 4 Lockers (4 backends) on one key with a 1 ms
 //!   critical section, vs one task doing the same loop alone, vs rslock in
 //!   the same harness: acquisitions per second, Jain's fairness index over
-//!   the 16 tasks, and Redis commands per acquisition (`INFO stats`);
+//!   the 16 tasks, Redis commands per acquisition (`INFO stats`) and the
+//!   server's own CPU time per acquisition (`INFO cpu`, user + system);
 //! - requests: the contention runs again, watched by `redis-cli monitor`,
 //!   which tells the commands clients send from those their scripts run
 //!   (`INFO stats` counts both).
@@ -385,6 +386,8 @@ struct Outcome {
     counts: Vec<u64>,
     elapsed: Duration,
     commands: u64,
+    /// The server's CPU time (user + system) over the run.
+    cpu: Duration,
 }
 
 impl Outcome {
@@ -407,12 +410,14 @@ impl Outcome {
             format!(" ({:.2}x serial)", self.rate() / s)
         });
         println!(
-            "{name}: {:.0} acquisitions/s{versus}, Jain {:.3} (min {} max {} per task), {:.2} Redis commands/acquisition",
+            "{name}: {:.0} acquisitions/s{versus}, Jain {:.3} (min {} max {} per task), \
+             {:.2} Redis commands/acquisition, {:.1} µs server CPU/acquisition",
             self.rate(),
             self.jain(),
             self.counts.iter().min().unwrap_or(&0),
             self.counts.iter().max().unwrap_or(&0),
             self.commands as f64 / self.total().max(1) as f64,
+            self.cpu.as_secs_f64() * 1e6 / self.total().max(1) as f64,
         );
     }
 }
@@ -431,6 +436,22 @@ async fn command_calls(conn: &mut ConnectionManager) -> std::collections::BTreeM
             Some((name.to_owned(), calls))
         })
         .collect()
+}
+
+/// The server's CPU time so far, user + system, from `INFO cpu`.
+async fn server_cpu(conn: &mut ConnectionManager) -> Duration {
+    let info: String = redis::cmd("INFO")
+        .arg("cpu")
+        .query_async(conn)
+        .await
+        .expect("INFO");
+    let seconds = |field: &str| -> f64 {
+        info.lines()
+            .find_map(|line| line.strip_prefix(field))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("INFO cpu has no {field}"))
+    };
+    Duration::from_secs_f64(seconds("used_cpu_user:") + seconds("used_cpu_sys:"))
 }
 
 async fn commands_processed(conn: &mut ConnectionManager) -> u64 {
@@ -466,6 +487,7 @@ async fn contention(url: &str, contender: Contender, tasks: usize, owners: usize
     let stop = Arc::new(AtomicBool::new(false));
     let calls_before = command_calls(&mut admin).await;
     let before = commands_processed(&mut admin).await;
+    let cpu_before = server_cpu(&mut admin).await;
     let start = Instant::now();
     let handles: Vec<_> = (0..tasks)
         .map(|i| {
@@ -497,8 +519,9 @@ async fn contention(url: &str, contender: Contender, tasks: usize, owners: usize
         counts.push(handle.await.expect("task"));
     }
     let elapsed = start.elapsed();
-    // Minus the INFO that reads the number.
-    let commands = commands_processed(&mut admin).await - before - 1;
+    let cpu = server_cpu(&mut admin).await.saturating_sub(cpu_before);
+    // Minus the three INFOs since `before` (it, and the two CPU readings).
+    let commands = commands_processed(&mut admin).await - before - 3;
     let total: u64 = counts.iter().sum();
     let breakdown: Vec<String> = command_calls(&mut admin)
         .await
@@ -514,5 +537,6 @@ async fn contention(url: &str, contender: Contender, tasks: usize, owners: usize
         counts,
         elapsed,
         commands,
+        cpu,
     }
 }

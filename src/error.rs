@@ -56,6 +56,16 @@ pub enum LockError {
     /// renewed it; the lock may now belong to someone else.
     #[error("the lock's lease was lost before it was released")]
     Lost,
+    /// The store is set up in a way that could drop or keep a lock wrongly
+    /// (an eviction policy, a bucket's limits), so the backend refused to
+    /// use it; `setting` names what to change.
+    #[error("lock store misconfigured: {setting}: {reason}")]
+    Misconfigured {
+        /// The store's setting at fault, as the store names it.
+        setting: &'static str,
+        /// Why it is unsafe, and what to do.
+        reason: String,
+    },
     /// The backend could not be reached or answered with an error.
     #[error("lock backend unavailable: {source}")]
     Unavailable {

@@ -93,7 +93,10 @@ impl Locker {
     }
 
     /// A try through I/O. If the caller goes away mid-request, a lock it was
-    /// granted is nobody's: it is given back.
+    /// granted is nobody's: it is given back. So is one the try may have
+    /// been granted when its answer was lost (an I/O error, a request
+    /// deadline): the release checks the token, so it frees only what this
+    /// try took, and the lock is not orphaned for a whole ttl.
     async fn request(
         &self,
         runtime: &Handle,
@@ -112,16 +115,36 @@ impl Locker {
         let cleanup = {
             let (backend, key) = (self.backend().clone(), key.clone());
             move |outcome: Result<Attempt, LockError>| async move {
-                if let Ok(Attempt::Acquired { fence, revision }) = outcome {
-                    let lease = Lease {
-                        token,
-                        fence,
-                        revision,
-                    };
+                if let Some(lease) = unclaimed(&outcome, token) {
                     let _ = backend.release(&key, &lease).await;
                 }
             }
         };
-        RunToEnd::new(runtime.clone(), request, cleanup).await
+        let outcome = RunToEnd::new(runtime.clone(), request, cleanup).await;
+        if let (Err(_), Some(lease)) = (&outcome, unclaimed(&outcome, token)) {
+            let (backend, key) = (self.backend().clone(), key.clone());
+            runtime.spawn(async move {
+                if let Err(err) = backend.release(&key, &lease).await {
+                    tracing::debug!(?key, error = %err, "could not give back a try whose answer was lost");
+                }
+            });
+        }
+        outcome
     }
+}
+
+/// The lease a try's caller will not hold, if the store may have granted
+/// one: a grant (when the caller has gone), or an answer lost in transit.
+/// A lost answer carries no fence or revision; stores release by token.
+fn unclaimed(outcome: &Result<Attempt, LockError>, token: Token) -> Option<Lease> {
+    let (fence, revision) = match outcome {
+        Ok(Attempt::Acquired { fence, revision }) => (*fence, *revision),
+        Err(LockError::Unavailable { .. }) => (0, 0),
+        _ => return None,
+    };
+    Some(Lease {
+        token,
+        fence,
+        revision,
+    })
 }

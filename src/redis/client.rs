@@ -3,6 +3,7 @@
 
 use std::{
     fmt,
+    time::Duration,
     sync::{
         Arc, Mutex,
         atomic::{AtomicI64, AtomicUsize, Ordering},
@@ -73,22 +74,62 @@ impl fmt::Debug for RedisClient {
     }
 }
 
-/// The command connection: cheap to clone, reconnecting by itself.
+/// The command connection: cheap to clone, reconnecting by itself, and
+/// giving up on a request after its deadline.
 #[derive(Clone)]
-pub(crate) enum Conn {
+pub(crate) struct Conn {
+    link: Link,
+    deadline: Duration,
+}
+
+#[derive(Clone)]
+enum Link {
     Standalone(ConnectionManager),
     Cluster(ClusterConnection),
     Sentinel(Arc<SentinelConn>),
 }
 
 impl Conn {
-    /// Connects, so that a wrong address fails construction.
-    pub(crate) async fn connect(client: RedisClient) -> RedisResult<(Conn, PubSubSource)> {
+    /// Connects, so that a wrong address fails construction; each request
+    /// then fails once `deadline` has passed without an answer.
+    pub(crate) async fn connect(
+        client: RedisClient,
+        deadline: Duration,
+    ) -> RedisResult<(Conn, PubSubSource)> {
+        let connecting = tokio::time::timeout(deadline, Link::connect(client));
+        let (link, source) = connecting.await.map_err(|_| timed_out(deadline))??;
+        Ok((Conn { link, deadline }, source))
+    }
+
+    pub(crate) fn kind(&self) -> &'static str {
+        match self.link {
+            Link::Standalone(_) => "standalone",
+            Link::Cluster(_) => "cluster",
+            Link::Sentinel(_) => "sentinel",
+        }
+    }
+
+    pub(crate) fn is_cluster(&self) -> bool {
+        matches!(self.link, Link::Cluster(_))
+    }
+}
+
+/// The error of a request that had no answer by its deadline: an I/O
+/// timeout, so that callers treat its outcome as unknown.
+fn timed_out(deadline: Duration) -> RedisError {
+    RedisError::from(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        format!("no answer from Redis within {deadline:?}"),
+    ))
+}
+
+impl Link {
+    async fn connect(client: RedisClient) -> RedisResult<(Link, PubSubSource)> {
         match client {
             RedisClient::Standalone(client) => {
                 let manager = ConnectionManager::new(client.clone()).await?;
                 Ok((
-                    Conn::Standalone(manager),
+                    Link::Standalone(manager),
                     PubSubSource::Client(Box::new(client)),
                 ))
             }
@@ -98,7 +139,7 @@ impl Conn {
                     conn: conn.clone(),
                     attempts: Arc::new(AtomicUsize::new(0)),
                 };
-                Ok((Conn::Cluster(conn), source))
+                Ok((Link::Cluster(conn), source))
             }
             RedisClient::Sentinel(client) => {
                 let sentinel = Arc::new(SentinelConn {
@@ -108,28 +149,51 @@ impl Conn {
                 });
                 sentinel.manager().await?;
                 Ok((
-                    Conn::Sentinel(sentinel.clone()),
+                    Link::Sentinel(sentinel.clone()),
                     PubSubSource::Sentinel(sentinel),
                 ))
             }
-        }
-    }
-
-    pub(crate) fn kind(&self) -> &'static str {
-        match self {
-            Conn::Standalone(_) => "standalone",
-            Conn::Cluster(_) => "cluster",
-            Conn::Sentinel(_) => "sentinel",
         }
     }
 }
 
 impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        let deadline = self.deadline;
+        let request = self.link.req_packed_command(cmd);
+        Box::pin(async move {
+            tokio::time::timeout(deadline, request)
+                .await
+                .map_err(|_| timed_out(deadline))?
+        })
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        let deadline = self.deadline;
+        let request = self.link.req_packed_commands(pipeline, offset, count);
+        Box::pin(async move {
+            tokio::time::timeout(deadline, request)
+                .await
+                .map_err(|_| timed_out(deadline))?
+        })
+    }
+
+    fn get_db(&self) -> i64 {
+        self.link.get_db()
+    }
+}
+
+impl ConnectionLike for Link {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
-            Conn::Standalone(conn) => conn.req_packed_command(cmd),
-            Conn::Cluster(conn) => conn.req_packed_command(cmd),
-            Conn::Sentinel(sentinel) => Box::pin(async move {
+            Link::Standalone(conn) => conn.req_packed_command(cmd),
+            Link::Cluster(conn) => conn.req_packed_command(cmd),
+            Link::Sentinel(sentinel) => Box::pin(async move {
                 let mut conn = sentinel.manager().await?;
                 let reply = conn.req_packed_command(cmd).await;
                 sentinel.check(&reply);
@@ -145,9 +209,9 @@ impl ConnectionLike for Conn {
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
-            Conn::Standalone(conn) => conn.req_packed_commands(pipeline, offset, count),
-            Conn::Cluster(conn) => conn.req_packed_commands(pipeline, offset, count),
-            Conn::Sentinel(sentinel) => Box::pin(async move {
+            Link::Standalone(conn) => conn.req_packed_commands(pipeline, offset, count),
+            Link::Cluster(conn) => conn.req_packed_commands(pipeline, offset, count),
+            Link::Sentinel(sentinel) => Box::pin(async move {
                 let mut conn = sentinel.manager().await?;
                 let reply = conn.req_packed_commands(pipeline, offset, count).await;
                 sentinel.check(&reply);
@@ -158,9 +222,9 @@ impl ConnectionLike for Conn {
 
     fn get_db(&self) -> i64 {
         match self {
-            Conn::Standalone(conn) => conn.get_db(),
-            Conn::Cluster(conn) => conn.get_db(),
-            Conn::Sentinel(sentinel) => sentinel.db.load(Ordering::Relaxed),
+            Link::Standalone(conn) => conn.get_db(),
+            Link::Cluster(conn) => conn.get_db(),
+            Link::Sentinel(sentinel) => sentinel.db.load(Ordering::Relaxed),
         }
     }
 }

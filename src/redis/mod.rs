@@ -134,6 +134,16 @@ use crate::{
 /// The key prefix used unless [`RedisBackendBuilder::prefix`] sets another.
 pub const DEFAULT_PREFIX: &str = "lock:";
 
+/// How long a key's fence counter and waiter queue outlive its last lease
+/// or waiter, unless [`RedisBackendBuilder::fence_retention`] sets another:
+/// see [Fences](self#fences).
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(60);
+
+/// How long a request to Redis may go unanswered before it fails with
+/// [`LockError::Unavailable`], unless
+/// [`RedisBackendBuilder::request_timeout`] sets another.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Locks in Redis; see the [module docs](self).
 ///
 /// Cheap to clone: clones share the connections. Lockers over clones are
@@ -144,11 +154,7 @@ pub struct RedisBackend {
 }
 
 struct Inner {
-    conn: Conn,
-    keys: KeySpace,
-    channel: String,
-    /// Names this backend in waiter queues and turn messages.
-    id: String,
+    store: Store,
     registry: WakeRegistry,
     _notifier: Notifier,
 }
@@ -156,26 +162,71 @@ struct Inner {
 impl Inner {
     /// Takes this backend out of `key`'s queue, in the background, unless
     /// another of its waiters still waits for the key.
-    fn withdraw(self: Arc<Self>, key: String) {
+    fn withdraw(&self, key: String) {
         if self.registry.is_watched(&key) {
             return;
         }
         // Without a runtime, the entry stays until a release pops it, and a
         // turn then given to this backend is passed on by its listener.
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            self.store.clone().withdraw(&runtime, key);
+        }
+    }
+}
+
+/// What the backend and its listener both act on: the connection, the key
+/// space and this backend's name in queues. Cheap to clone.
+#[derive(Clone)]
+struct Store {
+    conn: Conn,
+    keys: KeySpace,
+    channel: String,
+    /// Names this backend in waiter queues and turn messages.
+    id: String,
+    /// How long fence counters and queues outlive their key's use, in ms.
+    retention: u64,
+}
+
+impl Store {
+    /// Runs the release script for `holder` (a token, or `next:<id>` to pass
+    /// a turn on), after taking `withdraw` (a backend id) out of the queue.
+    /// `None`: `holder` no longer held the lock; `Some(next)`: released, and
+    /// handed to the queued backend `next` if there was one.
+    async fn release(
+        &self,
+        key: &str,
+        holder: &str,
+        withdraw: Option<&str>,
+    ) -> Result<Option<Option<String>>, LockError> {
+        let lock = self.keys.lock_key(key);
+        let reply: Vec<redis::Value> = scripts::RELEASE
+            .key(&lock)
+            .key(KeySpace::queue_key(&lock))
+            .key(KeySpace::fence_key(&lock))
+            .arg(holder)
+            .arg(&self.channel)
+            .arg(millis(TURN_GRACE))
+            .arg(withdraw.unwrap_or(""))
+            .arg(self.retention)
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(LockError::unavailable)?;
+        let released = matches!(reply.first(), Some(redis::Value::Int(1)));
+        let next = match reply.get(1) {
+            Some(redis::Value::BulkString(id)) => Some(String::from_utf8_lossy(id).into_owned()),
+            _ => None,
         };
+        Ok(released.then_some(next))
+    }
+
+    /// In the background on `runtime`: takes this backend out of `key`'s
+    /// queue, and passes on a turn already reserved for it, because nobody
+    /// here waits for the key any longer.
+    fn withdraw(self, runtime: &tokio::runtime::Handle, key: String) {
         runtime.spawn(async move {
             let turn = format!("next:{}", self.id);
-            let withdrawn = release(
-                &self.conn,
-                &self.keys,
-                &key,
-                &turn,
-                &self.channel,
-                Some(&self.id),
-            );
-            if let Err(err) = withdrawn.await {
+            if let Err(err) = self.release(&key, &turn, Some(&self.id)).await {
+                // The turn lapses after its grace instead.
                 tracing::debug!(?key, error = %err, "could not leave the waiter queue");
             }
         });
@@ -241,12 +292,15 @@ impl RedisBackend {
             client: client.into(),
             prefix: DEFAULT_PREFIX.to_owned(),
             subscriber: None,
+            retention: DEFAULT_RETENTION,
+            deadline: DEFAULT_REQUEST_TIMEOUT,
+            allow_eviction: false,
         }
     }
 
     /// The prefix of every Redis key this backend writes.
     pub fn prefix(&self) -> &str {
-        self.inner.keys.prefix()
+        self.inner.store.keys.prefix()
     }
 
     /// The Redis key that holds the lock on `key` (its fence counter is this
@@ -259,29 +313,29 @@ impl RedisBackend {
     /// # Ok(()) }
     /// ```
     pub fn redis_key(&self, key: &str) -> String {
-        self.inner.keys.lock_key(key)
+        self.inner.store.keys.lock_key(key)
     }
 
     /// Whether `redis_key` names a lock (not a fence counter) of this
     /// backend's prefix.
     pub fn is_lock_key(&self, redis_key: &[u8]) -> bool {
-        self.inner.keys.is_lock_key(redis_key)
+        self.inner.store.keys.is_lock_key(redis_key)
     }
 
     /// A `SCAN MATCH` pattern covering every key this backend writes (locks
     /// and fence counters); tell them apart with
     /// [`is_lock_key`](Self::is_lock_key).
     pub fn key_pattern(&self) -> String {
-        self.inner.keys.scan_pattern()
+        self.inner.store.keys.scan_pattern()
     }
 
     /// The pub/sub channel the release script publishes to.
     pub fn release_channel(&self) -> &str {
-        &self.inner.channel
+        &self.inner.store.channel
     }
 
     fn conn(&self) -> Conn {
-        self.inner.conn.clone()
+        self.inner.store.conn.clone()
     }
 }
 
@@ -291,6 +345,9 @@ pub struct RedisBackendBuilder {
     client: RedisClient,
     prefix: String,
     subscriber: Option<redis::Client>,
+    retention: Duration,
+    deadline: Duration,
+    allow_eviction: bool,
 }
 
 impl RedisBackendBuilder {
@@ -313,43 +370,103 @@ impl RedisBackendBuilder {
         self
     }
 
-    /// Connects.
+    /// How long a key's fence counter (and waiter queue) outlives its last
+    /// lease (or waiter): [`DEFAULT_RETENTION`] (60 s) unless set. Fences
+    /// stay strictly increasing through a step back of the server's clock
+    /// shorter than this; see [Fences](self#fences). Rounded up to whole
+    /// milliseconds, at least 1 ms.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::Duration;
+    ///
+    /// let client = redis::Client::open("redis://127.0.0.1:6379/")?;
+    /// let backend = tower_lock::redis::RedisBackend::builder(client)
+    ///     .fence_retention(Duration::from_secs(10))
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn fence_retention(mut self, retention: Duration) -> Self {
+        self.retention = retention;
+        self
+    }
+
+    /// How long any one request to Redis may go unanswered (a hung
+    /// connection, a paused server) before it fails with
+    /// [`LockError::Unavailable`]: [`DEFAULT_REQUEST_TIMEOUT`] (5 s) unless
+    /// set. A try that timed out may still have been granted; the locker
+    /// then releases it by its token.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::Duration;
+    ///
+    /// let client = redis::Client::open("redis://127.0.0.1:6379/")?;
+    /// let backend = tower_lock::redis::RedisBackend::builder(client)
+    ///     .request_timeout(Duration::from_millis(500))
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn request_timeout(mut self, deadline: Duration) -> Self {
+        self.deadline = deadline;
+        self
+    }
+
+    /// Accepts a server whose `maxmemory-policy` is not `noeviction`.
+    /// Without this, [`build`](Self::build) refuses such a server: an
+    /// eviction policy may drop a live lock (every `volatile-*` policy
+    /// evicts exactly the keys with a ttl, which every lock has) or a fence
+    /// counter. Opt in only where memory can never reach `maxmemory`.
+    pub fn allow_eviction(mut self) -> Self {
+        self.allow_eviction = true;
+        self
+    }
+
+    /// Connects, and checks the server's `maxmemory-policy`.
     ///
     /// # Errors
     ///
-    /// [`LockError::InvalidKey`] when the prefix holds `{` or `}`;
-    /// [`LockError::Unavailable`] when the first connection fails.
+    /// - [`LockError::InvalidKey`] when the prefix holds `{` or `}`;
+    /// - [`LockError::Misconfigured`] when the server's `maxmemory-policy`
+    ///   can evict keys, unless [`allow_eviction`](Self::allow_eviction)
+    ///   was set (where `CONFIG GET` is refused, as on many managed
+    ///   services, construction succeeds with a warning);
+    /// - [`LockError::Unavailable`] when the first connection fails.
     pub async fn build(self) -> Result<RedisBackend, LockError> {
         if self.prefix.contains(['{', '}']) {
             return Err(LockError::InvalidKey {
                 reason: "the Redis key prefix contains `{` or `}`",
             });
         }
-        let (conn, mut source) = Conn::connect(self.client)
+        let (conn, mut source) = Conn::connect(self.client, self.deadline)
             .await
             .map_err(LockError::unavailable)?;
-        if let (Some(node), Conn::Cluster(_)) = (self.subscriber, &conn) {
+        if !self.allow_eviction {
+            check_eviction_policy(&conn).await?;
+        }
+        if let (Some(node), true) = (self.subscriber, conn.is_cluster()) {
             source = client::PubSubSource::Client(Box::new(node));
         }
         let keys = KeySpace::new(self.prefix);
-        let channel = format!("{}released", keys.prefix());
-        let id = Token::new().to_string();
+        let store = Store {
+            channel: format!("{}released", keys.prefix()),
+            conn,
+            keys,
+            id: Token::new().to_string(),
+            retention: millis(self.retention),
+        };
         let registry = WakeRegistry::default();
         let notifier = Notifier::start(Listener {
             source,
-            conn: conn.clone(),
-            keys: keys.clone(),
-            channel: channel.clone(),
-            id: id.clone(),
+            store: store.clone(),
             registry: registry.clone(),
         })
         .await;
         Ok(RedisBackend {
             inner: Arc::new(Inner {
-                conn,
-                keys,
-                channel,
-                id,
+                store,
                 registry,
                 _notifier: notifier,
             }),
@@ -369,53 +486,98 @@ impl fmt::Debug for RedisBackendBuilder {
 impl fmt::Debug for RedisBackend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisBackend")
-            .field("deployment", &self.inner.conn.kind())
-            .field("db", &self.inner.conn.get_db())
-            .field("prefix", &self.inner.keys.prefix())
+            .field("deployment", &self.inner.store.conn.kind())
+            .field("db", &self.inner.store.conn.get_db())
+            .field("prefix", &self.inner.store.keys.prefix())
             .field("waiting_keys", &self.inner.registry.len())
             .finish()
     }
 }
 
-/// Runs the release script for `holder` (a token, or `next:<id>` to pass a
-/// turn on), after taking `withdraw` (a backend id) out of the queue. `None`: `holder` no longer held the lock; `Some(next)`: released,
-/// and handed to the queued backend `next` if there was one.
-async fn release(
-    conn: &Conn,
-    keys: &KeySpace,
-    key: &str,
-    holder: &str,
-    channel: &str,
-    withdraw: Option<&str>,
-) -> Result<Option<Option<String>>, LockError> {
-    let lock = keys.lock_key(key);
-    let reply: Vec<redis::Value> = scripts::RELEASE
-        .key(&lock)
-        .key(KeySpace::queue_key(&lock))
-        .arg(holder)
-        .arg(channel)
-        .arg(millis(TURN_GRACE))
-        .arg(withdraw.unwrap_or(""))
-        .invoke_async(&mut conn.clone())
-        .await
-        .map_err(LockError::unavailable)?;
-    let released = matches!(reply.first(), Some(redis::Value::Int(1)));
-    let next = match reply.get(1) {
-        Some(redis::Value::BulkString(id)) => Some(String::from_utf8_lossy(id).into_owned()),
-        _ => None,
-    };
-    Ok(released.then_some(next))
+/// Whole milliseconds for Redis, rounded up: a holder counts its lease
+/// from before its request, so the store must never keep it for less.
+fn millis(ttl: Duration) -> u64 {
+    let millis = ttl.as_nanos().div_ceil(1_000_000);
+    u64::try_from(millis).unwrap_or(u64::MAX).max(1)
 }
 
-/// Milliseconds for Redis; validated ttls are at least 1 ms.
-fn millis(ttl: Duration) -> u64 {
-    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
+/// Refuses a server whose `maxmemory-policy` can evict keys; see
+/// [`RedisBackendBuilder::allow_eviction`].
+async fn check_eviction_policy(conn: &Conn) -> Result<(), LockError> {
+    let reply: redis::RedisResult<redis::Value> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("maxmemory-policy")
+        .query_async(&mut conn.clone())
+        .await;
+    let reply = match reply {
+        Ok(reply) => reply,
+        Err(err) if err.kind() == redis::ErrorKind::Io || err.is_timeout() => {
+            return Err(LockError::unavailable(err));
+        }
+        Err(err) => {
+            tracing::warn!(
+                error = %err,
+                "CONFIG GET maxmemory-policy refused: cannot check that Redis never evicts locks"
+            );
+            return Ok(());
+        }
+    };
+    // A Cluster answers per node; any node that may evict is refused.
+    let mut policies = Vec::new();
+    collect_policies(&reply, &mut policies);
+    if policies.is_empty() {
+        tracing::warn!(?reply, "no maxmemory-policy in the CONFIG GET reply");
+    }
+    match policies.into_iter().find(|policy| policy != "noeviction") {
+        Some(policy) => Err(LockError::Misconfigured {
+            setting: "maxmemory-policy",
+            reason: format!(
+                "`{policy}` can evict live locks and fence counters; set it to `noeviction`, \
+                 or opt in with RedisBackendBuilder::allow_eviction"
+            ),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// The values that follow a `maxmemory-policy` name anywhere in a reply
+/// (a flat `[name, value]` array, a map, or one of those per node).
+fn collect_policies(reply: &redis::Value, into: &mut Vec<String>) {
+    use redis::Value;
+    let text = |value: &Value| match value {
+        Value::BulkString(bytes) => Some(String::from_utf8_lossy(bytes).into_owned()),
+        Value::SimpleString(text) => Some(text.clone()),
+        _ => None,
+    };
+    match reply {
+        Value::Array(items) | Value::Set(items) => {
+            for pair in items.windows(2) {
+                if text(&pair[0]).as_deref() == Some("maxmemory-policy")
+                    && let Some(policy) = text(&pair[1])
+                {
+                    into.push(policy);
+                }
+            }
+            for item in items {
+                collect_policies(item, into);
+            }
+        }
+        Value::Map(entries) => {
+            for (name, value) in entries {
+                match text(name) {
+                    Some(name) if name == "maxmemory-policy" => into.extend(text(value)),
+                    _ => collect_policies(value, into),
+                }
+            }
+        }
+        _ => {}
+    }
 }
 
 #[async_trait::async_trait]
 impl Backend for RedisBackend {
     async fn try_acquire(&self, request: &AcquireRequest<'_>) -> Result<Attempt, LockError> {
-        let lock = self.inner.keys.lock_key(request.key);
+        let lock = self.inner.store.keys.lock_key(request.key);
         // Only a waiting caller (subscribed to the key's wake-ups before it
         // tried) joins the queue: a turn that comes for a key nobody here
         // watches is passed on.
@@ -425,8 +587,9 @@ impl Backend for RedisBackend {
             .key(KeySpace::queue_key(&lock))
             .arg(request.token.to_string())
             .arg(millis(request.ttl))
-            .arg(&self.inner.id)
+            .arg(&self.inner.store.id)
             .arg(if request.waiting { "1" } else { "0" })
+            .arg(self.inner.store.retention)
             .invoke_async(&mut self.conn())
             .await
             .map_err(LockError::unavailable)?;
@@ -434,7 +597,7 @@ impl Backend for RedisBackend {
         let remaining = u64::try_from(value).ok().map(Duration::from_millis);
         Ok(match outcome {
             1 => {
-                // INCR never returns less than 1.
+                // The server's clock in µs: never below 1.
                 let fence = u64::try_from(value).unwrap_or(0);
                 Attempt::Acquired {
                     fence,
@@ -452,10 +615,13 @@ impl Backend for RedisBackend {
         lease: &Lease,
         ttl: Duration,
     ) -> Result<Option<u64>, LockError> {
+        let lock = self.inner.store.keys.lock_key(key);
         let extended: i64 = scripts::EXTEND
-            .key(self.inner.keys.lock_key(key))
+            .key(&lock)
+            .key(KeySpace::fence_key(&lock))
             .arg(lease.token.to_string())
             .arg(millis(ttl))
+            .arg(self.inner.store.retention)
             .invoke_async(&mut self.conn())
             .await
             .map_err(LockError::unavailable)?;
@@ -463,21 +629,17 @@ impl Backend for RedisBackend {
     }
 
     async fn release(&self, key: &str, lease: &Lease) -> Result<bool, LockError> {
-        let handed_to = release(
-            &self.conn(),
-            &self.inner.keys,
-            key,
-            &lease.token.to_string(),
-            &self.inner.channel,
-            None,
-        )
-        .await?;
+        let handed_to = self
+            .inner
+            .store
+            .release(key, &lease.token.to_string(), None)
+            .await?;
         match handed_to {
             None => Ok(false),
             Some(next) => {
                 // Waiters sharing this backend need not wait for the
                 // message's round trip through Redis, when it is their turn.
-                if next.is_none_or(|next| next == self.inner.id) {
+                if next.is_none_or(|next| next == self.inner.store.id) {
                     self.inner.registry.notify(key);
                 }
                 Ok(true)
@@ -495,7 +657,7 @@ impl Backend for RedisBackend {
     }
 
     async fn holder(&self, key: &str) -> Result<Option<Holding>, LockError> {
-        let lock = self.inner.keys.lock_key(key);
+        let lock = self.inner.store.keys.lock_key(key);
         let reply: Vec<redis::Value> = scripts::HOLDER
             .key(&lock)
             .key(KeySpace::fence_key(&lock))

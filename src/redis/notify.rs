@@ -14,10 +14,7 @@ use futures_util::StreamExt;
 use redis::aio::ConnectionLike;
 use tokio::{sync::oneshot, task::JoinHandle};
 
-use super::{
-    client::{Conn, PubSubSource},
-    keys::KeySpace,
-};
+use super::{Store, client::PubSubSource};
 use crate::backend::WakeRegistry;
 
 const RECONNECT_START: Duration = Duration::from_millis(20);
@@ -40,11 +37,8 @@ impl Drop for Notifier {
 
 pub(crate) struct Listener {
     pub(crate) source: PubSubSource,
-    pub(crate) conn: Conn,
-    pub(crate) keys: KeySpace,
-    pub(crate) channel: String,
-    /// The backend's id in waiter queues: turn messages for it are ours.
-    pub(crate) id: String,
+    /// Its `id` names the backend in turn messages: those are ours.
+    pub(crate) store: Store,
     pub(crate) registry: WakeRegistry,
 }
 
@@ -98,7 +92,7 @@ impl Listener {
 
     async fn subscribe(&self) -> redis::RedisResult<redis::aio::PubSub> {
         let mut pubsub = self.source.open().await?;
-        let mut channels = vec![self.channel.clone()];
+        let mut channels = vec![self.store.channel.clone()];
         channels.extend(self.key_event_channels().await);
         pubsub.subscribe(&channels).await?;
         tracing::debug!(?channels, "listening for lock wake-ups");
@@ -110,7 +104,7 @@ impl Listener {
     /// services often rename it) they are subscribed anyway: a channel with
     /// no events costs nothing.
     async fn key_event_channels(&self) -> Vec<String> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.store.conn.clone();
         let db = conn.get_db();
         let config: redis::RedisResult<Vec<String>> = redis::cmd("CONFIG")
             .arg("GET")
@@ -162,8 +156,8 @@ impl Listener {
     /// only those of the backend it names, and a turn for this backend that
     /// nobody here waits for any longer is passed on at once.
     fn deliver(&self, channel: &str, payload: &[u8]) {
-        if channel != self.channel {
-            if let Some(key) = self.keys.user_key(payload) {
+        if channel != self.store.channel {
+            if let Some(key) = self.store.keys.user_key(payload) {
                 self.registry.notify(&key);
             }
             return;
@@ -171,24 +165,20 @@ impl Listener {
         let Some((id, lock_key)) = split_turn(payload) else {
             return;
         };
-        let Some(key) = self.keys.user_key(lock_key) else {
+        let Some(key) = self.store.keys.user_key(lock_key) else {
             return;
         };
-        if id != self.id.as_bytes() {
+        if id != self.store.id.as_bytes() {
             return;
         }
         if self.registry.is_watched(&key) {
             self.registry.notify(&key);
             return;
         }
-        let (conn, keys, channel) = (self.conn.clone(), self.keys.clone(), self.channel.clone());
-        let turn = format!("next:{}", self.id);
-        tokio::spawn(async move {
-            if let Err(err) = super::release(&conn, &keys, &key, &turn, &channel, None).await {
-                // The turn lapses after its grace instead.
-                tracing::debug!(%key, error = %err, "could not pass on an unwanted turn");
-            }
-        });
+        // Messages are read on the runtime the backend was built on.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            self.store.clone().withdraw(&runtime, key);
+        }
     }
 }
 

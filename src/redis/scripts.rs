@@ -8,45 +8,73 @@ use redis::Script;
 
 /// `KEYS[1]` lock, `KEYS[2]` fence counter, `KEYS[3]` waiter queue;
 /// `ARGV[1]` token, `ARGV[2]` ttl in ms, `ARGV[3]` the caller's backend id,
-/// `ARGV[4]` `1` when the caller will wait. Returns `{1, fence}` when taken,
-/// `{0, pttl}` when busy and `{2, pttl}` when busy and the caller is queued
-/// (`pttl` is -1 when the holder's key has no expiry).
+/// `ARGV[4]` `1` when the caller will wait, `ARGV[5]` the retention in ms.
+/// Returns `{1, fence}` when taken, `{0, pttl}` when busy and `{2, pttl}`
+/// when busy and the caller is queued (`pttl` is -1 when the holder's key
+/// has no expiry).
 ///
 /// A lock that a release handed to the caller's backend holds
 /// `next:<backend id>` for a short grace; only that backend may take it.
-/// The counter is bumped only on success and in the same script, so fences
-/// are strictly increasing per key with no gap a crash could reorder. A
-/// waiting caller joins the queue once, however often it tries, and leaves
-/// it when it takes the lock (a turn's release already took it out).
+/// A lock that already holds the caller's token is taken again: that is a
+/// retry of a try whose reply was lost (or that redis-rs re-sent after a
+/// reconnect), and nobody ever saw the first fence.
+///
+/// The fence is the server's clock in microseconds (`TIME`), or one more
+/// than the counter's last value when that is not below it (a clock that
+/// stepped back, two grants in one microsecond), so fences strictly
+/// increase while the counter lives and, once it has expired, as long as
+/// the clock did not step back by more than the retention. The counter
+/// lives for the lease plus the retention, so nothing of an unused key
+/// stays. Lua numbers are doubles, exact below 2^53; `%d` prints them
+/// without an exponent (a number argument would be printed with `%.17g`).
+///
+/// A waiting caller joins the queue once, however often it tries, and
+/// leaves it when it takes the lock (a turn's release already took it
+/// out). Each join keeps the queue for the holder's lease plus the
+/// retention, so entries of backends that died while queued go too.
 pub(crate) static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 local current = redis.call('GET', KEYS[1])
-if current == false or current == 'next:' .. ARGV[3] then
+local turn = 'next:' .. ARGV[3]
+if current == false or current == turn or current == ARGV[1] then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  if current == false and ARGV[4] == '1' then
+  if current ~= turn and ARGV[4] == '1' then
     redis.call('LREM', KEYS[3], 0, ARGV[3])
   end
-  return {1, redis.call('INCR', KEYS[2])}
+  local now = redis.call('TIME')
+  local fence = now[1] * 1000000 + now[2]
+  local last = tonumber(redis.call('GET', KEYS[2]))
+  if last and last >= fence then
+    fence = last + 1
+  end
+  redis.call('SET', KEYS[2], string.format('%d', fence), 'PX', string.format('%d', ARGV[2] + ARGV[5]))
+  return {1, fence}
 end
+local pttl = redis.call('PTTL', KEYS[1])
 if ARGV[4] == '1' then
   if not redis.call('LPOS', KEYS[3], ARGV[3]) then
     redis.call('RPUSH', KEYS[3], ARGV[3])
   end
-  return {2, redis.call('PTTL', KEYS[1])}
+  redis.call('PEXPIRE', KEYS[3], string.format('%d', math.max(pttl, 0) + ARGV[5]))
+  return {2, pttl}
 end
-return {0, redis.call('PTTL', KEYS[1])}
+return {0, pttl}
 ",
     )
 });
 
-/// `KEYS[1]` lock; `ARGV[1]` token, `ARGV[2]` ttl in ms. Returns 1 when the
-/// token still held the lock and its lease was restarted, else 0.
+/// `KEYS[1]` lock, `KEYS[2]` fence counter; `ARGV[1]` token, `ARGV[2]`
+/// ttl in ms, `ARGV[3]` the retention in ms. Returns 1 when the token still
+/// held the lock and its lease was restarted, else 0. The counter is kept
+/// for the new lease plus the retention, so the holder's fence stays
+/// readable while the lease runs.
 pub(crate) static EXTEND: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  redis.call('PEXPIRE', KEYS[2], string.format('%d', ARGV[2] + ARGV[3]))
   return 1
 end
 return 0
@@ -54,13 +82,15 @@ return 0
     )
 });
 
-/// `KEYS[1]` lock, `KEYS[2]` waiter queue; `ARGV[1]` token (or
-/// `next:<id>` to pass on a turn), `ARGV[2]` wake-up channel, `ARGV[3]` the
-/// grace in ms, `ARGV[4]` a backend id to take out of the queue first (its
-/// waiters gave up), or empty. Acts only when `ARGV[1]` still holds the lock. With a waiter
-/// queued, the lock goes to the first queued backend for the grace, and the
-/// channel carries `<id> <lock key>` to tell it; with none, the lock is
-/// deleted. Returns `{1, id}` when handed on, `{1}` when deleted, `{0}` when
+/// `KEYS[1]` lock, `KEYS[2]` waiter queue, `KEYS[3]` fence counter;
+/// `ARGV[1]` token (or `next:<id>` to pass on a turn), `ARGV[2]` wake-up
+/// channel, `ARGV[3]` the grace in ms, `ARGV[4]` a backend id to take out
+/// of the queue first (its waiters gave up), or empty, `ARGV[5]` the
+/// retention in ms. Acts only when `ARGV[1]` still holds the lock. With a
+/// waiter queued, the lock goes to the first queued backend for the grace,
+/// and the channel carries `<id> <lock key>` to tell it; with none, the
+/// lock is deleted. Either way the counter is kept for the retention from
+/// now (and the turn's claim restarts it). Returns `{1, id}` when handed on, `{1}` when deleted, `{0}` when
 /// `ARGV[1]` no longer held the lock.
 ///
 /// The publish is a `pcall`: where an ACL forbids the channel, the release
@@ -75,6 +105,7 @@ end
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return {0}
 end
+redis.call('PEXPIRE', KEYS[3], string.format('%d', ARGV[3] + ARGV[5]))
 local next = redis.call('LPOP', KEYS[2])
 if next then
   redis.call('SET', KEYS[1], 'next:' .. next, 'PX', ARGV[3])
