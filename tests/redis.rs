@@ -475,3 +475,282 @@ async fn a_waiter_that_gives_up_leaves_the_queue() -> anyhow::Result<()> {
     until_queue_is(0).await;
     Ok(())
 }
+
+/// The server's clock, in microseconds (`TIME`).
+async fn server_micros(url: &str) -> u64 {
+    let (secs, micros): (u64, u64) = redis::cmd("TIME")
+        .query_async(&mut admin(url).await)
+        .await
+        .expect("TIME");
+    secs * 1_000_000 + micros
+}
+
+/// A server that lost every key (restarted without persistence) still
+/// grants fences above every fence it granted before: they come from its
+/// clock, not from a counter that starts again at 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fences_keep_growing_after_the_server_lost_its_keys() -> anyhow::Result<()> {
+    let port = support::free_port();
+    let server = Tied::start(port, Vec::new());
+    let url = server.url();
+    let locker = Locker::new(RedisBackend::from_url(&url).await?);
+    let floor = server_micros(&url).await;
+    let mut before = Vec::new();
+    for _ in 0..200 {
+        let guard = locker.acquire("k", Duration::from_secs(30)).await?;
+        before.push(guard.fence());
+        guard.release().await?;
+    }
+    assert!(before.windows(2).all(|w| w[0] < w[1]), "{before:?}");
+    assert!(
+        before[0] >= floor,
+        "fence {} below the clock {floor}",
+        before[0]
+    );
+    let largest_before = *before.last().expect("fences");
+
+    drop(server);
+    let _restarted = Tied::start(port, Vec::new());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let after = loop {
+        match locker.try_lock("k", Duration::from_secs(30)).await {
+            Ok(Some(guard)) => break guard.fence(),
+            _ if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(50)).await,
+            other => anyhow::bail!("no lock after the restart: {other:?}"),
+        }
+    };
+    assert!(
+        after > largest_before,
+        "fence {after} after the restart, {largest_before} before"
+    );
+    // Every fence fits a BIGINT and a JSON number.
+    assert!(after < 1 << 53);
+    Ok(())
+}
+
+/// The fence counter lives for the lease plus the retention, and a
+/// release cuts it to the retention: nothing of a key stays long after
+/// its use.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fence_counter_outlives_the_lease_by_the_retention() -> anyhow::Result<()> {
+    let server = own_server(&[]);
+    let retention = Duration::from_secs(7);
+    let backend = RedisBackend::builder(redis::Client::open(server.url())?)
+        .fence_retention(retention)
+        .build()
+        .await?;
+    let fence_key = format!("{}:fence", backend.redis_key("k"));
+    let mut conn = admin(&server.url()).await;
+    let mut pttl = async || -> i64 {
+        redis::cmd("PTTL")
+            .arg(&fence_key)
+            .query_async(&mut conn)
+            .await
+            .expect("PTTL")
+    };
+    let locker = Locker::new(backend.clone());
+    let guard = locker.acquire("k", Duration::from_secs(20)).await?;
+    let held = pttl().await;
+    assert!((26_000..=27_000).contains(&held), "counter ttl {held} ms");
+    guard.extend(Duration::from_secs(40)).await?;
+    let extended = pttl().await;
+    assert!(
+        (46_000..=47_000).contains(&extended),
+        "counter ttl {extended} ms"
+    );
+    guard.release().await?;
+    let released = pttl().await;
+    assert!(
+        (6_000..=7_250).contains(&released),
+        "counter ttl {released} ms"
+    );
+    Ok(())
+}
+
+/// 100,000 distinct keys locked and released leave at most 1 % of them as
+/// Redis keys once the retention has passed (here shortened to 1 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_thousand_distinct_keys_leave_nothing_after_the_retention() -> anyhow::Result<()>
+{
+    const KEYS: usize = 100_000;
+    const TASKS: usize = 64;
+    let server = own_server(&["--hz", "50"]);
+    let backend = RedisBackend::builder(redis::Client::open(server.url())?)
+        .fence_retention(Duration::from_secs(1))
+        .build()
+        .await?;
+    let locker = Locker::new(backend.clone());
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|task| {
+            let locker = locker.clone();
+            tokio::spawn(async move {
+                for i in (task..KEYS).step_by(TASKS) {
+                    let guard = locker
+                        .acquire(&format!("tenant-{i}"), Duration::from_secs(30))
+                        .await?;
+                    guard.release().await?;
+                }
+                anyhow::Ok(())
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await??;
+    }
+    let right_after = scan_keys(&server.url(), &backend.key_pattern()).await.len();
+    // The keys of the last second are still within the retention.
+    assert!(right_after > 0, "no counter kept within the retention");
+    // Redis expires keys lazily and by sampling: give it a few cycles.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let left = loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let left = scan_keys(&server.url(), &backend.key_pattern()).await.len();
+        if left <= KEYS / 100 || Instant::now() > deadline {
+            break left;
+        }
+    };
+    assert!(
+        left <= KEYS / 100,
+        "{left} of {KEYS} keys left after the retention"
+    );
+    Ok(())
+}
+
+/// A queue whose backends died while queued goes with the holder's lease
+/// plus the retention.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_expires_after_the_lease_plus_the_retention() -> anyhow::Result<()> {
+    let server = own_server(&[]);
+    let build = async || {
+        RedisBackend::builder(redis::Client::open(server.url()).expect("client"))
+            .fence_retention(Duration::from_secs(5))
+            .build()
+            .await
+    };
+    let holder = Locker::new(build().await?);
+    let waiting_backend = build().await?;
+    let queue = format!("{}:queue", waiting_backend.redis_key("k"));
+    let waiter = Locker::new(waiting_backend);
+    let _held = holder.acquire("k", Duration::from_secs(20)).await?;
+    let waiting = tokio::spawn(async move { waiter.acquire("k", Duration::from_secs(20)).await });
+    let mut conn = admin(&server.url()).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let pttl = loop {
+        let pttl: i64 = redis::cmd("PTTL")
+            .arg(&queue)
+            .query_async(&mut conn)
+            .await?;
+        if pttl > 0 {
+            break pttl;
+        }
+        assert!(Instant::now() < deadline, "the waiter never queued");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    assert!((24_000..=25_000).contains(&pttl), "queue ttl {pttl} ms");
+    waiting.abort();
+    Ok(())
+}
+
+/// A server whose eviction policy could drop live locks is refused, with
+/// the setting named, unless the builder opts in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_evicting_server_is_refused_unless_allowed() -> anyhow::Result<()> {
+    let server = own_server(&["--maxmemory-policy", "volatile-lru"]);
+    let err = RedisBackend::from_url(&server.url())
+        .await
+        .expect_err("volatile-lru evicts keys with a ttl: every lock");
+    assert!(
+        matches!(
+            &err,
+            LockError::Misconfigured {
+                setting: "maxmemory-policy",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("volatile-lru"), "{err}");
+    let allowed = RedisBackend::builder(redis::Client::open(server.url())?)
+        .allow_eviction()
+        .build()
+        .await?;
+    let guard = Locker::new(allowed)
+        .acquire("k", Duration::from_secs(5))
+        .await?;
+    guard.release().await?;
+    Ok(())
+}
+
+/// A server that stops answering (paused) fails each request after the
+/// deadline, and the try whose answer never came is given back by token
+/// once the server answers again: the lock is not orphaned for its ttl.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_server_fails_requests_at_the_deadline_and_orphans_nothing() -> anyhow::Result<()> {
+    let server = own_server(&[]);
+    let deadline = Duration::from_millis(300);
+    let locker = Locker::new(
+        RedisBackend::builder(redis::Client::open(server.url())?)
+            .request_timeout(deadline)
+            .build()
+            .await?,
+    );
+    let other = Locker::new(RedisBackend::from_url(&server.url()).await?);
+    let pid = redis_support::cli(server.port, &["info", "server"])
+        .lines()
+        .find_map(|line| line.strip_prefix("process_id:"))
+        .and_then(|pid| pid.trim().parse::<u32>().ok())
+        .expect("process_id");
+    support::signal(pid, "STOP");
+    let started = Instant::now();
+    let outcome = tokio::time::timeout(
+        Duration::from_secs(10),
+        locker.try_lock("k", Duration::from_secs(60)),
+    )
+    .await;
+    let took = started.elapsed();
+    support::signal(pid, "CONT");
+    let outcome = outcome.map_err(|_| anyhow::anyhow!("no deadline: still waiting after 10 s"))?;
+    assert!(
+        matches!(outcome, Err(LockError::Unavailable { .. })),
+        "{outcome:?}"
+    );
+    assert!(took < Duration::from_secs(5), "the request waited {took:?}");
+    // The acquire ran once the server woke up; the give-back follows it.
+    let until = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(guard) = other.try_lock("k", Duration::from_secs(60)).await? {
+            guard.release().await?;
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "the lock of the unanswered try was orphaned"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+/// A retried try with the token that already holds the key (its first
+/// answer was lost) is granted again, with a greater fence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_try_with_its_own_token_is_granted_again() -> anyhow::Result<()> {
+    use tower_lock::backend::{AcquireRequest, Attempt, Backend, Token};
+    let h = harness();
+    let backend = h.backend().await;
+    let token = Token::new();
+    let request = AcquireRequest::new("retried", token, Duration::from_secs(30));
+    let first = backend.try_acquire(&request).await?;
+    let second = backend.try_acquire(&request).await?;
+    let (Attempt::Acquired { fence: a, .. }, Attempt::Acquired { fence: b, .. }) = (first, second)
+    else {
+        anyhow::bail!("{first:?} then {second:?}");
+    };
+    assert!(b > a, "{a} then {b}");
+    let stranger = AcquireRequest::new("retried", Token::new(), Duration::from_secs(30));
+    assert!(
+        matches!(backend.try_acquire(&stranger).await?, Attempt::Busy { .. }),
+        "another token is still refused"
+    );
+    Ok(())
+}

@@ -3,11 +3,11 @@
 
 use std::{
     fmt,
-    time::Duration,
     sync::{
         Arc, Mutex,
         atomic::{AtomicI64, AtomicUsize, Ordering},
     },
+    time::Duration,
 };
 
 use redis::{

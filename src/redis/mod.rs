@@ -8,9 +8,12 @@
 //! # How it works
 //!
 //! - **Acquire** is one Lua script (`SET key token PX ttl` when the key is
-//!   free, and then `INCR` of the key's fence counter); when the key is busy
+//!   free, and the next fence, see [Fences](#fences)); when the key is busy
 //!   it returns the holder's `PTTL`, so a waiter never sleeps past the
-//!   expiry.
+//!   expiry. A key that already holds the caller's token is granted again:
+//!   that is a retry of a try whose answer was lost (redis-rs re-sends
+//!   after a reconnect), and the locker gives back by token any try whose
+//!   answer it never got, so neither orphans the lock for its ttl.
 //! - **Waiters queue in Redis.** A try from a caller that waits puts its
 //!   backend in the key's queue (`lock:{K}:queue`, once per backend). The
 //!   release script hands the lock to the first queued backend: the key
@@ -50,24 +53,68 @@
 //! can never name an unrelated Redis key. The key `K` is stored as
 //! `lock:{K}`, with `%`, `{`, `}` and control characters percent-encoded
 //! inside the braces, so any key works, and `{K}` is the Cluster hash tag
-//! that puts the lock and its fence counter in one slot.
+//! that puts the lock, its fence counter and its queue in one slot.
 //!
-//! Requires Redis 6.2 or later (`LPOS`).
+//! Requires Redis 6.2 or later (`LPOS`; scripts replicate their effects,
+//! which lets them read `TIME`).
 //!
-//! # Fence counters
+//! # Fences
 //!
-//! Fences come from a counter per key, `lock:{K}:fence`, which is kept with
-//! no expiry: an expiring counter would start again at 1 and break the
-//! promise that fences only grow. Each costs one small integer key (about 60
-//! bytes plus the key's length) per distinct lock key ever used. Where keys
-//! are unbounded (one per request id, say) delete old counters yourself once
-//! no stale holder of theirs can still be writing. Redis replicates
-//! asynchronously, so after a failover a counter may lag its last value; the
-//! same failover can also lose a held lock, as with any single-Redis lock.
+//! A fence is the serving node's clock in microseconds (`TIME`, read
+//! inside the acquire script; scripts replicate their effects, so replicas
+//! store what the master computed), or one more than the key's
+//! counter `lock:{K}:fence` when that is not below it. The counter keeps
+//! the last fence for the lease plus a retention ([`DEFAULT_RETENTION`],
+//! 60 s; [`RedisBackendBuilder::fence_retention`]); a release cuts it to
+//! the retention. So fences strictly increase per key:
 //!
-//! A waiter queue exists only while backends wait: Redis drops a list when
-//! its last entry is popped. The id of a backend that died while queued
-//! stays until a release pops it (about 40 bytes).
+//! - while the counter lives, whatever the clock does;
+//! - after it has expired, because the clock moved on by more than the
+//!   retention since the last fence, provided **every node that can serve
+//!   a key (the master, a replica promoted by Sentinel or Cluster
+//!   failover, a copy restored from a backup) reads a clock within Δ of
+//!   the others, with Δ below the failover time**. That covers a restart
+//!   that lost every key and a failover to a replica that lagged: the
+//!   counter they lost held a fence from a clock that is now further back
+//!   than the outage took.
+//!
+//! A step back of one server's clock by less than the retention is
+//! absorbed (by the counter while it lives; by the retention once it has
+//! gone). A larger step back can repeat or reorder fences of keys last
+//! acquired within the step, until the clock has caught up. Fences are
+//! about 1.8 × 10^15 today: they fit an `i64` (a `BIGINT` column) and stay
+//! below 2^53 (exact as JSON numbers) until the year 2255.
+//!
+//! # Storage per key
+//!
+//! A key in use costs its lock and its counter: `MEMORY USAGE` reports 120
+//! and 72 bytes for `lock:{tenant-12345}` (Redis 7.0), growing with the
+//! key's length, plus an entry each in Redis's table of expiries. While
+//! backends wait there is also a queue (about 200 bytes with one backend,
+//! about 50 more for each further one). Nothing
+//! outlives the key's last lease or waiter by more than the retention: the
+//! counter expires as above, the queue expires with the holder's lease plus
+//! the retention after its last join (Redis also drops a list when its
+//! last entry is popped), and a turn reservation lasts 250 ms. So
+//! request-chosen keys cannot grow Redis without bound.
+//!
+//! # Configuration that is refused
+//!
+//! A `maxmemory-policy` other than `noeviction` can evict live locks
+//! (every `volatile-*` policy evicts exactly the keys with a ttl, which
+//! every lock has) or counters: [`RedisBackendBuilder::build`] refuses it
+//! with [`LockError::Misconfigured`] unless
+//! [`RedisBackendBuilder::allow_eviction`] opts in. Where `CONFIG GET` is
+//! refused (managed services), construction succeeds with a warning. The
+//! check runs at construction: a server reconfigured later, or a Sentinel
+//! failover to a differently configured replica, is not seen.
+//!
+//! Each request has a deadline ([`DEFAULT_REQUEST_TIMEOUT`], 5 s;
+//! [`RedisBackendBuilder::request_timeout`]): a hung connection or a
+//! paused server fails the request with [`LockError::Unavailable`].
+//!
+//! Redis replicates asynchronously, so a failover can also lose a held
+//! lock, as with any single-Redis lock.
 //!
 //! # Examples
 //!
@@ -685,5 +732,37 @@ impl Backend for RedisBackend {
             u64::try_from(*fence).unwrap_or(0),
             u64::try_from(*pttl).ok().map(Duration::from_millis),
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttls_round_up_to_whole_milliseconds() {
+        assert_eq!(millis(Duration::from_micros(10_900)), 11);
+        assert_eq!(millis(Duration::from_millis(10)), 10);
+        assert_eq!(millis(Duration::from_nanos(1)), 1);
+        assert_eq!(millis(Duration::from_nanos(1_000_001)), 2);
+        assert_eq!(millis(Duration::MAX), u64::MAX);
+    }
+
+    #[test]
+    fn eviction_policies_are_found_in_every_reply_shape() {
+        use redis::Value;
+        let text = |s: &str| Value::BulkString(s.as_bytes().to_vec());
+        let flat = Value::Array(vec![text("maxmemory-policy"), text("allkeys-lru")]);
+        let map = Value::Map(vec![(text("maxmemory-policy"), text("noeviction"))]);
+        let per_node = Value::Array(vec![map.clone(), flat.clone()]);
+        for (reply, expected) in [
+            (&flat, vec!["allkeys-lru"]),
+            (&map, vec!["noeviction"]),
+            (&per_node, vec!["noeviction", "allkeys-lru"]),
+        ] {
+            let mut found = Vec::new();
+            collect_policies(reply, &mut found);
+            assert_eq!(found, expected, "{reply:?}");
+        }
     }
 }
