@@ -37,6 +37,11 @@ pub trait Backend: fmt::Debug + Send + Sync + 'static {
     /// queues waiters may queue a caller whose request says
     /// [`waiting`](AcquireRequest::waiting), and answer
     /// [`Attempt::Queued`].
+    ///
+    /// A key whose live lease already carries `request.token` is granted
+    /// again (its lease restarted at `request.ttl`, its fence the same or
+    /// greater): that is a retry of a try whose answer was lost, and
+    /// refusing it would orphan the lock for its ttl.
     async fn try_acquire(&self, request: &AcquireRequest<'_>) -> Result<Attempt, LockError>;
 
     /// Restarts the lease of `lease` on `key` at `ttl` from now.
@@ -56,6 +61,11 @@ pub trait Backend: fmt::Debug + Send + Sync + 'static {
     ///
     /// Returns `false`, changing nothing that belongs to anyone else, when
     /// the lease was no longer held.
+    ///
+    /// A lease whose fence and revision are 0 stands for a grant whose
+    /// answer was lost: release the key if it is held by `lease.token`,
+    /// whatever its revision. The locker sends one after a try whose
+    /// outcome it could not learn.
     async fn release(&self, key: &str, lease: &Lease) -> Result<bool, LockError>;
 
     /// Registers interest in wake-ups for `key`.

@@ -32,8 +32,9 @@
 //!     async fn try_acquire(&self, request: &AcquireRequest<'_>) -> Result<Attempt, LockError> {
 //!         let mut table = self.table.lock().unwrap();
 //!         let now = Instant::now();
-//!         if let Some((_, _, expires)) = table.get(request.key) {
-//!             if *expires > now {
+//!         if let Some((token, _, expires)) = table.get(request.key) {
+//!             // The holder's own token again is a retry: granted anew.
+//!             if *expires > now && *token != request.token {
 //!                 return Ok(Attempt::Busy { remaining: Some(*expires - now) });
 //!             }
 //!         }

@@ -40,7 +40,10 @@ use std::{
 
 use tokio::{sync::mpsc, time::Instant};
 
-use super::table::{Released, Table};
+use super::{
+    clock::{next_fence, wall_micros},
+    table::{Released, Table},
+};
 use crate::{
     LockError,
     backend::{Attempt, Lease, Token},
@@ -58,6 +61,12 @@ use crate::{
 /// - Each event carries a [`stamp`](Event::stamp) from one monotonic clock
 ///   (the bus's), non-decreasing in bus order. Replicas judge expiry by it,
 ///   never by their own clocks.
+/// - Each event carries a [`wall_micros`](Event::wall_micros) from the
+///   bus's wall clock, which fences granted by the event never fall below,
+///   so that a bus started again later (a restart) grants greater fences
+///   than every earlier one. It need not increase; [`LocalBus`] makes it
+///   increase by at least one per event, running at most 1 ms ahead of the
+///   clock.
 #[async_trait::async_trait]
 pub trait Bus: fmt::Debug + Send + Sync + 'static {
     /// Appends `command` to the bus.
@@ -132,14 +141,18 @@ pub(crate) enum Outcome {
 }
 
 /// Applies one event of a bus to a replica's table, judging expiry by the
-/// event's stamp and fencing by its sequence number: the same on every
-/// replica.
+/// event's stamp and fencing by its wall clock (or one more than the
+/// table's last fence): the same on every replica.
 pub(crate) fn apply(table: &mut Table, event: &Event) -> Outcome {
     let now = event.stamp;
+    let fence = |last: &mut u64| {
+        *last = event.wall_micros.max(*last + 1);
+        *last
+    };
     match &event.command {
         Command::Acquire {
             key, token, ttl, ..
-        } => Outcome::Acquire(table.try_acquire(key, *token, *ttl, now, |_| event.seq)),
+        } => Outcome::Acquire(table.try_acquire(key, *token, *ttl, now, fence)),
         Command::Extend {
             key, lease, ttl, ..
         } => Outcome::Extend(table.extend(key, lease, *ttl, now)),
@@ -157,6 +170,9 @@ pub struct Event {
     /// The bus's monotonic time when the command was ordered (tokio's
     /// clock for [`LocalBus`], so paused test time moves it too).
     pub stamp: Duration,
+    /// The bus's wall clock when the command was ordered, in microseconds
+    /// since the Unix epoch: a fence this event grants is at least this.
+    pub wall_micros: u64,
     /// What a node asked for.
     pub command: Command,
 }
@@ -230,6 +246,8 @@ struct LocalBusState {
     /// Also the source of sequence numbers: its `seq` is the last one used.
     snapshot: Snapshot,
     epoch: Instant,
+    /// The last event's `wall_micros`.
+    wall_micros: u64,
     subscribers: Vec<mpsc::UnboundedSender<Arc<Event>>>,
 }
 
@@ -245,6 +263,7 @@ impl LocalBus {
             inner: Arc::new(Mutex::new(LocalBusState {
                 snapshot: Snapshot::new(),
                 epoch: Instant::now(),
+                wall_micros: 0,
                 subscribers: Vec::new(),
             })),
         }
@@ -283,9 +302,11 @@ impl fmt::Debug for LocalBus {
 impl Bus for LocalBus {
     async fn publish(&self, command: Command) -> Result<(), LockError> {
         let mut state = self.lock();
+        state.wall_micros = next_fence(state.wall_micros, wall_micros);
         let event = Arc::new(Event {
             seq: state.snapshot.seq() + 1,
             stamp: state.epoch.elapsed(),
+            wall_micros: state.wall_micros,
             command,
         });
         state.snapshot.apply(&event);
@@ -342,10 +363,11 @@ mod tests {
         let mut orders = Vec::new();
         for sub in &mut subs {
             let mut order = Vec::new();
-            let mut last_stamp = Duration::ZERO;
+            let (mut last_stamp, mut last_wall) = (Duration::ZERO, 0);
             while let Ok(event) = sub.try_recv() {
                 assert!(event.stamp >= last_stamp, "stamps go backwards");
-                last_stamp = event.stamp;
+                assert!(event.wall_micros > last_wall, "wall stamps repeat");
+                (last_stamp, last_wall) = (event.stamp, event.wall_micros);
                 order.push((event.seq, event.command.origin()));
             }
             assert_eq!(order.len(), 1000);

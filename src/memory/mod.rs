@@ -9,10 +9,15 @@
 //! the table from the bus's ordered events and judges expiry by the bus's
 //! stamps (see [`bus`]).
 //!
-//! Fences come from one counter per shard of the table (standalone; a key
-//! always lives in the same shard) or from the bus's sequence numbers
-//! (shared), so they increase strictly for every key and need no per-key
-//! entry: a released key leaves nothing behind.
+//! Fences never fall below the wall clock in microseconds, and count on
+//! from the last one of the key's shard (standalone; a key always lives in
+//! the same shard) or of the bus's table (shared): they increase strictly
+//! for every key, need no per-key entry (a released key leaves nothing
+//! behind), and keep increasing across a restart of the process or a new
+//! bus. A burst runs at most 1 ms ahead of the clock; past that, a shard
+//! grants at most one lock per microsecond. So fences repeat only if a
+//! restart takes under 1 ms, or the clock steps back across it by more than
+//! the restart took beyond 1 ms.
 //!
 //! # Examples
 //!
@@ -36,6 +41,7 @@
 //! ```
 
 pub mod bus;
+mod clock;
 mod replica;
 mod table;
 
@@ -50,8 +56,9 @@ use tokio::time::Instant;
 
 use self::{
     bus::Bus,
+    clock::clock_fence,
     replica::Replica,
-    table::{Released, Table, count_fence},
+    table::{Released, Table},
 };
 use crate::{
     LockError, Locker,
@@ -99,9 +106,11 @@ impl MemoryBackend {
 
     /// A node that shares its table with every other node on `bus`.
     ///
-    /// The node subscribes at once, so it sees every event from now on. It
-    /// applies events on a task it starts on the tokio runtime of its first
-    /// operation; the task ends when the last clone of the backend is
+    /// The node joins the bus on its first operation, from the bus's
+    /// snapshot, so a node that never locks costs the bus nothing. It
+    /// applies events on a task it starts on the tokio runtime of that
+    /// operation (and starts again on a later operation's runtime if that
+    /// one shut down); the task ends when the last clone of the backend is
     /// dropped. See [`bus`] for an example.
     pub fn with_bus(bus: impl Bus) -> Self {
         MemoryBackend {
@@ -181,7 +190,7 @@ impl Standalone {
         let (hash, mut shard) = self.shard(request.key);
         let (token, ttl) = (request.token, request.ttl);
         let now = Instant::now();
-        Ok(shard.try_acquire_hashed(request.key, hash, token, ttl, now, count_fence))
+        Ok(shard.try_acquire_hashed(request.key, hash, token, ttl, now, clock_fence))
     }
 
     fn holder(&self, key: &str) -> Option<Holding> {
@@ -248,7 +257,7 @@ impl Backend for MemoryBackend {
     async fn holder(&self, key: &str) -> Result<Option<Holding>, LockError> {
         match &*self.inner {
             Inner::Standalone(s) => Ok(s.holder(key)),
-            Inner::Replicated(r) => Ok(r.holder(key)),
+            Inner::Replicated(r) => r.holder(key),
         }
     }
 

@@ -50,20 +50,16 @@ struct ReplicaState {
     wakeups: WakeRegistry,
 }
 
+/// The task that applies the bus's events: `None` until the node's first
+/// operation subscribes and starts it, so a node that never locks buffers
+/// nothing.
 #[derive(Default)]
 struct Pump {
-    /// `Some` until the first operation starts the pump on its runtime;
-    /// events queue in it meanwhile.
-    events: Option<mpsc::UnboundedReceiver<Arc<Event>>>,
-    /// `Some` once the pump runs.
     task: Option<AbortHandle>,
 }
 
 impl Replica {
     pub(super) fn new(bus: Arc<dyn Bus>) -> Self {
-        // The snapshot holds every lease granted before this node joined;
-        // the events continue exactly where it ends.
-        let Feed { snapshot, events } = bus.subscribe();
         let node = uuid::Uuid::new_v4().as_u64_pair().0;
         Replica {
             bus,
@@ -72,17 +68,14 @@ impl Replica {
             state: Arc::new(ReplicaState {
                 node,
                 table: Mutex::new(Applied {
-                    table: snapshot.into_table(),
+                    table: Table::default(),
                     stamp: Duration::ZERO,
                 }),
                 pending: Mutex::default(),
                 stopped: AtomicBool::new(false),
                 wakeups: WakeRegistry::default(),
             }),
-            pump: Mutex::new(Pump {
-                events: Some(events),
-                task: None,
-            }),
+            pump: Mutex::default(),
         }
     }
 
@@ -91,9 +84,10 @@ impl Replica {
     }
 
     /// The holder of `key` as of the last event this node applied.
-    pub(super) fn holder(&self, key: &str) -> Option<Holding> {
+    pub(super) fn holder(&self, key: &str) -> Result<Option<Holding>, LockError> {
+        self.start_pump()?;
         let applied = lock(&self.state.table);
-        applied.table.holder(key, applied.stamp)
+        Ok(applied.table.holder(key, applied.stamp))
     }
 
     pub(super) fn wakeups(&self) -> &WakeRegistry {
@@ -181,16 +175,27 @@ impl Replica {
         outcome
     }
 
+    /// Joins the bus and starts applying its events on the current runtime,
+    /// unless that already runs. A pump whose runtime shut down is started
+    /// again, from a fresh snapshot, on this one.
     fn start_pump(&self) -> Result<(), LockError> {
         let mut pump = lock(&self.pump);
-        if pump.task.is_some() {
-            return match self.state.stopped.load(Ordering::Acquire) {
-                false => Ok(()),
-                true => Err(pump_stopped()),
-            };
+        if pump.task.is_some() && !self.state.stopped.load(Ordering::Acquire) {
+            return Ok(());
         }
         let handle = Handle::try_current().map_err(LockError::unavailable)?;
-        let events = pump.events.take().ok_or_else(pump_stopped)?;
+        // The snapshot holds every lease granted before this node joined;
+        // the events continue exactly where it ends.
+        let Feed { snapshot, events } = self.bus.subscribe();
+        *lock(&self.state.table) = Applied {
+            table: snapshot.into_table(),
+            stamp: Duration::ZERO,
+        };
+        {
+            // Under the lock the old pump cleared on its way out.
+            let _pending = lock(&self.state.pending);
+            self.state.stopped.store(false, Ordering::Release);
+        }
         let task = handle.spawn(apply_events(events, self.state.clone()));
         pump.task = Some(task.abort_handle());
         Ok(())
@@ -217,8 +222,9 @@ struct PumpStopped(Arc<ReplicaState>);
 
 impl Drop for PumpStopped {
     fn drop(&mut self) {
+        let mut pending = lock(&self.0.pending);
         self.0.stopped.store(true, Ordering::Release);
-        lock(&self.0.pending).clear();
+        pending.clear();
     }
 }
 

@@ -66,17 +66,11 @@ pub(crate) struct Table<T = Duration> {
     hasher: KeyHasher,
     // Sweep when the table grows past this: amortised O(1) per insert.
     sweep_at: usize,
-    /// The last fence handed out by [`count_fence`](Self::count_fence).
+    /// The last fence handed out: the fence source's memory.
     fences: u64,
 }
 
 const MIN_SWEEP: usize = 1024;
-
-/// The fence source of a table that numbers its own grants.
-pub(crate) fn count_fence(last: &mut u64) -> u64 {
-    *last += 1;
-    *last
-}
 
 pub(crate) enum Released {
     Held,
@@ -142,6 +136,15 @@ impl<T: Stamp> Table<T> {
             return Attempt::Busy { remaining: None };
         };
         if let Some(entry) = self.entries.find_mut(hash, |e| &*e.key == key) {
+            // The holder's own token again: a retry of a try whose answer
+            // was lost. It is the same grant, renewed from now.
+            if entry.token == token && entry.expires_at > now {
+                entry.expires_at = expires_at;
+                return Attempt::Acquired {
+                    fence: entry.fence,
+                    revision: entry.fence,
+                };
+            }
             if entry.expires_at > now {
                 return Attempt::Busy {
                     remaining: Some(now.until(entry.expires_at)),
@@ -301,6 +304,22 @@ mod tests {
             Released::Lost
         ));
         assert_eq!(table.len(), 0, "an expired lease is removed on release");
+    }
+
+    #[test]
+    fn a_retry_with_the_holders_token_is_the_same_grant_renewed() {
+        let mut table = Table::default();
+        let (a, b) = (Token::new(), Token::new());
+        let fence = fence_of(table.try_acquire("k", a, TTL, at(0), |_| 5));
+        assert_eq!(
+            fence_of(table.try_acquire("k", a, TTL, at(90), |_| 6)),
+            fence
+        );
+        assert!(matches!(
+            table.try_acquire("k", b, TTL, at(150), |_| 7),
+            Attempt::Busy { .. }
+        ));
+        assert_eq!(fence_of(table.try_acquire("k", b, TTL, at(190), |_| 8)), 8);
     }
 
     #[test]

@@ -18,7 +18,7 @@
 //!   backend in the key's queue (`lock:{K}:queue`, once per backend). The
 //!   release script hands the lock to the first queued backend: the key
 //!   holds `next:<backend id>` for a 250 ms grace, which only that backend
-//!   may take, and the release channel names it. So waiters across
+//!   may take, and that backend's own turn channel tells it. So waiters across
 //!   processes are served first come, first served, a newcomer cannot jump
 //!   the queue even at the very moment of a release, and a release wakes
 //!   one backend instead of a herd that retries in vain. A backend leaves
@@ -30,10 +30,10 @@
 //!   token is the caller's: nobody can free or prolong another holder's
 //!   lock. With nobody queued, release deletes the key.
 //! - **Wake-ups** come over one pub/sub connection per backend, shared by all
-//!   waiters: the release channel (turns), plus the `expired` and `del` key events of
+//!   waiters: the backend's turn channel, plus the `expired` and `del` key events of
 //!   the database in use when the server's `notify-keyspace-events` enables
 //!   them. Expiry never needs an event: a waiter's timer is capped by the
-//!   holder's `PTTL`. In a Cluster the release channel reaches every node
+//!   holder's `PTTL`. In a Cluster the turn channel reaches every node
 //!   (classic pub/sub is broadcast), but key events are per node and come
 //!   only from the node the wake-up connection is on; expiries elsewhere are
 //!   found by that capped timer.
@@ -227,6 +227,10 @@ impl Inner {
 struct Store {
     conn: Conn,
     keys: KeySpace,
+    /// Where turns are announced: `<prefix>released:<backend id>`, one
+    /// channel per backend, so a turn reaches only the backend it is for.
+    turns: String,
+    /// This backend's own turn channel: `turns` and `id`.
     channel: String,
     /// Names this backend in waiter queues and turn messages.
     id: String,
@@ -251,7 +255,7 @@ impl Store {
             .key(KeySpace::queue_key(&lock))
             .key(KeySpace::fence_key(&lock))
             .arg(holder)
-            .arg(&self.channel)
+            .arg(&self.turns)
             .arg(millis(TURN_GRACE))
             .arg(withdraw.unwrap_or(""))
             .arg(self.retention)
@@ -376,7 +380,8 @@ impl RedisBackend {
         self.inner.store.keys.scan_pattern()
     }
 
-    /// The pub/sub channel the release script publishes to.
+    /// The pub/sub channel on which this backend is told that a lock was
+    /// handed to its waiters (`<prefix>released:<backend id>`).
     pub fn release_channel(&self) -> &str {
         &self.inner.store.channel
     }
@@ -497,11 +502,14 @@ impl RedisBackendBuilder {
             source = client::PubSubSource::Client(Box::new(node));
         }
         let keys = KeySpace::new(self.prefix);
+        let id = Token::new().to_string();
+        let turns = format!("{}released:", keys.prefix());
         let store = Store {
-            channel: format!("{}released", keys.prefix()),
+            channel: format!("{turns}{id}"),
+            turns,
             conn,
             keys,
-            id: Token::new().to_string(),
+            id,
             retention: millis(self.retention),
         };
         let registry = WakeRegistry::default();

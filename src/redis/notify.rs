@@ -1,8 +1,8 @@
 //! Wake-ups: one pub/sub connection per backend, shared by every waiter and
 //! demultiplexed by key through a [`WakeRegistry`].
 //!
-//! It listens to the backend's release channel (published by the release
-//! script) and, where the server's `notify-keyspace-events` enables them,
+//! It listens to the backend's own turn channel (published by the release
+//! script when it hands a lock to this backend) and, where the server's `notify-keyspace-events` enables them,
 //! to the `expired` and `del` key events of the database in use. After
 //! every (re)connect it subscribes again and wakes every waiter, since
 //! releases may have been missed while it was away; a waiter that misses a
@@ -152,26 +152,14 @@ impl Listener {
 
 impl Listener {
     /// Wakes the waiters a message is for. A key event (an expiry, a
-    /// deletion) wakes every waiter of the key; a turn (`<id> <lock key>`)
-    /// only those of the backend it names, and a turn for this backend that
+    /// deletion) wakes every waiter of the key; a turn (the lock key, on
+    /// this backend's own channel) those waiting here, and a turn that
     /// nobody here waits for any longer is passed on at once.
     fn deliver(&self, channel: &str, payload: &[u8]) {
-        if channel != self.store.channel {
-            if let Some(key) = self.store.keys.user_key(payload) {
-                self.registry.notify(&key);
-            }
-            return;
-        }
-        let Some((id, lock_key)) = split_turn(payload) else {
+        let Some(key) = self.store.keys.user_key(payload) else {
             return;
         };
-        let Some(key) = self.store.keys.user_key(lock_key) else {
-            return;
-        };
-        if id != self.store.id.as_bytes() {
-            return;
-        }
-        if self.registry.is_watched(&key) {
+        if channel != self.store.channel || self.registry.is_watched(&key) {
             self.registry.notify(&key);
             return;
         }
@@ -180,12 +168,6 @@ impl Listener {
             self.store.clone().withdraw(&runtime, key);
         }
     }
-}
-
-/// `<id> <lock key>`; the id never holds a space, the lock key may.
-fn split_turn(payload: &[u8]) -> Option<(&[u8], &[u8])> {
-    let space = payload.iter().position(|&b| b == b' ')?;
-    Some((&payload[..space], &payload[space + 1..]))
 }
 
 /// Which of (`expired`, `del`) key events the server publishes, from its

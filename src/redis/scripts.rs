@@ -83,14 +83,15 @@ return 0
 });
 
 /// `KEYS[1]` lock, `KEYS[2]` waiter queue, `KEYS[3]` fence counter;
-/// `ARGV[1]` token (or `next:<id>` to pass on a turn), `ARGV[2]` wake-up
-/// channel, `ARGV[3]` the grace in ms, `ARGV[4]` a backend id to take out
+/// `ARGV[1]` token (or `next:<id>` to pass on a turn), `ARGV[2]` the prefix
+/// of the backends' turn channels, `ARGV[3]` the grace in ms, `ARGV[4]` a backend id to take out
 /// of the queue first (its waiters gave up), or empty, `ARGV[5]` the
 /// retention in ms. Acts only when `ARGV[1]` still holds the lock. With a
 /// waiter queued, the lock goes to the first queued backend for the grace,
-/// and the channel carries `<id> <lock key>` to tell it; with none, the
-/// lock is deleted. Either way the counter is kept for the retention from
-/// now (and the turn's claim restarts it). Returns `{1, id}` when handed on, `{1}` when deleted, `{0}` when
+/// and its own channel (`ARGV[2]` and the id) carries the lock key to tell
+/// it, so no other backend is disturbed; with none, the lock is deleted.
+/// Either way the counter is kept for the retention from now (and the
+/// turn's claim restarts it). Returns `{1, id}` when handed on, `{1}` when deleted, `{0}` when
 /// `ARGV[1]` no longer held the lock.
 ///
 /// The publish is a `pcall`: where an ACL forbids the channel, the release
@@ -109,7 +110,7 @@ redis.call('PEXPIRE', KEYS[3], string.format('%d', ARGV[3] + ARGV[5]))
 local next = redis.call('LPOP', KEYS[2])
 if next then
   redis.call('SET', KEYS[1], 'next:' .. next, 'PX', ARGV[3])
-  redis.pcall('PUBLISH', ARGV[2], next .. ' ' .. KEYS[1])
+  redis.pcall('PUBLISH', ARGV[2] .. next, KEYS[1])
   return {1, next}
 end
 redis.call('DEL', KEYS[1])

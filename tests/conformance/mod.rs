@@ -135,6 +135,7 @@ macro_rules! conformance_suite {
             release_by_key_frees_what_the_locker_holds,
             dropping_a_guard_releases,
             fences_increase_strictly_per_key,
+            a_retried_try_with_its_own_token_is_granted_again,
             cancelled_waiters_leave_nothing_behind,
             cancelled_requests_leave_no_lock,
             invalid_input_is_refused_and_changes_nothing,
@@ -507,6 +508,8 @@ pub async fn fences_increase_strictly_per_key<H: Harness>(h: &H) {
     for round in 0..30 {
         let guard = lockers[round % 3].acquire(&k, LONG).await.expect("acquire");
         assert!(guard.fence() > last, "fence {} after {last}", guard.fence());
+        // Exact as a JSON number (and so in an `i64` column too).
+        assert!(guard.fence() < 1 << 53, "fence {} past 2^53", guard.fence());
         last = guard.fence();
         guard.release().await.expect("release");
     }
@@ -520,6 +523,53 @@ pub async fn fences_increase_strictly_per_key<H: Harness>(h: &H) {
     let next = lockers[1].acquire(&k, LONG).await.expect("acquire");
     assert!(next.fence() > stale_fence);
     next.release().await.expect("release");
+}
+
+/// A try whose answer was lost is sent again with the same token: the store
+/// grants it again rather than count it a stranger (which would orphan the
+/// lock for its ttl), and a release by that token alone, with no fence or
+/// revision known, frees it.
+pub async fn a_retried_try_with_its_own_token_is_granted_again<H: Harness>(h: &H) {
+    use tower_lock::backend::{AcquireRequest, Attempt};
+
+    let locker = h.locker().await;
+    let backend = locker.backend().clone();
+    let k = key("retry");
+    let token = Token::new();
+    let request = AcquireRequest::new(&k, token, LONG);
+    let first = backend.try_acquire(&request).await.expect("first try");
+    let second = backend.try_acquire(&request).await.expect("retried try");
+    let (Attempt::Acquired { fence: a, .. }, Attempt::Acquired { fence: b, .. }) = (first, second)
+    else {
+        panic!("a retry was refused: {first:?} then {second:?}");
+    };
+    assert!(b >= a, "the retry's fence {b} went below {a}");
+    let stranger = AcquireRequest::new(&k, Token::new(), LONG);
+    assert!(
+        matches!(
+            backend
+                .try_acquire(&stranger)
+                .await
+                .expect("stranger's try"),
+            Attempt::Busy { .. }
+        ),
+        "another token was granted the held key"
+    );
+    let by_token = Lease {
+        token,
+        fence: 0,
+        revision: 0,
+    };
+    assert!(
+        backend.release(&k, &by_token).await.expect("release"),
+        "a release by token alone did not free the key"
+    );
+    let taken = h.locker().await.try_lock(&k, LONG).await.expect("try_lock");
+    taken
+        .expect("the key is free after the release by token")
+        .release()
+        .await
+        .expect("release");
 }
 
 pub async fn cancelled_waiters_leave_nothing_behind<H: Harness>(h: &H) {
