@@ -38,8 +38,22 @@ impl Nats {
 }
 
 async fn backend(port: u16) -> NatsBackend {
-    let js = nats::jetstream(nats::connect(&[port]).await, Duration::from_secs(2));
-    NatsBackend::new(js, BUCKET).await.expect("open the bucket")
+    let js = async_nats::jetstream::new(nats::connect(&[port]).await);
+    NatsBackend::builder(js, BUCKET)
+        .request_timeout(Duration::from_secs(2))
+        .build()
+        .await
+        .expect("open the bucket")
+}
+
+/// The bucket stream's creation time, in microseconds since the epoch.
+async fn created_micros(store: &async_nats::jetstream::kv::Store) -> u64 {
+    let info = store.stream.get_info().await.expect("stream info");
+    let created = std::time::SystemTime::from(info.created);
+    let since = created
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970");
+    since.as_micros() as u64
 }
 
 async fn live_keys(store: &async_nats::jetstream::kv::Store) -> usize {
@@ -166,14 +180,15 @@ async fn keys_are_stored_readably_and_reversibly() {
         tower_lock::nats::decode_key(&keys[0]).as_deref(),
         Some("invoice:42 é")
     );
-    // The fence is the entry's revision.
+    // The fence is the stream's creation time in µs plus the revision.
     let entry = nats
         .store
         .entry(&keys[0])
         .await
         .expect("entry")
         .expect("live");
-    assert_eq!(entry.revision, guard.fence());
+    let created = created_micros(&nats.store).await;
+    assert_eq!(created + entry.revision, guard.fence());
     guard.release().await.expect("release");
     assert_eq!(live_keys(&nats.store).await, 0);
 }
@@ -504,4 +519,233 @@ async fn a_classic_kv_bucket_works_through_delete_markers() {
     current.release().await.expect("release");
     let store = js.get_key_value("classic").await.expect("bucket");
     assert_eq!(live_keys(&store).await, 0);
+}
+
+/// A bucket deleted and created again starts its sequences at 1; fences go
+/// on growing, for a new backend and for one that lived through it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fences_keep_growing_when_the_bucket_is_created_again() {
+    let server = nats::server();
+    let survivor = Locker::new(backend(server.port).await);
+    let mut last = 0;
+    for _ in 0..40 {
+        let guard = survivor.acquire("k", Duration::from_secs(30)).await;
+        let guard = guard.expect("acquire");
+        last = last.max(guard.fence());
+        guard.release().await.expect("release");
+    }
+    let js = async_nats::jetstream::new(nats::connect(&[server.port]).await);
+    js.delete_stream(format!("KV_{BUCKET}"))
+        .await
+        .expect("delete the bucket");
+    // A restart takes its time; so does recreating a bucket.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let newcomer = Locker::new(backend(server.port).await);
+    let first = newcomer
+        .acquire("k", Duration::from_secs(30))
+        .await
+        .expect("acquire");
+    assert!(
+        first.fence() > last,
+        "new bucket: {} after {last}",
+        first.fence()
+    );
+    let first_fence = first.fence();
+    first.release().await.expect("release");
+    let survived = survivor.acquire("k", Duration::from_secs(30)).await;
+    let survived = survived.expect("the old backend works on the new bucket");
+    assert!(
+        survived.fence() > first_fence,
+        "a backend that lived through it: {} after {first_fence}",
+        survived.fence()
+    );
+    survived.release().await.expect("release");
+}
+
+/// A stream like a KV bucket's, with `tune` applied, for the refusal tests.
+async fn bucket_stream(
+    js: &async_nats::jetstream::Context,
+    bucket: &str,
+    tune: impl FnOnce(&mut async_nats::jetstream::stream::Config),
+) {
+    let mut config = async_nats::jetstream::stream::Config {
+        name: format!("KV_{bucket}"),
+        subjects: vec![format!("$KV.{bucket}.>")],
+        max_messages_per_subject: 1,
+        discard: async_nats::jetstream::stream::DiscardPolicy::New,
+        allow_rollup: true,
+        allow_direct: true,
+        ..Default::default()
+    };
+    tune(&mut config);
+    js.create_stream(config).await.expect("create the stream");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buckets_that_could_drop_or_keep_leases_wrongly_are_refused() {
+    use async_nats::jetstream::stream::DiscardPolicy;
+
+    let server = nats::server();
+    let js = async_nats::jetstream::new(nats::connect(&[server.port]).await);
+    bucket_stream(&js, "history", |c| c.max_messages_per_subject = 5).await;
+    bucket_stream(&js, "evicting", |c| {
+        c.discard = DiscardPolicy::Old;
+        c.max_bytes = 1 << 20;
+    })
+    .await;
+    bucket_stream(&js, "bounded", |c| c.max_messages = 1000).await;
+    for (bucket, setting) in [("history", "history"), ("evicting", "discard")] {
+        match NatsBackend::new(js.clone(), bucket).await {
+            Err(LockError::Misconfigured {
+                setting: named,
+                reason,
+            }) => {
+                assert_eq!(named, setting, "{reason}");
+                assert!(reason.contains(bucket), "{reason}");
+            }
+            other => panic!("bucket {bucket:?} was not refused: {other:?}"),
+        }
+    }
+    // A limit with discard new refuses new leases, never drops one.
+    NatsBackend::new(js, "bounded")
+        .await
+        .expect("discard new is safe");
+}
+
+/// `nats kv add --ttl 1s` makes a bucket whose server drops any message
+/// after a second: a longer lease is refused, naming both, and nothing is
+/// written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_longer_than_the_buckets_max_age_is_refused() {
+    let server = nats::server();
+    let js = async_nats::jetstream::new(nats::connect(&[server.port]).await);
+    bucket_stream(&js, "short", |c| c.max_age = Duration::from_secs(1)).await;
+    let backend = NatsBackend::new(js, "short")
+        .await
+        .expect("a max_age is allowed");
+    let store = backend.store().clone();
+    let locker = Locker::new(backend);
+    match locker.try_lock("k", Duration::from_secs(2)).await {
+        Err(LockError::Misconfigured { setting, reason }) => {
+            assert_eq!(setting, "max_age");
+            assert!(reason.contains("2s") && reason.contains("1s"), "{reason}");
+        }
+        other => panic!("a 2 s lease on a 1 s bucket: {other:?}"),
+    }
+    assert_eq!(live_keys(&store).await, 0, "the refused lease was written");
+    let guard = locker.try_lock("k", Duration::from_millis(900)).await;
+    let guard = guard.expect("try_lock").expect("a lease within max_age");
+    assert!(matches!(
+        guard.extend(Duration::from_secs(2)).await,
+        Err(LockError::Misconfigured { .. })
+    ));
+    guard.release().await.expect("release");
+}
+
+/// A bucket this backend creates bounds how long a crashed holder's entry
+/// can stay: its `max_age` is the longest lease it accepts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_created_bucket_bounds_what_a_crashed_holder_leaves() {
+    let server = nats::server();
+    let js = async_nats::jetstream::new(nats::connect(&[server.port]).await);
+    let backend = NatsBackend::builder(js, "aged")
+        .max_age(Duration::from_secs(1))
+        .build()
+        .await
+        .expect("create");
+    let store = backend.store().clone();
+    let info = store.stream.get_info().await.expect("info");
+    assert_eq!(info.config.max_age, Duration::from_secs(1));
+    let locker = Locker::new(backend);
+    let guard = locker.acquire("k", Duration::from_millis(500)).await;
+    std::mem::forget(guard.expect("acquire"));
+    assert_eq!(live_keys(&store).await, 1);
+    // The server ages messages out on its own timer, about once a second.
+    let mut left = 1;
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        left = live_keys(&store).await;
+        if left == 0 {
+            break;
+        }
+    }
+    assert_eq!(left, 0, "the abandoned entry outlived the bucket's max_age");
+}
+
+/// Whoever may publish on the release subject can wake waiters, but never
+/// make them forget how long they have watched an abandoned lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_release_announcements_do_not_keep_an_abandoned_lock() {
+    let server = nats::server();
+    let ttl = Duration::from_millis(600);
+    let holder = Locker::new(backend(server.port).await);
+    std::mem::forget(holder.acquire("k", ttl).await.expect("acquire"));
+    let client = nats::connect(&[server.port]).await;
+    let forger = tokio::spawn(async move {
+        loop {
+            let subject = format!("tower-lock.{BUCKET}.released.k");
+            let _ = client.publish(subject, bytes::Bytes::new()).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    let waiter = Locker::new(backend(server.port).await);
+    // One ttl from first sight, plus slack for a loaded machine.
+    let taken = waiter
+        .acquire_timeout("k", ttl, Duration::from_secs(6))
+        .await;
+    forger.abort();
+    let guard = taken.expect("the abandoned lock was never reclaimed");
+    guard.release().await.expect("release");
+}
+
+/// A server that stops answering fails requests at the backend's deadline
+/// instead of holding them for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_server_fails_requests_at_the_deadline() {
+    let server = nats::server();
+    let js = async_nats::jetstream::new(nats::connect(&[server.port]).await);
+    let backend = NatsBackend::builder(js, BUCKET)
+        .request_timeout(Duration::from_millis(300))
+        .build()
+        .await
+        .expect("open");
+    let locker = Locker::new(backend);
+    server.pause();
+    let outcome = tokio::time::timeout(
+        Duration::from_secs(10),
+        locker.try_lock("k", Duration::from_secs(5)),
+    )
+    .await;
+    server.resume();
+    assert!(
+        matches!(outcome, Ok(Err(LockError::Unavailable { .. }))),
+        "expected Unavailable at the deadline, got {outcome:?}"
+    );
+}
+
+/// Request-chosen keys cannot grow the bucket: distinct keys locked and
+/// released leave no message in its stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn released_keys_leave_no_message_in_the_bucket() {
+    let server = nats::server();
+    let backend = backend(server.port).await;
+    let store = backend.store().clone();
+    let locker = Locker::new(backend);
+    let tasks: Vec<_> = (0..16)
+        .map(|task| {
+            let locker = locker.clone();
+            tokio::spawn(async move {
+                for i in 0..500 {
+                    let key = format!("tenant:{task}:{i}");
+                    let guard = locker.acquire(&key, Duration::from_secs(30)).await;
+                    guard.expect("acquire").release().await.expect("release");
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("task");
+    }
+    let info = store.stream.get_info().await.expect("info");
+    assert_eq!(info.state.messages, 0, "released keys left messages");
 }

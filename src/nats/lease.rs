@@ -29,7 +29,9 @@ pub(crate) struct LeaseValue {
 
 impl LeaseValue {
     pub(crate) fn encode(&self) -> Bytes {
-        Bytes::from(format!("{VERSION} {} {}", self.token, self.ttl.as_millis()))
+        // Rounded up: a waiter never counts a lease shorter than its holder.
+        let millis = self.ttl.as_nanos().div_ceil(1_000_000);
+        Bytes::from(format!("{VERSION} {} {millis}", self.token))
     }
 
     /// `None` for a value this crate did not write.
@@ -228,6 +230,16 @@ mod tests {
             ttl: Duration::from_millis(1500),
         };
         assert_eq!(LeaseValue::decode(&value.encode()), Some(value));
+    }
+
+    #[test]
+    fn ttls_are_stored_rounded_up_to_whole_milliseconds() {
+        let value = LeaseValue {
+            token: Token::new(),
+            ttl: Duration::from_micros(10_900),
+        };
+        let decoded = LeaseValue::decode(&value.encode()).expect("decode");
+        assert_eq!(decoded.ttl, Duration::from_millis(11));
     }
 
     #[test]

@@ -28,9 +28,13 @@
 //! token and lease length.
 //!
 //! - **Acquire** creates the key only if it has no message at all (a
-//!   compare-and-set on "no last revision"). The fence is the revision of
-//!   that write: a JetStream stream sequence, strictly increasing for every
-//!   key of the bucket.
+//!   compare-and-set on "no last revision"). The fence is the bucket
+//!   stream's creation time in microseconds plus the revision of that write
+//!   (a stream sequence, strictly increasing for every key of the bucket),
+//!   so fences keep growing when the bucket is deleted and created again;
+//!   see [Fences](#fences). A key that already holds the caller's token is
+//!   granted again (renewed at its revision): a retry of a try whose answer
+//!   was lost.
 //! - **Release** deletes exactly the holder's message, by its revision, so
 //!   it can never remove a newer holder, and leaves the key with no message
 //!   at all: nothing stays behind in the bucket.
@@ -45,7 +49,10 @@
 //!   wakes that key's waiters. A lost announcement costs one backoff step.
 //!   One watch over the bucket per backend records new leases (so waiters
 //!   measure them from when they appeared) and, after it fails and is
-//!   re-established, wakes every waiter.
+//!   re-established, wakes every waiter. An announcement only wakes: the
+//!   waiter reads the key again, and what it measured of a lease stands, so
+//!   whoever may publish on that subject can never keep an abandoned lock
+//!   from being reclaimed.
 //!
 //! Why creates on empty keys and exact deletes: on a replicated bucket,
 //! nats-server before 2.9.21 checks a write's expected revision only on the
@@ -72,11 +79,44 @@
 //! holder's last write. A holder whose lease ran out but that nobody took
 //! over yet can still release it.
 //!
+//! # Fences
+//!
+//! A fence is `created + revision`: the stream's creation time in
+//! microseconds since the Unix epoch, plus the lease's stream sequence. A
+//! recreated bucket's sequences start again at 1, but its creation time is
+//! after the old bucket's deletion, and the old bucket's last sequence
+//! counts its messages (every acquisition and renewal is one). So fences
+//! never go back as long as a bucket stores fewer than one message per
+//! microsecond on average over its life (a stream stores at most a few
+//! hundred thousand a second) and the server's clock does not step back
+//! between the deletion and the new creation. Fences stay below the wall
+//! clock in microseconds: below 2^53 until the year 2255. A backend that
+//! lives through the deletion reads the new creation time when a write gets
+//! a lower revision than one it got before, or when its watch is
+//! re-established; until then, if the new bucket has already taken more
+//! writes than the old one ever did, its fences can be lower.
+//!
 //! # The bucket
 //!
 //! [`NatsBackend::new`] creates the bucket when it is absent (file storage,
-//! history 1, one replica; see [`NatsBackend::builder`] for more). It works
-//! on nats-server 2.9 and later. The bucket's stream is a KV bucket's, except
+//! history 1, one replica, a `max_age` of a year; see
+//! [`NatsBackend::builder`] for more). It works on nats-server 2.9 and
+//! later. The `max_age` is the longest lease the backend accepts, and how
+//! long an entry left by a crashed holder stays when nobody waits for its
+//! key (nobody else removes it: 2.9 has no per-key expiry). A released key
+//! leaves no message at all.
+//!
+//! An existing bucket is checked first, and refused with
+//! [`LockError::Misconfigured`] naming the setting when its stream could
+//! drop a live lease or keep an old one: a history other than 1, or
+//! discarding old messages at a message or byte limit. Its `max_age`, if
+//! any (`nats kv add --ttl`), is allowed; a lease longer than it is refused
+//! when asked for, naming both, since the server would drop it while it
+//! runs.
+//!
+//! Every request has a deadline ([`Builder::request_timeout`], 5 s by
+//! default), after which the operation fails with
+//! [`LockError::Unavailable`]. The bucket's stream is a KV bucket's, except
 //! that it allows deleting single messages. A bucket that forbids it (one
 //! made with `nats kv add`) works too, but a release then leaves a delete
 //! marker and the next acquisition is a compare-and-set at the marker's
@@ -91,6 +131,7 @@
 //! supported.
 
 mod bucket;
+mod fence;
 mod key;
 mod lease;
 mod watch;
@@ -115,7 +156,10 @@ use async_nats::{
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use self::lease::{LeaseValue, SeenKeys, Verdict};
+use self::{
+    fence::Fences,
+    lease::{LeaseValue, SeenKeys, Verdict},
+};
 use crate::{
     LockError,
     backend::{
@@ -126,6 +170,15 @@ use crate::{
 /// How often one call re-reads a key whose revision moved under it before
 /// it answers "busy" or "lost"; each round is a real change by someone else.
 const ROUNDS: usize = 4;
+
+/// The `max_age` of a bucket this backend creates: the longest lease it
+/// accepts ([`MAX_TTL`](crate::MAX_TTL), a year), and how long a crashed
+/// holder's entry can stay.
+pub const DEFAULT_MAX_AGE: Duration = crate::MAX_TTL;
+
+/// How long any one request to the server may take before it counts as
+/// [`LockError::Unavailable`].
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A [`Backend`] over a NATS JetStream key-value bucket. Cheap to clone;
 /// clones share one watch.
@@ -149,6 +202,9 @@ struct Inner {
     released_prefix: String,
     /// The local deadline of each lease this backend granted or renewed.
     own: OwnLeases,
+    fences: Arc<Fences>,
+    /// The bucket's `max_age`, if it has one: no lease may be longer.
+    max_age: Option<Duration>,
     wakeups: WakeRegistry,
     seen: Arc<SeenKeys>,
     watch: tokio::task::JoinHandle<()>,
@@ -179,25 +235,53 @@ impl Drop for Inner {
 pub struct Builder {
     js: jetstream::Context,
     bucket: String,
-    replicas: usize,
+    settings: bucket::Settings,
+    request_timeout: Duration,
 }
 
 impl Builder {
     /// How many replicas a bucket this backend creates keeps (default 1).
     /// An existing bucket is used as it is.
     pub fn replicas(mut self, replicas: usize) -> Self {
-        self.replicas = replicas;
+        self.settings.replicas = replicas;
         self
     }
 
-    /// Opens the bucket, creating it when absent, and starts watching it.
+    /// The `max_age` of a bucket this backend creates (default
+    /// [`DEFAULT_MAX_AGE`], a year): leases longer than it are refused, and
+    /// an entry left by a crashed holder is gone after it even if nobody
+    /// waits for its key. Set it to the longest lease you take to bound
+    /// those entries tightly. An existing bucket keeps its own.
+    pub fn max_age(mut self, max_age: Duration) -> Self {
+        self.settings.max_age = max_age;
+        self
+    }
+
+    /// How long one request to the server may take (default
+    /// [`DEFAULT_REQUEST_TIMEOUT`], 5 s) before the operation fails with
+    /// [`LockError::Unavailable`]. It replaces the JetStream context's own
+    /// timeout for this backend.
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// Opens the bucket, creating it when absent, checks it, and starts
+    /// watching it.
     ///
     /// # Errors
     ///
     /// [`LockError::Unavailable`] when the bucket name is invalid or the
-    /// server can not be reached.
-    pub async fn build(self) -> Result<NatsBackend, LockError> {
-        let store = bucket::open_or_create(&self.js, &self.bucket, self.replicas).await?;
+    /// server can not be reached; [`LockError::Misconfigured`], naming the
+    /// setting, for an existing bucket that could drop a live lease or keep
+    /// an old one (a history above 1; discarding old messages at a limit).
+    pub async fn build(mut self) -> Result<NatsBackend, LockError> {
+        self.js.set_timeout(self.request_timeout);
+        let store = bucket::open_or_create(&self.js, &self.bucket, self.settings).await?;
+        let info = store.stream.cached_info();
+        bucket::check(&info.config)?;
+        let max_age = Some(info.config.max_age).filter(|age| !age.is_zero());
+        let fences = Arc::new(Fences::new(info));
         let wakeups = WakeRegistry::default();
         let seen = Arc::new(SeenKeys::default());
         let released_prefix = format!("tower-lock.{}.released.", self.bucket);
@@ -207,6 +291,7 @@ impl Builder {
             &released_prefix,
             wakeups.clone(),
             seen.clone(),
+            fences.clone(),
         )
         .await?;
         let subject_prefix = store
@@ -222,6 +307,8 @@ impl Builder {
                 exact_delete,
                 released_prefix,
                 own: OwnLeases::default(),
+                fences,
+                max_age,
                 wakeups,
                 seen,
                 watch,
@@ -259,7 +346,11 @@ impl NatsBackend {
         Builder {
             js,
             bucket: bucket.to_owned(),
-            replicas: 1,
+            settings: bucket::Settings {
+                replicas: 1,
+                max_age: DEFAULT_MAX_AGE,
+            },
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
         }
     }
 
@@ -405,6 +496,38 @@ impl NatsBackend {
             self.inner.wakeups.notify(key);
         }
     }
+
+    /// Refuses a lease longer than the bucket's `max_age`, which the
+    /// server would drop while it runs.
+    fn check_ttl(&self, ttl: Duration) -> Result<(), LockError> {
+        match self.inner.max_age {
+            Some(max_age) if ttl > max_age => Err(LockError::Misconfigured {
+                setting: "max_age",
+                reason: format!(
+                    "a lease of {ttl:?} is longer than the max_age of bucket {:?} ({max_age:?}), \
+                     which would drop it while it runs",
+                    self.inner.store.name
+                ),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// The lease at `revision` is ours now: remember its deadline, and
+    /// give it its fence.
+    async fn granted(
+        &self,
+        key: &str,
+        token: Token,
+        deadline: Instant,
+        revision: u64,
+    ) -> Result<Attempt, LockError> {
+        self.inner.seen.forget(key);
+        self.inner.own.granted(key, token, deadline);
+        let stream = &self.inner.store.stream;
+        let fence = self.inner.fences.fence(stream, revision).await?;
+        Ok(Attempt::Acquired { fence, revision })
+    }
 }
 
 /// A write that lost its compare-and-set: the key's revision moved on.
@@ -414,6 +537,7 @@ struct Conflict;
 impl Backend for NatsBackend {
     async fn try_acquire(&self, request: &AcquireRequest<'_>) -> Result<Attempt, LockError> {
         let (token, ttl) = (request.token, request.ttl);
+        self.check_ttl(ttl)?;
         let key = key::encode(request.key);
         let value = LeaseValue { token, ttl }.encode();
         let seen = &self.inner.seen;
@@ -421,12 +545,7 @@ impl Backend for NatsBackend {
         let mut expected = seen.expected_free_revision(&key);
         for _ in 0..ROUNDS {
             if let Ok(revision) = self.put(&key, value.clone(), expected).await? {
-                seen.forget(&key);
-                self.inner.own.granted(&key, token, sent_at + ttl);
-                return Ok(Attempt::Acquired {
-                    fence: revision,
-                    revision,
-                });
+                return self.granted(&key, token, sent_at + ttl, revision).await;
             }
             // Lost a race for a free key: the winner's lease is usually known
             // from the watch already, which saves a read.
@@ -445,6 +564,15 @@ impl Backend for NatsBackend {
                     let Some(lease) = LeaseValue::decode(&entry.value) else {
                         return Ok(Attempt::Busy { remaining: None });
                     };
+                    // Our own token: a retry of a try whose answer was
+                    // lost. Renewed from now, it is the same grant.
+                    if lease.token == token {
+                        let sent_at = Instant::now();
+                        if let Ok(revision) = self.put(&key, value.clone(), entry.revision).await? {
+                            return self.granted(&key, token, sent_at + ttl, revision).await;
+                        }
+                        continue;
+                    }
                     match seen.judge(&key, entry.revision, lease.ttl) {
                         Verdict::Running(remaining) => {
                             return Ok(Attempt::Busy {
@@ -478,6 +606,7 @@ impl Backend for NatsBackend {
         lease: &Lease,
         ttl: Duration,
     ) -> Result<Option<u64>, LockError> {
+        self.check_ttl(ttl)?;
         let key = key::encode(key);
         // A lease that ran out on our own clock may be being taken over
         // right now: renewing it could race the takeover.
@@ -511,6 +640,13 @@ impl Backend for NatsBackend {
         let key = key::encode(key);
         self.inner.own.forget(&key, lease.token);
         let mut revision = lease.revision;
+        // No revision known (a grant whose answer was lost): by token.
+        if revision == 0 {
+            match self.revision_held_by(&key, lease.token).await? {
+                Some(current) => revision = current,
+                None => return Ok(false),
+            }
+        }
         for _ in 0..ROUNDS {
             if self.free(&key, revision).await?.is_ok() {
                 self.announce_release(&key).await;
@@ -545,14 +681,15 @@ impl Backend for NatsBackend {
         let Some(lease) = LeaseValue::decode(&entry.value) else {
             return Ok(Some(Holding::new(
                 Token::from(uuid::Uuid::nil()),
-                entry.revision,
+                self.inner.fences.of(entry.revision),
                 None,
             )));
         };
         Ok(
             match self.inner.seen.judge(&key, entry.revision, lease.ttl) {
                 Verdict::Running(remaining) => {
-                    Some(Holding::new(lease.token, entry.revision, Some(remaining)))
+                    let fence = self.inner.fences.of(entry.revision);
+                    Some(Holding::new(lease.token, fence, Some(remaining)))
                 }
                 Verdict::Expired => None,
             },

@@ -10,7 +10,10 @@ use async_nats::{
 };
 use futures_util::StreamExt;
 
-use super::lease::{LeaseValue, SeenKeys};
+use super::{
+    fence::Fences,
+    lease::{LeaseValue, SeenKeys},
+};
 use crate::{LockError, backend::WakeRegistry};
 
 /// The first and the longest pause before re-establishing a failed watch.
@@ -26,6 +29,7 @@ pub(crate) async fn start(
     released_prefix: &str,
     wakeups: WakeRegistry,
     seen: Arc<SeenKeys>,
+    fences: Arc<Fences>,
 ) -> Result<tokio::task::JoinHandle<()>, LockError> {
     let announcements = client
         .subscribe(format!("{released_prefix}>"))
@@ -39,6 +43,7 @@ pub(crate) async fn start(
         released_prefix: released_prefix.to_owned(),
         wakeups,
         seen,
+        fences,
     };
     Ok(tokio::spawn(sources.run(watch, announcements)))
 }
@@ -48,6 +53,7 @@ struct Sources {
     released_prefix: String,
     wakeups: WakeRegistry,
     seen: Arc<SeenKeys>,
+    fences: Arc<Fences>,
 }
 
 impl Sources {
@@ -64,9 +70,10 @@ impl Sources {
                 },
                 announcement = announcements.next() => match announcement {
                     Some(message) => {
+                        // Anyone allowed to publish here can send one, so it
+                        // only wakes: waiters read the key again, and what
+                        // they measured of a lease stays as it was.
                         if let Some(key) = message.subject.strip_prefix(self.released_prefix.as_str()) {
-                            // The lease seen last is gone.
-                            self.seen.forget(key);
                             self.wakeups.notify(key);
                         }
                     }
@@ -90,7 +97,9 @@ impl Sources {
             }
         };
         // Changes made while the watch was down were not seen: every waiter
-        // tries again.
+        // tries again. The stream itself may be a new one (a watch also
+        // fails when its stream is deleted).
+        self.fences.suspect();
         self.wakeups.notify_all();
         watch
     }

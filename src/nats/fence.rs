@@ -1,0 +1,99 @@
+//! Fences from the bucket's stream, so that a bucket deleted and created
+//! again hands out greater fences than the old one ever did.
+//!
+//! A fence is the stream's creation time in microseconds since the Unix
+//! epoch plus the lease's revision (its stream sequence). Sequences start
+//! again at 1 in a new stream, but the new stream was created after the old
+//! one was deleted, and the old one's last sequence is at most the number
+//! of messages it stored (every acquisition and renewal is one). So as long
+//! as a stream stores fewer than one message per microsecond on average
+//! over its life (a JetStream stream stores at most a few hundred thousand
+//! a second), the old stream's greatest fence is below its deletion time,
+//! and every fence of the new one is above its creation time: fences never
+//! go back, provided the server's clock does not step back between the
+//! deletion and the new creation.
+//!
+//! For the same reason a fence stays below the wall clock in microseconds,
+//! which is below 2^53 (exact as a JSON number, and an `i64` column holds
+//! it) until the year 2255.
+//!
+//! A backend that lives through its bucket's deletion notices the new
+//! stream when a write gets a lower revision than one it got before, or
+//! when its watch of the bucket is re-established (the old stream's watch
+//! fails), and then reads the new creation time before it hands out a
+//! fence.
+
+use std::{
+    sync::atomic::{AtomicBool, AtomicU64, Ordering},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use async_nats::jetstream::stream::{Info, Stream};
+
+use crate::LockError;
+
+/// The fence base of one bucket's stream, as this backend last read it.
+#[derive(Debug)]
+pub(crate) struct Fences {
+    /// The stream's creation time, in microseconds since the Unix epoch.
+    created: AtomicU64,
+    /// The highest revision a write of this backend got.
+    highest: AtomicU64,
+    /// Whether the stream may have been created again since `created` was
+    /// read.
+    suspect: AtomicBool,
+}
+
+impl Fences {
+    pub(crate) fn new(info: &Info) -> Self {
+        Fences {
+            created: AtomicU64::new(created_micros(info)),
+            highest: AtomicU64::new(info.state.last_sequence),
+            suspect: AtomicBool::new(false),
+        }
+    }
+
+    /// The fence of a lease written at `revision`.
+    pub(crate) async fn fence(&self, stream: &Stream, revision: u64) -> Result<u64, LockError> {
+        let highest = self.highest.fetch_max(revision, Ordering::AcqRel);
+        // Sequences of one stream only grow: a lower one is a new stream.
+        if revision < highest {
+            self.suspect.store(true, Ordering::Release);
+        }
+        if self.suspect.swap(false, Ordering::AcqRel) {
+            let info = match stream.get_info().await {
+                Ok(info) => info,
+                Err(err) => {
+                    self.suspect.store(true, Ordering::Release);
+                    return Err(LockError::unavailable(err));
+                }
+            };
+            self.created.store(created_micros(&info), Ordering::Release);
+            self.highest
+                .store(info.state.last_sequence.max(revision), Ordering::Release);
+        }
+        Ok(self.of(revision))
+    }
+
+    /// The fence of the lease at `revision`, as far as this backend knows
+    /// the stream (for reports of who holds a key, which grant nothing).
+    pub(crate) fn of(&self, revision: u64) -> u64 {
+        self.created.load(Ordering::Acquire) + revision
+    }
+
+    /// The stream may have been deleted and created again (its watch
+    /// failed): read its creation time again before the next fence.
+    pub(crate) fn suspect(&self) {
+        self.suspect.store(true, Ordering::Release);
+    }
+}
+
+fn created_micros(info: &Info) -> u64 {
+    // Through `SystemTime`, which async-nats's date type converts to
+    // whichever time crate it was built with.
+    SystemTime::from(info.created)
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| {
+            u64::try_from(since.as_micros()).unwrap_or(u64::MAX)
+        })
+}
