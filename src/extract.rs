@@ -108,7 +108,7 @@ impl IntoResponse for MissingHeldLock {
 
 impl IntoResponse for LockRejection {
     fn into_response(self) -> Response {
-        LockRejection::into_response(self).map(axum::body::Body::from)
+        self.into_http_response().map(axum::body::Body::from)
     }
 }
 

@@ -79,6 +79,12 @@ impl LockGuard {
             .map_or_else(SmolStr::default, |p| p.record.key().clone())
     }
 
+    /// The lease's record, for views of the lock that outlive a borrow of
+    /// the guard (a request's [`HeldLock`](crate::middleware::HeldLock)).
+    pub(crate) fn lease(&self) -> Option<Arc<Record>> {
+        self.parts.as_ref().map(|p| p.record.clone())
+    }
+
     /// The fencing token: strictly greater than the fence of every earlier
     /// acquisition of this key, by any holder. Pass it with each write so the
     /// resource can refuse a write carrying a smaller fence than one it has

@@ -256,27 +256,45 @@ async fn busy_key_gets_423_with_retry_after() {
     let layer = LockLayer::new(locker.clone(), key::header("x-key")).ttl(TTL);
     let fail_fast = serve(counting_app(layer.clone().no_wait(), ran.clone())).await;
     let short_wait = serve(counting_app(
-        layer.wait_timeout(Duration::from_millis(100)),
+        layer.clone().wait_timeout(Duration::from_millis(100)),
         ran.clone(),
     ))
     .await;
+    let not_renewing = serve(counting_app(
+        layer.clone().no_wait().auto_renew(false),
+        ran.clone(),
+    ))
+    .await;
+    let fixed = serve(counting_app(
+        layer
+            .clone()
+            .no_wait()
+            .retry_after(Duration::from_secs(7))
+            .busy_status(StatusCode::CONFLICT),
+        ran.clone(),
+    ))
+    .await;
+    let retry_after = |response: &reqwest::Response| -> u64 {
+        let value = response.headers()["retry-after"].to_str().expect("ascii");
+        value.parse().expect("seconds")
+    };
 
     let holder = locker.acquire("k", TTL).await.expect("lock");
     for addr in [fail_fast, short_wait] {
         let response = post_key(addr, "k").await;
         assert_eq!(response.status(), StatusCode::LOCKED);
-        let retry_after: u64 = response.headers()["retry-after"]
-            .to_str()
-            .expect("ascii")
-            .parse()
-            .expect("seconds");
-        // The holder's lease has about 30 s left; the in-memory store adds
-        // its clock's lag (a few ms), which rounds up to one more second.
-        assert!(
-            (25..=31).contains(&retry_after),
-            "Retry-After: {retry_after}"
-        );
+        // Holders renew their leases: their remaining lease says nothing.
+        assert_eq!(retry_after(&response), 1);
     }
+    let response = post_key(not_renewing, "k").await;
+    assert_eq!(response.status(), StatusCode::LOCKED);
+    // The holder's lease has about 30 s left; the in-memory store adds its
+    // clock's lag (a few ms), which rounds up to one more second.
+    let left = retry_after(&response);
+    assert!((25..=31).contains(&left), "Retry-After: {left}");
+    let response = post_key(fixed, "k").await;
+    assert_eq!(response.status(), StatusCode::CONFLICT);
+    assert_eq!(retry_after(&response), 7);
     assert_eq!(ran.load(Ordering::SeqCst), 0, "a refused request ran");
 
     holder.release().await.expect("release");
@@ -320,13 +338,25 @@ async fn unreachable_store_gets_503_and_the_handler_never_runs() {
 async fn keys_that_are_missing_or_invalid() {
     let ran = Arc::new(AtomicUsize::new(0));
     let layer = LockLayer::new(Locker::in_memory(), key::header("x-key"));
-    let lenient = serve(counting_app(layer.clone(), ran.clone())).await;
-    let strict = serve(counting_app(
-        layer.missing_key(MissingKey::Reject),
+    // Refused by default, naming where the key was looked for.
+    let strict = serve(counting_app(layer.clone(), ran.clone())).await;
+    let lenient = serve(counting_app(
+        layer.missing_key(MissingKey::PassThrough),
         ran.clone(),
     ))
     .await;
 
+    let response = client()
+        .post(format!("http://{strict}/"))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let body = response.text().await.expect("body");
+    assert!(body.contains("header x-key"), "{body}");
+    assert_eq!(ran.load(Ordering::SeqCst), 0, "ran without its key");
+
+    // Passed through only by explicit choice.
     let response = client()
         .post(format!("http://{lenient}/"))
         .send()
@@ -335,13 +365,6 @@ async fn keys_that_are_missing_or_invalid() {
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.text().await.expect("body"), "unlocked");
     assert_eq!(ran.swap(0, Ordering::SeqCst), 1);
-
-    let response = client()
-        .post(format!("http://{strict}/"))
-        .send()
-        .await
-        .expect("send");
-    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
 
     let too_long = "x".repeat(tower_lock::MAX_KEY_LEN + 1);
     for addr in [lenient, strict] {
@@ -358,9 +381,9 @@ async fn keys_that_are_missing_or_invalid() {
 
 #[tokio::test]
 async fn custom_rejection_responses() {
-    let layer =
-        LockLayer::new(Locker::new(DownBackend), key::header("x-key")).on_rejection(|rejection| {
-            let mut response = rejection.into_response();
+    let layer = LockLayer::new(Locker::new(DownBackend), key::header("x-key"))
+        .on_rejection_response(|rejection| {
+            let mut response = rejection.into_http_response();
             *response.body_mut() = Bytes::from_static(b"{\"error\":\"try later\"}");
             response
         });
@@ -613,14 +636,17 @@ async fn locked_extractor_serialises_and_refuses() {
 #[tokio::test]
 async fn ready_extractors_key_by_route_and_by_parameter() {
     let key_of = |lock: HeldLock| async move { lock.key().to_owned() };
+    // A `route_layer` covers the routes added before it: the parameter's
+    // layer first, so that the route without that parameter is not under
+    // it (it would get 400, the key being missing).
     let app = Router::new()
-        .route("/by-route/{id}", post(key_of))
-        .route_layer(LockLayer::new(Locker::in_memory(), key::method_and_path()))
         .route("/by-param/{id}/{name}", post(key_of))
         .route_layer(LockLayer::new(
             Locker::in_memory(),
             key::path_param("name").prefixed("user:"),
-        ));
+        ))
+        .route("/by-route/{id}", post(key_of))
+        .route_layer(LockLayer::new(Locker::in_memory(), key::method_and_path()));
     let addr = serve(app).await;
     let key = |path: &'static str| {
         let client = client();
@@ -633,4 +659,393 @@ async fn ready_extractors_key_by_route_and_by_parameter() {
     assert_eq!(key("/by-route/2").await, "POST /by-route/{id}");
     // Percent-decoded, any characters.
     assert_eq!(key("/by-param/1/j%C3%BCrgen%20k").await, "user:jürgen k");
+}
+
+/// A store whose renewals stall: a lease runs out under its holder.
+#[derive(Debug, Clone, Default)]
+struct StalledRenewals(tower_lock::memory::MemoryBackend);
+
+#[async_trait::async_trait]
+impl Backend for StalledRenewals {
+    async fn try_acquire(&self, request: &AcquireRequest<'_>) -> Result<Attempt, LockError> {
+        self.0.try_acquire(request).await
+    }
+
+    /// Answers only after a second, with a failure: a store unreachable
+    /// past the lease.
+    async fn extend(&self, _: &str, _: &Lease, _: Duration) -> Result<Option<u64>, LockError> {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        Err(refused())
+    }
+
+    async fn release(&self, key: &str, lease: &Lease) -> Result<bool, LockError> {
+        self.0.release(key, lease).await
+    }
+
+    async fn subscribe(&self, key: &str) -> Result<Subscription, LockError> {
+        self.0.subscribe(key).await
+    }
+
+    async fn holder(&self, key: &str) -> Result<Option<Holding>, LockError> {
+        self.0.holder(key).await
+    }
+}
+
+/// Counts the handlers that were dropped before they finished.
+#[derive(Default)]
+struct Stops {
+    started: AtomicUsize,
+    finished: AtomicUsize,
+    dropped: AtomicUsize,
+}
+
+struct DropCounter(Arc<Stops>);
+
+impl Drop for DropCounter {
+    fn drop(&mut self) {
+        self.0.dropped.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// A handler that takes `work` after it started, behind `layer`.
+fn slow_app(layer: LockLayer<key::Header>, stops: Arc<Stops>, work: Duration) -> Router {
+    Router::new()
+        .route(
+            "/",
+            post(move |lock: HeldLock| async move {
+                let counter = DropCounter(stops.clone());
+                stops.started.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(work).await;
+                assert!(!lock.is_lost(), "ran on past its lost lease");
+                stops.finished.fetch_add(1, Ordering::SeqCst);
+                std::mem::forget(counter);
+                "done"
+            }),
+        )
+        .layer(layer)
+}
+
+#[tokio::test]
+async fn a_lost_lease_stops_the_handler_and_answers_503() {
+    let stops = Arc::new(Stops::default());
+    let locker = Locker::new(StalledRenewals::default());
+    // Renewals (every 100 ms) never answer: the request counts its lease
+    // lost at 9/10 of the ttl, before the store could hand the key on.
+    let layer =
+        LockLayer::new(locker.clone(), key::header("x-key")).ttl(Duration::from_millis(300));
+    let addr = serve(slow_app(layer, stops.clone(), LIVENESS)).await;
+    let response = post_key(addr, "k").await;
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(stops.started.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        stops.finished.load(Ordering::SeqCst),
+        0,
+        "the handler finished"
+    );
+    assert_eq!(
+        stops.dropped.load(Ordering::SeqCst),
+        1,
+        "the handler was not stopped"
+    );
+    eventually("the lease is given back", || locker.held_count() == 0).await;
+}
+
+#[tokio::test]
+async fn a_handler_sees_its_lease_lost_and_can_stop_on_its_own() {
+    let locker = Locker::new(StalledRenewals::default());
+    let layer = LockLayer::new(locker, key::header("x-key")).ttl(Duration::from_millis(300));
+    let (seen_tx, seen_rx) = tokio::sync::oneshot::channel();
+    let seen_tx = Arc::new(Mutex::new(Some(seen_tx)));
+    // Work the handler hands to a task of its own is not stopped with the
+    // handler's future: it watches the lease itself.
+    let app = Router::new()
+        .route(
+            "/",
+            post(move |lock: HeldLock| async move {
+                assert!(!lock.is_lost());
+                let seen_tx = seen_tx.lock().expect("tx").take();
+                tokio::spawn(async move {
+                    lock.lost().await;
+                    if let Some(tx) = seen_tx {
+                        let _ = tx.send(lock.is_lost());
+                    }
+                });
+                std::future::pending::<()>().await;
+            }),
+        )
+        .layer(layer);
+    let addr = serve(app).await;
+    let response = post_key(addr, "k").await;
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let seen = tokio::time::timeout(LIVENESS, seen_rx).await;
+    assert!(
+        seen.expect("lost() resolved").expect("sent"),
+        "is_lost() after lost()"
+    );
+}
+
+/// Streams chunks from the returned sender behind `layer`, on `GET /`.
+async fn streaming_app(
+    layer: LockLayer<key::Header>,
+) -> (tokio::sync::mpsc::Sender<Bytes>, SocketAddr) {
+    type Chunks = tokio::sync::mpsc::Receiver<Bytes>;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+    let rx: Arc<Mutex<Option<Chunks>>> = Arc::new(Mutex::new(Some(rx)));
+    let handler = move || async move {
+        let rx = rx.lock().expect("rx").take().expect("one request");
+        let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv()
+                .await
+                .map(|chunk| (Ok::<_, std::io::Error>(chunk), rx))
+        });
+        Body::from_stream(stream)
+    };
+    (
+        tx,
+        serve(Router::new().route("/", get(handler)).layer(layer)).await,
+    )
+}
+
+/// Reads the body until it ends; `Err` when it was cut.
+async fn read_to_end(mut response: reqwest::Response) -> Result<Vec<u8>, reqwest::Error> {
+    let mut all = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        all.extend_from_slice(&chunk);
+    }
+    Ok(all)
+}
+
+#[tokio::test]
+async fn a_lost_lease_cuts_a_streamed_body() {
+    let locker = Locker::new(StalledRenewals::default());
+    let layer =
+        LockLayer::new(locker.clone(), key::header("x-key")).ttl(Duration::from_millis(300));
+    let (tx, addr) = streaming_app(layer).await;
+    tx.send(Bytes::from_static(b"first")).await.expect("send");
+    let response = client()
+        .get(format!("http://{addr}/"))
+        .header("x-key", "k")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), StatusCode::OK);
+    let read = tokio::time::timeout(LIVENESS, read_to_end(response)).await;
+    assert!(
+        read.expect("the body ended").is_err(),
+        "a cut body read as whole"
+    );
+    eventually("the lease is given back", || locker.held_count() == 0).await;
+    drop(tx);
+}
+
+#[tokio::test]
+async fn a_body_held_past_max_hold_is_cut_and_the_key_released() {
+    let locker = Locker::in_memory();
+    let layer =
+        LockLayer::new(locker.clone(), key::header("x-key")).max_hold(Duration::from_millis(300));
+    let (tx, addr) = streaming_app(layer).await;
+    tx.send(Bytes::from_static(b"first")).await.expect("send");
+    let mut response = client()
+        .get(format!("http://{addr}/"))
+        .header("x-key", "k")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(
+        response.chunk().await.expect("chunk").expect("data"),
+        "first"
+    );
+    // The client keeps the connection and reads nothing more; the sender
+    // never ends the stream.
+    eventually("the key is released", || locker.held_count() == 0).await;
+    assert!(locker.try_lock("k", TTL).await.expect("try").is_some());
+    let rest = tokio::time::timeout(LIVENESS, read_to_end(response)).await;
+    assert!(
+        rest.expect("the body ended").is_err(),
+        "a cut body read as whole"
+    );
+    drop(tx);
+}
+
+#[tokio::test]
+async fn a_handler_past_max_hold_is_stopped_with_503() {
+    let stops = Arc::new(Stops::default());
+    let locker = Locker::in_memory();
+    let layer =
+        LockLayer::new(locker.clone(), key::header("x-key")).max_hold(Duration::from_millis(200));
+    let addr = serve(slow_app(layer, stops.clone(), LIVENESS)).await;
+    let response = post_key(addr, "k").await;
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        stops.dropped.load(Ordering::SeqCst),
+        1,
+        "the handler was not stopped"
+    );
+    assert_eq!(stops.finished.load(Ordering::SeqCst), 0);
+    eventually("the key is released", || locker.held_count() == 0).await;
+}
+
+#[tokio::test]
+async fn a_path_parameter_key_outside_routing_is_a_500_never_a_pass_through() {
+    use tower::Layer as _;
+
+    let ran = Arc::new(AtomicUsize::new(0));
+    let counted = |ran: Arc<AtomicUsize>| {
+        post(move || async move {
+            ran.fetch_add(1, Ordering::SeqCst);
+            "ran"
+        })
+    };
+    let layer = LockLayer::new(Locker::in_memory(), key::path_param("id"));
+    // Around the whole router, as a service: no request has parameters.
+    let outside = layer
+        .clone()
+        .layer(Router::new().route("/accounts/{id}", counted(ran.clone())));
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let outside_addr = listener.local_addr().expect("addr");
+    let outside = tower::ServiceExt::<axum::extract::Request>::map_response(
+        outside,
+        |r: http::Response<_>| r.map(Body::new),
+    );
+    let outside = axum::ServiceExt::<axum::extract::Request>::into_make_service(outside);
+    tokio::spawn(async move { axum::serve(listener, outside).await });
+    let response = client()
+        .post(format!("http://{outside_addr}/accounts/1"))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    let body = response.text().await.expect("body");
+    assert!(body.contains("route_layer"), "{body}");
+    assert_eq!(ran.load(Ordering::SeqCst), 0, "ran unlocked");
+
+    // Under `Router::layer`, matched routes are locked and the fallback,
+    // which matched no route, gets the same 500.
+    let layered = Router::new()
+        .route("/accounts/{id}", counted(ran.clone()))
+        .fallback(|| async { "fallback" })
+        .layer(layer);
+    let addr = serve(layered).await;
+    let matched = client()
+        .post(format!("http://{addr}/accounts/1"))
+        .send()
+        .await;
+    assert_eq!(matched.expect("send").status(), StatusCode::OK);
+    assert_eq!(ran.load(Ordering::SeqCst), 1);
+    let fallback = client().post(format!("http://{addr}/nowhere")).send().await;
+    assert_eq!(
+        fallback.expect("send").status(),
+        StatusCode::INTERNAL_SERVER_ERROR
+    );
+}
+
+#[tokio::test]
+async fn a_typed_path_parameter_locks_its_canonical_form() {
+    let app = Router::new()
+        .route(
+            "/accounts/{id}",
+            post(|lock: HeldLock| async move { lock.key().to_owned() }),
+        )
+        .route_layer(LockLayer::new(
+            Locker::in_memory(),
+            key::path_param_as::<u64>("id").prefixed("account:"),
+        ));
+    let addr = serve(app).await;
+    for spelling in ["7", "07", "+7"] {
+        let response = client()
+            .post(format!("http://{addr}/accounts/{spelling}"))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(
+            response.text().await.expect("body"),
+            "account:7",
+            "{spelling}"
+        );
+    }
+    let response = client()
+        .post(format!("http://{addr}/accounts/seven"))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn methods_outside_the_filter_pass_through_unlocked() {
+    let locker = Locker::in_memory();
+    let which = |lock: Option<HeldLock>| async move {
+        lock.map_or("unlocked".to_owned(), |lock| {
+            format!("locked {}", lock.key())
+        })
+    };
+    let app = Router::new()
+        .route("/", get(which).post(which))
+        .layer(LockLayer::new(locker.clone(), key::header("x-key")).methods([http::Method::POST]));
+    let addr = serve(app).await;
+    let _held = locker.acquire("k", TTL).await.expect("lock");
+    let read = client()
+        .get(format!("http://{addr}/"))
+        .header("x-key", "k")
+        .send()
+        .await;
+    assert_eq!(read.expect("send").text().await.expect("body"), "unlocked");
+    // A read needs no key either.
+    let keyless = client().get(format!("http://{addr}/")).send().await;
+    assert_eq!(keyless.expect("send").status(), StatusCode::OK);
+    let write = client()
+        .post(format!("http://{addr}/"))
+        .header("x-key", "other")
+        .send()
+        .await;
+    assert_eq!(
+        write.expect("send").text().await.expect("body"),
+        "locked other"
+    );
+}
+
+#[tokio::test]
+async fn waiting_requests_hold_no_capacity_of_the_inner_service() {
+    let locker = Locker::in_memory();
+    let app = Router::new().route("/", post(|| async { "ok" })).layer(
+        tower::ServiceBuilder::new()
+            .layer(LockLayer::new(locker.clone(), key::header("x-key")).wait_timeout(LIVENESS))
+            .layer(tower::limit::ConcurrencyLimitLayer::new(1)),
+    );
+    let addr = serve(app).await;
+    let held = locker.acquire("a", TTL).await.expect("lock");
+    let waiters: Vec<_> = (0..3).map(|_| tokio::spawn(post_key(addr, "a"))).collect();
+    eventually("the requests for a wait", || locker.queued_keys() == 1).await;
+    let other = tokio::time::timeout(Duration::from_secs(3), post_key(addr, "b")).await;
+    let other = other.expect("a waiting request held the only slot");
+    assert_eq!(other.status(), StatusCode::OK);
+    drop(held);
+    for waiter in waiters {
+        assert_eq!(waiter.await.expect("task").status(), StatusCode::OK);
+    }
+}
+
+#[tokio::test]
+async fn rejections_shaped_as_any_axum_response() {
+    let layer = LockLayer::new(Locker::new(DownBackend), key::header("x-key")).on_rejection(
+        |rejection: tower_lock::middleware::LockRejection| {
+            (
+                rejection.status(),
+                axum::Json(serde_json::json!({ "error": rejection.body_text() })),
+            )
+        },
+    );
+    let addr = serve(counting_app(layer, Arc::default())).await;
+    let response = post_key(addr, "k").await;
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(response.headers()["content-type"], "application/json");
+    let body: serde_json::Value =
+        serde_json::from_str(&response.text().await.expect("body")).expect("json");
+    assert_eq!(body["error"], "The lock service is unavailable.");
+}
+
+#[test]
+#[should_panic(expected = "LockLayer::ttl")]
+fn an_invalid_ttl_is_refused_when_the_layer_is_built() {
+    let _ = LockLayer::new(Locker::in_memory(), key::header("x-key")).ttl(Duration::ZERO);
 }

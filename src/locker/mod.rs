@@ -123,6 +123,15 @@ impl Locker {
         self
     }
 
+    /// Counts each lease lost `deadline` after the send time of its last
+    /// successful grant or renewal (never later than its ttl), for callers
+    /// that must stop before the store can hand the key on even when clocks
+    /// run at slightly different rates.
+    pub(crate) fn renew_deadline(mut self, deadline: Duration) -> Self {
+        self.timing.deadline = Some(deadline);
+        self
+    }
+
     /// The backend this locker runs on.
     pub fn backend(&self) -> &Arc<dyn Backend> {
         self.owner.backend()

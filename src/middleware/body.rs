@@ -9,7 +9,12 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
+use super::hold::Hold;
 use crate::LockGuard;
+
+/// The error a [`LockBody`] ends with: the inner body's, or the
+/// [`LockRejection`](super::LockRejection) that cut it.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 pin_project! {
     /// The response body of [`LockService`](super::LockService).
@@ -19,11 +24,21 @@ pin_project! {
     /// ends), at an error, or when the body is dropped unfinished (the
     /// client went away). A body that is empty from the start (`HEAD`,
     /// `204`) releases at once.
+    ///
+    /// A body still streaming when its lease is lost, or when the layer's
+    /// `max_hold` passes, ends with an error (a
+    /// [`LockRejection`](super::LockRejection)) and releases the key: hyper
+    /// then resets the stream or closes the connection, so the client
+    /// cannot mistake a cut body for a whole one.
     pub struct LockBody<B> {
         #[pin]
         kind: Kind<B>,
         // `Some` until the body is done; dropping it releases the lock.
         guard: Option<LockGuard>,
+        // `Some` while the guard is.
+        hold: Option<Hold>,
+        // Set once the body was cut: it ends there.
+        cut: bool,
     }
 }
 
@@ -32,22 +47,75 @@ pin_project! {
     enum Kind<B> {
         Inner { #[pin] body: B },
         Refusal { data: Option<Bytes> },
+        Shaped { body: BoxedBody },
+    }
+}
+
+type BoxedBody = Pin<Box<dyn Body<Data = Bytes, Error = BoxError> + Send>>;
+
+/// The body of a refusal: the default one's bytes, or whatever body an
+/// application's rejection hook answered with.
+pub(crate) enum Refusal {
+    Bytes(Bytes),
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
+    Shaped(BoxedBody),
+}
+
+impl Refusal {
+    /// A hook's own body.
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
+    pub(crate) fn shaped<B>(body: B) -> Self
+    where
+        B: Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<BoxError>,
+    {
+        Refusal::Shaped(Box::pin(ErrorInto(body)))
+    }
+}
+
+/// A body whose errors are boxed.
+struct ErrorInto<B>(B);
+
+impl<B> Body for ErrorInto<B>
+where
+    B: Body + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = B::Data;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let frame = ready!(Pin::new(&mut self.0).poll_frame(cx));
+        Poll::Ready(frame.map(|frame| frame.map_err(Into::into)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.0.size_hint()
     }
 }
 
 impl<B: Body> LockBody<B> {
-    pub(crate) fn locked(body: B, guard: LockGuard) -> Self {
+    pub(crate) fn locked(body: B, guard: LockGuard, hold: Hold) -> Self {
         // Dropping the guard releases on the spot when the store answers at
         // once (the in-memory one does), else in the background.
-        let guard = if body.is_end_stream() {
+        let (guard, hold) = if body.is_end_stream() {
             drop(guard);
-            None
+            (None, None)
         } else {
-            Some(guard)
+            (Some(guard), Some(hold))
         };
         LockBody {
             kind: Kind::Inner { body },
             guard,
+            hold,
+            cut: false,
         }
     }
 
@@ -55,17 +123,25 @@ impl<B: Body> LockBody<B> {
         LockBody {
             kind: Kind::Inner { body },
             guard: None,
+            hold: None,
+            cut: false,
         }
     }
 }
 
 impl<B> LockBody<B> {
-    pub(crate) fn refusal(data: Bytes) -> Self {
-        LockBody {
-            kind: Kind::Refusal {
+    pub(crate) fn refusal(refusal: Refusal) -> Self {
+        let kind = match refusal {
+            Refusal::Bytes(data) => Kind::Refusal {
                 data: (!data.is_empty()).then_some(data),
             },
+            Refusal::Shaped(body) => Kind::Shaped { body },
+        };
+        LockBody {
+            kind,
             guard: None,
+            hold: None,
+            cut: false,
         }
     }
 
@@ -78,17 +154,27 @@ impl<B> LockBody<B> {
 impl<B> Body for LockBody<B>
 where
     B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
 {
     type Data = Bytes;
-    type Error = B::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = self.project();
+        if *this.cut {
+            return Poll::Ready(None);
+        }
         match this.kind.project() {
             KindProj::Inner { mut body } => {
+                if let Some(Poll::Ready(rejection)) = this.hold.as_mut().map(|h| h.poll_ended(cx)) {
+                    *this.cut = true;
+                    drop(this.hold.take());
+                    drop(this.guard.take());
+                    return Poll::Ready(Some(Err(Box::new(rejection))));
+                }
                 let frame = ready!(body.as_mut().poll_frame(cx));
                 // A client that knows the length stops polling after the last
                 // data frame, so "ended" must be noticed here and not only at
@@ -98,18 +184,24 @@ where
                     None | Some(Err(_)) => true,
                 };
                 if done {
+                    drop(this.hold.take());
                     drop(this.guard.take());
                 }
-                Poll::Ready(frame)
+                Poll::Ready(frame.map(|frame| frame.map_err(Into::into)))
             }
             KindProj::Refusal { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            KindProj::Shaped { body } => body.as_mut().poll_frame(cx),
         }
     }
 
     fn is_end_stream(&self) -> bool {
+        if self.cut {
+            return true;
+        }
         match &self.kind {
             Kind::Inner { body } => body.is_end_stream(),
             Kind::Refusal { data } => data.is_none(),
+            Kind::Shaped { body } => body.is_end_stream(),
         }
     }
 
@@ -119,6 +211,7 @@ where
             Kind::Refusal { data } => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
+            Kind::Shaped { body } => body.size_hint(),
         }
     }
 }
@@ -141,7 +234,8 @@ mod tests {
     use crate::Locker;
 
     fn locked<B: Body>(body: B, guard: LockGuard) -> LockBody<B> {
-        LockBody::locked(body, guard)
+        let hold = Hold::new(&guard, Duration::from_secs(600));
+        LockBody::locked(body, guard, hold)
     }
 
     const TTL: Duration = Duration::from_secs(30);

@@ -1,18 +1,19 @@
-//! [`ResponseFuture`]: waits for the lock, then for the inner service.
+//! [`ResponseFuture`]: waits for the lock, then for the inner service, and
+//! stops the service when the lock is lost.
 
 use std::{
     fmt,
     future::Future,
     pin::Pin,
     task::{Context, Poll, ready},
+    time::Duration,
 };
 
-use bytes::Bytes;
 use http::{Request, Response};
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
-use super::{HeldLock, LockBody, LockRejection, layer::RejectionHook};
+use super::{HeldLock, LockBody, LockRejection, body::Refusal, hold::Hold, layer::RejectionHook};
 use crate::LockGuard;
 
 pub(crate) type Acquire =
@@ -22,13 +23,17 @@ pin_project! {
     /// The response future of [`LockService`](super::LockService).
     ///
     /// Dropping it while it waits for the lock (the client went away) leaves
-    /// no lock and no waiter behind: the wait is cancel safe.
+    /// no lock and no waiter behind: the wait is cancel safe. While the
+    /// service runs, a lost lease or a hold past the layer's `max_hold`
+    /// drops the service's future and answers `503`.
     pub struct ResponseFuture<S, ReqBody>
     where
         S: Service<Request<ReqBody>>,
     {
         #[pin]
         state: State<S, ReqBody, S::Future>,
+        on_rejection: Option<RejectionHook>,
+        max_hold: Duration,
     }
 }
 
@@ -37,19 +42,27 @@ pin_project! {
     enum State<S, ReqBody, F> {
         Acquiring {
             acquire: Acquire,
-            // `Some` until the lock is taken: the ready service and the
-            // request it will be called with.
+            // `Some` until the lock is taken: the service and the request
+            // it will be called with.
             call: Option<(S, Request<ReqBody>)>,
-            on_rejection: RejectionHook,
+        },
+        // The lock is held; the service is not ready yet. Waiting for the
+        // lock held none of its capacity.
+        Readying {
+            service: S,
+            request: Option<Request<ReqBody>>,
+            guard: Option<LockGuard>,
+            hold: Option<Hold>,
         },
         Calling {
             #[pin]
             future: F,
-            // `Some` until the response is out: it moves into the body.
+            // `Some` until the response is out: they move into the body.
             guard: Option<LockGuard>,
+            hold: Option<Hold>,
         },
         Refused {
-            response: Option<Response<Bytes>>,
+            response: Option<Response<Refusal>>,
         },
     }
 }
@@ -63,31 +76,47 @@ where
         service: S,
         request: Request<ReqBody>,
         on_rejection: RejectionHook,
+        max_hold: Duration,
     ) -> Self {
         ResponseFuture {
             state: State::Acquiring {
                 acquire,
                 call: Some((service, request)),
-                on_rejection,
             },
+            on_rejection: Some(on_rejection),
+            max_hold,
         }
     }
 
-    pub(crate) fn unlocked(future: S::Future) -> Self {
+    /// Calls `service` without a lock, once it is ready.
+    pub(crate) fn passed_through(service: S, request: Request<ReqBody>) -> Self {
         ResponseFuture {
-            state: State::Calling {
-                future,
+            state: State::Readying {
+                service,
+                request: Some(request),
                 guard: None,
+                hold: None,
             },
+            on_rejection: None,
+            max_hold: Duration::ZERO,
         }
     }
 
-    pub(crate) fn refused(response: Response<Bytes>) -> Self {
+    pub(crate) fn refused(response: Response<Refusal>) -> Self {
         ResponseFuture {
             state: State::Refused {
                 response: Some(response),
             },
+            on_rejection: None,
+            max_hold: Duration::ZERO,
         }
+    }
+}
+
+fn refuse(hook: Option<&RejectionHook>, rejection: LockRejection) -> Response<Refusal> {
+    match hook {
+        Some(hook) => hook(rejection),
+        None => rejection.into_http_response().map(Refusal::Bytes),
     }
 }
 
@@ -99,41 +128,79 @@ where
     type Output = Result<Response<LockBody<ResBody>>, S::Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut state = self.project().state;
+        let this = self.project();
+        let mut state = this.state;
+        let hook = this.on_rejection.as_ref();
         loop {
             match state.as_mut().project() {
-                StateProj::Acquiring {
-                    acquire,
-                    call,
-                    on_rejection,
-                } => match ready!(acquire.as_mut().poll(cx)) {
+                StateProj::Acquiring { acquire, call } => match ready!(acquire.as_mut().poll(cx)) {
                     Ok(guard) => {
-                        let Some((mut service, mut request)) = call.take() else {
+                        let Some((service, mut request)) = call.take() else {
                             panic!("ResponseFuture polled after completion");
                         };
                         request.extensions_mut().insert(HeldLock::new(&guard));
-                        let future = service.call(request);
-                        state.set(State::Calling {
-                            future,
+                        let hold = Hold::new(&guard, *this.max_hold);
+                        state.set(State::Readying {
+                            service,
+                            request: Some(request),
                             guard: Some(guard),
+                            hold: Some(hold),
                         });
                     }
                     Err(rejection) => {
                         log_refusal(&rejection);
-                        let response = on_rejection(rejection);
+                        let response = refuse(hook, rejection);
                         state.set(State::Refused {
                             response: Some(response),
                         });
                     }
                 },
-                StateProj::Calling { future, guard } => {
+                StateProj::Readying {
+                    service,
+                    request,
+                    guard,
+                    hold,
+                } => {
+                    if let Some(Poll::Ready(rejection)) = hold.as_mut().map(|h| h.poll_ended(cx)) {
+                        let response = refuse(hook, rejection);
+                        state.set(State::Refused {
+                            response: Some(response),
+                        });
+                        continue;
+                    }
+                    ready!(service.poll_ready(cx))?;
+                    let Some(request) = request.take() else {
+                        panic!("ResponseFuture polled after completion");
+                    };
+                    let future = service.call(request);
+                    let (guard, hold) = (guard.take(), hold.take());
+                    state.set(State::Calling {
+                        future,
+                        guard,
+                        hold,
+                    });
+                }
+                StateProj::Calling {
+                    future,
+                    guard,
+                    hold,
+                } => {
+                    if let Some(Poll::Ready(rejection)) = hold.as_mut().map(|h| h.poll_ended(cx)) {
+                        // Dropping the future stops the handler at its next
+                        // await; dropping the guard releases what is left.
+                        let response = refuse(hook, rejection);
+                        state.set(State::Refused {
+                            response: Some(response),
+                        });
+                        continue;
+                    }
                     // An error or a panic drops the guard with the future,
                     // which releases the lock.
                     let response = ready!(future.poll(cx))?;
-                    let guard = guard.take();
-                    return Poll::Ready(Ok(response.map(|body| match guard {
-                        Some(guard) => LockBody::locked(body, guard),
-                        None => LockBody::unlocked(body),
+                    let (guard, hold) = (guard.take(), hold.take());
+                    return Poll::Ready(Ok(response.map(|body| match (guard, hold) {
+                        (Some(guard), Some(hold)) => LockBody::locked(body, guard, hold),
+                        _ => LockBody::unlocked(body),
                     })));
                 }
                 StateProj::Refused { response } => {
@@ -150,7 +217,7 @@ where
 fn log_refusal(rejection: &LockRejection) {
     match rejection {
         LockRejection::Busy { key, retry_after } => {
-            tracing::debug!(%key, ?retry_after, "request refused: lock busy");
+            tracing::debug!(?key, ?retry_after, "request refused: lock busy");
         }
         LockRejection::Unavailable { .. } | LockRejection::Failed { .. } => {
             tracing::error!(error = %rejection, "request refused: lock not taken");

@@ -1,12 +1,17 @@
 //! Where [`LockLayer`](super::LockLayer) finds a request's lock key.
 //!
-//! A [`KeyExtractor`] looks at the request head and returns the key, or
-//! `None` when the request has none (see [`MissingKey`](super::MissingKey)).
-//! Closures `Fn(&Parts) -> Option<String>` are extractors; [`from_fn`] helps
-//! the compiler infer their argument type. Ready ones:
+//! A [`KeyExtractor`] looks at the request head and returns the key, or a
+//! [`KeyError`]: this request has no key ([`KeyError::Missing`], refused
+//! with `400` unless the layer lets such requests pass, see
+//! [`MissingKey`](super::MissingKey)), its key is not usable
+//! ([`KeyError::Invalid`], `400`), or the extractor cannot work where the
+//! layer is installed ([`KeyError::Misplaced`], always `500`). Closures
+//! `Fn(&Parts) -> Option<String>` are extractors (`None` is a missing key);
+//! [`from_fn`] helps the compiler infer their argument type. Ready ones:
 //!
 //! - [`header`]: the value of a request header (per-tenant locks).
-//! - `path_param` (feature `axum`): a parameter of the matched axum route.
+//! - `path_param` (feature `axum`): a parameter of the matched axum route;
+//!   `path_param_as::<T>` parses it and locks its canonical form.
 //! - `method_and_path` (feature `axum`): the method and the route
 //!   template, one lock per endpoint.
 //!
@@ -27,7 +32,59 @@
 //! );
 //! ```
 
+use std::{borrow::Cow, fmt};
+
 use http::{HeaderName, request::Parts};
+
+/// Why a [`KeyExtractor`] found no key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum KeyError {
+    /// This request carries no key: the header or parameter is absent.
+    Missing {
+        /// Where the key was looked for (`header x-tenant-id`), for the
+        /// `400` body and the log.
+        source: Cow<'static, str>,
+    },
+    /// The request carries its key in a form that is not usable (a path
+    /// parameter that does not parse as its type).
+    Invalid {
+        /// Where the key was looked for.
+        source: Cow<'static, str>,
+        /// Why the value is refused.
+        reason: Cow<'static, str>,
+    },
+    /// The extractor cannot work where the layer is installed (a path
+    /// parameter extractor outside axum's routing): no request would ever
+    /// have a key, so this is never passed through.
+    Misplaced {
+        /// What to change.
+        reason: &'static str,
+    },
+}
+
+impl KeyError {
+    /// A missing key, looked for at `source`.
+    pub fn missing(source: impl Into<Cow<'static, str>>) -> Self {
+        KeyError::Missing {
+            source: source.into(),
+        }
+    }
+}
+
+impl fmt::Display for KeyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeyError::Missing { source } => write!(f, "the request carries no lock key ({source})"),
+            KeyError::Invalid { source, reason } => {
+                write!(f, "the request's lock key ({source}) is invalid: {reason}")
+            }
+            KeyError::Misplaced { reason } => f.write_str(reason),
+        }
+    }
+}
+
+impl std::error::Error for KeyError {}
 
 /// Finds the lock key of a request from its head.
 ///
@@ -36,8 +93,13 @@ use http::{HeaderName, request::Parts};
 /// [`MAX_KEY_LEN`](crate::MAX_KEY_LEN) bytes; a longer or empty key is
 /// refused with `400`.
 pub trait KeyExtractor: Send + Sync + 'static {
-    /// The lock key of the request, or `None` when it has none.
-    fn extract(&self, parts: &Parts) -> Option<String>;
+    /// The lock key of the request, or why it has none.
+    ///
+    /// # Errors
+    ///
+    /// A [`KeyError`]: missing, invalid, or an extractor that cannot work
+    /// where it is installed.
+    fn extract(&self, parts: &Parts) -> Result<String, KeyError>;
 
     /// This extractor with `prefix` in front of every key it finds.
     ///
@@ -47,7 +109,7 @@ pub trait KeyExtractor: Send + Sync + 'static {
     /// let request = http::Request::builder().header("x-tenant-id", "7").body(()).unwrap();
     /// let (parts, _) = request.into_parts();
     /// let extractor = key::header("x-tenant-id").prefixed("tenant:");
-    /// assert_eq!(extractor.extract(&parts).as_deref(), Some("tenant:7"));
+    /// assert_eq!(extractor.extract(&parts).as_deref(), Ok("tenant:7"));
     /// ```
     fn prefixed(self, prefix: impl Into<String>) -> Prefixed<Self>
     where
@@ -64,8 +126,8 @@ impl<F> KeyExtractor for F
 where
     F: Fn(&Parts) -> Option<String> + Send + Sync + 'static,
 {
-    fn extract(&self, parts: &Parts) -> Option<String> {
-        self(parts)
+    fn extract(&self, parts: &Parts) -> Result<String, KeyError> {
+        self(parts).ok_or_else(|| KeyError::missing("the key function"))
     }
 }
 
@@ -77,7 +139,7 @@ where
 ///
 /// let by_query = key::from_fn(|parts| parts.uri.query().map(str::to_owned));
 /// let (parts, _) = http::Request::get("/x?job=7").body(()).unwrap().into_parts();
-/// assert_eq!(by_query.extract(&parts).as_deref(), Some("job=7"));
+/// assert_eq!(by_query.extract(&parts).as_deref(), Ok("job=7"));
 /// ```
 pub fn from_fn<F>(f: F) -> F
 where
@@ -94,7 +156,7 @@ pub struct Prefixed<K> {
 }
 
 impl<K: KeyExtractor> KeyExtractor for Prefixed<K> {
-    fn extract(&self, parts: &Parts) -> Option<String> {
+    fn extract(&self, parts: &Parts) -> Result<String, KeyError> {
         self.inner
             .extract(parts)
             .map(|key| format!("{}{key}", self.prefix))
@@ -120,12 +182,15 @@ impl<K: KeyExtractor> KeyExtractor for Prefixed<K> {
 ///     .body(())
 ///     .unwrap()
 ///     .into_parts();
-/// assert_eq!(key::header("x-tenant-id").extract(&parts).as_deref(), Some("acme"));
+/// assert_eq!(key::header("x-tenant-id").extract(&parts).as_deref(), Ok("acme"));
 /// ```
 pub fn header(name: impl AsRef<str>) -> Header {
     let name = name.as_ref();
     match HeaderName::from_bytes(name.as_bytes()) {
-        Ok(name) => Header { name },
+        Ok(name) => Header {
+            source: format!("header {name}").into(),
+            name,
+        },
         Err(_) => panic!("key::header: {name:?} is not a valid header name"),
     }
 }
@@ -134,6 +199,7 @@ pub fn header(name: impl AsRef<str>) -> Header {
 #[derive(Clone, Debug)]
 pub struct Header {
     name: HeaderName,
+    source: Cow<'static, str>,
 }
 
 /// The ready extractors offer [`KeyExtractor::prefixed`] without importing
@@ -153,9 +219,11 @@ macro_rules! inherent_prefixed {
 inherent_prefixed!(Header);
 
 impl KeyExtractor for Header {
-    fn extract(&self, parts: &Parts) -> Option<String> {
-        let value = parts.headers.get(&self.name)?;
-        Some(String::from_utf8_lossy(value.as_bytes()).into_owned())
+    fn extract(&self, parts: &Parts) -> Result<String, KeyError> {
+        let Some(value) = parts.headers.get(&self.name) else {
+            return Err(KeyError::missing(self.source.clone()));
+        };
+        Ok(String::from_utf8_lossy(value.as_bytes()).into_owned())
     }
 }
 
@@ -164,8 +232,13 @@ impl KeyExtractor for Header {
 ///
 /// Axum knows a route's parameters only once it has routed the request:
 /// install the layer with [`Router::route_layer`](axum::Router::route_layer)
-/// (or on the route itself), not around the whole router. A request where
-/// the parameter is not found has no key.
+/// (or on the route itself). A matched route without the parameter has no
+/// key ([`KeyError::Missing`]). A request that axum did not route to a
+/// route means the layer runs outside routing (around the whole router as a
+/// service, or under [`Router::layer`](axum::Router::layer) for the
+/// fallback, which matched no route): that is [`KeyError::Misplaced`],
+/// answered with `500`, never passed through. `route_layer` leaves the
+/// fallback alone.
 ///
 /// ```
 /// use axum::{Router, routing::post};
@@ -189,30 +262,140 @@ pub struct PathParam {
     name: String,
 }
 
+/// Where path parameter extractors say they are misplaced.
+#[cfg(feature = "axum")]
+const OUTSIDE_ROUTING: &str = "the lock key is a path parameter, but the request was not routed \
+     to a route by axum (the layer is around the router, or this is the fallback): add the \
+     LockLayer to the routes with `Router::route_layer`";
+
+/// The raw parameters of the route axum matched: `Misplaced` when the
+/// request was not routed to one.
+#[cfg(feature = "axum")]
+fn raw_path_params(parts: &Parts) -> Result<axum::extract::RawPathParams, KeyError> {
+    use axum::extract::{FromRequestParts, MatchedPath, RawPathParams};
+
+    // Axum marks every request it routed to a route with the route's
+    // template; the fallback gets (empty) parameters, but no template.
+    let misplaced = KeyError::Misplaced {
+        reason: OUTSIDE_ROUTING,
+    };
+    if parts.extensions.get::<MatchedPath>().is_none() {
+        return Err(misplaced);
+    }
+
+    // Axum keeps route parameters in a private extension that only its
+    // extractors read, and those want `&mut Parts`: lend them a head with
+    // a copy of the extensions. `RawPathParams` does no I/O, so its future
+    // is ready on the first poll.
+    let mut head = http::Request::new(()).into_parts().0;
+    head.extensions = parts.extensions.clone();
+    let extraction = RawPathParams::from_request_parts(&mut head, &());
+    let mut extraction = std::pin::pin!(extraction);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match extraction.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(Ok(params)) => Ok(params),
+        _ => Err(misplaced),
+    }
+}
+
 #[cfg(feature = "axum")]
 inherent_prefixed!(PathParam);
 
 #[cfg(feature = "axum")]
 impl KeyExtractor for PathParam {
-    fn extract(&self, parts: &Parts) -> Option<String> {
-        use axum::extract::{FromRequestParts, RawPathParams};
-
-        // Axum keeps route parameters in a private extension that only its
-        // extractors read, and those want `&mut Parts`: lend them a head with
-        // a copy of the extensions. `RawPathParams` does no I/O, so its
-        // future is ready on the first poll.
-        let mut head = http::Request::new(()).into_parts().0;
-        head.extensions = parts.extensions.clone();
-        let extraction = RawPathParams::from_request_parts(&mut head, &());
-        let mut extraction = std::pin::pin!(extraction);
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        let std::task::Poll::Ready(Ok(params)) = extraction.as_mut().poll(&mut cx) else {
-            return None;
-        };
+    fn extract(&self, parts: &Parts) -> Result<String, KeyError> {
+        let params = raw_path_params(parts)?;
         params
             .iter()
             .find(|(name, _)| *name == self.name)
             .map(|(_, value)| value.to_owned())
+            .ok_or_else(|| KeyError::missing(format!("path parameter {}", self.name)))
+    }
+}
+
+/// Keys requests by the path parameter `name`, parsed as a `T` and locked
+/// in its canonical form (`T`'s `Display`), so that every spelling of one
+/// value takes one lock: with `T = u64`, `/accounts/7`, `/accounts/07` and
+/// `/accounts/+7` all lock `7`. A value that does not parse is
+/// [`KeyError::Invalid`] (`400`). Installed like [`path_param`].
+///
+/// ```
+/// use axum::{Router, routing::post};
+/// use tower_lock::{LockLayer, Locker, middleware::key};
+///
+/// let app: Router = Router::new()
+///     .route("/accounts/{id}/deposit", post(|| async { "ok" }))
+///     .route_layer(LockLayer::new(
+///         Locker::in_memory(),
+///         key::path_param_as::<u64>("id").prefixed("account:"),
+///     ));
+/// ```
+#[cfg(feature = "axum")]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+pub fn path_param_as<T>(name: impl Into<String>) -> PathParamAs<T>
+where
+    T: std::str::FromStr + fmt::Display + 'static,
+{
+    PathParamAs {
+        param: path_param(name),
+        _type: std::marker::PhantomData,
+    }
+}
+
+/// See [`path_param_as`].
+#[cfg(feature = "axum")]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+pub struct PathParamAs<T> {
+    param: PathParam,
+    _type: std::marker::PhantomData<fn() -> T>,
+}
+
+#[cfg(feature = "axum")]
+impl<T> Clone for PathParamAs<T> {
+    fn clone(&self) -> Self {
+        PathParamAs {
+            param: self.param.clone(),
+            _type: std::marker::PhantomData,
+        }
+    }
+}
+
+#[cfg(feature = "axum")]
+impl<T> fmt::Debug for PathParamAs<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PathParamAs")
+            .field("name", &self.param.name)
+            .field("type", &std::any::type_name::<T>())
+            .finish()
+    }
+}
+
+#[cfg(feature = "axum")]
+impl<T> PathParamAs<T>
+where
+    T: std::str::FromStr + fmt::Display + 'static,
+{
+    /// This extractor with `prefix` in front of every key it finds; see
+    /// [`KeyExtractor::prefixed`].
+    pub fn prefixed(self, prefix: impl Into<String>) -> Prefixed<Self> {
+        KeyExtractor::prefixed(self, prefix)
+    }
+}
+
+#[cfg(feature = "axum")]
+impl<T> KeyExtractor for PathParamAs<T>
+where
+    T: std::str::FromStr + fmt::Display + 'static,
+{
+    fn extract(&self, parts: &Parts) -> Result<String, KeyError> {
+        let raw = self.param.extract(parts)?;
+        match raw.parse::<T>() {
+            Ok(value) => Ok(value.to_string()),
+            Err(_) => Err(KeyError::Invalid {
+                source: format!("path parameter {}", self.param.name).into(),
+                reason: format!("not a valid {}", std::any::type_name::<T>()).into(),
+            }),
+        }
     }
 }
 
@@ -250,11 +433,11 @@ inherent_prefixed!(MethodAndPath);
 
 #[cfg(feature = "axum")]
 impl KeyExtractor for MethodAndPath {
-    fn extract(&self, parts: &Parts) -> Option<String> {
+    fn extract(&self, parts: &Parts) -> Result<String, KeyError> {
         let path = match parts.extensions.get::<axum::extract::MatchedPath>() {
             Some(matched) => matched.as_str(),
             None => parts.uri.path(),
         };
-        Some(format!("{} {path}", parts.method))
+        Ok(format!("{} {path}", parts.method))
     }
 }

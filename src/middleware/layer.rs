@@ -1,20 +1,40 @@
 //! [`LockLayer`]: the configuration, and the tower layer.
 
-use std::{fmt, sync::Arc, time::Duration};
+use std::{
+    fmt,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use bytes::Bytes;
-use http::Response;
+use http::{Method, Response, StatusCode};
 use tower_layer::Layer;
 
-use super::{KeyExtractor, LockRejection, LockService, MissingKey};
-use crate::Locker;
+use super::{KeyExtractor, LockRejection, LockService, MissingKey, body::Refusal};
+use crate::{Locker, MAX_TTL, MIN_TTL};
 
 /// The default lease of a request's lock.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(30);
 /// The default longest wait for a request's lock.
 pub const DEFAULT_WAIT: Duration = Duration::from_secs(5);
+/// The default longest time a request (its handler and its response body)
+/// holds its key.
+pub const DEFAULT_MAX_HOLD: Duration = Duration::from_secs(120);
+/// The default `Retry-After` of a refusal for a busy key while holders renew
+/// their leases (their remaining lease then says nothing about when the key
+/// frees).
+pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(1);
 
-pub(crate) type RejectionHook = Arc<dyn Fn(LockRejection) -> Response<Bytes> + Send + Sync>;
+/// The share of the ttl after the send time of its last successful renewal
+/// at which a request counts its lease lost: 9/10, so it stops before the
+/// store can hand the key on as long as the holder's and the store's clocks
+/// run at rates within 10 % of each other.
+const RENEW_DEADLINE: (u32, u32) = (9, 10);
+
+pub(crate) type RejectionHook = Arc<dyn Fn(LockRejection) -> Response<Refusal> + Send + Sync>;
 
 /// Serialises requests that share a key: each runs under a distributed lock.
 ///
@@ -25,8 +45,27 @@ pub(crate) type RejectionHook = Arc<dyn Fn(LockRejection) -> Response<Bytes> + S
 /// | [`ttl`](Self::ttl) | 30 s ([`DEFAULT_TTL`]) |
 /// | [`wait_timeout`](Self::wait_timeout) / [`no_wait`](Self::no_wait) | wait up to 5 s ([`DEFAULT_WAIT`]) |
 /// | [`auto_renew`](Self::auto_renew) | on |
-/// | [`missing_key`](Self::missing_key) | [`MissingKey::PassThrough`] |
-/// | [`on_rejection`](Self::on_rejection) | [`LockRejection::into_response`] |
+/// | [`max_hold`](Self::max_hold) | 2 minutes ([`DEFAULT_MAX_HOLD`]) |
+/// | [`missing_key`](Self::missing_key) | [`MissingKey::Reject`] (`400`) |
+/// | [`methods`](Self::methods) | every method locked |
+/// | [`retry_after`](Self::retry_after) | 1 s with renewal on, else the holder's remaining lease |
+/// | [`busy_status`](Self::busy_status) | `423 Locked` |
+/// | [`on_rejection_response`](Self::on_rejection_response) | [`LockRejection::into_http_response`] |
+///
+/// # Fail closed
+///
+/// The handler never runs, or stops, without its lock:
+///
+/// | the request… | answer |
+/// |---|---|
+/// | carries no key | `400`, naming where the key was looked for (a pass-through only with [`MissingKey::PassThrough`]) |
+/// | has a key extractor that cannot work where the layer is (a path parameter outside routing) | `500`, and an error log once per layer |
+/// | waits past [`wait_timeout`](Self::wait_timeout) | `423` (or [`busy_status`](Self::busy_status)), with `Retry-After` |
+/// | finds the store unreachable | `503` |
+/// | loses its lease while it runs, or holds its key past [`max_hold`](Self::max_hold) | the handler is dropped (it stops at its next await): `503` before the response head; after it, the body ends with an error |
+///
+/// Methods outside [`methods`](Self::methods), when set, pass through
+/// unlocked, by that explicit choice.
 pub struct LockLayer<K> {
     config: Config<K>,
 }
@@ -37,8 +76,65 @@ pub(crate) struct Config<K> {
     pub(crate) ttl: Duration,
     pub(crate) wait: Duration,
     pub(crate) auto_renew: bool,
+    pub(crate) max_hold: Duration,
     pub(crate) missing_key: MissingKey,
+    /// `None`: every method is locked.
+    pub(crate) methods: Option<Arc<[Method]>>,
+    pub(crate) retry_after: Option<Duration>,
+    pub(crate) busy_status: StatusCode,
     pub(crate) on_rejection: RejectionHook,
+    pub(crate) logged: Arc<Logged>,
+}
+
+/// What a layer logs only once.
+#[derive(Debug, Default)]
+pub(crate) struct Logged {
+    passed_through: AtomicBool,
+    misplaced: AtomicBool,
+}
+
+impl Logged {
+    /// `true` the first time a request without a key passes through.
+    pub(crate) fn first_pass_through(&self) -> bool {
+        !self.passed_through.swap(true, Ordering::Relaxed)
+    }
+
+    /// `true` the first time the extractor says it is misplaced.
+    pub(crate) fn first_misplaced(&self) -> bool {
+        !self.misplaced.swap(true, Ordering::Relaxed)
+    }
+}
+
+/// How the layer treats a request, by its method.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Treatment {
+    Locked,
+    PassedThrough,
+}
+
+impl<K> Config<K> {
+    /// The one table from method to treatment.
+    pub(crate) fn treatment(&self, method: &Method) -> Treatment {
+        match &self.methods {
+            Some(methods) if !methods.contains(method) => Treatment::PassedThrough,
+            _ => Treatment::Locked,
+        }
+    }
+}
+
+/// `hook`, with `busy` in place of `423` in its answer to a busy key.
+fn with_busy_status(hook: RejectionHook, busy: StatusCode) -> RejectionHook {
+    if busy == StatusCode::LOCKED {
+        return hook;
+    }
+    Arc::new(move |rejection| {
+        let is_busy = matches!(rejection, LockRejection::Busy { .. });
+        let mut response = hook(rejection);
+        if is_busy && response.status() == StatusCode::LOCKED {
+            *response.status_mut() = busy;
+        }
+        response
+    })
 }
 
 impl<K> Clone for Config<K> {
@@ -49,8 +145,13 @@ impl<K> Clone for Config<K> {
             ttl: self.ttl,
             wait: self.wait,
             auto_renew: self.auto_renew,
+            max_hold: self.max_hold,
             missing_key: self.missing_key,
+            methods: self.methods.clone(),
+            retry_after: self.retry_after,
+            busy_status: self.busy_status,
             on_rejection: self.on_rejection.clone(),
+            logged: self.logged.clone(),
         }
     }
 }
@@ -72,8 +173,15 @@ impl<K: KeyExtractor> LockLayer<K> {
                 ttl: DEFAULT_TTL,
                 wait: DEFAULT_WAIT,
                 auto_renew: true,
-                missing_key: MissingKey::PassThrough,
-                on_rejection: Arc::new(LockRejection::into_response),
+                max_hold: DEFAULT_MAX_HOLD,
+                missing_key: MissingKey::Reject,
+                methods: None,
+                retry_after: None,
+                busy_status: StatusCode::LOCKED,
+                on_rejection: Arc::new(|rejection: LockRejection| {
+                    rejection.into_http_response().map(Refusal::Bytes)
+                }),
+                logged: Arc::default(),
             },
         }
     }
@@ -84,10 +192,88 @@ impl<K> LockLayer<K> {
     ///
     /// With [`auto_renew`](Self::auto_renew) on, the lease is renewed while
     /// the request runs, and the ttl only bounds how long a crashed replica
-    /// keeps the lock. A ttl outside 1 ms..=365 days makes every locked
-    /// request fail with [`LockRejection::Failed`] (`500`).
+    /// keeps the lock. The request counts its lease lost at 9/10 of the ttl
+    /// after its last successful renewal was sent, so it is stopped before
+    /// another replica can take the key, as long as the clocks of the
+    /// replica and the store run at rates within 10 % of each other.
+    ///
+    /// # Panics
+    ///
+    /// For a ttl outside [`MIN_TTL`]..=[`MAX_TTL`] (1 ms..=365 days): a
+    /// configuration error, caught when the layer is built rather than on
+    /// every request.
     pub fn ttl(mut self, ttl: Duration) -> Self {
+        assert!(
+            (MIN_TTL..=MAX_TTL).contains(&ttl),
+            "LockLayer::ttl: {ttl:?} is outside {MIN_TTL:?}..={MAX_TTL:?}"
+        );
         self.config.ttl = ttl;
+        self
+    }
+
+    /// The longest a request, its handler and its response body together,
+    /// holds its key. Default: 2 minutes ([`DEFAULT_MAX_HOLD`]). Past it
+    /// the handler is stopped (`503`) or the body cut, and the key is
+    /// released, so a client that stops reading a streamed response cannot
+    /// keep the key for as long as its connection lives.
+    ///
+    /// # Panics
+    ///
+    /// For a zero `max_hold`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_lock::{LockLayer, Locker, middleware::key};
+    ///
+    /// let layer = LockLayer::new(Locker::in_memory(), key::header("x-tenant-id"))
+    ///     .max_hold(Duration::from_secs(10));
+    /// ```
+    pub fn max_hold(mut self, max_hold: Duration) -> Self {
+        assert!(!max_hold.is_zero(), "LockLayer::max_hold: must not be zero");
+        self.config.max_hold = max_hold;
+        self
+    }
+
+    /// Locks only requests with these methods; the others pass through
+    /// unlocked, by this explicit choice (reads of a resource whose writes
+    /// are locked). Default: every method is locked.
+    ///
+    /// ```
+    /// use http::Method;
+    /// use tower_lock::{LockLayer, Locker, middleware::key};
+    ///
+    /// let layer = LockLayer::new(Locker::in_memory(), key::header("x-tenant-id"))
+    ///     .methods([Method::POST, Method::PUT, Method::PATCH, Method::DELETE]);
+    /// ```
+    pub fn methods(mut self, methods: impl IntoIterator<Item = Method>) -> Self {
+        self.config.methods = Some(methods.into_iter().collect());
+        self
+    }
+
+    /// The `Retry-After` of a refusal for a busy key. Default: with
+    /// [`auto_renew`](Self::auto_renew) on, 1 s ([`DEFAULT_RETRY_AFTER`]),
+    /// since a renewed lease says nothing about when the key frees; with it
+    /// off, the holder's remaining lease, where the store reports it.
+    pub fn retry_after(mut self, retry_after: Duration) -> Self {
+        self.config.retry_after = Some(retry_after);
+        self
+    }
+
+    /// The status of the default refusal for a busy key: `423 Locked`
+    /// unless set (`409 Conflict` suits idempotency-style APIs; `429` and
+    /// `503` also fit). It replaces `423` in whatever response the
+    /// rejection hook gives.
+    ///
+    /// ```
+    /// use http::StatusCode;
+    /// use tower_lock::{LockLayer, Locker, middleware::key};
+    ///
+    /// let layer = LockLayer::new(Locker::in_memory(), key::header("idempotency-key"))
+    ///     .no_wait()
+    ///     .busy_status(StatusCode::CONFLICT);
+    /// ```
+    pub fn busy_status(mut self, status: StatusCode) -> Self {
+        self.config.busy_status = status;
         self
     }
 
@@ -128,14 +314,14 @@ impl<K> LockLayer<K> {
     }
 
     /// What to do with a request that has no key. Default:
-    /// [`MissingKey::PassThrough`] (serve it unlocked).
+    /// [`MissingKey::Reject`] (`400`).
     pub fn missing_key(mut self, behaviour: MissingKey) -> Self {
         self.config.missing_key = behaviour;
         self
     }
 
-    /// Builds the response for refused requests. Default:
-    /// [`LockRejection::into_response`].
+    /// Builds the response for refused requests as a plain
+    /// `http::Response`. Default: [`LockRejection::into_http_response`].
     ///
     /// The hook runs instead of the service; it may log, count, or answer in
     /// the API's own error format.
@@ -146,19 +332,46 @@ impl<K> LockLayer<K> {
     /// use tower_lock::{LockLayer, Locker, middleware::{LockRejection, key}};
     ///
     /// let layer = LockLayer::new(Locker::in_memory(), key::header("x-tenant-id"))
-    ///     .on_rejection(|rejection: LockRejection| {
+    ///     .on_rejection_response(|rejection: LockRejection| {
     ///         let body = format!(r#"{{"error":"{}"}}"#, rejection.body_text());
-    ///         let mut response = rejection.into_response();
+    ///         let mut response = rejection.into_http_response();
     ///         *response.body_mut() = Bytes::from(body);
     ///         response.headers_mut().insert("content-type", "application/json".parse().unwrap());
     ///         response
     ///     });
     /// ```
-    pub fn on_rejection<F>(mut self, hook: F) -> Self
+    pub fn on_rejection_response<F>(mut self, hook: F) -> Self
     where
         F: Fn(LockRejection) -> Response<Bytes> + Send + Sync + 'static,
     {
-        self.config.on_rejection = Arc::new(hook);
+        self.config.on_rejection = Arc::new(move |rejection| hook(rejection).map(Refusal::Bytes));
+        self
+    }
+
+    /// Builds the response for refused requests with anything axum can turn
+    /// into a response: the application's own error type, JSON, a tuple.
+    /// Default: [`LockRejection`]'s own response (see
+    /// [`into_http_response`](LockRejection::into_http_response)).
+    ///
+    /// ```
+    /// use axum::{Json, http::StatusCode};
+    /// use tower_lock::{LockLayer, Locker, middleware::{LockRejection, key}};
+    ///
+    /// let layer = LockLayer::new(Locker::in_memory(), key::header("x-tenant-id"))
+    ///     .on_rejection(|rejection: LockRejection| {
+    ///         let status = rejection.status();
+    ///         (status, Json(serde_json::json!({ "error": rejection.body_text() })))
+    ///     });
+    /// ```
+    #[cfg(feature = "axum")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+    pub fn on_rejection<F, R>(mut self, hook: F) -> Self
+    where
+        F: Fn(LockRejection) -> R + Send + Sync + 'static,
+        R: axum::response::IntoResponse,
+    {
+        self.config.on_rejection =
+            Arc::new(move |rejection| hook(rejection).into_response().map(Refusal::shaped));
         self
     }
 }
@@ -176,7 +389,13 @@ impl<S, K> Layer<S> for LockLayer<K> {
 
     fn layer(&self, inner: S) -> Self::Service {
         let mut config = self.config.clone();
-        config.locker = config.locker.auto_renew(config.auto_renew);
+        config.on_rejection = with_busy_status(config.on_rejection, config.busy_status);
+        let (part, whole) = RENEW_DEADLINE;
+        let deadline = config.ttl * part / whole;
+        config.locker = config
+            .locker
+            .auto_renew(config.auto_renew)
+            .renew_deadline(deadline);
         LockService::from_config(inner, Arc::new(config))
     }
 }
@@ -195,7 +414,11 @@ impl<K> fmt::Debug for Config<K> {
             .field("ttl", &self.ttl)
             .field("wait", &self.wait)
             .field("auto_renew", &self.auto_renew)
+            .field("max_hold", &self.max_hold)
             .field("missing_key", &self.missing_key)
+            .field("methods", &self.methods)
+            .field("retry_after", &self.retry_after)
+            .field("busy_status", &self.busy_status)
             .finish_non_exhaustive()
     }
 }

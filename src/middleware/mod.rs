@@ -9,16 +9,42 @@
 //!
 //! - **Waiting**: a request waits up to [`wait_timeout`](LockLayer::wait_timeout)
 //!   (5 s by default) for a busy key, in FIFO order with the other requests
-//!   of this replica, then gets `423 Locked` with `Retry-After`.
-//! - **Fail closed**: when the lock store is unreachable the request gets
-//!   `503` and the service is not called. An invalid key gets `400`. The
-//!   responses can be replaced with [`on_rejection`](LockLayer::on_rejection).
+//!   of this replica, then gets `423 Locked` with `Retry-After`. A waiting
+//!   request holds none of the inner service's capacity: its readiness is
+//!   awaited only once the lock is held.
 //! - **Lease**: renewed while the request runs
 //!   ([`auto_renew`](LockLayer::auto_renew)), so a slow handler keeps its
 //!   lock; a crashed replica's locks end after the [`ttl`](LockLayer::ttl).
 //! - **Cancellation**: a client that disconnects while its request waits
 //!   leaves no lock and no waiter behind. A handler that panics (behind
 //!   tower-http's `CatchPanicLayer`) releases its lock.
+//!
+//! # Fail closed
+//!
+//! No handler runs, or keeps running, without its lock:
+//!
+//! - a request without its key: `400`, naming where the key was looked
+//!   for; it passes through unlocked only with [`MissingKey::PassThrough`]
+//!   (logged once);
+//! - a key extractor that cannot work where the layer is (a path parameter
+//!   key outside axum's routing, including the fallback under
+//!   `Router::layer`): `500`, logged once; use `route_layer`;
+//! - an invalid key: `400`; the store unreachable: `503`;
+//! - a lease lost while the request runs (a renewal failed until 9/10 of
+//!   the ttl after the last one was sent, or the store no longer held it),
+//!   or a request holding its key past [`max_hold`](LockLayer::max_hold)
+//!   (2 minutes by default): the handler's future is dropped and the client
+//!   gets `503`, or, once the response head is out, the body ends with an
+//!   error. A warning is logged with the key and fence.
+//!
+//! Only methods left out by [`methods`](LockLayer::methods) pass through by
+//! design. What remains: a lock deleted from under a live lease is noticed
+//! at the next renewal (a third of the ttl), and a dropped handler cannot
+//! take back a write it already sent: the [fence](HeldLock::fence) is what
+//! protects the resource. The responses can be replaced with
+//! [`on_rejection`](LockLayer::on_rejection) (feature `axum`, any
+//! `IntoResponse`) or [`on_rejection_response`](LockLayer::on_rejection_response).
+//!
 //! - The service sees the lock as a [`HeldLock`] request extension (an axum
 //!   extractor with the `axum` feature).
 //!
@@ -64,17 +90,18 @@
 mod body;
 mod future;
 mod held;
+mod hold;
 pub mod key;
 mod layer;
 mod rejection;
 mod service;
 
 pub use self::{
-    body::LockBody,
+    body::{BoxError, LockBody},
     future::ResponseFuture,
     held::HeldLock,
-    key::KeyExtractor,
-    layer::{DEFAULT_TTL, DEFAULT_WAIT, LockLayer},
+    key::{KeyError, KeyExtractor},
+    layer::{DEFAULT_MAX_HOLD, DEFAULT_RETRY_AFTER, DEFAULT_TTL, DEFAULT_WAIT, LockLayer},
     rejection::{LockRejection, MissingKey},
     service::LockService,
 };

@@ -1,25 +1,29 @@
 //! Why the layer answered a request itself instead of calling the service.
 
-use std::{fmt, time::Duration};
+use std::{borrow::Cow, fmt, time::Duration};
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 
+use super::key::KeyError;
 use crate::LockError;
 
 /// Why [`LockLayer`](super::LockLayer) refused a request.
 ///
 /// Each refusal has a precise status ([`status`](Self::status)) and a default
-/// response ([`into_response`](Self::into_response)); an
-/// [`on_rejection`](super::LockLayer::on_rejection) hook receives the value
-/// to build its own. The inner service never runs for a refused request.
+/// response ([`into_http_response`](Self::into_http_response)); an
+/// [`on_rejection_response`](super::LockLayer::on_rejection_response) hook
+/// receives the value to build its own. The inner service never runs for a
+/// refused request, and stops (its future is dropped) for one whose lease
+/// is lost or held too long.
 ///
 /// | variant | status |
 /// |---------|--------|
-/// | [`Busy`](Self::Busy) | `423 Locked`, with `Retry-After` |
+/// | [`Busy`](Self::Busy) | `423 Locked` (or the layer's [`busy_status`](super::LockLayer::busy_status)), with `Retry-After` |
 /// | [`Unavailable`](Self::Unavailable) | `503 Service Unavailable` |
+/// | [`Lost`](Self::Lost), [`HeldTooLong`](Self::HeldTooLong) | `503 Service Unavailable` |
 /// | [`InvalidKey`](Self::InvalidKey), [`MissingKey`](Self::MissingKey) | `400 Bad Request` |
-/// | [`Failed`](Self::Failed) | `500 Internal Server Error` |
+/// | [`Misplaced`](Self::Misplaced), [`Failed`](Self::Failed) | `500 Internal Server Error` |
 ///
 /// # Examples
 ///
@@ -33,7 +37,7 @@ use crate::LockError;
 ///     retry_after: Some(Duration::from_millis(1_200)),
 /// };
 /// assert_eq!(busy.status(), StatusCode::LOCKED);
-/// let response = busy.into_response();
+/// let response = busy.into_http_response();
 /// assert_eq!(response.headers()["retry-after"], "2"); // seconds, rounded up
 /// ```
 #[derive(Debug)]
@@ -54,17 +58,45 @@ pub enum LockRejection {
         /// The store's error.
         source: LockError,
     },
-    /// The request's key is not a valid lock key (empty, or longer than
-    /// [`MAX_KEY_LEN`](crate::MAX_KEY_LEN)).
+    /// The request's key is not a valid lock key (empty, longer than
+    /// [`MAX_KEY_LEN`](crate::MAX_KEY_LEN), or not parsing as its type).
     InvalidKey {
-        /// The key that was refused.
+        /// The key that was refused, or where it was looked for.
         key: String,
         /// Why it was refused.
+        reason: Cow<'static, str>,
+    },
+    /// The request carries no key and the layer refuses such requests
+    /// ([`MissingKey::Reject`], the default).
+    MissingKey {
+        /// Where the key was looked for (`header x-tenant-id`).
+        source: Cow<'static, str>,
+    },
+    /// The key extractor cannot work where the layer is installed (a path
+    /// parameter key on a layer outside axum's routing). Never passed
+    /// through: no request would ever be locked.
+    Misplaced {
+        /// What to change.
         reason: &'static str,
     },
-    /// The request carries no key and the layer is set to
-    /// [`MissingKey::Reject`].
-    MissingKey,
+    /// The request's lease was lost (a renewal failed past its deadline, or
+    /// the store no longer held it) before the response head was sent: the
+    /// handler was stopped, since another replica may hold the key now.
+    Lost {
+        /// The key whose lease was lost.
+        key: String,
+        /// The lost lease's fence.
+        fence: u64,
+    },
+    /// The request held its key for the layer's
+    /// [`max_hold`](super::LockLayer::max_hold) before its response head
+    /// was sent: the handler was stopped and the key released.
+    HeldTooLong {
+        /// The key.
+        key: String,
+        /// The longest hold.
+        max_hold: Duration,
+    },
     /// The lock could not be taken for another reason: a misconfigured layer
     /// (a ttl out of bounds) or no tokio runtime.
     Failed {
@@ -81,9 +113,24 @@ impl LockRejection {
         let key = key.into();
         match error {
             LockError::Busy { retry_after } => LockRejection::Busy { key, retry_after },
-            LockError::InvalidKey { reason } => LockRejection::InvalidKey { key, reason },
+            LockError::InvalidKey { reason } => LockRejection::InvalidKey {
+                key,
+                reason: reason.into(),
+            },
             source @ LockError::Unavailable { .. } => LockRejection::Unavailable { key, source },
             source => LockRejection::Failed { key, source },
+        }
+    }
+
+    /// Sorts an extractor's [`KeyError`] into a rejection.
+    pub fn from_key_error(error: KeyError) -> Self {
+        match error {
+            KeyError::Missing { source } => LockRejection::MissingKey { source },
+            KeyError::Invalid { source, reason } => LockRejection::InvalidKey {
+                key: source.into_owned(),
+                reason,
+            },
+            KeyError::Misplaced { reason } => LockRejection::Misplaced { reason },
         }
     }
 
@@ -91,9 +138,15 @@ impl LockRejection {
     pub fn status(&self) -> StatusCode {
         match self {
             LockRejection::Busy { .. } => StatusCode::LOCKED,
-            LockRejection::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            LockRejection::InvalidKey { .. } | LockRejection::MissingKey => StatusCode::BAD_REQUEST,
-            LockRejection::Failed { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            LockRejection::Unavailable { .. }
+            | LockRejection::Lost { .. }
+            | LockRejection::HeldTooLong { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            LockRejection::InvalidKey { .. } | LockRejection::MissingKey { .. } => {
+                StatusCode::BAD_REQUEST
+            }
+            LockRejection::Misplaced { .. } | LockRejection::Failed { .. } => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         }
     }
 
@@ -115,22 +168,35 @@ impl LockRejection {
         }
     }
 
-    /// The plain-text body of the default response. It names no key and no
-    /// store error: those go to the log, not to the client.
-    pub fn body_text(&self) -> &'static str {
+    /// The plain-text body of the default response. It names no key value
+    /// and no store error: those go to the log, not to the client. A missing
+    /// key names where it was looked for, and a misplaced extractor what to
+    /// change.
+    pub fn body_text(&self) -> Cow<'static, str> {
         match self {
-            LockRejection::Busy { .. } => "The resource is locked by another request; retry later.",
-            LockRejection::Unavailable { .. } => "The lock service is unavailable.",
-            LockRejection::InvalidKey { .. } => "The request's lock key is invalid.",
-            LockRejection::MissingKey => "The request carries no lock key.",
-            LockRejection::Failed { .. } => "The lock could not be taken.",
+            LockRejection::Busy { .. } => {
+                "The resource is locked by another request; retry later.".into()
+            }
+            LockRejection::Unavailable { .. } => "The lock service is unavailable.".into(),
+            LockRejection::InvalidKey { .. } => "The request's lock key is invalid.".into(),
+            LockRejection::MissingKey { source } => {
+                format!("The request carries no lock key ({source}).").into()
+            }
+            LockRejection::Misplaced { reason } => format!("Misconfigured lock: {reason}.").into(),
+            LockRejection::Lost { .. } => {
+                "The request's lock was lost before it finished; retry.".into()
+            }
+            LockRejection::HeldTooLong { .. } => {
+                "The request held its lock for longer than allowed.".into()
+            }
+            LockRejection::Failed { .. } => "The lock could not be taken.".into(),
         }
     }
 
     /// The default response: [`status`](Self::status), a text body, and
     /// `Retry-After` for [`Busy`](Self::Busy).
-    pub fn into_response(self) -> Response<Bytes> {
-        let mut response = Response::new(Bytes::from_static(self.body_text().as_bytes()));
+    pub fn into_http_response(self) -> Response<Bytes> {
+        let mut response = Response::new(Bytes::from(self.body_text().into_owned()));
         *response.status_mut() = self.status();
         let headers = response.headers_mut();
         headers.insert(
@@ -154,7 +220,19 @@ impl fmt::Display for LockRejection {
             LockRejection::InvalidKey { key, reason } => {
                 write!(f, "invalid lock key {key:?}: {reason}")
             }
-            LockRejection::MissingKey => f.write_str("the request carries no lock key"),
+            LockRejection::MissingKey { source } => {
+                write!(f, "the request carries no lock key ({source})")
+            }
+            LockRejection::Misplaced { reason } => f.write_str(reason),
+            LockRejection::Lost { key, fence } => {
+                write!(f, "the lease on {key:?} (fence {fence}) was lost")
+            }
+            LockRejection::HeldTooLong { key, max_hold } => {
+                write!(
+                    f,
+                    "the request held {key:?} for its longest hold, {max_hold:?}"
+                )
+            }
         }
     }
 }
@@ -171,15 +249,19 @@ impl std::error::Error for LockRejection {
 }
 
 /// What [`LockLayer`](super::LockLayer) does with a request whose
-/// [`KeyExtractor`](super::KeyExtractor) finds no key.
+/// [`KeyExtractor`](super::KeyExtractor) finds no key
+/// ([`KeyError::Missing`]). A misplaced extractor is never passed through.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum MissingKey {
-    /// Call the service without a lock (the default): the key is optional,
-    /// and requests without one need no serialisation.
+    /// Refuse with [`LockRejection::MissingKey`] (`400`), naming where the
+    /// key was looked for (the default: a request without its key must not
+    /// skip the lock).
     #[default]
-    PassThrough,
-    /// Refuse with [`LockRejection::MissingKey`] (`400`).
     Reject,
+    /// Call the service without a lock: the key is optional, and requests
+    /// without one need no serialisation. The layer logs a warning the first
+    /// time it lets such a request through.
+    PassThrough,
 }
 
 #[cfg(test)]
@@ -206,7 +288,10 @@ mod tests {
         );
         assert_eq!(busy(Some(Duration::ZERO)).retry_after_secs(), Some(1));
         assert_eq!(busy(None).retry_after_secs(), Some(1));
-        assert_eq!(LockRejection::MissingKey.retry_after_secs(), None);
+        let missing = LockRejection::MissingKey {
+            source: "header x".into(),
+        };
+        assert_eq!(missing.retry_after_secs(), None);
     }
 
     #[test]
@@ -228,6 +313,22 @@ mod tests {
             status(LockError::InvalidTtl {
                 ttl: Duration::ZERO
             }),
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+        let keyed = |e| LockRejection::from_key_error(e).status();
+        assert_eq!(
+            keyed(KeyError::missing("header x")),
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            keyed(KeyError::Invalid {
+                source: "path parameter id".into(),
+                reason: "not a u64".into()
+            }),
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            keyed(KeyError::Misplaced { reason: "outside" }),
             StatusCode::INTERNAL_SERVER_ERROR
         );
     }

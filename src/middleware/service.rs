@@ -10,7 +10,9 @@ use http::{Request, Response};
 use tower_service::Service;
 
 use super::{
-    KeyExtractor, LockBody, LockLayer, LockRejection, MissingKey, ResponseFuture, layer::Config,
+    KeyExtractor, LockBody, LockLayer, LockRejection, MissingKey, ResponseFuture,
+    key::KeyError,
+    layer::{Config, DEFAULT_RETRY_AFTER, Treatment},
 };
 use crate::Locker;
 
@@ -60,38 +62,72 @@ where
     type Error = S::Error;
     type Future = ResponseFuture<S, ReqBody>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
+    /// Always ready: the inner service's readiness is awaited only once
+    /// the request holds its lock, so requests waiting for a lock take none
+    /// of the inner service's capacity (a concurrency limit inside the
+    /// layer counts only requests that hold their lock).
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        // A clone per request, driven to readiness in the future: see
+        // `poll_ready`.
+        let inner = self.inner.clone();
+        let config = &*self.config;
+        if config.treatment(request.method()) == Treatment::PassedThrough {
+            return ResponseFuture::passed_through(inner, request);
+        }
         let (parts, body) = request.into_parts();
-        let key = self.config.extractor.extract(&parts);
+        let key = config.extractor.extract(&parts);
         let request = Request::from_parts(parts, body);
-        let Some(key) = key else {
-            return match self.config.missing_key {
-                MissingKey::PassThrough => ResponseFuture::unlocked(self.inner.call(request)),
-                MissingKey::Reject => {
-                    ResponseFuture::refused((self.config.on_rejection)(LockRejection::MissingKey))
+        let key = match key {
+            Ok(key) => key,
+            Err(KeyError::Missing { source }) if config.missing_key == MissingKey::PassThrough => {
+                if config.logged.first_pass_through() {
+                    tracing::warn!(%source, "a request without its lock key passes through unlocked (MissingKey::PassThrough); logged once");
                 }
-            };
+                return ResponseFuture::passed_through(inner, request);
+            }
+            Err(error) => {
+                if matches!(error, KeyError::Misplaced { .. }) && config.logged.first_misplaced() {
+                    tracing::error!(%error, "lock key extractor misplaced: every request is refused with 500; logged once");
+                }
+                return ResponseFuture::refused((config.on_rejection)(
+                    LockRejection::from_key_error(error),
+                ));
+            }
         };
-        // The service that was driven to readiness is `self.inner`: move it
-        // into the future and keep a fresh clone, as tower's docs advise
-        // (https://docs.rs/tower/latest/tower/trait.Service.html#be-careful-when-cloning-inner-services).
-        let clone = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, clone);
-        let Config {
-            locker, ttl, wait, ..
-        } = &*self.config;
-        let (locker, ttl, wait) = (locker.clone(), *ttl, *wait);
+        let (locker, ttl, wait) = (config.locker.clone(), config.ttl, config.wait);
+        // While holders renew, their remaining lease says nothing about
+        // when the key frees.
+        let retry_after = match (config.retry_after, config.auto_renew) {
+            (Some(fixed), _) => Some(fixed),
+            (None, true) => Some(DEFAULT_RETRY_AFTER),
+            (None, false) => None,
+        };
         let acquire = Box::pin(async move {
             locker
                 .acquire_timeout(&key, ttl, wait)
                 .await
-                .map_err(|error| LockRejection::from_error(key, error))
+                .map_err(|error| match LockRejection::from_error(key, error) {
+                    LockRejection::Busy {
+                        key,
+                        retry_after: reported,
+                    } => LockRejection::Busy {
+                        key,
+                        retry_after: retry_after.or(reported),
+                    },
+                    rejection => rejection,
+                })
         });
-        ResponseFuture::acquiring(acquire, inner, request, self.config.on_rejection.clone())
+        ResponseFuture::acquiring(
+            acquire,
+            inner,
+            request,
+            config.on_rejection.clone(),
+            config.max_hold,
+        )
     }
 }
 
