@@ -56,6 +56,15 @@ pub enum LockError {
     /// renewed it; the lock may now belong to someone else.
     #[error("the lock's lease was lost before it was released")]
     Lost,
+    /// The current request already holds this key, through
+    /// [`LockLayer`](crate::LockLayer), on the same backend: waiting for it
+    /// would wait for the request itself. To take a second, different key,
+    /// take both at once instead.
+    #[error("the lock {key:?} is already held by this request")]
+    HeldByThisRequest {
+        /// The key asked for.
+        key: String,
+    },
     /// The store is set up in a way that could drop or keep a lock wrongly
     /// (an eviction policy, a bucket's limits), so the backend refused to
     /// use it; `setting` names what to change.

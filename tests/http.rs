@@ -1049,3 +1049,55 @@ async fn rejections_shaped_as_any_axum_response() {
 fn an_invalid_ttl_is_refused_when_the_layer_is_built() {
     let _ = LockLayer::new(Locker::in_memory(), key::header("x-key")).ttl(Duration::ZERO);
 }
+
+/// A handler that asks for the key its request already holds gets an answer
+/// at once, never a wait for itself; other keys, and other requests for the
+/// same key, behave as ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_asking_for_its_own_key_is_answered_at_once() {
+    let locker = Locker::in_memory();
+    let handler = |State(locker): State<Locker>, lock: HeldLock| async move {
+        let again = locker.acquire(lock.key(), TTL).await;
+        let tried = locker.try_lock(lock.key(), TTL).await;
+        let other = locker.acquire("elsewhere", TTL).await;
+        match (again, tried, other) {
+            (
+                Err(LockError::HeldByThisRequest { key }),
+                Err(LockError::HeldByThisRequest { .. }),
+                Ok(_),
+            ) => format!("refused {key}"),
+            (again, tried, other) => format!("{again:?} {tried:?} {other:?}"),
+        }
+    };
+    let app = Router::new()
+        .route("/accounts/{id}", post(handler))
+        .route("/locked/{id}", post(|_: Locked<Account>| async { "ran" }))
+        .route_layer(LockLayer::new(
+            locker.clone(),
+            key::path_param_as::<u32>("id").prefixed("account:"),
+        ))
+        .with_state(locker.clone());
+    let addr = serve(app).await;
+    let response = tokio::time::timeout(
+        Duration::from_secs(3),
+        client().post(format!("http://{addr}/accounts/7")).send(),
+    )
+    .await
+    .expect("answered at once");
+    assert_eq!(
+        response.expect("send").text().await.expect("body"),
+        "refused account:7"
+    );
+    // `Locked<K>` on the layer's key: at once, not after its wait (423).
+    let response = tokio::time::timeout(
+        Duration::from_secs(3),
+        client().post(format!("http://{addr}/locked/7")).send(),
+    )
+    .await
+    .expect("answered at once");
+    assert_eq!(
+        response.expect("send").status(),
+        StatusCode::INTERNAL_SERVER_ERROR
+    );
+    eventually("all released", || locker.held_count() == 0).await;
+}

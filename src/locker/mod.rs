@@ -5,6 +5,7 @@
 //! `attempt.rs`.
 
 mod attempt;
+pub(crate) mod scope;
 mod wait;
 
 use std::{fmt, sync::Arc, time::Duration};
@@ -132,6 +133,13 @@ impl Locker {
         self
     }
 
+    /// Which backend this is, as far as "the same backend" matters: lockers
+    /// over one `Arc` of it (clones, and [`from_arc`](Self::from_arc) of one
+    /// `Arc`) are the same.
+    pub(crate) fn backend_id(&self) -> usize {
+        Arc::as_ptr(self.owner.backend()).cast::<()>() as usize
+    }
+
     /// The backend this locker runs on.
     pub fn backend(&self) -> &Arc<dyn Backend> {
         self.owner.backend()
@@ -180,7 +188,10 @@ impl Locker {
     ///
     /// [`LockError::InvalidKey`] or [`LockError::InvalidTtl`] for bad input
     /// (nothing is sent to the store); [`LockError::Unavailable`] when the
-    /// store fails the first try, or when not called on a tokio runtime.
+    /// store fails the first try, or when not called on a tokio runtime;
+    /// [`LockError::HeldByThisRequest`], at once, when called from inside a
+    /// request that [`LockLayer`](crate::LockLayer) runs under this very key
+    /// on this backend (waiting would wait for the request itself).
     ///
     /// # Cancel safety
     ///
@@ -270,6 +281,7 @@ impl Locker {
     pub async fn try_lock(&self, key: &str, ttl: Duration) -> Result<Option<LockGuard>, LockError> {
         validate_key(key)?;
         validate_ttl(ttl)?;
+        scope::refuse_reentry(self.backend_id(), key)?;
         let key = owned_key(key);
         Ok(self.attempt(&key, ttl, false).await?.ok())
     }

@@ -102,6 +102,7 @@ impl Locker {
     ) -> Result<LockGuard, LockError> {
         validate_key(key)?;
         validate_ttl(ttl)?;
+        super::scope::refuse_reentry(self.backend_id(), key)?;
         let key = owned_key(key);
         let mut remaining = None;
         let mut seen_busy = false;

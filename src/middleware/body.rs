@@ -10,7 +10,7 @@ use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
 use super::hold::Hold;
-use crate::LockGuard;
+use crate::{LockGuard, locker::scope::Held};
 
 /// The error a [`LockBody`] ends with: the inner body's, or the
 /// [`LockRejection`](super::LockRejection) that cut it.
@@ -39,6 +39,8 @@ pin_project! {
         hold: Option<Hold>,
         // Set once the body was cut: it ends there.
         cut: bool,
+        // The request's lock, entered for every poll of the inner body.
+        held: Option<Held>,
     }
 }
 
@@ -102,7 +104,7 @@ where
 }
 
 impl<B: Body> LockBody<B> {
-    pub(crate) fn locked(body: B, guard: LockGuard, hold: Hold) -> Self {
+    pub(crate) fn locked(body: B, guard: LockGuard, hold: Hold, held: Option<Held>) -> Self {
         // Dropping the guard releases on the spot when the store answers at
         // once (the in-memory one does), else in the background.
         let (guard, hold) = if body.is_end_stream() {
@@ -116,6 +118,7 @@ impl<B: Body> LockBody<B> {
             guard,
             hold,
             cut: false,
+            held,
         }
     }
 
@@ -125,6 +128,7 @@ impl<B: Body> LockBody<B> {
             guard: None,
             hold: None,
             cut: false,
+            held: None,
         }
     }
 }
@@ -142,6 +146,7 @@ impl<B> LockBody<B> {
             guard: None,
             hold: None,
             cut: false,
+            held: None,
         }
     }
 
@@ -175,7 +180,11 @@ where
                     drop(this.guard.take());
                     return Poll::Ready(Some(Err(Box::new(rejection))));
                 }
-                let frame = ready!(body.as_mut().poll_frame(cx));
+                let frame = match this.held.as_ref() {
+                    Some(held) => held.scope(|| body.as_mut().poll_frame(cx)),
+                    None => body.as_mut().poll_frame(cx),
+                };
+                let frame = ready!(frame);
                 // A client that knows the length stops polling after the last
                 // data frame, so "ended" must be noticed here and not only at
                 // `None`.
@@ -235,7 +244,7 @@ mod tests {
 
     fn locked<B: Body>(body: B, guard: LockGuard) -> LockBody<B> {
         let hold = Hold::new(&guard, Duration::from_secs(600));
-        LockBody::locked(body, guard, hold)
+        LockBody::locked(body, guard, hold, None)
     }
 
     const TTL: Duration = Duration::from_secs(30);

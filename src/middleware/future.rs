@@ -14,7 +14,7 @@ use pin_project_lite::pin_project;
 use tower_service::Service;
 
 use super::{HeldLock, LockBody, LockRejection, body::Refusal, hold::Hold, layer::RejectionHook};
-use crate::LockGuard;
+use crate::{LockGuard, locker::scope::Held};
 
 pub(crate) type Acquire =
     Pin<Box<dyn Future<Output = Result<LockGuard, LockRejection>> + Send + 'static>>;
@@ -34,6 +34,9 @@ pin_project! {
         state: State<S, ReqBody, S::Future>,
         on_rejection: Option<RejectionHook>,
         max_hold: Duration,
+        // The request's lock, for lockers asked from inside it: entered
+        // for every poll of the service.
+        held: Option<Held>,
     }
 }
 
@@ -77,6 +80,7 @@ where
         request: Request<ReqBody>,
         on_rejection: RejectionHook,
         max_hold: Duration,
+        held: Held,
     ) -> Self {
         ResponseFuture {
             state: State::Acquiring {
@@ -85,6 +89,7 @@ where
             },
             on_rejection: Some(on_rejection),
             max_hold,
+            held: Some(held),
         }
     }
 
@@ -99,6 +104,7 @@ where
             },
             on_rejection: None,
             max_hold: Duration::ZERO,
+            held: None,
         }
     }
 
@@ -109,7 +115,16 @@ where
             },
             on_rejection: None,
             max_hold: Duration::ZERO,
+            held: None,
         }
+    }
+}
+
+/// Runs `f` inside the request's scope, if it holds a lock.
+fn within<R>(held: Option<&Held>, f: impl FnOnce() -> R) -> R {
+    match held {
+        Some(held) => held.scope(f),
+        None => f(),
     }
 }
 
@@ -131,6 +146,7 @@ where
         let this = self.project();
         let mut state = this.state;
         let hook = this.on_rejection.as_ref();
+        let held = this.held.as_ref();
         loop {
             match state.as_mut().project() {
                 StateProj::Acquiring { acquire, call } => match ready!(acquire.as_mut().poll(cx)) {
@@ -172,7 +188,7 @@ where
                     let Some(request) = request.take() else {
                         panic!("ResponseFuture polled after completion");
                     };
-                    let future = service.call(request);
+                    let future = within(held, || service.call(request));
                     let (guard, hold) = (guard.take(), hold.take());
                     state.set(State::Calling {
                         future,
@@ -196,10 +212,12 @@ where
                     }
                     // An error or a panic drops the guard with the future,
                     // which releases the lock.
-                    let response = ready!(future.poll(cx))?;
+                    let response = ready!(within(held, || future.poll(cx)))?;
                     let (guard, hold) = (guard.take(), hold.take());
                     return Poll::Ready(Ok(response.map(|body| match (guard, hold) {
-                        (Some(guard), Some(hold)) => LockBody::locked(body, guard, hold),
+                        (Some(guard), Some(hold)) => {
+                            LockBody::locked(body, guard, hold, this.held.take())
+                        }
                         _ => LockBody::unlocked(body),
                     })));
                 }

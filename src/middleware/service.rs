@@ -14,7 +14,7 @@ use super::{
     key::KeyError,
     layer::{Config, DEFAULT_RETRY_AFTER, Treatment},
 };
-use crate::Locker;
+use crate::{Locker, locker::scope::Held};
 
 /// Runs each request under the lock of its key. Built by [`LockLayer`]; see
 /// the [module docs](super) for an example.
@@ -99,6 +99,7 @@ where
             }
         };
         let (locker, ttl, wait) = (config.locker.clone(), config.ttl, config.wait);
+        let held = Held::new(&locker, key.as_str().into());
         // While holders renew, their remaining lease says nothing about
         // when the key frees.
         let retry_after = match (config.retry_after, config.auto_renew) {
@@ -127,6 +128,7 @@ where
             request,
             config.on_rejection.clone(),
             config.max_hold,
+            held,
         )
     }
 }
