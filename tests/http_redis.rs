@@ -2,7 +2,6 @@
 //! handler is stopped, and a streamed body is cut.
 #![cfg(all(feature = "redis", feature = "axum"))]
 
-#[allow(dead_code)]
 mod conformance;
 mod redis_support;
 mod support;
