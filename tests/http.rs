@@ -1101,3 +1101,50 @@ async fn a_handler_asking_for_its_own_key_is_answered_at_once() {
     );
     eventually("all released", || locker.held_count() == 0).await;
 }
+
+/// The request counts its lease lost at 9/10 of the ttl after its last
+/// successful renewal was sent, so its handler is stopped before the store
+/// can hand the key to anyone else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_handler_is_stopped_before_its_key_is_handed_on() {
+    let backend = StalledRenewals::default();
+    let locker = Locker::new(backend.clone());
+    let stopped_at: Arc<Mutex<Option<tokio::time::Instant>>> = Arc::default();
+    struct StopClock(Arc<Mutex<Option<tokio::time::Instant>>>);
+    impl Drop for StopClock {
+        fn drop(&mut self) {
+            *self.0.lock().expect("clock") = Some(tokio::time::Instant::now());
+        }
+    }
+    let handler = {
+        let stopped_at = stopped_at.clone();
+        move || async move {
+            let _clock = StopClock(stopped_at);
+            std::future::pending::<()>().await;
+        }
+    };
+    let layer = LockLayer::new(locker, key::header("x-key")).ttl(Duration::from_millis(300));
+    let addr = serve(Router::new().route("/", post(handler)).layer(layer)).await;
+    let request = tokio::spawn(post_key(addr, "k"));
+    // Another replica, over the same store, waits for the key.
+    let other = Locker::new(backend.0.clone());
+    eventually("the request holds the key", || backend.0.len() == 1).await;
+    let taken = other
+        .acquire_timeout("k", TTL, LIVENESS)
+        .await
+        .expect("handed on");
+    let taken_at = tokio::time::Instant::now();
+    let stopped = stopped_at
+        .lock()
+        .expect("clock")
+        .expect("the handler was stopped");
+    assert!(
+        stopped <= taken_at,
+        "the key was handed on while the handler ran"
+    );
+    assert_eq!(
+        request.await.expect("task").status(),
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    drop(taken);
+}
