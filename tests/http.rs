@@ -5,6 +5,7 @@
 #[allow(dead_code)]
 #[path = "conformance/overlap.rs"]
 mod overlap;
+mod support;
 
 use std::{
     collections::HashMap,
@@ -25,6 +26,7 @@ use axum::{
 };
 use futures_util::future::join_all;
 use overlap::OverlapChecker;
+use support::http::{client, one_stream, serve};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
@@ -40,14 +42,6 @@ use tower_lock::{
 const LIVENESS: Duration = Duration::from_secs(10);
 const TTL: Duration = Duration::from_secs(30);
 
-/// Serves `app` on a free loopback port until the test ends.
-async fn serve(app: Router) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    addr
-}
-
 /// `POST http://{addr}/` with the lock key in `x-key`.
 async fn post_key(addr: SocketAddr, key: &str) -> reqwest::Response {
     client()
@@ -56,13 +50,6 @@ async fn post_key(addr: SocketAddr, key: &str) -> reqwest::Response {
         .send()
         .await
         .expect("send")
-}
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .expect("client")
 }
 
 /// Polls `condition` until it holds; panics after a generous bound.
@@ -448,18 +435,7 @@ async fn a_panicking_handler_releases_its_lock() {
 /// Serves `GET /report/{id}` behind `LockLayer`: the (single) response body
 /// streams whatever the returned sender sends, and ends when it is dropped.
 async fn streaming_report(locker: &Locker) -> (tokio::sync::mpsc::Sender<Bytes>, SocketAddr) {
-    type Chunks = tokio::sync::mpsc::Receiver<Bytes>;
-    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
-    let rx: Arc<Mutex<Option<Chunks>>> = Arc::new(Mutex::new(Some(rx)));
-    let handler = move || async move {
-        let rx = rx.lock().expect("rx").take().expect("one request");
-        let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-            rx.recv()
-                .await
-                .map(|chunk| (Ok::<_, std::io::Error>(chunk), rx))
-        });
-        Body::from_stream(stream)
-    };
+    let (tx, handler) = one_stream();
     let app = Router::new()
         .route("/report/{id}", get(handler))
         .route_layer(LockLayer::new(locker.clone(), key::path_param("id")));
@@ -788,18 +764,7 @@ async fn a_handler_sees_its_lease_lost_and_can_stop_on_its_own() {
 async fn streaming_app(
     layer: LockLayer<key::Header>,
 ) -> (tokio::sync::mpsc::Sender<Bytes>, SocketAddr) {
-    type Chunks = tokio::sync::mpsc::Receiver<Bytes>;
-    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
-    let rx: Arc<Mutex<Option<Chunks>>> = Arc::new(Mutex::new(Some(rx)));
-    let handler = move || async move {
-        let rx = rx.lock().expect("rx").take().expect("one request");
-        let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-            rx.recv()
-                .await
-                .map(|chunk| (Ok::<_, std::io::Error>(chunk), rx))
-        });
-        Body::from_stream(stream)
-    };
+    let (tx, handler) = one_stream();
     (
         tx,
         serve(Router::new().route("/", get(handler)).layer(layer)).await,

@@ -7,7 +7,6 @@ mod redis_support;
 mod support;
 
 use std::{
-    net::SocketAddr,
     sync::{
         Arc, Mutex,
         atomic::{AtomicUsize, Ordering},
@@ -17,32 +16,17 @@ use std::{
 
 use axum::{
     Router,
-    body::{Body, Bytes},
+    body::Bytes,
     http::StatusCode,
     routing::{get, post},
 };
 use redis_support::Tied;
+use support::http::{client, one_stream, serve};
 use tower_lock::{LockLayer, Locker, middleware::key, redis::RedisBackend};
 
 /// Renewed every 200 ms: a deleted key is noticed within one renewal.
 const TTL: Duration = Duration::from_millis(600);
 const LIVENESS: Duration = Duration::from_secs(10);
-
-async fn serve(app: Router) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    addr
-}
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .expect("client")
-}
 
 /// Deletes `key`'s lock from Redis, as an operator (or an eviction) would.
 async fn delete_lock(server: &Tied, backend: &RedisBackend, key: &str) {
@@ -115,23 +99,12 @@ async fn a_lock_deleted_under_a_running_handler_stops_it_with_503() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lock_deleted_under_a_streamed_body_cuts_it() {
-    type Chunks = tokio::sync::mpsc::Receiver<Bytes>;
     let server = Tied::start(support::free_port(), Vec::new());
     let backend = RedisBackend::from_url(&server.url())
         .await
         .expect("backend");
     let locker = Locker::new(backend.clone());
-    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
-    let rx: Arc<Mutex<Option<Chunks>>> = Arc::new(Mutex::new(Some(rx)));
-    let handler = move || async move {
-        let rx = rx.lock().expect("rx").take().expect("one request");
-        let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-            rx.recv()
-                .await
-                .map(|chunk| (Ok::<_, std::io::Error>(chunk), rx))
-        });
-        Body::from_stream(stream)
-    };
+    let (tx, handler) = one_stream();
     let app = Router::new()
         .route("/", get(handler))
         .layer(LockLayer::new(locker.clone(), key::header("x-key")).ttl(TTL));

@@ -120,6 +120,21 @@ where
     }
 }
 
+/// The refusal to answer with once the request must stop (its lease was
+/// lost, or it held its key too long).
+fn stopped<S, ReqBody, F>(
+    hold: Option<&mut Hold>,
+    hook: Option<&RejectionHook>,
+    cx: &mut Context<'_>,
+) -> Option<State<S, ReqBody, F>> {
+    let Poll::Ready(rejection) = hold?.poll_ended(cx) else {
+        return None;
+    };
+    Some(State::Refused {
+        response: Some(refuse(hook, rejection)),
+    })
+}
+
 /// Runs `f` inside the request's scope, if it holds a lock.
 fn within<R>(held: Option<&Held>, f: impl FnOnce() -> R) -> R {
     match held {
@@ -177,11 +192,8 @@ where
                     guard,
                     hold,
                 } => {
-                    if let Some(Poll::Ready(rejection)) = hold.as_mut().map(|h| h.poll_ended(cx)) {
-                        let response = refuse(hook, rejection);
-                        state.set(State::Refused {
-                            response: Some(response),
-                        });
+                    if let Some(stopped) = stopped(hold.as_mut(), hook, cx) {
+                        state.set(stopped);
                         continue;
                     }
                     ready!(service.poll_ready(cx))?;
@@ -201,13 +213,10 @@ where
                     guard,
                     hold,
                 } => {
-                    if let Some(Poll::Ready(rejection)) = hold.as_mut().map(|h| h.poll_ended(cx)) {
-                        // Dropping the future stops the handler at its next
-                        // await; dropping the guard releases what is left.
-                        let response = refuse(hook, rejection);
-                        state.set(State::Refused {
-                            response: Some(response),
-                        });
+                    // Dropping the future stops the handler at its next
+                    // await; dropping the guard releases what is left.
+                    if let Some(stopped) = stopped(hold.as_mut(), hook, cx) {
+                        state.set(stopped);
                         continue;
                     }
                     // An error or a panic drops the guard with the future,

@@ -157,15 +157,21 @@ impl Link {
     }
 }
 
+/// `request`, failed as timed out if it takes longer than `deadline`.
+fn bounded<'a, T: Send + 'a>(
+    deadline: Duration,
+    request: RedisFuture<'a, T>,
+) -> RedisFuture<'a, T> {
+    Box::pin(async move {
+        tokio::time::timeout(deadline, request)
+            .await
+            .map_err(|_| timed_out(deadline))?
+    })
+}
+
 impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        let deadline = self.deadline;
-        let request = self.link.req_packed_command(cmd);
-        Box::pin(async move {
-            tokio::time::timeout(deadline, request)
-                .await
-                .map_err(|_| timed_out(deadline))?
-        })
+        bounded(self.deadline, self.link.req_packed_command(cmd))
     }
 
     fn req_packed_commands<'a>(
@@ -174,13 +180,8 @@ impl ConnectionLike for Conn {
         offset: usize,
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
-        let deadline = self.deadline;
         let request = self.link.req_packed_commands(pipeline, offset, count);
-        Box::pin(async move {
-            tokio::time::timeout(deadline, request)
-                .await
-                .map_err(|_| timed_out(deadline))?
-        })
+        bounded(self.deadline, request)
     }
 
     fn get_db(&self) -> i64 {

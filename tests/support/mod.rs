@@ -3,6 +3,8 @@
 //! them. Never the machine's shared instances.
 #![allow(dead_code)]
 
+#[cfg(feature = "axum")]
+pub mod http;
 #[cfg(feature = "nats")]
 pub mod nats;
 
