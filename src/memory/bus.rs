@@ -383,6 +383,35 @@ mod tests {
         assert_eq!(orders[1], orders[2]);
     }
 
+    /// A bus whose wall stamps repeat (the contract allows it) still gets
+    /// strictly increasing fences: one more than the last.
+    #[test]
+    fn fences_grow_even_when_wall_stamps_repeat() {
+        let mut table = Table::default();
+        let mut fences = Vec::new();
+        for seq in 1..=3 {
+            let event = Event {
+                seq,
+                stamp: Duration::from_secs(seq),
+                wall_micros: 1_000,
+                command: Command::Acquire {
+                    origin: Origin {
+                        node: 1,
+                        request: seq,
+                    },
+                    key: "k".into(),
+                    token: Token::new(),
+                    ttl: Duration::from_millis(1),
+                },
+            };
+            match apply(&mut table, &event) {
+                Outcome::Acquire(Attempt::Acquired { fence, .. }) => fences.push(fence),
+                _ => panic!("not granted"),
+            }
+        }
+        assert_eq!(fences, [1_000, 1_001, 1_002]);
+    }
+
     #[tokio::test]
     async fn dropped_subscribers_are_forgotten() {
         let bus = LocalBus::new();
