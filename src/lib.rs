@@ -82,6 +82,7 @@ mod error;
 mod guard;
 mod key;
 mod lease;
+mod lock_set;
 mod locker;
 pub mod memory;
 pub mod middleware;
@@ -106,6 +107,7 @@ pub use crate::{
     error::{BoxError, LockError},
     guard::LockGuard,
     key::{MAX_KEY_LEN, MAX_TTL, MIN_TTL},
+    lock_set::LockSet,
     locker::{BACKOFF_MAX, BACKOFF_START, Locker},
     middleware::{LockLayer, LockService},
 };

@@ -4,6 +4,7 @@
 //! `wait.rs`, and one try at the store (with what its answer comes to) in
 //! `attempt.rs`.
 
+mod all;
 mod attempt;
 pub(crate) mod scope;
 mod wait;

@@ -144,6 +144,10 @@ macro_rules! conformance_suite {
             renewal_keeps_the_lease_past_its_ttl,
             lost_signal_fires_when_the_lease_runs_out,
             contention_loses_no_update_and_never_overlaps,
+            a_set_with_a_busy_key_takes_nothing,
+            a_dropped_set_leaves_nothing_behind,
+            a_set_is_checked_first_and_takes_each_key_once,
+            transfers_in_opposite_orders_never_deadlock_or_lose_money,
         );
     };
     (@tests $make:expr; $($name:ident),* $(,)?) => {
@@ -840,5 +844,165 @@ pub async fn contention_loses_no_update_and_never_overlaps<H: Harness>(h: &H) {
             "released locks left entries in the store"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A set is all or nothing: one busy key, and the keys taken before it are
+/// given back; nothing else is left held or queued.
+pub async fn a_set_with_a_busy_key_takes_nothing<H: Harness>(h: &H) {
+    let (a, b) = (h.locker().await, h.locker().await);
+    let keys = [key("set-a"), key("set-b"), key("set-c")];
+    let busy = b.acquire(&keys[1], LONG).await.expect("acquire");
+    let tried = a.try_lock_all(&keys, LONG).await.expect("try_lock_all");
+    assert!(tried.is_none(), "a set with a busy key was granted");
+    let waited = a
+        .acquire_all_timeout(&keys, LONG, Duration::from_millis(50))
+        .await;
+    assert!(matches!(waited, Err(LockError::Busy { .. })), "{waited:?}");
+    assert_eq!(a.held_count(), 0, "the locker kept keys of a refused set");
+    for key in [&keys[0], &keys[2]] {
+        let other = b.try_lock(key, LONG).await.expect("try_lock");
+        other
+            .expect("a key of the refused set is still held")
+            .release()
+            .await
+            .expect("release");
+    }
+    busy.release().await.expect("release");
+}
+
+/// A dropped `acquire_all`, before its first key, between two, or after the
+/// last, leaves nothing held or queued.
+pub async fn a_dropped_set_leaves_nothing_behind<H: Harness>(h: &H) {
+    let (a, b) = (h.locker().await, h.locker().await);
+    let keys = [key("drop-a"), key("drop-b"), key("drop-c")];
+    for busy in 0..keys.len() {
+        let held = b.acquire(&keys[busy], LONG).await.expect("acquire");
+        // Waits on `busy` with the keys before it taken.
+        let waited = tokio::time::timeout(Duration::from_millis(80), a.acquire_all(&keys, LONG));
+        assert!(
+            waited.await.is_err(),
+            "the set was granted around a held key"
+        );
+        held.release().await.expect("release");
+    }
+    // Dropped at once, before it took anything.
+    drop(a.acquire_all(&keys, LONG));
+    // Taken whole, then dropped.
+    let set = a.acquire_all(&keys, LONG).await.expect("acquire_all");
+    assert_eq!(set.len(), keys.len());
+    drop(set);
+    for key in &keys {
+        let taken = tokio::time::timeout(PROMPT, b.acquire(key, LONG))
+            .await
+            .expect("a key of a dropped set stayed held")
+            .expect("acquire");
+        taken.release().await.expect("release");
+    }
+}
+
+/// One bad key refuses the whole set before anything is taken; a key named
+/// twice is taken once; the order of the names does not matter.
+pub async fn a_set_is_checked_first_and_takes_each_key_once<H: Harness>(h: &H) {
+    let (a, b) = (h.locker().await, h.locker().await);
+    let k = key("set-once");
+    let refused = a.acquire_all([k.as_str(), ""], LONG).await;
+    assert!(
+        matches!(refused, Err(LockError::InvalidKey { .. })),
+        "{refused:?}"
+    );
+    assert_eq!(a.held_count(), 0, "a key of an invalid set was taken");
+    let other = key("set-twice");
+    let set = a
+        .acquire_all([other.as_str(), k.as_str(), other.as_str()], LONG)
+        .await
+        .expect("acquire_all");
+    assert_eq!(set.len(), 2);
+    let mut sorted = [k.clone(), other.clone()];
+    sorted.sort();
+    assert_eq!(set.keys().collect::<Vec<_>>(), sorted);
+    assert!(set.fence(&k).is_some() && set.fence(&other).is_some());
+    assert!(b.try_lock(&k, LONG).await.expect("try_lock").is_none());
+    set.release().await.expect("release");
+    assert!(
+        b.try_lock_all([&k, &other], LONG)
+            .await
+            .expect("try")
+            .is_some()
+    );
+}
+
+/// Transfers between accounts, half of them naming the keys the other way
+/// round: none deadlocks, no money is made or lost, and no two holders of
+/// one account ever overlap.
+pub async fn transfers_in_opposite_orders_never_deadlock_or_lose_money<H: Harness>(h: &H) {
+    const LOCKERS: usize = 4;
+    const TASKS: usize = 16;
+    const TRANSFERS: usize = 300;
+    const ACCOUNTS: usize = 8;
+    const START: i64 = 1_000;
+    let mut lockers = Vec::new();
+    for _ in 0..LOCKERS {
+        lockers.push(h.locker().await);
+    }
+    let names: Arc<Vec<String>> =
+        Arc::new((0..ACCOUNTS).map(|i| key(&format!("acct{i}"))).collect());
+    let balances: Arc<Vec<std::sync::Mutex<i64>>> = Arc::new(
+        (0..ACCOUNTS)
+            .map(|_| std::sync::Mutex::new(START))
+            .collect(),
+    );
+    let checkers: Arc<Vec<OverlapChecker>> =
+        Arc::new((0..ACCOUNTS).map(|_| OverlapChecker::default()).collect());
+    let next = Arc::new(AtomicU64::new(0));
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|task| {
+            let locker = lockers[task % LOCKERS].clone();
+            let (names, balances, checkers, next) = (
+                names.clone(),
+                balances.clone(),
+                checkers.clone(),
+                next.clone(),
+            );
+            tokio::spawn(async move {
+                loop {
+                    let n = next.fetch_add(1, Ordering::Relaxed) as usize;
+                    if n >= TRANSFERS {
+                        return;
+                    }
+                    let (from, to) = (n % ACCOUNTS, (n * 5 + 3) % ACCOUNTS);
+                    let to = if to == from { (to + 1) % ACCOUNTS } else { to };
+                    // Half of them name the keys the other way round.
+                    let keys = if n % 2 == 0 {
+                        [&names[from], &names[to]]
+                    } else {
+                        [&names[to], &names[from]]
+                    };
+                    let set = locker.acquire_all(keys, LONG).await.expect("acquire_all");
+                    let _sections = (
+                        checkers[from].enter(set.fence(&names[from]).expect("from")),
+                        checkers[to].enter(set.fence(&names[to]).expect("to")),
+                    );
+                    let read = |i: usize| *balances[i].lock().expect("balance");
+                    let (a, b) = (read(from), read(to));
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    *balances[from].lock().expect("balance") = a - 7;
+                    *balances[to].lock().expect("balance") = b + 7;
+                    drop(_sections);
+                    set.release().await.expect("release");
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("transfer task");
+    }
+    let total: i64 = balances.iter().map(|b| *b.lock().expect("balance")).sum();
+    assert_eq!(total, START * ACCOUNTS as i64, "money was made or lost");
+    let sections: usize = checkers.iter().map(|c| c.sections().len()).sum();
+    assert_eq!(sections, 2 * TRANSFERS);
+    // One holder of an account at a time, in fence order.
+    for checker in checkers.iter() {
+        checker.assert_exclusive(checker.sections().len());
     }
 }
