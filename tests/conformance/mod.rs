@@ -973,7 +973,7 @@ pub async fn transfers_in_opposite_orders_never_deadlock_or_lose_money<H: Harnes
                     let (from, to) = (n % ACCOUNTS, (n * 5 + 3) % ACCOUNTS);
                     let to = if to == from { (to + 1) % ACCOUNTS } else { to };
                     // Half of them name the keys the other way round.
-                    let keys = if n % 2 == 0 {
+                    let keys = if n.is_multiple_of(2) {
                         [&names[from], &names[to]]
                     } else {
                         [&names[to], &names[from]]
