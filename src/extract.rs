@@ -6,6 +6,14 @@
 //!   with the [`Locker`] from the router's state and the key that
 //!   [`K: LockKey`](LockKey) derives from the request. The lock is held while
 //!   the extractor value lives, i.e. for the handler's run.
+//! - [`LockedAll<K>`]: the same for several keys that
+//!   [`K: LockKeys`](LockKeys) derives (a transfer's two accounts), taken
+//!   together, all or nothing, in the one order every process uses.
+//!
+//! Keys in the request body (a JSON transfer) cannot come from an
+//! extractor that runs before the body is read: parse the body, then take
+//! the keys with [`Locker::acquire_all`] and the `Locker` from the state
+//! (`State<Locker>`).
 //!
 //! # Examples
 //!
@@ -43,7 +51,7 @@ use axum::{
 };
 
 pub use crate::middleware::HeldLock;
-use crate::{LockGuard, Locker, middleware::LockRejection};
+use crate::{LockGuard, LockSet, Locker, middleware::LockRejection};
 
 impl<S: Send + Sync> FromRequestParts<S> for HeldLock {
     type Rejection = MissingHeldLock;
@@ -192,21 +200,124 @@ where
                 guard,
                 _key: PhantomData,
             }),
-            Err(error) => {
-                let rejection = LockRejection::from_error(key, error);
-                if matches!(
-                    rejection,
-                    LockRejection::Unavailable { .. } | LockRejection::Failed { .. }
-                ) {
-                    tracing::error!(error = %rejection, "Locked extractor refused the request");
-                }
-                Err(LockedRejection::Lock(rejection))
-            }
+            Err(error) => Err(refused(key, error)),
         }
     }
 }
 
-/// Rejection of [`Locked<K>`].
+/// Derives the lock keys of a request for [`LockedAll<Self>`](LockedAll),
+/// and the locks' options; like [`LockKey`] for several keys.
+///
+/// ```
+/// use axum::{Router, extract::{FromRequestParts, Path}, http::request::Parts, routing::post};
+/// use tower_lock::{Locker, extract::{LockKeys, LockedAll}};
+///
+/// /// Both accounts of `/transfers/{from}/{to}`.
+/// struct Transfer;
+///
+/// impl<S: Send + Sync> LockKeys<S> for Transfer {
+///     type Rejection = axum::extract::rejection::PathRejection;
+///
+///     async fn lock_keys(parts: &mut Parts, state: &S) -> Result<Vec<String>, Self::Rejection> {
+///         let Path((from, to)) = Path::<(u64, u64)>::from_request_parts(parts, state).await?;
+///         Ok(vec![format!("account:{from}"), format!("account:{to}")])
+///     }
+/// }
+///
+/// async fn transfer(locks: LockedAll<Transfer>) -> String {
+///     format!("moving under {:?}", locks.fences().collect::<Vec<_>>())
+/// }
+///
+/// let app: Router = Router::new()
+///     .route("/transfers/{from}/{to}", post(transfer))
+///     .with_state(Locker::in_memory());
+/// ```
+pub trait LockKeys<S>: Send + Sync + 'static {
+    /// The response when no keys can be derived.
+    type Rejection: IntoResponse;
+
+    /// The lease of each lock; renewed while the extractor lives.
+    const TTL: Duration = crate::middleware::DEFAULT_TTL;
+
+    /// How long to wait, in all, for busy keys before `423 Locked`.
+    const WAIT: Duration = crate::middleware::DEFAULT_WAIT;
+
+    /// The keys of the request's locks.
+    fn lock_keys(
+        parts: &mut Parts,
+        state: &S,
+    ) -> impl Future<Output = Result<Vec<String>, Self::Rejection>> + Send;
+}
+
+/// Several locks taken by the handler's extractor, all or nothing: the keys
+/// come from [`K: LockKeys`](LockKeys), the [`Locker`] from the state. Held,
+/// and renewed, until the value is dropped. Derefs to the [`LockSet`].
+///
+/// Rejections: [`LockedRejection`], as for [`Locked`].
+#[must_use = "the locks are released when this is dropped"]
+pub struct LockedAll<K> {
+    set: LockSet,
+    _keys: PhantomData<fn() -> K>,
+}
+
+impl<K> LockedAll<K> {
+    /// The set, to release early or watch [`LockSet::lost`].
+    pub fn into_set(self) -> LockSet {
+        self.set
+    }
+}
+
+impl<K> Deref for LockedAll<K> {
+    type Target = LockSet;
+
+    fn deref(&self) -> &LockSet {
+        &self.set
+    }
+}
+
+impl<K> fmt::Debug for LockedAll<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("LockedAll").field(&self.set).finish()
+    }
+}
+
+impl<S, K> FromRequestParts<S> for LockedAll<K>
+where
+    S: Send + Sync,
+    K: LockKeys<S>,
+    Locker: FromRef<S>,
+{
+    type Rejection = LockedRejection<K::Rejection>;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let keys = K::lock_keys(parts, state)
+            .await
+            .map_err(LockedRejection::Key)?;
+        let locker = Locker::from_ref(state).auto_renew(true);
+        match locker.acquire_all_timeout(&keys, K::TTL, K::WAIT).await {
+            Ok(set) => Ok(LockedAll {
+                set,
+                _keys: PhantomData,
+            }),
+            Err(error) => Err(refused(keys.join(", "), error)),
+        }
+    }
+}
+
+/// The rejection of a lock the extractor could not take; logged when the
+/// store or the setup is at fault.
+fn refused<R>(key: String, error: crate::LockError) -> LockedRejection<R> {
+    let rejection = LockRejection::from_error(key, error);
+    if matches!(
+        rejection,
+        LockRejection::Unavailable { .. } | LockRejection::Failed { .. }
+    ) {
+        tracing::error!(error = %rejection, "Locked extractor refused the request");
+    }
+    LockedRejection::Lock(rejection)
+}
+
+/// Rejection of [`Locked<K>`] and [`LockedAll<K>`].
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum LockedRejection<R> {

@@ -48,6 +48,10 @@ impl LockSet {
         LockSet { guards }
     }
 
+    pub(crate) fn guards(&self) -> &[LockGuard] {
+        &self.guards
+    }
+
     /// The locked keys, in the order they were taken.
     pub fn keys(&self) -> impl Iterator<Item = &str> + '_ {
         self.guards.iter().map(LockGuard::key)

@@ -1113,3 +1113,133 @@ async fn a_stalled_handler_is_stopped_before_its_key_is_handed_on() {
     );
     drop(taken);
 }
+
+/// A ledger of `ACCOUNTS` accounts whose transfers read both balances,
+/// await, then write both: money is made or lost unless both are locked.
+#[derive(Default)]
+struct Ledger {
+    balances: Mutex<HashMap<u32, i64>>,
+}
+
+impl Ledger {
+    fn balance(&self, account: u32) -> i64 {
+        *self
+            .balances
+            .lock()
+            .expect("ledger")
+            .get(&account)
+            .unwrap_or(&0)
+    }
+
+    fn set(&self, account: u32, balance: i64) {
+        self.balances
+            .lock()
+            .expect("ledger")
+            .insert(account, balance);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn transfers_both_ways_through_the_layer_never_deadlock_and_conserve_money() {
+    const ACCOUNTS: u32 = 4;
+    const TRANSFERS: usize = 200;
+    let ledger = Arc::new(Ledger::default());
+    let locker = Locker::in_memory();
+    let handler = {
+        let ledger = ledger.clone();
+        move |Path((from, to)): Path<(u32, u32)>, lock: HeldLock| async move {
+            assert!(lock.fence_of(&format!("account:{from}")).is_some());
+            assert!(lock.fence_of(&format!("account:{to}")).is_some());
+            let (a, b) = (ledger.balance(from), ledger.balance(to));
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            ledger.set(from, a - 5);
+            ledger.set(to, b + 5);
+            format!("{}", lock.fences().count())
+        }
+    };
+    let app = Router::new()
+        .route("/transfers/{from}/{to}", post(handler))
+        .route_layer(
+            LockLayer::new(
+                locker.clone(),
+                key::path_params(["from", "to"]).prefixed("account:"),
+            )
+            .wait_timeout(LIVENESS),
+        );
+    let addr = serve(app).await;
+    let client = client();
+    let responses = join_all((0..TRANSFERS).map(|n| {
+        let client = client.clone();
+        let (from, to) = (n as u32 % ACCOUNTS, (n as u32 + 1) % ACCOUNTS);
+        // Half of them the other way round: A→B and B→A at once.
+        let (from, to) = if n % 2 == 0 { (from, to) } else { (to, from) };
+        async move {
+            let response = client
+                .post(format!("http://{addr}/transfers/{from}/{to}"))
+                .send()
+                .await
+                .expect("send");
+            (response.status(), response.text().await.expect("body"))
+        }
+    }));
+    let responses = tokio::time::timeout(Duration::from_secs(60), responses)
+        .await
+        .expect("transfers deadlocked");
+    for (status, body) in &responses {
+        assert_eq!(*status, StatusCode::OK, "{body}");
+        assert_eq!(body, "2", "the handler did not see both locks");
+    }
+    let total: i64 = (0..ACCOUNTS).map(|a| ledger.balance(a)).sum();
+    assert_eq!(total, 0, "money was made or lost");
+    eventually("all released", || locker.held_count() == 0).await;
+}
+
+/// Both accounts of `/moves/{from}/{to}`, for `LockedAll`.
+struct Move;
+
+impl<S: Send + Sync> tower_lock::extract::LockKeys<S> for Move {
+    type Rejection = axum::extract::rejection::PathRejection;
+
+    async fn lock_keys(parts: &mut Parts, state: &S) -> Result<Vec<String>, Self::Rejection> {
+        let Path((from, to)) = Path::<(u32, u32)>::from_request_parts(parts, state).await?;
+        Ok(vec![format!("account:{from}"), format!("account:{to}")])
+    }
+}
+
+#[tokio::test]
+async fn the_locked_extractor_takes_several_keys_all_or_nothing() {
+    let locker = Locker::in_memory();
+    let app = Router::new()
+        .route(
+            "/moves/{from}/{to}",
+            post(|locks: tower_lock::extract::LockedAll<Move>| async move {
+                locks.keys().collect::<Vec<_>>().join(" ")
+            }),
+        )
+        .with_state(locker.clone());
+    let addr = serve(app).await;
+    let response = client()
+        .post(format!("http://{addr}/moves/9/2"))
+        .send()
+        .await;
+    assert_eq!(
+        response.expect("send").text().await.expect("body"),
+        "account:2 account:9"
+    );
+    // One of them busy: refused, and the other is not kept.
+    let busy = locker.acquire("account:9", TTL).await.expect("lock");
+    let response = client()
+        .post(format!("http://{addr}/moves/2/9"))
+        .send()
+        .await;
+    assert_eq!(response.expect("send").status(), StatusCode::LOCKED);
+    eventually("only the busy key is held", || locker.held_count() == 1).await;
+    assert!(
+        locker
+            .try_lock("account:2", TTL)
+            .await
+            .expect("try")
+            .is_some()
+    );
+    drop(busy);
+}

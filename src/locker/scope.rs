@@ -16,7 +16,7 @@ tokio::task_local! {
     static HELD: Held;
 }
 
-/// A request's locks: one key on one backend, and those of the requests
+/// A request's locks: its keys on one backend, and those of the requests
 /// (layers) around it.
 #[derive(Clone, Debug)]
 pub(crate) struct Held(Arc<Link>);
@@ -24,18 +24,18 @@ pub(crate) struct Held(Arc<Link>);
 #[derive(Debug)]
 struct Link {
     backend: usize,
-    key: SmolStr,
+    keys: Vec<SmolStr>,
     outer: Option<Held>,
 }
 
 impl Held {
-    /// `key`, held through `locker`, inside whatever the current scope
+    /// `keys`, held through `locker`, inside whatever the current scope
     /// already holds.
-    pub(crate) fn new(locker: &Locker, key: SmolStr) -> Self {
+    pub(crate) fn new(locker: &Locker, keys: Vec<SmolStr>) -> Self {
         let outer = HELD.try_with(Held::clone).ok();
         Held(Arc::new(Link {
             backend: locker.backend_id(),
-            key,
+            keys,
             outer,
         }))
     }
@@ -48,7 +48,7 @@ impl Held {
     fn holds(&self, backend: usize, key: &str) -> bool {
         let mut link = Some(self);
         while let Some(held) = link {
-            if held.0.backend == backend && held.0.key == key {
+            if held.0.backend == backend && held.0.keys.iter().any(|held| held == key) {
                 return true;
             }
             link = held.0.outer.as_ref();

@@ -9,8 +9,8 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
-use super::hold::Hold;
-use crate::{LockGuard, locker::scope::Held};
+use super::{held::Holding, hold::Hold};
+use crate::locker::scope::Held;
 
 /// The error a [`LockBody`] ends with: the inner body's, or the
 /// [`LockRejection`](super::LockRejection) that cut it.
@@ -34,7 +34,7 @@ pin_project! {
         #[pin]
         kind: Kind<B>,
         // `Some` until the body is done; dropping it releases the lock.
-        guard: Option<LockGuard>,
+        guard: Option<Holding>,
         // `Some` while the guard is.
         hold: Option<Hold>,
         // Set once the body was cut: it ends there.
@@ -104,7 +104,7 @@ where
 }
 
 impl<B: Body> LockBody<B> {
-    pub(crate) fn locked(body: B, guard: LockGuard, hold: Hold, held: Option<Held>) -> Self {
+    pub(crate) fn locked(body: B, guard: Holding, hold: Hold, held: Option<Held>) -> Self {
         // Dropping the guard releases on the spot when the store answers at
         // once (the in-memory one does), else in the background.
         let (guard, hold) = if body.is_end_stream() {
@@ -242,7 +242,8 @@ mod tests {
     use super::*;
     use crate::Locker;
 
-    fn locked<B: Body>(body: B, guard: LockGuard) -> LockBody<B> {
+    fn locked<B: Body>(body: B, guard: crate::LockGuard) -> LockBody<B> {
+        let guard = Holding::One(guard);
         let hold = Hold::new(&guard, Duration::from_secs(600));
         LockBody::locked(body, guard, hold, None)
     }

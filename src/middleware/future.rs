@@ -13,11 +13,12 @@ use http::{Request, Response};
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
+use super::held::Holding;
 use super::{HeldLock, LockBody, LockRejection, body::Refusal, hold::Hold, layer::RejectionHook};
-use crate::{LockGuard, locker::scope::Held};
+use crate::locker::scope::Held;
 
 pub(crate) type Acquire =
-    Pin<Box<dyn Future<Output = Result<LockGuard, LockRejection>> + Send + 'static>>;
+    Pin<Box<dyn Future<Output = Result<Holding, LockRejection>> + Send + 'static>>;
 
 pin_project! {
     /// The response future of [`LockService`](super::LockService).
@@ -54,14 +55,14 @@ pin_project! {
         Readying {
             service: S,
             request: Option<Request<ReqBody>>,
-            guard: Option<LockGuard>,
+            guard: Option<Holding>,
             hold: Option<Hold>,
         },
         Calling {
             #[pin]
             future: F,
             // `Some` until the response is out: they move into the body.
-            guard: Option<LockGuard>,
+            guard: Option<Holding>,
             hold: Option<Hold>,
         },
         Refused {

@@ -1,24 +1,27 @@
-//! [`HeldLock`]: what a handler learns about the lock taken for it.
+//! What a request holds: one lock or a set ([`Holding`]), and what its
+//! handler learns about them ([`HeldLock`]).
 
 use std::{fmt, future::Future, sync::Arc};
 
 use smol_str::SmolStr;
 
-use crate::{LockGuard, lease::Record};
+use crate::{LockGuard, LockSet, lease::Record};
 
-/// The lock [`LockLayer`](super::LockLayer) holds for the current request:
-/// its key, its fencing token, and whether its lease still holds. Cheap to
-/// clone.
+/// The lock or locks [`LockLayer`](super::LockLayer) holds for the current
+/// request: their keys, their fencing tokens, and whether their leases still
+/// hold. Cheap to clone.
 ///
 /// The layer puts it in the request's extensions before calling the
 /// service. Pass [`fence`](Self::fence) along with writes to a resource that
 /// can refuse a stale writer. With the `axum` feature, `HeldLock` (and
-/// `Option<HeldLock>`) is an extractor.
+/// `Option<HeldLock>`) is an extractor. A request keyed by several keys
+/// (`key::path_params`) holds them all: [`fences`](Self::fences) lists
+/// each, in the order they were taken.
 ///
-/// The layer stops the handler itself when the lease is lost (it drops the
+/// The layer stops the handler itself when a lease is lost (it drops the
 /// handler's future); [`lost`](Self::lost) and [`is_lost`](Self::is_lost)
-/// let a handler stop cleanly on its own first, between two steps that
-/// must not run without the lock.
+/// are for work the handler hands to tasks of its own, which that does not
+/// stop.
 ///
 /// # Examples
 ///
@@ -33,48 +36,87 @@ use crate::{LockGuard, lease::Record};
 /// ```
 #[derive(Clone)]
 pub struct HeldLock {
+    locks: Arc<[Lock]>,
+}
+
+struct Lock {
     key: SmolStr,
     fence: u64,
     lease: Option<Arc<Record>>,
 }
 
-impl HeldLock {
-    pub(crate) fn new(guard: &LockGuard) -> Self {
-        HeldLock {
+impl Lock {
+    fn of(guard: &LockGuard) -> Self {
+        Lock {
             key: guard.shared_key(),
             fence: guard.fence(),
             lease: guard.lease(),
         }
     }
+}
 
-    /// The key the lock is held on.
+impl HeldLock {
+    pub(crate) fn new(holding: &Holding) -> Self {
+        let locks = match holding {
+            Holding::One(guard) => Arc::new([Lock::of(guard)]) as Arc<[Lock]>,
+            Holding::Set(set) => set.guards().iter().map(Lock::of).collect(),
+        };
+        HeldLock { locks }
+    }
+
+    /// The key the lock is held on; for several keys, the first in the
+    /// order they were taken.
     pub fn key(&self) -> &str {
-        &self.key
+        self.locks.first().map_or("", |lock| &lock.key)
     }
 
     /// The lock's fencing token: greater than that of every earlier holder
-    /// of the key.
+    /// of the key. For several keys, the first one's; see
+    /// [`fences`](Self::fences).
     pub fn fence(&self) -> u64 {
-        self.fence
+        self.locks.first().map_or(0, |lock| lock.fence)
     }
 
-    /// Whether the request's lease is known to be over (a renewal failed
-    /// past its deadline, the store no longer held it, or it was released).
-    /// See [`LockGuard::is_lost`].
+    /// Every held key with its fence, in the order they were taken.
+    pub fn fences(&self) -> impl Iterator<Item = (&str, u64)> + '_ {
+        self.locks.iter().map(|lock| (&*lock.key, lock.fence))
+    }
+
+    /// The fence of `key`; `None` when the request does not hold it.
+    pub fn fence_of(&self, key: &str) -> Option<u64> {
+        self.fences()
+            .find(|(held, _)| *held == key)
+            .map(|(_, fence)| fence)
+    }
+
+    /// Whether any of the request's leases is known to be over (a renewal
+    /// failed past its deadline, the store no longer held it, or it was
+    /// released). See [`LockGuard::is_lost`].
     pub fn is_lost(&self) -> bool {
-        self.lease.as_ref().is_none_or(|lease| lease.is_lost())
+        self.locks
+            .iter()
+            .any(|lock| lock.lease.as_ref().is_none_or(|lease| lease.is_lost()))
     }
 
-    /// Resolves when the request's lease is over; see [`LockGuard::lost`].
+    /// Resolves when any of the request's leases is over; see
+    /// [`LockGuard::lost`].
     ///
     /// # Cancel safety
     ///
-    /// Cancel safe: it only observes the lease.
+    /// Cancel safe: it only observes the leases.
     pub fn lost(&self) -> impl Future<Output = ()> + Send + use<> {
-        let lost = self.lease.as_ref().map(Record::lost);
+        let lost: Vec<_> = self
+            .locks
+            .iter()
+            .filter_map(|lock| {
+                lock.lease
+                    .as_ref()
+                    .map(|lease| Box::pin(Record::lost(lease)))
+            })
+            .collect();
         async move {
-            if let Some(lost) = lost {
-                lost.await;
+            if !lost.is_empty() {
+                futures_util::future::select_all(lost).await;
             }
         }
     }
@@ -82,7 +124,7 @@ impl HeldLock {
 
 impl PartialEq for HeldLock {
     fn eq(&self, other: &Self) -> bool {
-        (&self.key, self.fence) == (&other.key, other.fence)
+        self.fences().eq(other.fences())
     }
 }
 
@@ -91,9 +133,52 @@ impl Eq for HeldLock {}
 impl fmt::Debug for HeldLock {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("HeldLock")
-            .field("key", &self.key)
-            .field("fence", &self.fence)
+            .field("fences", &self.fences().collect::<Vec<_>>())
             .field("lost", &self.is_lost())
             .finish()
     }
+}
+
+/// What a request holds while its handler and body run.
+pub(crate) enum Holding {
+    One(LockGuard),
+    Set(LockSet),
+}
+
+impl Holding {
+    /// The key, or the keys joined, for logs and rejections.
+    pub(crate) fn label(&self) -> SmolStr {
+        match self {
+            Holding::One(guard) => guard.shared_key(),
+            Holding::Set(set) => join(set.keys()).into(),
+        }
+    }
+
+    /// The (first) fence, for logs and rejections.
+    pub(crate) fn fence(&self) -> u64 {
+        match self {
+            Holding::One(guard) => guard.fence(),
+            Holding::Set(set) => set.fences().next().map_or(0, |(_, fence)| fence),
+        }
+    }
+
+    /// Resolves when any lease held is over.
+    pub(crate) fn lost(&self) -> impl Future<Output = ()> + Send + use<> {
+        let (one, set) = match self {
+            Holding::One(guard) => (Some(guard.lost()), None),
+            Holding::Set(set) => (None, Some(set.lost())),
+        };
+        async move {
+            match (one, set) {
+                (Some(one), _) => one.await,
+                (_, Some(set)) => set.await,
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Keys for a log line or a rejection: `a, b`.
+pub(crate) fn join<'a>(keys: impl Iterator<Item = &'a str>) -> String {
+    keys.collect::<Vec<_>>().join(", ")
 }

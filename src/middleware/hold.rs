@@ -10,8 +10,7 @@ use std::{
 
 use smol_str::SmolStr;
 
-use super::LockRejection;
-use crate::LockGuard;
+use super::{LockRejection, held::Holding};
 
 /// Watches one request's lease while its handler and body run.
 pub(crate) struct Hold {
@@ -28,8 +27,8 @@ pub(crate) enum Ended {
 }
 
 impl Hold {
-    pub(crate) fn new(guard: &LockGuard, max_hold: Duration) -> Self {
-        let lost = guard.lost();
+    pub(crate) fn new(holding: &Holding, max_hold: Duration) -> Self {
+        let lost = holding.lost();
         let deadline = tokio::time::Instant::now() + max_hold;
         let ended = Box::pin(async move {
             tokio::select! {
@@ -40,8 +39,8 @@ impl Hold {
         });
         Hold {
             ended,
-            key: guard.shared_key(),
-            fence: guard.fence(),
+            key: holding.label(),
+            fence: holding.fence(),
             max_hold,
         }
     }

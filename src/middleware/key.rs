@@ -11,7 +11,9 @@
 //!
 //! - [`header`]: the value of a request header (per-tenant locks).
 //! - `path_param` (feature `axum`): a parameter of the matched axum route;
-//!   `path_param_as::<T>` parses it and locks its canonical form.
+//!   `path_param_as::<T>` parses it and locks its canonical form;
+//!   `path_params` locks several at once (a transfer's two accounts).
+//! - [`from_fn_all`]: a closure that finds several keys.
 //! - `method_and_path` (feature `axum`): the method and the route
 //!   template, one lock per endpoint.
 //!
@@ -86,6 +88,50 @@ impl fmt::Display for KeyError {
 
 impl std::error::Error for KeyError {}
 
+/// The key, or keys, a request is locked on.
+///
+/// Several keys are taken together, all or nothing, in the one order every
+/// process uses (see [`Locker::acquire_all`](crate::Locker::acquire_all)),
+/// so requests naming them in opposite orders never deadlock.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Keys {
+    /// One key: the common case.
+    One(String),
+    /// Several keys, taken as one set.
+    Several(Vec<String>),
+}
+
+impl Keys {
+    /// The keys, as given.
+    pub fn iter(&self) -> impl Iterator<Item = &str> + '_ {
+        let (one, several) = match self {
+            Keys::One(key) => (Some(key.as_str()), &[][..]),
+            Keys::Several(keys) => (None, keys.as_slice()),
+        };
+        one.into_iter().chain(several.iter().map(String::as_str))
+    }
+
+    /// Every key changed by `f`.
+    pub fn map(self, mut f: impl FnMut(String) -> String) -> Self {
+        match self {
+            Keys::One(key) => Keys::One(f(key)),
+            Keys::Several(keys) => Keys::Several(keys.into_iter().map(f).collect()),
+        }
+    }
+}
+
+impl From<String> for Keys {
+    fn from(key: String) -> Self {
+        Keys::One(key)
+    }
+}
+
+impl From<&str> for Keys {
+    fn from(key: &str) -> Self {
+        Keys::One(key.to_owned())
+    }
+}
+
 /// Finds the lock key of a request from its head.
 ///
 /// Extraction is synchronous and must be cheap: it runs on every request
@@ -93,13 +139,13 @@ impl std::error::Error for KeyError {}
 /// [`MAX_KEY_LEN`](crate::MAX_KEY_LEN) bytes; a longer or empty key is
 /// refused with `400`.
 pub trait KeyExtractor: Send + Sync + 'static {
-    /// The lock key of the request, or why it has none.
+    /// The lock key (or keys) of the request, or why it has none.
     ///
     /// # Errors
     ///
     /// A [`KeyError`]: missing, invalid, or an extractor that cannot work
     /// where it is installed.
-    fn extract(&self, parts: &Parts) -> Result<String, KeyError>;
+    fn extract(&self, parts: &Parts) -> Result<Keys, KeyError>;
 
     /// This extractor with `prefix` in front of every key it finds.
     ///
@@ -109,7 +155,7 @@ pub trait KeyExtractor: Send + Sync + 'static {
     /// let request = http::Request::builder().header("x-tenant-id", "7").body(()).unwrap();
     /// let (parts, _) = request.into_parts();
     /// let extractor = key::header("x-tenant-id").prefixed("tenant:");
-    /// assert_eq!(extractor.extract(&parts).as_deref(), Ok("tenant:7"));
+    /// assert_eq!(extractor.extract(&parts), Ok("tenant:7".into()));
     /// ```
     fn prefixed(self, prefix: impl Into<String>) -> Prefixed<Self>
     where
@@ -126,8 +172,10 @@ impl<F> KeyExtractor for F
 where
     F: Fn(&Parts) -> Option<String> + Send + Sync + 'static,
 {
-    fn extract(&self, parts: &Parts) -> Result<String, KeyError> {
-        self(parts).ok_or_else(|| KeyError::missing("the key function"))
+    fn extract(&self, parts: &Parts) -> Result<Keys, KeyError> {
+        self(parts)
+            .map(Keys::One)
+            .ok_or_else(|| KeyError::missing("the key function"))
     }
 }
 
@@ -139,13 +187,62 @@ where
 ///
 /// let by_query = key::from_fn(|parts| parts.uri.query().map(str::to_owned));
 /// let (parts, _) = http::Request::get("/x?job=7").body(()).unwrap().into_parts();
-/// assert_eq!(by_query.extract(&parts).as_deref(), Ok("job=7"));
+/// assert_eq!(by_query.extract(&parts), Ok("job=7".into()));
 /// ```
 pub fn from_fn<F>(f: F) -> F
 where
     F: Fn(&Parts) -> Option<String> + Send + Sync + 'static,
 {
     f
+}
+
+/// A closure that finds several keys as an extractor: the request is
+/// locked on all of them at once (see [`Keys::Several`]). `None` is a
+/// missing key.
+///
+/// ```
+/// use tower_lock::middleware::{KeyExtractor, key::{self, Keys}};
+///
+/// // `POST /transfers?from=7&to=3` locks both accounts.
+/// let accounts = key::from_fn_all(|parts| {
+///     let query = parts.uri.query()?;
+///     let value = |name: &str| {
+///         query.split('&').find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
+///     };
+///     Some(vec![format!("account:{}", value("from")?), format!("account:{}", value("to")?)])
+/// });
+/// let (parts, _) = http::Request::post("/transfers?from=7&to=3").body(()).unwrap().into_parts();
+/// assert_eq!(
+///     accounts.extract(&parts),
+///     Ok(Keys::Several(vec!["account:7".into(), "account:3".into()])),
+/// );
+/// ```
+pub fn from_fn_all<F>(f: F) -> FromFnAll<F>
+where
+    F: Fn(&Parts) -> Option<Vec<String>> + Send + Sync + 'static,
+{
+    FromFnAll(f)
+}
+
+/// See [`from_fn_all`].
+#[derive(Clone)]
+pub struct FromFnAll<F>(F);
+
+impl<F> fmt::Debug for FromFnAll<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("FromFnAll")
+    }
+}
+
+impl<F> KeyExtractor for FromFnAll<F>
+where
+    F: Fn(&Parts) -> Option<Vec<String>> + Send + Sync + 'static,
+{
+    fn extract(&self, parts: &Parts) -> Result<Keys, KeyError> {
+        (self.0)(parts)
+            .map(Keys::Several)
+            .ok_or_else(|| KeyError::missing("the keys function"))
+    }
 }
 
 /// See [`KeyExtractor::prefixed`].
@@ -156,10 +253,9 @@ pub struct Prefixed<K> {
 }
 
 impl<K: KeyExtractor> KeyExtractor for Prefixed<K> {
-    fn extract(&self, parts: &Parts) -> Result<String, KeyError> {
-        self.inner
-            .extract(parts)
-            .map(|key| format!("{}{key}", self.prefix))
+    fn extract(&self, parts: &Parts) -> Result<Keys, KeyError> {
+        let keys = self.inner.extract(parts)?;
+        Ok(keys.map(|key| format!("{}{key}", self.prefix)))
     }
 }
 
@@ -182,7 +278,7 @@ impl<K: KeyExtractor> KeyExtractor for Prefixed<K> {
 ///     .body(())
 ///     .unwrap()
 ///     .into_parts();
-/// assert_eq!(key::header("x-tenant-id").extract(&parts).as_deref(), Ok("acme"));
+/// assert_eq!(key::header("x-tenant-id").extract(&parts), Ok("acme".into()));
 /// ```
 pub fn header(name: impl AsRef<str>) -> Header {
     let name = name.as_ref();
@@ -219,11 +315,13 @@ macro_rules! inherent_prefixed {
 inherent_prefixed!(Header);
 
 impl KeyExtractor for Header {
-    fn extract(&self, parts: &Parts) -> Result<String, KeyError> {
+    fn extract(&self, parts: &Parts) -> Result<Keys, KeyError> {
         let Some(value) = parts.headers.get(&self.name) else {
             return Err(KeyError::missing(self.source.clone()));
         };
-        Ok(String::from_utf8_lossy(value.as_bytes()).into_owned())
+        Ok(Keys::One(
+            String::from_utf8_lossy(value.as_bytes()).into_owned(),
+        ))
     }
 }
 
@@ -302,14 +400,69 @@ fn raw_path_params(parts: &Parts) -> Result<axum::extract::RawPathParams, KeyErr
 inherent_prefixed!(PathParam);
 
 #[cfg(feature = "axum")]
-impl KeyExtractor for PathParam {
-    fn extract(&self, parts: &Parts) -> Result<String, KeyError> {
-        let params = raw_path_params(parts)?;
+impl PathParam {
+    fn value(&self, params: &axum::extract::RawPathParams) -> Result<String, KeyError> {
         params
             .iter()
             .find(|(name, _)| *name == self.name)
             .map(|(_, value)| value.to_owned())
             .ok_or_else(|| KeyError::missing(format!("path parameter {}", self.name)))
+    }
+}
+
+#[cfg(feature = "axum")]
+impl KeyExtractor for PathParam {
+    fn extract(&self, parts: &Parts) -> Result<Keys, KeyError> {
+        self.value(&raw_path_params(parts)?).map(Keys::One)
+    }
+}
+
+/// Keys requests by several path parameters of the matched axum route at
+/// once (`{from}` and `{to}` in `/transfers/{from}/{to}`), each
+/// percent-decoded: the request holds all of them, taken together in the
+/// one order every process uses, so `A→B` and `B→A` never deadlock.
+/// Installed like [`path_param`].
+///
+/// ```
+/// use axum::{Router, routing::post};
+/// use tower_lock::{LockLayer, Locker, middleware::key};
+///
+/// let app: Router = Router::new()
+///     .route("/transfers/{from}/{to}", post(|| async { "moved" }))
+///     .route_layer(LockLayer::new(
+///         Locker::in_memory(),
+///         key::path_params(["from", "to"]).prefixed("account:"),
+///     ));
+/// ```
+#[cfg(feature = "axum")]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+pub fn path_params<I>(names: I) -> PathParams
+where
+    I: IntoIterator,
+    I::Item: Into<String>,
+{
+    PathParams {
+        params: names.into_iter().map(path_param).collect(),
+    }
+}
+
+/// See [`path_params`].
+#[cfg(feature = "axum")]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+#[derive(Clone, Debug)]
+pub struct PathParams {
+    params: Vec<PathParam>,
+}
+
+#[cfg(feature = "axum")]
+inherent_prefixed!(PathParams);
+
+#[cfg(feature = "axum")]
+impl KeyExtractor for PathParams {
+    fn extract(&self, parts: &Parts) -> Result<Keys, KeyError> {
+        let params = raw_path_params(parts)?;
+        let keys = self.params.iter().map(|param| param.value(&params));
+        keys.collect::<Result<_, _>>().map(Keys::Several)
     }
 }
 
@@ -387,10 +540,10 @@ impl<T> KeyExtractor for PathParamAs<T>
 where
     T: std::str::FromStr + fmt::Display + 'static,
 {
-    fn extract(&self, parts: &Parts) -> Result<String, KeyError> {
-        let raw = self.param.extract(parts)?;
+    fn extract(&self, parts: &Parts) -> Result<Keys, KeyError> {
+        let raw = self.param.value(&raw_path_params(parts)?)?;
         match raw.parse::<T>() {
-            Ok(value) => Ok(value.to_string()),
+            Ok(value) => Ok(Keys::One(value.to_string())),
             Err(_) => Err(KeyError::Invalid {
                 source: format!("path parameter {}", self.param.name).into(),
                 reason: format!("not a valid {}", std::any::type_name::<T>()).into(),
@@ -433,11 +586,11 @@ inherent_prefixed!(MethodAndPath);
 
 #[cfg(feature = "axum")]
 impl KeyExtractor for MethodAndPath {
-    fn extract(&self, parts: &Parts) -> Result<String, KeyError> {
+    fn extract(&self, parts: &Parts) -> Result<Keys, KeyError> {
         let path = match parts.extensions.get::<axum::extract::MatchedPath>() {
             Some(matched) => matched.as_str(),
             None => parts.uri.path(),
         };
-        Ok(format!("{} {path}", parts.method))
+        Ok(Keys::One(format!("{} {path}", parts.method)))
     }
 }

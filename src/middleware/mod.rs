@@ -100,7 +100,7 @@ pub use self::{
     body::{BoxError, LockBody},
     future::ResponseFuture,
     held::HeldLock,
-    key::{KeyError, KeyExtractor},
+    key::{KeyError, KeyExtractor, Keys},
     layer::{DEFAULT_MAX_HOLD, DEFAULT_RETRY_AFTER, DEFAULT_TTL, DEFAULT_WAIT, LockLayer},
     rejection::{LockRejection, MissingKey},
     service::LockService,

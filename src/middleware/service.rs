@@ -7,11 +7,14 @@ use std::{
 };
 
 use http::{Request, Response};
+use smol_str::SmolStr;
 use tower_service::Service;
 
 use super::{
     KeyExtractor, LockBody, LockLayer, LockRejection, MissingKey, ResponseFuture,
-    key::KeyError,
+    future::Acquire,
+    held::{Holding, join},
+    key::{KeyError, Keys},
     layer::{Config, DEFAULT_RETRY_AFTER, Treatment},
 };
 use crate::{Locker, locker::scope::Held};
@@ -99,7 +102,7 @@ where
             }
         };
         let (locker, ttl, wait) = (config.locker.clone(), config.ttl, config.wait);
-        let held = Held::new(&locker, key.as_str().into());
+        let held = Held::new(&locker, key.iter().map(SmolStr::new).collect());
         // While holders renew, their remaining lease says nothing about
         // when the key frees.
         let retry_after = match (config.retry_after, config.auto_renew) {
@@ -107,21 +110,30 @@ where
             (None, true) => Some(DEFAULT_RETRY_AFTER),
             (None, false) => None,
         };
-        let acquire = Box::pin(async move {
-            locker
-                .acquire_timeout(&key, ttl, wait)
-                .await
-                .map_err(|error| match LockRejection::from_error(key, error) {
-                    LockRejection::Busy {
-                        key,
-                        retry_after: reported,
-                    } => LockRejection::Busy {
-                        key,
-                        retry_after: retry_after.or(reported),
-                    },
-                    rejection => rejection,
-                })
-        });
+        let refused = move |key: String, error| match LockRejection::from_error(key, error) {
+            LockRejection::Busy {
+                key,
+                retry_after: reported,
+            } => LockRejection::Busy {
+                key,
+                retry_after: retry_after.or(reported),
+            },
+            rejection => rejection,
+        };
+        let acquire: Acquire = match key {
+            Keys::One(key) => Box::pin(async move {
+                match locker.acquire_timeout(&key, ttl, wait).await {
+                    Ok(guard) => Ok(Holding::One(guard)),
+                    Err(error) => Err(refused(key, error)),
+                }
+            }),
+            Keys::Several(keys) => Box::pin(async move {
+                match locker.acquire_all_timeout(&keys, ttl, wait).await {
+                    Ok(set) => Ok(Holding::Set(set)),
+                    Err(error) => Err(refused(join(keys.iter().map(String::as_str)), error)),
+                }
+            }),
+        };
         ResponseFuture::acquiring(
             acquire,
             inner,
