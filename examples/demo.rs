@@ -35,6 +35,10 @@ use axum::{
 use serde_json::{Value, json};
 use tower_lock::{LockLayer, Locker, middleware::key};
 
+#[path = "common/backend.rs"]
+mod backend;
+use backend::connect;
+
 const AMOUNT: u64 = 10;
 
 struct Options {
@@ -91,47 +95,6 @@ fn parse_options() -> anyhow::Result<Options> {
         }
     }
     Ok(options)
-}
-
-/// The one place a lock store is chosen.
-async fn connect(backend: &str) -> anyhow::Result<Locker> {
-    let scheme = backend
-        .split_once("://")
-        .map_or(backend, |(scheme, _)| scheme);
-    match scheme {
-        "memory" => Ok(Locker::in_memory()),
-        #[cfg(feature = "redis")]
-        "redis" | "rediss" => {
-            let store = tower_lock::redis::RedisBackend::from_url(backend)
-                .await
-                .with_context(|| format!("connect to Redis at {backend}"))?;
-            Ok(Locker::new(store))
-        }
-        #[cfg(feature = "nats")]
-        "nats" => {
-            let client = async_nats::connect(backend)
-                .await
-                .with_context(|| format!("connect to NATS at {backend}"))?;
-            let js = async_nats::jetstream::new(client);
-            let store = tower_lock::nats::NatsBackend::new(js, "tower-lock-demo")
-                .await
-                .context("open the KV bucket tower-lock-demo")?;
-            Ok(Locker::new(store))
-        }
-        #[cfg(not(feature = "redis"))]
-        "redis" | "rediss" => bail!(
-            "--backend {backend}: run the demo with `--features redis` \
-             (cargo run --release --features redis --example demo -- --backend {backend})"
-        ),
-        #[cfg(not(feature = "nats"))]
-        "nats" => bail!(
-            "--backend {backend}: run the demo with `--features nats` \
-             (cargo run --release --features nats --example demo -- --backend {backend})"
-        ),
-        _ => bail!(
-            "--backend {backend}: unknown backend; expected memory, redis://HOST:PORT or nats://HOST:PORT"
-        ),
-    }
 }
 
 // ---------------------------------------------------------------- the ledger
@@ -416,7 +379,7 @@ async fn main() -> ExitCode {
 
 async fn run() -> anyhow::Result<ExitCode> {
     let options = parse_options()?;
-    let locker = connect(&options.backend).await?;
+    let locker = connect(&options.backend, "demo").await?;
 
     if let Some(addr) = options.serve {
         let listener = tokio::net::TcpListener::bind(addr)
