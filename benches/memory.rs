@@ -133,7 +133,7 @@ fn million_keys(_: &mut Criterion) {
     assert_eq!(locker.held_count(), 0);
 }
 
-/// The six sides in alternating rounds: each round times `PER_ROUND`
+/// The seven sides in alternating rounds: each round times `PER_ROUND`
 /// cycles of one side; the median round of each side is reported.
 fn interleaved(_: &mut Criterion) {
     const ROUNDS: usize = 40;
@@ -154,7 +154,7 @@ fn interleaved(_: &mut Criterion) {
     // take 64 keys in turn, each well below that rate.
     let keys: Vec<String> = (0..64).map(|i| format!("invoice:{i}")).collect();
     let leak_free_many = KeyedMutexes::default();
-    let mut times: [Vec<f64>; 6] = Default::default();
+    let mut times: [Vec<f64>; 7] = Default::default();
     runtime.block_on(async {
         for _ in 0..ROUNDS {
             for (side, times) in times.iter_mut().enumerate() {
@@ -185,10 +185,17 @@ fn interleaved(_: &mut Criterion) {
                             drop(black_box(lock.lock().await));
                             leak_free_many.forget(key, lock);
                         }
-                        _ => {
+                        5 => {
                             let guard = locker.acquire(key, ttl).await.expect("acquire");
                             black_box(guard.fence());
                             guard.release().await.expect("release");
+                        }
+                        _ => {
+                            let next = &keys[(cycle as usize + 1) % keys.len()];
+                            let set = locker.acquire_all([key, next], ttl).await;
+                            let set = set.expect("acquire_all");
+                            black_box(set.len());
+                            set.release().await.expect("release");
                         }
                     }
                 }
@@ -200,7 +207,7 @@ fn interleaved(_: &mut Criterion) {
         times.sort_by(f64::total_cmp);
         times[times.len() / 2]
     };
-    let [a, b, c, d, e, f] = times.each_mut().map(median);
+    let [a, b, c, d, e, f, g] = times.each_mut().map(median);
     println!("interleaved, median of {ROUNDS} rounds of {PER_ROUND} cycles:");
     println!("  baseline as first written (key allocated every call): {a:.1} ns");
     println!("  baseline, key allocated only when new:                {b:.1} ns");
@@ -215,7 +222,82 @@ fn interleaved(_: &mut Criterion) {
     println!("  64 keys in turn, baseline, entry removed on release:  {e:.1} ns");
     println!("  64 keys in turn, tower-lock Locker::in_memory:        {f:.1} ns");
     println!("  tower-lock / baseline over 64 keys: {:.2}x", f / e);
+    println!("  64 keys in turn, tower-lock acquire_all of 2 keys:    {g:.1} ns");
+    println!("  2 keys / 1 key: {:.2}x", g / f);
 }
 
-criterion_group!(benches, uncontended, interleaved, million_keys);
+/// Not a timing of one call: the conformance suite's transfer workload (16
+/// tasks over 4 lockers, 300 transfers among 8 accounts, each holding its
+/// two accounts for 1 ms, half of them naming the keys the other way
+/// round), with `acquire_all` of both accounts and with one global lock,
+/// the naive safe alternative, in alternating rounds.
+fn transfers(_: &mut Criterion) {
+    const ROUNDS: usize = 5;
+    const TRANSFERS: usize = 300;
+    const ACCOUNTS: usize = 8;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let backend = MemoryBackend::new();
+    let lockers: Vec<Locker> = (0..4).map(|_| Locker::new(backend.clone())).collect();
+    let run = |global: bool| {
+        let lockers = lockers.clone();
+        runtime.block_on(async move {
+            let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let start = Instant::now();
+            let tasks: Vec<_> = (0..16)
+                .map(|task| {
+                    let (locker, next) = (lockers[task % 4].clone(), next.clone());
+                    tokio::spawn(async move {
+                        let ttl = Duration::from_secs(10);
+                        loop {
+                            let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            if n >= TRANSFERS {
+                                return;
+                            }
+                            let (from, to) = (n % ACCOUNTS, (n * 5 + 3) % ACCOUNTS);
+                            let to = if to == from { (to + 1) % ACCOUNTS } else { to };
+                            let keys = if n % 2 == 0 { [from, to] } else { [to, from] };
+                            let keys = keys.map(|k| format!("account:{k}"));
+                            if global {
+                                let guard = locker.acquire("ledger", ttl).await.expect("acquire");
+                                tokio::time::sleep(Duration::from_millis(1)).await;
+                                guard.release().await.expect("release");
+                            } else {
+                                let set =
+                                    locker.acquire_all(&keys, ttl).await.expect("acquire_all");
+                                tokio::time::sleep(Duration::from_millis(1)).await;
+                                set.release().await.expect("release");
+                            }
+                        }
+                    })
+                })
+                .collect();
+            for task in tasks {
+                task.await.expect("task");
+            }
+            TRANSFERS as f64 / start.elapsed().as_secs_f64()
+        })
+    };
+    let (mut sets, mut global) = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        sets.push(run(false));
+        global.push(run(true));
+    }
+    let median = |mut rates: Vec<f64>| {
+        rates.sort_by(f64::total_cmp);
+        rates[rates.len() / 2]
+    };
+    let (sets, global) = (median(sets), median(global));
+    println!(
+        "transfers, 16 tasks / 4 lockers, 8 accounts, 1 ms sections, median of {ROUNDS} rounds:"
+    );
+    println!("  acquire_all of both accounts: {sets:.0} transfers/s");
+    println!("  one global lock:              {global:.0} transfers/s");
+    println!("  acquire_all / global: {:.2}x", sets / global);
+}
+
+criterion_group!(benches, uncontended, interleaved, million_keys, transfers);
 criterion_main!(benches);

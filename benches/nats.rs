@@ -177,6 +177,16 @@ fn uncontended_interleaved() {
                     }),
                 ),
                 (
+                    "tower-lock acquire_all, 2 keys",
+                    Box::new(move || {
+                        Box::pin(async move {
+                            let keys = ["uncontended-a", "uncontended-b"];
+                            let set = a.acquire_all(keys, TTL).await.expect("acquire_all");
+                            set.release().await.expect("release");
+                        })
+                    }),
+                ),
+                (
                     "the same KV operations by hand",
                     Box::new(move || Box::pin(floor_same_ops(store, js))),
                 ),

@@ -135,6 +135,16 @@ fn uncontended(c: &mut Criterion, rt: &Runtime, url: &str) {
                     }),
                 ),
                 (
+                    "tower-lock acquire_all, 2 keys",
+                    Box::new(move || {
+                        Box::pin(async move {
+                            let keys = ["uncontended-a", "uncontended-b"];
+                            let set = locker.acquire_all(keys, TTL).await.expect("acquire_all");
+                            set.release().await.expect("release");
+                        })
+                    }),
+                ),
+                (
                     "floor: SET NX PX, EVALSHA release",
                     Box::new(move || {
                         Box::pin(async move {
