@@ -1,7 +1,7 @@
 //! Several keys at once, deadlock-free: taken one by one in the one order
 //! every process uses, all or nothing.
 
-use std::time::Duration;
+use std::{future::Future, task::Poll, time::Duration};
 
 use smol_str::SmolStr;
 use tokio::time::Instant;
@@ -46,7 +46,7 @@ impl Locker {
     /// # Examples
     ///
     /// ```
-    /// use std::time::Duration;
+    /// use std::{future::Future, task::Poll, time::Duration};
     /// use tower_lock::Locker;
     ///
     /// # #[tokio::main(flavor = "current_thread")]
@@ -80,7 +80,7 @@ impl Locker {
     /// As for [`acquire_all`](Self::acquire_all).
     ///
     /// ```
-    /// use std::time::Duration;
+    /// use std::{future::Future, task::Poll, time::Duration};
     /// use tower_lock::{LockError, Locker};
     ///
     /// # #[tokio::main(flavor = "current_thread")]
@@ -121,7 +121,7 @@ impl Locker {
     /// As for [`acquire_all`](Self::acquire_all).
     ///
     /// ```
-    /// use std::time::Duration;
+    /// use std::{future::Future, task::Poll, time::Duration};
     /// use tower_lock::Locker;
     ///
     /// # #[tokio::main(flavor = "current_thread")]
@@ -200,6 +200,11 @@ impl Locker {
             return taking.await;
         }
         let mut taking = std::pin::pin!(taking);
+        // A free key is had at once: no renewal timer for that.
+        let first = std::future::poll_fn(|cx| Poll::Ready(taking.as_mut().poll(cx))).await;
+        if let Poll::Ready(taken) = first {
+            return taken;
+        }
         let every = ttl / 3;
         loop {
             tokio::select! {

@@ -9,7 +9,11 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
-use super::{held::Holding, hold::Hold};
+use super::{
+    LockRejection,
+    held::Holding,
+    hold::{Hold, poll_stop},
+};
 use crate::locker::scope::Held;
 
 /// The error a [`LockBody`] ends with: the inner body's, or the
@@ -174,17 +178,21 @@ where
         }
         match this.kind.project() {
             KindProj::Inner { mut body } => {
-                if let Some(Poll::Ready(rejection)) = this.hold.as_mut().map(|h| h.poll_ended(cx)) {
-                    *this.cut = true;
-                    drop(this.hold.take());
-                    drop(this.guard.take());
-                    return Poll::Ready(Some(Err(Box::new(rejection))));
+                if let Poll::Ready(rejection) = poll_stop(this.guard, this.hold, false, cx) {
+                    return cut(this.cut, this.guard, this.hold, rejection);
                 }
                 let frame = match this.held.as_ref() {
                     Some(held) => held.scope(|| body.as_mut().poll_frame(cx)),
                     None => body.as_mut().poll_frame(cx),
                 };
-                let frame = ready!(frame);
+                let Poll::Ready(frame) = frame else {
+                    // Waiting on the inner body: the watch must be able to
+                    // wake us.
+                    return match poll_stop(this.guard, this.hold, true, cx) {
+                        Poll::Ready(rejection) => cut(this.cut, this.guard, this.hold, rejection),
+                        Poll::Pending => Poll::Pending,
+                    };
+                };
                 // A client that knows the length stops polling after the last
                 // data frame, so "ended" must be noticed here and not only at
                 // `None`.
@@ -225,6 +233,20 @@ where
     }
 }
 
+/// Ends a body whose lock must be let go: with the reason as its error,
+/// and the lock released.
+fn cut<D>(
+    cut: &mut bool,
+    guard: &mut Option<Holding>,
+    hold: &mut Option<Hold>,
+    rejection: LockRejection,
+) -> Poll<Option<Result<Frame<D>, BoxError>>> {
+    *cut = true;
+    drop(hold.take());
+    drop(guard.take());
+    Poll::Ready(Some(Err(Box::new(rejection))))
+}
+
 impl<B> std::fmt::Debug for LockBody<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LockBody")
@@ -244,8 +266,7 @@ mod tests {
 
     fn locked<B: Body>(body: B, guard: crate::LockGuard) -> LockBody<B> {
         let guard = Holding::One(guard);
-        let hold = Hold::new(&guard, Duration::from_secs(600));
-        LockBody::locked(body, guard, hold, None)
+        LockBody::locked(body, guard, Hold::new(Duration::from_secs(600)), None)
     }
 
     const TTL: Duration = Duration::from_secs(30);

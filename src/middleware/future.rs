@@ -14,7 +14,12 @@ use pin_project_lite::pin_project;
 use tower_service::Service;
 
 use super::held::Holding;
-use super::{HeldLock, LockBody, LockRejection, body::Refusal, hold::Hold, layer::RejectionHook};
+use super::{
+    HeldLock, LockBody, LockRejection,
+    body::Refusal,
+    hold::{Hold, poll_stop},
+    layer::RejectionHook,
+};
 use crate::locker::scope::Held;
 
 pub(crate) type Acquire =
@@ -122,13 +127,16 @@ where
 }
 
 /// The refusal to answer with once the request must stop (its lease was
-/// lost, or it held its key too long).
+/// lost, or it held its key too long). `arm`: what runs under the lock has
+/// to wait, so the watch must be able to wake this task.
 fn stopped<S, ReqBody, F>(
-    hold: Option<&mut Hold>,
+    guard: &Option<Holding>,
+    hold: &mut Option<Hold>,
+    arm: bool,
     hook: Option<&RejectionHook>,
     cx: &mut Context<'_>,
 ) -> Option<State<S, ReqBody, F>> {
-    let Poll::Ready(rejection) = hold?.poll_ended(cx) else {
+    let Poll::Ready(rejection) = poll_stop(guard, hold, arm, cx) else {
         return None;
     };
     Some(State::Refused {
@@ -171,7 +179,7 @@ where
                             panic!("ResponseFuture polled after completion");
                         };
                         request.extensions_mut().insert(HeldLock::new(&guard));
-                        let hold = Hold::new(&guard, *this.max_hold);
+                        let hold = Hold::new(*this.max_hold);
                         state.set(State::Readying {
                             service,
                             request: Some(request),
@@ -193,11 +201,19 @@ where
                     guard,
                     hold,
                 } => {
-                    if let Some(stopped) = stopped(hold.as_mut(), hook, cx) {
+                    if let Some(stopped) = stopped(guard, hold, false, hook, cx) {
                         state.set(stopped);
                         continue;
                     }
-                    ready!(service.poll_ready(cx))?;
+                    if service.poll_ready(cx)?.is_pending() {
+                        match stopped(guard, hold, true, hook, cx) {
+                            Some(stopped) => {
+                                state.set(stopped);
+                                continue;
+                            }
+                            None => return Poll::Pending,
+                        }
+                    }
                     let Some(request) = request.take() else {
                         panic!("ResponseFuture polled after completion");
                     };
@@ -216,13 +232,22 @@ where
                 } => {
                     // Dropping the future stops the handler at its next
                     // await; dropping the guard releases what is left.
-                    if let Some(stopped) = stopped(hold.as_mut(), hook, cx) {
+                    if let Some(stopped) = stopped(guard, hold, false, hook, cx) {
                         state.set(stopped);
                         continue;
                     }
                     // An error or a panic drops the guard with the future,
                     // which releases the lock.
-                    let response = ready!(within(held, || future.poll(cx)))?;
+                    let Poll::Ready(response) = within(held, || future.poll(cx)) else {
+                        match stopped(guard, hold, true, hook, cx) {
+                            Some(stopped) => {
+                                state.set(stopped);
+                                continue;
+                            }
+                            None => return Poll::Pending,
+                        }
+                    };
+                    let response = response?;
                     let (guard, hold) = (guard.take(), hold.take());
                     return Poll::Ready(Ok(response.map(|body| match (guard, hold) {
                         (Some(guard), Some(hold)) => {
