@@ -201,6 +201,24 @@ impl LockGuard {
     }
 }
 
+impl LockGuard {
+    /// Releases on the spot where the store can answer so (see
+    /// [`Backend::release_now`](crate::backend::Backend::release_now));
+    /// `Err(self)`, unchanged, where the release needs I/O.
+    pub(crate) fn release_now(mut self) -> Result<Result<(), LockError>, LockGuard> {
+        let Some(parts) = self.parts.as_ref() else {
+            return Ok(Err(LockError::NotHeld));
+        };
+        match parts.owner.release_here(&parts.record) {
+            Some(outcome) => {
+                self.parts = None;
+                Ok(outcome)
+            }
+            None => Err(self),
+        }
+    }
+}
+
 impl Drop for LockGuard {
     fn drop(&mut self) {
         if let Some(Parts {

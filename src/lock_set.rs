@@ -126,10 +126,28 @@ impl LockSet {
     }
 }
 
-/// Releases `guards` together; the first error, if any.
+/// Releases `guards` together: on the spot where the store answers so,
+/// the others in concurrent requests; the first error, if any.
 pub(crate) async fn release_all(guards: Vec<LockGuard>) -> Result<(), LockError> {
-    let outcomes = join_all(guards.into_iter().map(LockGuard::release)).await;
-    outcomes.into_iter().find(Result::is_err).unwrap_or(Ok(()))
+    let mut first = Ok(());
+    let mut remote = Vec::new();
+    for guard in guards {
+        match guard.release_now() {
+            Ok(outcome) => {
+                if first.is_ok() {
+                    first = outcome;
+                }
+            }
+            Err(guard) => remote.push(guard),
+        }
+    }
+    if !remote.is_empty() {
+        let outcomes = join_all(remote.into_iter().map(LockGuard::release)).await;
+        if let (Ok(()), Some(err)) = (&first, outcomes.into_iter().find(Result::is_err)) {
+            first = err;
+        }
+    }
+    first
 }
 
 impl fmt::Debug for LockSet {

@@ -178,22 +178,19 @@ impl Locker {
     /// locker renews them already.
     async fn take_one(
         &self,
-        key: &str,
+        key: &SmolStr,
         ttl: Duration,
         take: Take,
         held: &[LockGuard],
     ) -> Result<LockGuard, LockError> {
+        // Checked already, with every key of the set.
         let taking = async {
             match take {
                 Take::Try => self
-                    .try_lock(key, ttl)
+                    .attempt(key, ttl, false)
                     .await?
-                    .ok_or(LockError::Busy { retry_after: None }),
-                Take::Wait(None) => self.acquire(key, ttl).await,
-                Take::Wait(Some(deadline)) => {
-                    let wait = deadline.saturating_duration_since(Instant::now());
-                    self.acquire_timeout(key, ttl, wait).await
-                }
+                    .map_err(|_| LockError::Busy { retry_after: None }),
+                Take::Wait(deadline) => self.lock_checked(key.clone(), ttl, deadline).await,
             }
         };
         if held.is_empty() || self.auto_renew || matches!(take, Take::Try) {

@@ -103,7 +103,16 @@ impl Locker {
         validate_key(key)?;
         validate_ttl(ttl)?;
         super::scope::refuse_reentry(self.backend_id(), key)?;
-        let key = owned_key(key);
+        self.lock_checked(owned_key(key), ttl, deadline).await
+    }
+
+    /// [`lock`](Self::lock) for a key and ttl already checked.
+    pub(super) async fn lock_checked(
+        &self,
+        key: SmolStr,
+        ttl: Duration,
+        deadline: Option<Instant>,
+    ) -> Result<LockGuard, LockError> {
         let mut remaining = None;
         let mut seen_busy = false;
         // Nobody of ours is queued: try at once (queued waiters go first).
