@@ -1024,14 +1024,16 @@ async fn a_handler_asking_for_its_own_key_is_answered_at_once() {
     let handler = |State(locker): State<Locker>, lock: HeldLock| async move {
         let again = locker.acquire(lock.key(), TTL).await;
         let tried = locker.try_lock(lock.key(), TTL).await;
+        let set = locker.acquire_all(["elsewhere", lock.key()], TTL).await;
         let other = locker.acquire("elsewhere", TTL).await;
-        match (again, tried, other) {
+        match (again, tried, set, other) {
             (
                 Err(LockError::HeldByThisRequest { key }),
                 Err(LockError::HeldByThisRequest { .. }),
+                Err(LockError::HeldByThisRequest { .. }),
                 Ok(_),
             ) => format!("refused {key}"),
-            (again, tried, other) => format!("{again:?} {tried:?} {other:?}"),
+            (again, tried, set, other) => format!("{again:?} {tried:?} {set:?} {other:?}"),
         }
     };
     let app = Router::new()
