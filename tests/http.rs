@@ -1245,3 +1245,37 @@ async fn the_locked_extractor_takes_several_keys_all_or_nothing() {
     );
     drop(busy);
 }
+
+#[tokio::test]
+async fn a_typed_header_locks_its_canonical_form() {
+    let app = Router::new()
+        .route(
+            "/",
+            post(|lock: HeldLock| async move { lock.key().to_owned() }),
+        )
+        .layer(LockLayer::new(
+            Locker::in_memory(),
+            key::header_as::<u64>("x-tenant-id").prefixed("tenant:"),
+        ));
+    let addr = serve(app).await;
+    for spelling in ["7", "007", "+7"] {
+        let response = client()
+            .post(format!("http://{addr}/"))
+            .header("x-tenant-id", spelling)
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(
+            response.text().await.expect("body"),
+            "tenant:7",
+            "{spelling}"
+        );
+    }
+    let response = client()
+        .post(format!("http://{addr}/"))
+        .header("x-tenant-id", "seven")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+}

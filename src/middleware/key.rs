@@ -9,7 +9,8 @@
 //! `Fn(&Parts) -> Option<String>` are extractors (`None` is a missing key);
 //! [`from_fn`] helps the compiler infer their argument type. Ready ones:
 //!
-//! - [`header`]: the value of a request header (per-tenant locks).
+//! - [`header`]: the value of a request header (per-tenant locks);
+//!   [`header_as`] parses it and locks its canonical form.
 //! - `path_param` (feature `axum`): a parameter of the matched axum route;
 //!   `path_param_as::<T>` parses it and locks its canonical form;
 //!   `path_params` locks several at once (a transfer's two accounts).
@@ -325,6 +326,99 @@ impl KeyExtractor for Header {
     }
 }
 
+/// Keys requests by the header `name`, parsed as a `T` and locked in its
+/// canonical form (`T`'s `Display`), so that every spelling of one value
+/// takes one lock: with `T = u64`, `7`, `07` and `+7` all lock `7`. A value
+/// that does not parse is [`KeyError::Invalid`] (`400`); a missing header
+/// is [`KeyError::Missing`].
+///
+/// # Panics
+///
+/// When `name` is not a valid header name, as [`header`].
+///
+/// ```
+/// use tower_lock::middleware::{KeyExtractor, key};
+///
+/// let tenant = key::header_as::<u64>("x-tenant-id").prefixed("tenant:");
+/// let (parts, _) = http::Request::builder()
+///     .header("x-tenant-id", "007")
+///     .body(())
+///     .unwrap()
+///     .into_parts();
+/// assert_eq!(tenant.extract(&parts), Ok("tenant:7".into()));
+/// ```
+pub fn header_as<T>(name: impl AsRef<str>) -> HeaderAs<T>
+where
+    T: std::str::FromStr + fmt::Display + 'static,
+{
+    HeaderAs {
+        header: header(name),
+        _type: std::marker::PhantomData,
+    }
+}
+
+/// See [`header_as`].
+pub struct HeaderAs<T> {
+    header: Header,
+    _type: std::marker::PhantomData<fn() -> T>,
+}
+
+impl<T> Clone for HeaderAs<T> {
+    fn clone(&self) -> Self {
+        HeaderAs {
+            header: self.header.clone(),
+            _type: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<T> fmt::Debug for HeaderAs<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HeaderAs")
+            .field("name", &self.header.name)
+            .field("type", &std::any::type_name::<T>())
+            .finish()
+    }
+}
+
+impl<T> HeaderAs<T>
+where
+    T: std::str::FromStr + fmt::Display + 'static,
+{
+    /// This extractor with `prefix` in front of every key it finds; see
+    /// [`KeyExtractor::prefixed`].
+    pub fn prefixed(self, prefix: impl Into<String>) -> Prefixed<Self> {
+        KeyExtractor::prefixed(self, prefix)
+    }
+}
+
+impl<T> KeyExtractor for HeaderAs<T>
+where
+    T: std::str::FromStr + fmt::Display + 'static,
+{
+    fn extract(&self, parts: &Parts) -> Result<Keys, KeyError> {
+        let Some(value) = parts.headers.get(&self.header.name) else {
+            return Err(KeyError::missing(self.header.source.clone()));
+        };
+        canonical::<T>(value.to_str().ok(), || self.header.source.to_string())
+    }
+}
+
+/// `raw` parsed as a `T`, in `T`'s canonical form; `Invalid`, naming
+/// where it came from, when it does not parse.
+fn canonical<T>(raw: Option<&str>, source: impl FnOnce() -> String) -> Result<Keys, KeyError>
+where
+    T: std::str::FromStr + fmt::Display + 'static,
+{
+    match raw.map(str::parse::<T>) {
+        Some(Ok(value)) => Ok(Keys::One(value.to_string())),
+        _ => Err(KeyError::Invalid {
+            source: source().into(),
+            reason: format!("not a valid {}", std::any::type_name::<T>()).into(),
+        }),
+    }
+}
+
 /// Keys requests by the path parameter `name` of the matched axum route
 /// (`{id}` in `/accounts/{id}`), percent-decoded.
 ///
@@ -542,13 +636,7 @@ where
 {
     fn extract(&self, parts: &Parts) -> Result<Keys, KeyError> {
         let raw = self.param.value(&raw_path_params(parts)?)?;
-        match raw.parse::<T>() {
-            Ok(value) => Ok(Keys::One(value.to_string())),
-            Err(_) => Err(KeyError::Invalid {
-                source: format!("path parameter {}", self.param.name).into(),
-                reason: format!("not a valid {}", std::any::type_name::<T>()).into(),
-            }),
-        }
+        canonical::<T>(Some(&raw), || format!("path parameter {}", self.param.name))
     }
 }
 
