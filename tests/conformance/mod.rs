@@ -147,6 +147,7 @@ macro_rules! conformance_suite {
             a_set_with_a_busy_key_takes_nothing,
             a_dropped_set_leaves_nothing_behind,
             a_set_is_checked_first_and_takes_each_key_once,
+            a_set_reports_a_lost_lease,
             transfers_in_opposite_orders_never_deadlock_or_lose_money,
         );
     };
@@ -921,7 +922,20 @@ pub async fn a_set_is_checked_first_and_takes_each_key_once<H: Harness>(h: &H) {
     let mut sorted = [k.clone(), other.clone()];
     sorted.sort();
     assert_eq!(set.keys().collect::<Vec<_>>(), sorted);
-    assert!(set.fence(&k).is_some() && set.fence(&other).is_some());
+    let fences: Vec<_> = set
+        .fences()
+        .map(|(key, fence)| (key.to_owned(), fence))
+        .collect();
+    assert_eq!(
+        fences,
+        sorted
+            .iter()
+            .map(|key| (key.clone(), set.fence(key).expect("held")))
+            .collect::<Vec<_>>()
+    );
+    assert!(fences.iter().all(|(_, fence)| *fence > 0));
+    assert_eq!(set.guard(&k).map(|guard| guard.key()), Some(k.as_str()));
+    assert!(!set.is_empty() && !set.is_lost());
     assert!(b.try_lock(&k, LONG).await.expect("try_lock").is_none());
     set.release().await.expect("release");
     assert!(
@@ -1005,4 +1019,31 @@ pub async fn transfers_in_opposite_orders_never_deadlock_or_lose_money<H: Harnes
     for checker in checkers.iter() {
         checker.assert_exclusive(checker.sections().len());
     }
+}
+
+/// A set whose lease runs out (no renewal) says so, and its release
+/// reports the loss without touching the new holder.
+pub async fn a_set_reports_a_lost_lease<H: Harness>(h: &H) {
+    let (a, b) = (h.locker().await, h.locker().await);
+    let keys = [key("lost-set-a"), key("lost-set-b")];
+    let ttl = Duration::from_millis(200);
+    let set = a.acquire_all(&keys, ttl).await.expect("acquire_all");
+    assert!(!set.is_lost());
+    tokio::time::timeout(ttl + PROMPT, set.lost())
+        .await
+        .expect("lost() must fire once a lease is over");
+    assert!(set.is_lost());
+    let next = tokio::time::timeout(PROMPT, b.acquire(&keys[0], LONG))
+        .await
+        .expect("the lost lease frees the key")
+        .expect("acquire");
+    assert!(matches!(set.release().await, Err(LockError::Lost)));
+    assert!(
+        a.try_lock(&keys[0], LONG)
+            .await
+            .expect("try_lock")
+            .is_none(),
+        "the lost set's release freed the new holder's lock"
+    );
+    next.release().await.expect("release");
 }
