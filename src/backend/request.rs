@@ -35,6 +35,12 @@ pub struct AcquireRequest<'a> {
     /// ([`Locker::try_lock`](crate::Locker::try_lock), or the first try of
     /// an acquire) that must never be queued.
     pub waiting: bool,
+    /// Whether, besides this waiting caller, others of its process wait for
+    /// the key behind it. A store that queues waiters and grants such a
+    /// request keeps the caller's place, moved to the tail of its queue, so
+    /// that the next of them is served in its turn without a try of its own
+    /// to join the queue; the locker then waits for that turn's wake-up.
+    pub queued_behind: bool,
 }
 
 impl<'a> AcquireRequest<'a> {
@@ -45,12 +51,19 @@ impl<'a> AcquireRequest<'a> {
             token,
             ttl,
             waiting: false,
+            queued_behind: false,
         }
     }
 
     /// Sets [`waiting`](Self::waiting).
     pub fn waiting(mut self, waiting: bool) -> Self {
         self.waiting = waiting;
+        self
+    }
+
+    /// Sets [`queued_behind`](Self::queued_behind).
+    pub fn queued_behind(mut self, queued_behind: bool) -> Self {
+        self.queued_behind = queued_behind;
         self
     }
 }

@@ -6,7 +6,7 @@ use std::{future::Future, task::Poll, time::Duration};
 use smol_str::SmolStr;
 use tokio::time::Instant;
 
-use super::{Locker, scope};
+use super::{Locker, attempt::Asking, scope};
 use crate::{
     LockError, LockGuard, LockSet,
     key::{owned_key, validate_key, validate_ttl},
@@ -187,7 +187,7 @@ impl Locker {
         let taking = async {
             match take {
                 Take::Try => self
-                    .attempt(key, ttl, false)
+                    .attempt(key, ttl, Asking::Once)
                     .await?
                     .map_err(|_| LockError::Busy { retry_after: None }),
                 Take::Wait(deadline) => self.lock_checked(key.clone(), ttl, deadline).await,

@@ -14,6 +14,26 @@ use crate::{
     run_to_end::RunToEnd,
 };
 
+/// How a try asks the store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Asking {
+    /// A one-off try, never queued.
+    Once,
+    /// A waiting caller's try; `behind`: others of this locker wait behind
+    /// it (see [`AcquireRequest::queued_behind`]).
+    Waiting { behind: bool },
+}
+
+impl Asking {
+    fn request(self, key: &str, token: Token, ttl: Duration) -> AcquireRequest<'_> {
+        let request = AcquireRequest::new(key, token, ttl);
+        match self {
+            Asking::Once => request,
+            Asking::Waiting { behind } => request.waiting(true).queued_behind(behind),
+        }
+    }
+}
+
 /// A try that found the key busy.
 pub(super) struct Refused {
     /// The holder's remaining lease, when the store said.
@@ -27,18 +47,18 @@ pub(super) fn current_runtime() -> Result<Handle, LockError> {
 }
 
 impl Locker {
-    /// One try at the store, as a caller that will wait if refused
-    /// (`waiting`) or not. `Err` inside `Ok` is "busy".
+    /// One try at the store, asking as `asking` says. `Err` inside `Ok` is
+    /// "busy".
     pub(super) async fn attempt(
         &self,
         key: &SmolStr,
         ttl: Duration,
-        waiting: bool,
+        asking: Asking,
     ) -> Result<Result<LockGuard, Refused>, LockError> {
         // Renewal needs a runtime: refused before the store grants anything.
         let runtime = self.auto_renew.then(current_runtime).transpose()?;
         let token = Token::unique();
-        let request = AcquireRequest::new(key, token, ttl).waiting(waiting);
+        let request = asking.request(key, token, ttl);
         // Read before the request: the holder's lease never outlasts the
         // store's.
         let sent_at = Instant::now();
@@ -47,7 +67,7 @@ impl Locker {
         }
         // Boxed: the on-the-spot path should not carry (and move) the state
         // of a request it never makes.
-        Box::pin(self.attempt_remote(key, token, ttl, waiting, runtime)).await
+        Box::pin(self.attempt_remote(key, token, ttl, asking, runtime)).await
     }
 
     /// A try that needs I/O, on `runtime` if renewal already asked for it.
@@ -56,12 +76,12 @@ impl Locker {
         key: &SmolStr,
         token: Token,
         ttl: Duration,
-        waiting: bool,
+        asking: Asking,
         runtime: Option<Handle>,
     ) -> Result<Result<LockGuard, Refused>, LockError> {
         let runtime = runtime.map_or_else(current_runtime, Ok)?;
         let sent_at = Instant::now();
-        let outcome = self.request(&runtime, key, token, ttl, waiting).await?;
+        let outcome = self.request(&runtime, key, token, ttl, asking).await?;
         Ok(self.settle(key, token, ttl, outcome, Some(runtime), sent_at))
     }
 
@@ -103,14 +123,11 @@ impl Locker {
         key: &SmolStr,
         token: Token,
         ttl: Duration,
-        waiting: bool,
+        asking: Asking,
     ) -> Result<Attempt, LockError> {
         let request = {
             let (backend, key) = (self.backend().clone(), key.clone());
-            async move {
-                let request = AcquireRequest::new(&key, token, ttl).waiting(waiting);
-                backend.try_acquire(&request).await
-            }
+            async move { backend.try_acquire(&asking.request(&key, token, ttl)).await }
         };
         let cleanup = {
             let (backend, key) = (self.backend().clone(), key.clone());

@@ -13,8 +13,8 @@ use std::{fmt, sync::Arc, time::Duration};
 
 use tokio::time::Instant;
 
-use self::wait::LocalQueue;
 pub use self::wait::{BACKOFF_MAX, BACKOFF_START};
+use self::{attempt::Asking, wait::LocalQueue};
 use crate::{
     LockError, LockGuard,
     backend::Backend,
@@ -284,7 +284,7 @@ impl Locker {
         validate_ttl(ttl)?;
         scope::refuse_reentry(self.backend_id(), key)?;
         let key = owned_key(key);
-        Ok(self.attempt(&key, ttl, false).await?.ok())
+        Ok(self.attempt(&key, ttl, Asking::Once).await?.ok())
     }
 
     /// Releases every lease this locker (or a clone) holds on `key`.

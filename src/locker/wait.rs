@@ -15,7 +15,10 @@ use smol_str::SmolStr;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use super::{Locker, attempt::current_runtime};
+use super::{
+    Locker,
+    attempt::{Asking, current_runtime},
+};
 use crate::{
     LockError, LockGuard,
     backend::{Subscription, Token},
@@ -36,7 +39,11 @@ pub(super) struct LocalQueue {
     queued: AtomicUsize,
 }
 
-type Gate = tokio::sync::Mutex<()>;
+/// Held by the key's head waiter. `true` when the previous head left this
+/// locker's place in the store's queue (see
+/// [`AcquireRequest::queued_behind`](crate::backend::AcquireRequest::queued_behind)):
+/// the next head waits for its turn without a try of its own.
+type Gate = tokio::sync::Mutex<bool>;
 
 impl LocalQueue {
     pub(super) fn len(&self) -> usize {
@@ -117,7 +124,7 @@ impl Locker {
         let mut seen_busy = false;
         // Nobody of ours is queued: try at once (queued waiters go first).
         if !self.queue.has_waiters(&key) {
-            match self.attempt(&key, ttl, false).await? {
+            match self.attempt(&key, ttl, Asking::Once).await? {
                 Ok(guard) => return Ok(guard),
                 Err(refused) => (remaining, seen_busy) = (refused.remaining, true),
             }
@@ -146,9 +153,16 @@ impl Locker {
         current_runtime()?;
         let busy = |retry_after| LockError::Busy { retry_after };
         let ticket = QueueTicket::join(&self.queue, &key);
-        let Some(_turn) = until(deadline, ticket.gate.lock()).await else {
+        let Some(mut turn) = until(deadline, ticket.gate.lock()).await else {
             return Err(busy(remaining));
         };
+        // The previous head left our place in the store's queue: its turn
+        // comes as a wake-up, with no try needed to join.
+        let place_kept = std::mem::take(&mut *turn);
+        let mut store_queues = place_kept;
+        let mut skip_try = place_kept;
+        // Then the key is held, by the head before us.
+        seen_busy |= place_kept;
         // Subscribed before every waiting try, so that a release between a
         // busy answer and the wait below is never missed. Store calls count
         // against the deadline too: a try that is cut off finishes in the
@@ -170,20 +184,29 @@ impl Locker {
         };
         let mut backoff = BACKOFF_START;
         loop {
-            let attempt = until(deadline, self.attempt(&key, ttl, true)).await;
-            let mut queued = false;
-            match attempt.ok_or(busy(remaining))? {
-                Ok(Ok(guard)) => {
-                    wakeups.subscription.done();
-                    return Ok(guard);
-                }
-                Ok(Err(refused)) => {
-                    (remaining, seen_busy, queued) = (refused.remaining, true, refused.queued);
-                }
-                Err(err) if !seen_busy => return Err(err),
-                Err(err) => {
-                    tracing::warn!(?key, error = %err, "lock store failed while waiting; retrying");
-                    remaining = None;
+            let mut queued = std::mem::take(&mut skip_try);
+            if !queued {
+                // Clones of the gate are the map's, ours and one per other
+                // waiter behind us.
+                let behind = Arc::strong_count(&ticket.gate) > 2;
+                let asking = Asking::Waiting { behind };
+                let attempt = until(deadline, self.attempt(&key, ttl, asking)).await;
+                match attempt.ok_or(busy(remaining))? {
+                    Ok(Ok(guard)) => {
+                        // A store that queues keeps our place for the next.
+                        *turn = behind && store_queues;
+                        wakeups.subscription.done();
+                        return Ok(guard);
+                    }
+                    Ok(Err(refused)) => {
+                        (remaining, seen_busy, queued) = (refused.remaining, true, refused.queued);
+                        store_queues |= queued;
+                    }
+                    Err(err) if !seen_busy => return Err(err),
+                    Err(err) => {
+                        tracing::warn!(?key, error = %err, "lock store failed while waiting; retrying");
+                        remaining = None;
+                    }
                 }
             }
             // Queued in the store, the waiter is woken in its turn: it only

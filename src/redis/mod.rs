@@ -645,6 +645,7 @@ impl Backend for RedisBackend {
             .arg(&self.inner.store.id)
             .arg(if request.waiting { "1" } else { "0" })
             .arg(self.inner.store.retention)
+            .arg(if request.queued_behind { "1" } else { "0" })
             .invoke_async(&mut self.conn())
             .await
             .map_err(LockError::unavailable)?;

@@ -22,6 +22,9 @@ const RECONNECT_MAX: Duration = Duration::from_secs(2);
 /// How often an idle subscription checks that its connection still works: a
 /// half-open connection would otherwise go unnoticed.
 const PING_EVERY: Duration = Duration::from_secs(15);
+/// How long a turn for a key nobody here watches waits for a waiter to
+/// subscribe before it is passed on.
+const TURN_PICKUP: Duration = Duration::from_millis(20);
 
 /// The listening task; stopped when dropped.
 #[derive(Debug)]
@@ -164,9 +167,21 @@ impl Listener {
             return;
         }
         // Messages are read on the runtime the backend was built on.
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            self.store.clone().withdraw(&runtime, key);
-        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        // The next waiter of a locker whose head just took its previous
+        // turn subscribes a moment after that head returned: give it that
+        // moment before passing the turn on.
+        let (registry, store) = (self.registry.clone(), self.store.clone());
+        runtime.clone().spawn(async move {
+            tokio::time::sleep(TURN_PICKUP).await;
+            if registry.is_watched(&key) {
+                registry.notify(&key);
+            } else {
+                store.withdraw(&runtime, key);
+            }
+        });
     }
 }
 

@@ -8,7 +8,8 @@ use redis::Script;
 
 /// `KEYS[1]` lock, `KEYS[2]` fence counter, `KEYS[3]` waiter queue;
 /// `ARGV[1]` token, `ARGV[2]` ttl in ms, `ARGV[3]` the caller's backend id,
-/// `ARGV[4]` `1` when the caller will wait, `ARGV[5]` the retention in ms.
+/// `ARGV[4]` `1` when the caller will wait, `ARGV[5]` the retention in ms,
+/// `ARGV[6]` `1` when others of the caller's process wait behind it.
 /// Returns `{1, fence}` when taken, `{0, pttl}` when busy and `{2, pttl}`
 /// when busy and the caller is queued (`pttl` is -1 when the holder's key
 /// has no expiry).
@@ -30,8 +31,11 @@ use redis::Script;
 ///
 /// A waiting caller joins the queue once, however often it tries, and
 /// leaves it when it takes the lock (a turn's release already took it
-/// out). Each join keeps the queue for the holder's lease plus the
-/// retention, so entries of backends that died while queued go too.
+/// out), unless others of its process wait behind it: then its backend
+/// goes to the tail of the queue in the same script, so the next of them
+/// is served in its turn without a try of its own to join. Each join keeps
+/// the queue for the holder's lease plus the retention, so entries of
+/// backends that died while queued go too.
 pub(crate) static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -39,7 +43,11 @@ local current = redis.call('GET', KEYS[1])
 local turn = 'next:' .. ARGV[3]
 if current == false or current == turn or current == ARGV[1] then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  if current ~= turn and ARGV[4] == '1' then
+  if ARGV[6] == '1' then
+    redis.call('LREM', KEYS[3], 0, ARGV[3])
+    redis.call('RPUSH', KEYS[3], ARGV[3])
+    redis.call('PEXPIRE', KEYS[3], string.format('%d', ARGV[2] + ARGV[5]))
+  elseif current ~= turn and ARGV[4] == '1' then
     redis.call('LREM', KEYS[3], 0, ARGV[3])
   end
   local now = redis.call('TIME')
