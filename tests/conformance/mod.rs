@@ -936,6 +936,8 @@ pub async fn a_set_is_checked_first_and_takes_each_key_once<H: Harness>(h: &H) {
     assert!(fences.iter().all(|(_, fence)| *fence > 0));
     assert_eq!(set.guard(&k).map(|guard| guard.key()), Some(k.as_str()));
     assert!(!set.is_empty() && !set.is_lost());
+    let none = a.acquire_all(Vec::<String>::new(), LONG).await;
+    assert!(none.expect("an empty set").is_empty());
     assert!(b.try_lock(&k, LONG).await.expect("try_lock").is_none());
     set.release().await.expect("release");
     assert!(
