@@ -21,7 +21,10 @@
 //!   may take, and that backend's own turn channel tells it. So waiters across
 //!   processes are served first come, first served, a newcomer cannot jump
 //!   the queue even at the very moment of a release, and a release wakes
-//!   one backend instead of a herd that retries in vain. A backend leaves
+//!   one backend instead of a herd that retries in vain. A claim by a
+//!   waiter with others of its locker behind it moves its backend to the
+//!   tail of the queue in the same script, so the next of them needs no
+//!   request of its own to rejoin. A backend leaves
 //!   the queue when its waiter takes the lock, and when its last waiter on
 //!   the key gives up (a timeout, a dropped future), passing on a turn
 //!   already reserved for it; one that died while queued costs the queue
