@@ -148,6 +148,7 @@ macro_rules! conformance_suite {
             a_dropped_set_leaves_nothing_behind,
             a_set_is_checked_first_and_takes_each_key_once,
             a_set_reports_a_lost_lease,
+            a_set_keeps_its_first_keys_while_it_waits,
             transfers_in_opposite_orders_never_deadlock_or_lose_money,
         );
     };
@@ -936,6 +937,7 @@ pub async fn a_set_is_checked_first_and_takes_each_key_once<H: Harness>(h: &H) {
     assert!(fences.iter().all(|(_, fence)| *fence > 0));
     assert_eq!(set.guard(&k).map(|guard| guard.key()), Some(k.as_str()));
     assert!(!set.is_empty() && !set.is_lost());
+    assert!(format!("{set:?}").contains(&*k), "{set:?}");
     let none = a.acquire_all(Vec::<String>::new(), LONG).await;
     assert!(none.expect("an empty set").is_empty());
     assert!(b.try_lock(&k, LONG).await.expect("try_lock").is_none());
@@ -1048,4 +1050,35 @@ pub async fn a_set_reports_a_lost_lease<H: Harness>(h: &H) {
         "the lost set's release freed the new holder's lock"
     );
     next.release().await.expect("release");
+}
+
+/// Keys a set already took are renewed while it waits for the rest, even on
+/// a locker that does not renew: the set never comes back holding a lease
+/// that ran down meanwhile.
+pub async fn a_set_keeps_its_first_keys_while_it_waits<H: Harness>(h: &H) {
+    let (a, b, c) = (h.locker().await, h.locker().await, h.locker().await);
+    let (first, busy) = (key("keep-a"), key("keep-b"));
+    let ttl = Duration::from_millis(600);
+    let held = b.acquire(&busy, LONG).await.expect("acquire");
+    let waiting = tokio::spawn({
+        let keys = [first.clone(), busy.clone()];
+        async move { a.acquire_all(&keys, ttl).await }
+    });
+    // Two leases long: without renewal the first key's lease is over.
+    tokio::time::sleep(ttl * 2).await;
+    assert!(
+        c.try_lock(&first, LONG).await.expect("try_lock").is_none(),
+        "the first key was let go while the set waited"
+    );
+    held.release().await.expect("release");
+    let set = tokio::time::timeout(PROMPT, waiting)
+        .await
+        .expect("the set is taken once the key is free")
+        .expect("task")
+        .expect("acquire_all");
+    assert!(
+        !set.is_lost(),
+        "the set came back with a lease that ran down"
+    );
+    set.release().await.expect("every lease was still held");
 }
