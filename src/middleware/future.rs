@@ -126,22 +126,49 @@ where
     }
 }
 
-/// The refusal to answer with once the request must stop (its lease was
+/// The response to answer with once the request must stop (its lease was
 /// lost, or it held its key too long). `arm`: what runs under the lock has
 /// to wait, so the watch must be able to wake this task.
-fn stopped<S, ReqBody, F>(
+fn stopped(
     guard: &Option<Holding>,
     hold: &mut Option<Hold>,
     arm: bool,
     hook: Option<&RejectionHook>,
     cx: &mut Context<'_>,
-) -> Option<State<S, ReqBody, F>> {
+) -> Option<Response<Refusal>> {
     let Poll::Ready(rejection) = poll_stop(guard, hold, arm, cx) else {
         return None;
     };
-    Some(State::Refused {
-        response: Some(refuse(hook, rejection)),
-    })
+    Some(refuse(hook, rejection))
+}
+
+/// Polls `inner` under the request's stop watch: checked before, and armed
+/// when `inner` has to wait.
+fn watched<T>(
+    guard: &Option<Holding>,
+    hold: &mut Option<Hold>,
+    hook: Option<&RejectionHook>,
+    cx: &mut Context<'_>,
+    inner: impl FnOnce(&mut Context<'_>) -> Poll<T>,
+) -> Watched<T> {
+    if let Some(stopped) = stopped(guard, hold, false, hook, cx) {
+        return Watched::Stop(stopped);
+    }
+    match inner(cx) {
+        Poll::Ready(value) => Watched::Ready(value),
+        Poll::Pending => match stopped(guard, hold, true, hook, cx) {
+            Some(stopped) => Watched::Stop(stopped),
+            None => Watched::Pending,
+        },
+    }
+}
+
+/// What [`watched`] saw.
+enum Watched<T> {
+    Ready(T),
+    Pending,
+    /// The request must stop: answer with this.
+    Stop(Response<Refusal>),
 }
 
 /// Runs `f` inside the request's scope, if it holds a lock.
@@ -201,18 +228,15 @@ where
                     guard,
                     hold,
                 } => {
-                    if let Some(stopped) = stopped(guard, hold, false, hook, cx) {
-                        state.set(stopped);
-                        continue;
-                    }
-                    if service.poll_ready(cx)?.is_pending() {
-                        match stopped(guard, hold, true, hook, cx) {
-                            Some(stopped) => {
-                                state.set(stopped);
-                                continue;
-                            }
-                            None => return Poll::Pending,
+                    match watched(guard, hold, hook, cx, |cx| service.poll_ready(cx)) {
+                        Watched::Stop(refusal) => {
+                            state.set(State::Refused {
+                                response: Some(refusal),
+                            });
+                            continue;
                         }
+                        Watched::Pending => return Poll::Pending,
+                        Watched::Ready(ready) => ready?,
                     }
                     let Some(request) = request.take() else {
                         panic!("ResponseFuture polled after completion");
@@ -231,23 +255,21 @@ where
                     hold,
                 } => {
                     // Dropping the future stops the handler at its next
-                    // await; dropping the guard releases what is left.
-                    if let Some(stopped) = stopped(guard, hold, false, hook, cx) {
-                        state.set(stopped);
-                        continue;
-                    }
-                    // An error or a panic drops the guard with the future,
+                    // await; dropping the guard releases what is left. An
+                    // error or a panic drops the guard with the future,
                     // which releases the lock.
-                    let Poll::Ready(response) = within(held, || future.poll(cx)) else {
-                        match stopped(guard, hold, true, hook, cx) {
-                            Some(stopped) => {
-                                state.set(stopped);
-                                continue;
-                            }
-                            None => return Poll::Pending,
+                    let polled =
+                        watched(guard, hold, hook, cx, |cx| within(held, || future.poll(cx)));
+                    let response = match polled {
+                        Watched::Stop(refusal) => {
+                            state.set(State::Refused {
+                                response: Some(refusal),
+                            });
+                            continue;
                         }
+                        Watched::Pending => return Poll::Pending,
+                        Watched::Ready(response) => response?,
                     };
-                    let response = response?;
                     let (guard, hold) = (guard.take(), hold.take());
                     return Poll::Ready(Ok(response.map(|body| match (guard, hold) {
                         (Some(guard), Some(hold)) => {
