@@ -65,6 +65,10 @@ pub enum LockError {
         /// The key asked for.
         key: String,
     },
+    /// The [`Locker`](crate::Locker) (or a clone of it) was
+    /// [shut down](crate::Locker::shutdown): it takes no more locks.
+    #[error("the locker was shut down and takes no more locks")]
+    ShutDown,
     /// The store is set up in a way that could drop or keep a lock wrongly
     /// (an eviction policy, a bucket's limits), so the backend refused to
     /// use it; `setting` names what to change.

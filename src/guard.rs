@@ -5,7 +5,7 @@ use std::{fmt, future::Future, sync::Arc, time::Duration};
 use smol_str::SmolStr;
 use tokio::runtime::Handle;
 
-use crate::{LockError, lease::Record, owner::Owner};
+use crate::{LockError, lease::Record, metrics::Started, owner::Owner};
 
 /// A held lock. Dropping it releases the lock.
 ///
@@ -54,6 +54,14 @@ struct Parts {
     /// on the spot and nothing renews (a release then needs no runtime
     /// either, or takes the current one).
     runtime: Option<Handle>,
+    /// When the lock was granted, for the hold time in the metrics.
+    since: Started,
+}
+
+impl Parts {
+    fn report_release(&self) {
+        self.owner.metrics().released(self.record.key(), self.since);
+    }
 }
 
 impl LockGuard {
@@ -63,6 +71,7 @@ impl LockGuard {
                 record,
                 owner,
                 runtime,
+                since: Started::now(),
             }),
         }
     }
@@ -189,15 +198,11 @@ impl LockGuard {
     /// Dropping the returned future does not stop the release: it finishes
     /// in the background.
     pub async fn release(mut self) -> Result<(), LockError> {
-        let Some(Parts {
-            record,
-            owner,
-            runtime,
-        }) = self.parts.take()
-        else {
+        let Some(parts) = self.parts.take() else {
             return Err(LockError::NotHeld);
         };
-        owner.release_from(record, runtime).await
+        parts.report_release();
+        parts.owner.release_from(parts.record, parts.runtime).await
     }
 }
 
@@ -211,6 +216,7 @@ impl LockGuard {
         };
         match parts.owner.release_here(&parts.record) {
             Some(outcome) => {
+                parts.report_release();
                 self.parts = None;
                 Ok(outcome)
             }
@@ -221,13 +227,9 @@ impl LockGuard {
 
 impl Drop for LockGuard {
     fn drop(&mut self) {
-        if let Some(Parts {
-            record,
-            owner,
-            runtime,
-        }) = self.parts.take()
-        {
-            owner.release_dropped(record, runtime);
+        if let Some(parts) = self.parts.take() {
+            parts.report_release();
+            parts.owner.release_dropped(parts.record, parts.runtime);
         }
     }
 }

@@ -85,6 +85,7 @@ mod lease;
 mod lock_set;
 mod locker;
 pub mod memory;
+mod metrics;
 pub mod middleware;
 #[cfg(feature = "nats")]
 #[cfg_attr(docsrs, doc(cfg(feature = "nats")))]

@@ -23,6 +23,7 @@ use crate::{
     LockError,
     backend::Backend,
     lease::{Record, RenewalSlot},
+    metrics::Metrics,
 };
 
 /// The shortest wait before a failed renewal is tried again.
@@ -31,12 +32,17 @@ const RETRY_MIN: Duration = Duration::from_millis(5);
 pub(crate) struct Renewals {
     shared: Arc<Shared>,
     /// The scheduler, started by the first lease that asks for renewal, and
-    /// again should the runtime it ran on have shut down.
-    task: Mutex<Option<AbortHandle>>,
+    /// again should the runtime it ran on have shut down; `Err` once
+    /// [`stop`](Self::stop) was called, never to start again.
+    task: Mutex<Result<Option<AbortHandle>, Stopped>>,
 }
+
+/// The scheduler was stopped for good.
+struct Stopped;
 
 struct Shared {
     backend: Arc<dyn Backend>,
+    metrics: Arc<Metrics>,
     schedule: Mutex<Schedule>,
     wake: Notify,
     next_id: AtomicU64,
@@ -52,15 +58,16 @@ struct Schedule {
 }
 
 impl Renewals {
-    pub(crate) fn new(backend: Arc<dyn Backend>) -> Self {
+    pub(crate) fn new(backend: Arc<dyn Backend>, metrics: Arc<Metrics>) -> Self {
         Renewals {
             shared: Arc::new(Shared {
                 backend,
+                metrics,
                 schedule: Mutex::default(),
                 wake: Notify::new(),
                 next_id: AtomicU64::new(0),
             }),
-            task: Mutex::new(None),
+            task: Mutex::new(Ok(None)),
         }
     }
 
@@ -69,12 +76,25 @@ impl Renewals {
     pub(crate) fn schedule(&self, record: &Arc<Record>, at: Instant, runtime: &Handle) {
         {
             let mut task = crate::sync::lock(&self.task);
+            let Ok(task) = &mut *task else {
+                return;
+            };
             if task.as_ref().is_none_or(AbortHandle::is_finished) {
                 let shared = self.shared.clone();
                 *task = Some(runtime.spawn(run(shared)).abort_handle());
             }
         }
         self.shared.insert(record, at);
+    }
+
+    /// Stops the scheduler for good: nothing is renewed from now on, and
+    /// leases scheduled later are left alone.
+    pub(crate) fn stop(&self) {
+        let task = std::mem::replace(&mut *crate::sync::lock(&self.task), Err(Stopped));
+        if let Ok(Some(task)) = task {
+            task.abort();
+        }
+        self.shared.lock().due.clear();
     }
 
     /// Takes a lease out of the schedule (it was released).
@@ -90,7 +110,7 @@ impl Renewals {
 
 impl Drop for Renewals {
     fn drop(&mut self) {
-        if let Some(task) = crate::sync::lock(&self.task).take() {
+        if let Ok(Some(task)) = &*crate::sync::lock(&self.task) {
             task.abort();
         }
     }
@@ -128,7 +148,12 @@ impl Shared {
     /// One renewal, when it is due; schedules the next.
     async fn renew(self: Arc<Self>, record: Arc<Record>) {
         let every = record.renew_every();
-        let next = match record.extend(&*self.backend, record.ttl()).await {
+        let extended = record.extend(&*self.backend, record.ttl()).await;
+        // Released meanwhile is no failure.
+        if !matches!(extended, Err(LockError::NotHeld)) {
+            self.metrics.renewed(record.key(), extended.is_ok());
+        }
+        let next = match extended {
             Ok(()) => Instant::now() + every,
             Err(LockError::Lost | LockError::NotHeld) => return,
             Err(err) => {

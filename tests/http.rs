@@ -1279,3 +1279,56 @@ async fn a_typed_header_locks_its_canonical_form() {
         .expect("send");
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
 }
+
+/// `Locker::shutdown` after a drain: a request still running under the
+/// layer is stopped with `503` (its handler's future dropped), the store
+/// keeps none of its locks, and later requests are refused with `503`
+/// without running their handler.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_stops_running_requests_and_refuses_new_ones() {
+    let backend = tower_lock::memory::MemoryBackend::new();
+    let locker = Locker::new(backend.clone());
+    let (entered, finished) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let handler = {
+        let (entered, finished) = (entered.clone(), finished.clone());
+        move || async move {
+            entered.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            finished.fetch_add(1, Ordering::SeqCst);
+            "done"
+        }
+    };
+    let app = Router::new()
+        .route("/", post(handler))
+        .layer(LockLayer::new(locker.clone(), key::header("x-key")));
+    let addr = serve(app).await;
+
+    let running = tokio::spawn(post_key(addr, "slow"));
+    eventually("the handler runs", || entered.load(Ordering::SeqCst) == 1).await;
+    assert_eq!(backend.len(), 1);
+
+    tokio::time::timeout(LIVENESS, locker.shutdown())
+        .await
+        .expect("shutdown finishes")
+        .expect("shutdown");
+    let stopped = tokio::time::timeout(LIVENESS, running)
+        .await
+        .expect("the running request is stopped, not left to its 60 s")
+        .expect("task");
+    assert_eq!(stopped.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        backend.len(),
+        0,
+        "the store keeps none of the locker's locks"
+    );
+    assert_eq!(locker.held_count(), 0);
+
+    let refused = post_key(addr, "later").await;
+    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        entered.load(Ordering::SeqCst),
+        1,
+        "no handler ran after shutdown"
+    );
+    assert_eq!(finished.load(Ordering::SeqCst), 0);
+}

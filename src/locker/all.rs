@@ -11,6 +11,7 @@ use crate::{
     LockError, LockGuard, LockSet,
     key::{owned_key, validate_key, validate_ttl},
     lock_set::release_all,
+    metrics::Started,
 };
 
 impl Locker {
@@ -161,15 +162,21 @@ impl Locker {
         for key in &keys {
             scope::refuse_reentry(backend, key)?;
         }
+        let started = Started::now();
         let mut held = Vec::with_capacity(keys.len());
         for key in &keys {
             match self.take_one(key, ttl, take, &held).await {
                 Ok(guard) => held.push(guard),
                 Err(err) => {
                     let _ = release_all(held).await;
-                    return Err(err);
+                    let refused = Err(err);
+                    self.observe(key, started, &refused, matches!(take, Take::Wait(_)));
+                    return refused;
                 }
             }
+        }
+        for key in &keys {
+            self.observe(key, started, &Ok(()), true);
         }
         Ok(LockSet::new(held))
     }

@@ -55,6 +55,9 @@ impl Locker {
         ttl: Duration,
         asking: Asking,
     ) -> Result<Result<LockGuard, Refused>, LockError> {
+        if self.owner.is_closed() {
+            return Err(LockError::ShutDown);
+        }
         // Renewal needs a runtime: refused before the store grants anything.
         let runtime = self.auto_renew.then(current_runtime).transpose()?;
         let token = Token::unique();
@@ -62,12 +65,18 @@ impl Locker {
         // Read before the request: the holder's lease never outlasts the
         // store's.
         let sent_at = Instant::now();
-        if let Some(answer) = self.backend().try_acquire_now(&request) {
-            return Ok(self.settle(key, token, ttl, answer?, runtime, sent_at));
+        let outcome = match self.backend().try_acquire_now(&request) {
+            Some(answer) => self.settle(key, token, ttl, answer?, runtime, sent_at),
+            // Boxed: the on-the-spot path should not carry (and move) the
+            // state of a request it never makes.
+            None => Box::pin(self.attempt_remote(key, token, ttl, asking, runtime)).await?,
+        };
+        // A grant that crossed a shutdown is given back (the guard's drop):
+        // the shutdown saw it among the held leases, or this sees the flag.
+        if outcome.is_ok() && self.owner.is_closed() {
+            return Err(LockError::ShutDown);
         }
-        // Boxed: the on-the-spot path should not carry (and move) the state
-        // of a request it never makes.
-        Box::pin(self.attempt_remote(key, token, ttl, asking, runtime)).await
+        Ok(outcome)
     }
 
     /// A try that needs I/O, on `runtime` if renewal already asked for it.
@@ -131,7 +140,10 @@ impl Locker {
         };
         let cleanup = {
             let (backend, key) = (self.backend().clone(), key.clone());
+            // A shutdown waits for a grant nobody will hold to be given back.
+            let running = self.owner.running();
             move |outcome: Result<Attempt, LockError>| async move {
+                let _running = running;
                 if let Some(lease) = unclaimed(&outcome, token) {
                     let _ = backend.release(&key, &lease).await;
                 }
@@ -140,7 +152,9 @@ impl Locker {
         let outcome = RunToEnd::new(runtime.clone(), request, cleanup).await;
         if let (Err(_), Some(lease)) = (&outcome, unclaimed(&outcome, token)) {
             let (backend, key) = (self.backend().clone(), key.clone());
+            let running = self.owner.running();
             runtime.spawn(async move {
+                let _running = running;
                 if let Err(err) = backend.release(&key, &lease).await {
                     tracing::debug!(?key, error = %err, "could not give back a try whose answer was lost");
                 }

@@ -20,6 +20,7 @@ use crate::{
     backend::Backend,
     key::{owned_key, validate_key, validate_ttl},
     lease::Timing,
+    metrics::{Metrics, Refusal, Started},
     owner::Owner,
 };
 
@@ -85,8 +86,8 @@ impl Locker {
     ///
     /// let locker = Locker::new(MemoryBackend::new());
     /// ```
-    pub fn new(backend: impl Backend) -> Self {
-        Locker::from_arc(Arc::new(backend))
+    pub fn new<B: Backend>(backend: B) -> Self {
+        Locker::with_name(Arc::new(backend), crate::metrics::backend_name::<B>())
     }
 
     /// A locker over a backend that is already shared.
@@ -99,8 +100,13 @@ impl Locker {
     /// let (a, b) = (Locker::from_arc(backend.clone()), Locker::from_arc(backend));
     /// ```
     pub fn from_arc(backend: Arc<dyn Backend>) -> Self {
+        Locker::with_name(backend, "custom")
+    }
+
+    /// A locker over `backend`, named `backend_name` in its metrics.
+    fn with_name(backend: Arc<dyn Backend>, backend_name: &'static str) -> Self {
         Locker {
-            owner: Arc::new(Owner::new(backend)),
+            owner: Arc::new(Owner::new(backend, backend_name)),
             queue: Arc::default(),
             auto_renew: false,
             timing: Timing::default(),
@@ -123,6 +129,95 @@ impl Locker {
     pub fn auto_renew(mut self, enabled: bool) -> Self {
         self.auto_renew = enabled;
         self
+    }
+
+    /// Names the store in the `backend` label of this locker's metrics
+    /// (and its clones': they are one owner). [`Locker::new`] names the
+    /// built-in stores `memory`, `redis` and `nats`, and any other by its
+    /// type's name; [`from_arc`](Self::from_arc) cannot see the type and
+    /// says `custom`.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use tower_lock::{Locker, backend::Backend, memory::MemoryBackend};
+    ///
+    /// let shared: Arc<dyn Backend> = Arc::new(MemoryBackend::new());
+    /// let locker = Locker::from_arc(shared).metrics_backend("memory");
+    /// ```
+    #[cfg(feature = "metrics")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+    pub fn metrics_backend(self, name: &'static str) -> Self {
+        self.owner.metrics().set_backend(name);
+        self
+    }
+
+    /// Labels this locker's metrics (and its clones') with `key_class`: the
+    /// key up to its first `:` (`invoice` for `invoice:42`; a key without
+    /// `:` is its own class). Off by default.
+    ///
+    /// # Warning
+    ///
+    /// Every distinct prefix is a new time series in the exporter: use it
+    /// only where the prefixes are your own few namespaces, never where a
+    /// request can choose what comes before the first `:`; otherwise use
+    /// [`metrics_key_class`](Self::metrics_key_class).
+    ///
+    /// ```
+    /// let locker = tower_lock::Locker::in_memory().metrics_key_prefix();
+    /// ```
+    #[cfg(feature = "metrics")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+    pub fn metrics_key_prefix(self) -> Self {
+        self.owner
+            .metrics()
+            .set_key_class(crate::metrics::KeyClass::Prefix);
+        self
+    }
+
+    /// Labels this locker's metrics (and its clones') with `key_class`:
+    /// what `class` answers for the key. It answers a `&'static str`, so
+    /// the label keeps to the few values the code names, whatever keys
+    /// requests bring. Off by default.
+    ///
+    /// ```
+    /// let locker = tower_lock::Locker::in_memory().metrics_key_class(|key| {
+    ///     if key.starts_with("account:") { "account" } else { "other" }
+    /// });
+    /// ```
+    #[cfg(feature = "metrics")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+    pub fn metrics_key_class(
+        self,
+        class: impl Fn(&str) -> &'static str + Send + Sync + 'static,
+    ) -> Self {
+        self.owner
+            .metrics()
+            .set_key_class(crate::metrics::KeyClass::With(Arc::new(class)));
+        self
+    }
+
+    /// What this locker reports to, for the middleware's own events.
+    pub(crate) fn metrics(&self) -> &Metrics {
+        self.owner.metrics()
+    }
+
+    /// Reports what a call for `key` came to: a lock, or a refusal (a wait
+    /// that ran out when the call `waited`).
+    fn observe<T>(
+        &self,
+        key: &str,
+        started: Started,
+        outcome: &Result<T, LockError>,
+        waited: bool,
+    ) {
+        match outcome {
+            Ok(_) => self.metrics().acquired(key, started),
+            Err(error) => {
+                if let Some(refusal) = Refusal::of(error, waited) {
+                    self.metrics().refused(Some(key), refusal);
+                }
+            }
+        }
     }
 
     /// Counts each lease lost `deadline` after the send time of its last
@@ -283,8 +378,19 @@ impl Locker {
         validate_key(key)?;
         validate_ttl(ttl)?;
         scope::refuse_reentry(self.backend_id(), key)?;
-        let key = owned_key(key);
-        Ok(self.attempt(&key, ttl, Asking::Once).await?.ok())
+        let started = Started::now();
+        let owned = owned_key(key);
+        let taken = match self.attempt(&owned, ttl, Asking::Once).await {
+            Ok(Ok(guard)) => Ok(guard),
+            Ok(Err(_)) => Err(LockError::Busy { retry_after: None }),
+            Err(error) => Err(error),
+        };
+        self.observe(key, started, &taken, false);
+        match taken {
+            Ok(guard) => Ok(Some(guard)),
+            Err(LockError::Busy { .. }) => Ok(None),
+            Err(error) => Err(error),
+        }
     }
 
     /// Releases every lease this locker (or a clone) holds on `key`.
@@ -327,6 +433,70 @@ impl Locker {
             }
         }
         first_error.map_or(Ok(()), Err)
+    }
+
+    /// Ends this locker, and every clone of it, for a graceful shutdown.
+    ///
+    /// Meant to run once the server has drained (after axum's
+    /// `with_graceful_shutdown`, or its drain timeout): every lease the
+    /// locker still holds is marked lost first, so [`LockGuard::lost`]
+    /// resolves and [`LockLayer`](crate::LockLayer) stops the requests still
+    /// running under one; then each is released in the store, renewal stops,
+    /// and the call waits for releases still under way in the background
+    /// (of guards dropped earlier, of waits cut short). When it returns `Ok`,
+    /// the store holds none of this locker's leases.
+    ///
+    /// From the first call on, [`acquire`](Self::acquire),
+    /// [`try_lock`](Self::try_lock) and their siblings fail with
+    /// [`LockError::ShutDown`], calls waiting for a lock end with it at once,
+    /// and a guard's [`release`](LockGuard::release) answers
+    /// [`LockError::NotHeld`]. Lockers over the same backend built with
+    /// [`Locker::new`] or [`from_arc`](Self::from_arc) are other owners and
+    /// keep working.
+    ///
+    /// Idempotent: a second call releases nothing more and waits for what
+    /// the first started.
+    ///
+    /// # Errors
+    ///
+    /// The first [`LockError::Unavailable`] of a release the store did not
+    /// answer (that lease then ends at its ttl); every lease is released
+    /// either way.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future leaves the locker shut down and its leases marked
+    /// lost; releases already sent finish in the background, and a later
+    /// call waits for them.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_lock::{LockError, Locker};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), LockError> {
+    /// let locker = Locker::in_memory();
+    /// let guard = locker.acquire("job", Duration::from_secs(30)).await?;
+    ///
+    /// // ... after the server has drained:
+    /// locker.shutdown().await?;
+    /// assert!(guard.is_lost());
+    /// assert_eq!(locker.held_count(), 0);
+    /// let refused = locker.acquire("job", Duration::from_secs(30)).await;
+    /// assert!(matches!(refused, Err(LockError::ShutDown)));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn shutdown(&self) -> Result<(), LockError> {
+        self.owner.shut_down().await
+    }
+
+    /// Whether [`shutdown`](Self::shutdown) was called on this locker or a
+    /// clone.
+    pub fn is_shut_down(&self) -> bool {
+        self.owner.is_closed()
     }
 }
 

@@ -23,6 +23,7 @@ use crate::{
     LockError, LockGuard,
     backend::{Subscription, Token},
     key::{KeyHasher, owned_key, validate_key, validate_ttl},
+    metrics::Started,
 };
 
 /// The first wait between two tries while the holder gives no wake-up.
@@ -110,7 +111,10 @@ impl Locker {
         validate_key(key)?;
         validate_ttl(ttl)?;
         super::scope::refuse_reentry(self.backend_id(), key)?;
-        self.lock_checked(owned_key(key), ttl, deadline).await
+        let started = Started::now();
+        let locked = self.lock_checked(owned_key(key), ttl, deadline).await;
+        self.observe(key, started, &locked, true);
+        locked
     }
 
     /// [`lock`](Self::lock) for a key and ttl already checked.
@@ -133,11 +137,16 @@ impl Locker {
         let span = tracing::debug_span!("lock_wait", ?key);
         // Boxed: the waiting state is large, and the uncontended path should
         // not carry (and move) it.
-        Box::pin(
+        let waiting = Box::pin(
             self.wait(key, ttl, deadline, remaining, seen_busy)
                 .instrument(span),
-        )
-        .await
+        );
+        // A shutdown ends every wait at once; the wait is cancel safe.
+        tokio::select! {
+            biased;
+            locked = waiting => locked,
+            () = self.owner.closed() => Err(LockError::ShutDown),
+        }
     }
 
     /// The contended path: queue locally, then wake-up or backoff.

@@ -50,7 +50,8 @@ pub enum LockRejection {
         /// The holder's remaining lease when the store reported it.
         retry_after: Option<Duration>,
     },
-    /// The lock store could not be reached. The request is refused rather
+    /// The lock store could not be reached, or the locker was
+    /// [shut down](crate::Locker::shutdown). The request is refused rather
     /// than run unlocked.
     Unavailable {
         /// The key that was asked for.
@@ -117,7 +118,9 @@ impl LockRejection {
                 key,
                 reason: reason.into(),
             },
-            source @ LockError::Unavailable { .. } => LockRejection::Unavailable { key, source },
+            source @ (LockError::Unavailable { .. } | LockError::ShutDown) => {
+                LockRejection::Unavailable { key, source }
+            }
             source => LockRejection::Failed { key, source },
         }
     }

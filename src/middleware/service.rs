@@ -17,7 +17,7 @@ use super::{
     key::{KeyError, Keys},
     layer::{Config, DEFAULT_RETRY_AFTER, Treatment},
 };
-use crate::{Locker, locker::scope::Held};
+use crate::{Locker, locker::scope::Held, metrics::Refusal};
 
 /// Runs each request under the lock of its key. Built by [`LockLayer`]; see
 /// the [module docs](super) for an example.
@@ -93,6 +93,9 @@ where
                 return ResponseFuture::passed_through(inner, request);
             }
             Err(error) => {
+                if matches!(error, KeyError::Missing { .. }) {
+                    config.locker.metrics().refused(None, Refusal::MissingKey);
+                }
                 if matches!(error, KeyError::Misplaced { .. }) && config.logged.first_misplaced() {
                     tracing::error!(%error, "lock key extractor misplaced: every request is refused with 500; logged once");
                 }

@@ -150,6 +150,7 @@ macro_rules! conformance_suite {
             a_set_reports_a_lost_lease,
             a_set_keeps_its_first_keys_while_it_waits,
             transfers_in_opposite_orders_never_deadlock_or_lose_money,
+            shutdown_releases_everything_and_refuses_more,
         );
     };
     (@tests $make:expr; $($name:ident),* $(,)?) => {
@@ -1081,4 +1082,104 @@ pub async fn a_set_keeps_its_first_keys_while_it_waits<H: Harness>(h: &H) {
         "the set came back with a lease that ran down"
     );
     set.release().await.expect("every lease was still held");
+}
+
+/// `Locker::shutdown` ends every lease of the locker and its clones (held,
+/// renewing, in a set, dropped a moment ago) in the store before it
+/// returns, fires their `lost()`, ends waits at once, refuses new locks, and
+/// leaves another owner's lock alone.
+pub async fn shutdown_releases_everything_and_refuses_more<H: Harness>(h: &H) {
+    let (a, b) = (h.locker().await, h.locker().await);
+    let renewing = a.clone().auto_renew(true);
+    let k = |name: &str| key(&format!("shutdown-{name}"));
+    let (held_key, renewed_key, dropped_key, busy_key) =
+        (k("held"), k("renewed"), k("dropped"), k("busy"));
+    let set_keys = [k("set-1"), k("set-2")];
+
+    let held = a.acquire(&held_key, LONG).await.expect("acquire");
+    let renewed = renewing.acquire(&renewed_key, LONG).await.expect("acquire");
+    let set = a.acquire_all(&set_keys, LONG).await.expect("acquire_all");
+    let foreign = b.acquire(&busy_key, LONG).await.expect("acquire");
+    let waiter = tokio::spawn({
+        let (a, busy_key) = (a.clone(), busy_key.clone());
+        async move { a.acquire(&busy_key, LONG).await }
+    });
+    let lost = held.lost();
+    // Four leases of `a` and the other owner's.
+    assert_eq!(h.stored_locks().await, 5);
+    assert_eq!(renewing.renewing_count(), 1);
+    // Released in the background on a networked store: shutdown waits for it.
+    drop(a.acquire(&dropped_key, LONG).await.expect("acquire"));
+    a.shutdown().await.expect("shutdown");
+    assert!(a.is_shut_down() && renewing.is_shut_down());
+    // At once, with no wait for a release on its way: shutdown waited.
+    for free in [
+        &held_key,
+        &renewed_key,
+        &dropped_key,
+        &set_keys[0],
+        &set_keys[1],
+    ] {
+        let guard = b.try_lock(free, LONG).await.expect("try_lock");
+        let guard = guard.unwrap_or_else(|| panic!("{free} was left held by the shutdown"));
+        guard.release().await.expect("release");
+    }
+    tokio::time::timeout(PROMPT, lost)
+        .await
+        .expect("lost() fires on shutdown");
+    assert!(held.is_lost() && renewed.is_lost() && set.is_lost());
+    let waited = tokio::time::timeout(PROMPT, waiter)
+        .await
+        .expect("a waiter ends at once")
+        .expect("task");
+    assert!(matches!(waited, Err(LockError::ShutDown)), "{waited:?}");
+    assert_eq!(
+        (a.held_count(), a.renewing_count(), a.queued_keys()),
+        (0, 0, 0)
+    );
+
+    assert!(matches!(
+        a.acquire(&held_key, LONG).await,
+        Err(LockError::ShutDown)
+    ));
+    assert!(matches!(
+        renewing.try_lock(&held_key, LONG).await,
+        Err(LockError::ShutDown)
+    ));
+    assert!(matches!(
+        a.try_lock_all(&set_keys, LONG).await,
+        Err(LockError::ShutDown)
+    ));
+    assert!(matches!(held.release().await, Err(LockError::NotHeld)));
+    drop((renewed, set));
+    a.shutdown().await.expect("a second shutdown is a no-op");
+
+    // Replicas of a bus apply events on their own tasks: one may lag an
+    // instant.
+    let deadline = Instant::now() + PROMPT;
+    while h.stored_locks().await != 1 {
+        assert!(
+            Instant::now() < deadline,
+            "{} locks stored",
+            h.stored_locks().await
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    foreign
+        .release()
+        .await
+        .expect("the other owner's lock was left alone");
+
+    // An owner whose only lease is a dropped guard's, released in the
+    // background: shutdown returns once the store let go of it.
+    let c = h.locker().await;
+    let dropped_last = k("dropped-last");
+    drop(c.acquire(&dropped_last, LONG).await.expect("acquire"));
+    c.shutdown().await.expect("shutdown");
+    let guard = b.try_lock(&dropped_last, LONG).await.expect("try_lock");
+    guard
+        .expect("shutdown waits for the releases of dropped guards")
+        .release()
+        .await
+        .expect("release");
 }
