@@ -377,15 +377,74 @@ async fn main() -> ExitCode {
     }
 }
 
+/// With `--features metrics`, what the locker reported through the
+/// `metrics` facade, recorded with metrics-util's `DebuggingRecorder` (a
+/// real service installs an exporter instead: Prometheus, StatsD, ...).
+#[cfg(feature = "metrics")]
+mod lock_metrics {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+
+    pub fn install() -> Option<Snapshotter> {
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        recorder.install().ok().map(|()| snapshotter)
+    }
+
+    pub fn print(snapshotter: &Snapshotter) {
+        let mut lines: Vec<String> = snapshotter
+            .snapshot()
+            .into_vec()
+            .into_iter()
+            .map(|(key, _, _, value)| {
+                let key = key.key();
+                let labels: Vec<String> = key
+                    .labels()
+                    .map(|label| format!("{}={}", label.key(), label.value()))
+                    .collect();
+                let name = format!("{}{{{}}}", key.name(), labels.join(","));
+                let value = match value {
+                    DebugValue::Counter(count) => count.to_string(),
+                    DebugValue::Gauge(gauge) => gauge.to_string(),
+                    DebugValue::Histogram(values) => {
+                        let mut ms: Vec<f64> =
+                            values.iter().map(|v| v.into_inner() * 1e3).collect();
+                        ms.sort_by(f64::total_cmp);
+                        let at = |p: f64| ms[((ms.len() - 1) as f64 * p) as usize];
+                        if ms.is_empty() {
+                            "no values".to_owned()
+                        } else {
+                            format!(
+                                "n={} p50={:.2} ms p99={:.2} ms",
+                                ms.len(),
+                                at(0.5),
+                                at(0.99)
+                            )
+                        }
+                    }
+                };
+                format!("  {name:<62} {value}")
+            })
+            .collect();
+        lines.sort();
+        println!("lock metrics (feature metrics, read with DebuggingRecorder):");
+        for line in lines {
+            println!("{line}");
+        }
+        println!();
+    }
+}
+
 async fn run() -> anyhow::Result<ExitCode> {
     let options = parse_options()?;
+    #[cfg(feature = "metrics")]
+    let metrics = lock_metrics::install();
     let locker = connect(&options.backend, "demo").await?;
 
     if let Some(addr) = options.serve {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding {addr}"))?;
-        let app = ledger_app(Arc::new(Ledger::default()), Some(locker));
+        let app = ledger_app(Arc::new(Ledger::default()), Some(locker.clone()));
         println!("serving the locked ledger on http://{addr} (Ctrl-C to stop)");
         println!("  curl -X POST 'http://{addr}/accounts/1/deposit?amount=10'");
         println!("  curl http://{addr}/accounts/1");
@@ -394,6 +453,8 @@ async fn run() -> anyhow::Result<ExitCode> {
                 let _ = tokio::signal::ctrl_c().await;
             })
             .await?;
+        // Drained: give back whatever is still held, at once.
+        locker.shutdown().await?;
         return Ok(ExitCode::SUCCESS);
     }
 
@@ -402,6 +463,10 @@ async fn run() -> anyhow::Result<ExitCode> {
     let unlocked = drive("without lock", None, &options).await?;
     let locked = drive("with LockLayer", Some(locker), &options).await?;
     print_reports(&options, &unlocked, &locked);
+    #[cfg(feature = "metrics")]
+    if let Some(metrics) = &metrics {
+        lock_metrics::print(metrics);
+    }
 
     if locked.lost_updates() == 0 && locked.most_inside <= 1 && locked.refused == 0 {
         println!(

@@ -1,13 +1,19 @@
-//! Per-tenant serialisation across two replicas of an API, with Redis.
+//! Per-tenant serialisation across two replicas of an API.
 //!
 //! Two copies of the same axum service (two "replicas", each with its own
-//! Redis connections, as two pods would have) sit behind `LockLayer` keyed by
-//! the `x-tenant-id` header. Requests for one tenant run one at a time even
-//! when they land on different replicas; different tenants run at once.
+//! lock store client, as two pods would have) sit behind `LockLayer` keyed
+//! by the `x-tenant-id` header. Requests for one tenant run one at a time
+//! even when they land on different replicas; different tenants run at once.
+//!
+//! With no server (the default), the replicas are two nodes of one in-memory
+//! lock table shared over a `LocalBus`: each node decides every lock in the
+//! bus's order, as two processes sharing a store would. With `--backend`,
+//! each replica connects to the store on its own.
 //!
 //! ```text
-//! cargo run --example tenant_api --features redis                  # Redis at 127.0.0.1:6379
-//! cargo run --example tenant_api --features redis -- redis://10.0.0.5:6379/2
+//! cargo run --example tenant_api
+//! cargo run --example tenant_api --features redis -- --backend redis://127.0.0.1:6379
+//! cargo run --example tenant_api --features nats -- --backend nats://127.0.0.1:4222
 //! ```
 
 use std::{
@@ -17,14 +23,24 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::Context as _;
+use anyhow::{Context as _, bail};
 use axum::{Json, Router, extract::State, http::StatusCode, routing::post};
 use serde_json::{Value, json};
 use tower_lock::{
     LockLayer, Locker,
+    bus::LocalBus,
+    memory::MemoryBackend,
     middleware::{HeldLock, key},
-    redis::RedisBackend,
 };
+
+#[path = "common/backend.rs"]
+mod backend;
+
+const USAGE: &str = "\
+usage: tenant_api [--backend memory|redis://HOST:PORT|nats://HOST:PORT]
+
+  --backend   lock store: memory (default: two nodes over one LocalBus),
+              redis://HOST:PORT (feature redis), nats://HOST:PORT (feature nats)";
 
 const TENANTS: usize = 4;
 const REQUESTS_PER_TENANT: usize = 25;
@@ -85,18 +101,25 @@ async fn add_invoice(
     ))
 }
 
-async fn replica(redis_url: &str, db: Arc<Database>) -> anyhow::Result<String> {
-    let store = RedisBackend::from_url(redis_url)
-        .await
-        .with_context(|| format!("connect to Redis at {redis_url} (is a server running?)"))?;
+/// The two replicas' lockers: nodes of one bus, or two clients of a store.
+async fn lockers(backend: &str) -> anyhow::Result<[Locker; 2]> {
+    if backend == "memory" {
+        let bus = LocalBus::new();
+        let node = || Locker::new(MemoryBackend::with_bus(bus.clone()));
+        return Ok([node(), node()]);
+    }
+    Ok([
+        backend::connect(backend, "tenant_api").await?,
+        backend::connect(backend, "tenant_api").await?,
+    ])
+}
+
+async fn replica(locker: Locker, db: Arc<Database>) -> anyhow::Result<String> {
     let app = Router::new()
         .route("/invoices", post(add_invoice))
         .layer(
-            LockLayer::new(
-                Locker::new(store),
-                key::header("x-tenant-id").prefixed("tenant-api:"),
-            )
-            .wait_timeout(Duration::from_secs(10)),
+            LockLayer::new(locker, key::header("x-tenant-id").prefixed("tenant-api:"))
+                .wait_timeout(Duration::from_secs(10)),
         )
         .with_state(db);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -105,21 +128,40 @@ async fn replica(redis_url: &str, db: Arc<Database>) -> anyhow::Result<String> {
     Ok(format!("http://{addr}"))
 }
 
+fn parse_backend() -> anyhow::Result<String> {
+    let mut backend = "memory".to_owned();
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        match flag.as_str() {
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            "--backend" => {
+                backend = args
+                    .next()
+                    .with_context(|| format!("--backend needs a value\n{USAGE}"))?;
+            }
+            _ => bail!("unknown argument {flag}\n{USAGE}"),
+        }
+    }
+    Ok(backend)
+}
+
 async fn run() -> anyhow::Result<()> {
-    let redis_url = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "redis://127.0.0.1:6379/".to_owned());
+    let backend = parse_backend()?;
     let db = Arc::new(Database::default());
+    let [a, b] = lockers(&backend).await?;
     let replicas = [
-        replica(&redis_url, db.clone()).await?,
-        replica(&redis_url, db.clone()).await?,
+        replica(a.clone(), db.clone()).await?,
+        replica(b.clone(), db.clone()).await?,
     ];
     println!(
-        "two replicas at {} and {}, locks in {redis_url}",
+        "two replicas at {} and {}, locks in {backend}",
         replicas[0], replicas[1]
     );
 
-    let client = reqwest::Client::new();
+    let client = reqwest::Client::builder().no_proxy().build()?;
     let started = Instant::now();
     let mut requests = Vec::new();
     for i in 0..TENANTS * REQUESTS_PER_TENANT {
@@ -142,30 +184,39 @@ async fn run() -> anyhow::Result<()> {
         "\n{:<10} {:>9} {:>9} {:>12} {:>12}",
         "tenant", "expected", "invoices", "most inside", "stale fence"
     );
-    let tenants = db
-        .tenants
-        .lock()
-        .map_err(|_| anyhow::anyhow!("database lock poisoned"))?;
-    let mut names: Vec<_> = tenants.keys().cloned().collect();
-    names.sort();
-    let mut ok = refused == 0;
-    for name in names {
-        let t = &tenants[&name];
-        println!(
-            "{name:<10} {REQUESTS_PER_TENANT:>9} {:>9} {:>12} {:>12}",
-            t.invoices, t.most_inside, t.stale_writes
-        );
-        ok &= t.invoices == REQUESTS_PER_TENANT as u64 && t.most_inside == 1 && t.stale_writes == 0;
-    }
-    println!(
-        "\n{} requests over 2 replicas in {elapsed:.2?}, {refused} refused: {}",
-        TENANTS * REQUESTS_PER_TENANT,
-        if ok {
-            "every tenant serialised, no update lost"
-        } else {
-            "SERIALISATION FAILED"
+    // The report, with the database's lock let go before the awaits below.
+    let ok = {
+        let tenants = db
+            .tenants
+            .lock()
+            .map_err(|_| anyhow::anyhow!("database lock poisoned"))?;
+        let mut names: Vec<_> = tenants.keys().cloned().collect();
+        names.sort();
+        let mut ok = refused == 0;
+        for name in names {
+            let t = &tenants[&name];
+            println!(
+                "{name:<10} {REQUESTS_PER_TENANT:>9} {:>9} {:>12} {:>12}",
+                t.invoices, t.most_inside, t.stale_writes
+            );
+            ok &= t.invoices == REQUESTS_PER_TENANT as u64
+                && t.most_inside == 1
+                && t.stale_writes == 0;
         }
-    );
+        println!(
+            "\n{} requests over 2 replicas in {elapsed:.2?}, {refused} refused: {}",
+            TENANTS * REQUESTS_PER_TENANT,
+            if ok {
+                "every tenant serialised, no update lost"
+            } else {
+                "SERIALISATION FAILED"
+            }
+        );
+        ok
+    };
+    // Every request has answered: nothing is left for the replicas to hold.
+    a.shutdown().await?;
+    b.shutdown().await?;
     anyhow::ensure!(ok, "a tenant's requests overlapped or were refused");
     Ok(())
 }
