@@ -1,21 +1,34 @@
 //! A distributed lock you can trust, with first-class tower and axum
 //! integration.
 //!
-//! - [`Locker`] takes locks: [`acquire`](Locker::acquire) waits,
-//!   [`try_lock`](Locker::try_lock) never does, [`release`](Locker::release)
-//!   gives back what this owner holds.
-//! - [`LockGuard`] is the held lock: RAII release, a [fencing
-//!   token](LockGuard::fence), a lease that can renew itself and tells you
-//!   when it is [lost](LockGuard::lost).
-//! - [`Backend`](backend::Backend) is the small trait a store implements. The
-//!   in-memory backend is built in ([`memory`], with a [`bus`] to share it
-//!   between nodes).
-//! - [`LockLayer`] is tower middleware that runs the requests sharing a key
-//!   one at a time, across every replica of a service ([`middleware`]);
-//!   `extract` (feature `axum`) has axum extractors for the lock a handler
-//!   holds.
+//! One line puts an axum route's requests one at a time per account, on
+//! every replica that shares the lock store:
 //!
-//! # Quick start
+//! ```
+//! # #[cfg(feature = "axum")] {
+//! use axum::{Router, routing::post};
+//! use tower_lock::{LockLayer, Locker, middleware::key};
+//!
+//! let app: Router = Router::new()
+//!     .route("/accounts/{id}/deposit", post(|| async { "one deposit per account at a time" }))
+//!     .route_layer(LockLayer::new(Locker::in_memory(), key::path_param("id").prefixed("account:")));
+//! # }
+//! ```
+//!
+//! [`middleware`] has the layer's options (keys from headers, path
+//! parameters or closures; how long to wait; what a refusal answers) and
+//! how it fails closed; [`extract`] has the axum extractors: `HeldLock`
+//! (the lock the layer took) and `Locked<K>` (a lock taken by the handler
+//! itself).
+//!
+//! # The lock itself: [`Locker`]
+//!
+//! [`Locker`] takes locks: [`acquire`](Locker::acquire) waits,
+//! [`try_lock`](Locker::try_lock) never does,
+//! [`acquire_all`](Locker::acquire_all) takes several keys deadlock-free.
+//! Each returns a [`LockGuard`]: RAII release, a [fencing
+//! token](LockGuard::fence), and a lease that can renew itself and tells you
+//! when it is [lost](LockGuard::lost).
 //!
 //! ```
 //! use std::time::Duration;
@@ -36,6 +49,65 @@
 //! }
 //! # Ok(())
 //! # }
+//! ```
+//!
+//! # Backends
+//!
+//! Every store implements the small [`Backend`](backend::Backend) trait; a
+//! `Locker` works the same on each.
+//!
+//! **In memory** (built in, no feature): one process, or several nodes
+//! sharing one lock table over an ordered [`bus`] ([`memory`]).
+//!
+//! ```
+//! use tower_lock::{Locker, bus::LocalBus, memory::MemoryBackend};
+//!
+//! let locker = Locker::in_memory();
+//! // Two nodes deciding every lock in the bus's order:
+//! let bus = LocalBus::new();
+//! let node_a = Locker::new(MemoryBackend::with_bus(bus.clone()));
+//! let node_b = Locker::new(MemoryBackend::with_bus(bus));
+//! ```
+//!
+//! **Redis** (feature `redis`): standalone, Sentinel or Cluster
+//! ([`redis`]).
+//!
+//! ```
+//! # #[cfg(feature = "redis")]
+//! async fn connect() -> Result<tower_lock::Locker, tower_lock::LockError> {
+//!     let backend = tower_lock::redis::RedisBackend::from_url("redis://127.0.0.1:6379/").await?;
+//!     Ok(tower_lock::Locker::new(backend))
+//! }
+//! ```
+//!
+//! **NATS JetStream** (feature `nats`): a key-value bucket, created when
+//! absent, on nats-server 2.9 and later ([`nats`]).
+//!
+//! ```
+//! # #[cfg(feature = "nats")]
+//! async fn connect() -> Result<tower_lock::Locker, Box<dyn std::error::Error>> {
+//!     let client = async_nats::connect("127.0.0.1:4222").await?;
+//!     let js = async_nats::jetstream::new(client);
+//!     let backend = tower_lock::nats::NatsBackend::new(js, "my-locks").await?;
+//!     Ok(tower_lock::Locker::new(backend))
+//! }
+//! ```
+//!
+//! # Graceful shutdown
+//!
+//! After the server has drained, [`Locker::shutdown`] stops the requests
+//! still running under a lock (their leases are marked lost) and gives every
+//! lock back to the store, so other replicas need not wait for a ttl:
+//!
+//! ```
+//! # #[cfg(feature = "axum")]
+//! async fn serve(app: axum::Router, locker: tower_lock::Locker) -> std::io::Result<()> {
+//!     let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+//!     axum::serve(listener, app)
+//!         .with_graceful_shutdown(async { let _ = tokio::signal::ctrl_c().await; })
+//!         .await?;
+//!     locker.shutdown().await.map_err(std::io::Error::other)
+//! }
 //! ```
 //!
 //! # Guarantees
@@ -64,15 +136,34 @@
 //! | feature | adds |
 //! |---------|------|
 //! | (none)  | [`Locker`], [`LockGuard`], the in-memory backend, [`bus`], [`LockLayer`] |
-//! | `axum` (default) | `extract`: `HeldLock`, `Locked<K>`; `key::path_param` and `key::method_and_path` |
-//! | `redis` | `redis::RedisBackend`: standalone, Sentinel and Cluster |
-//! | `nats`  | `nats::NatsBackend`: JetStream key-value, nats-server 2.9+ |
+//! | `axum` (default) | [`extract`]: `HeldLock`, `Locked<K>`, `LockedAll<K>`; `key::path_param(s)` and `key::method_and_path` |
+//! | `redis` | [`redis`]: `RedisBackend`, standalone, Sentinel and Cluster |
+//! | `nats`  | [`nats`]: `NatsBackend`, JetStream key-value, nats-server 2.9+ |
+//! | `metrics` | counters and histograms through the [`metrics`](https://docs.rs/metrics) facade (no exporter): acquisitions, wait and hold times, refusals by reason, lost leases, renewals; labelled by backend and, if you choose, a key class ([`Locker::metrics_key_class`]) |
 //!
 //! # Runtime
 //!
 //! tower-lock runs on tokio. A guard remembers the runtime it was acquired
 //! on and releases there when dropped.
-
+//!
+// Modules behind a feature are linked from the crate docs; without the
+// feature the links point at the docs.rs build, which has every feature.
+#![cfg_attr(
+    not(feature = "axum"),
+    doc = "[`extract`]: https://docs.rs/tower-lock/latest/tower_lock/extract/"
+)]
+#![cfg_attr(
+    not(feature = "redis"),
+    doc = "[`redis`]: https://docs.rs/tower-lock/latest/tower_lock/redis/"
+)]
+#![cfg_attr(
+    not(feature = "nats"),
+    doc = "[`nats`]: https://docs.rs/tower-lock/latest/tower_lock/nats/"
+)]
+#![cfg_attr(
+    not(feature = "metrics"),
+    doc = "[`Locker::metrics_key_class`]: https://docs.rs/tower-lock/latest/tower_lock/struct.Locker.html#method.metrics_key_class"
+)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_docs)]
 #![deny(unreachable_pub, unsafe_code)]
