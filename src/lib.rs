@@ -203,3 +203,9 @@ pub use crate::{
     locker::{BACKOFF_MAX, BACKOFF_START, Locker},
     middleware::{LockLayer, LockService},
 };
+
+// The README's Rust snippets compile (and those not marked `no_run` run) as
+// doctests, with the features they use.
+#[cfg(all(doctest, feature = "axum", feature = "redis", feature = "nats"))]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
