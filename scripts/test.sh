@@ -18,8 +18,13 @@ fi
 for component in rustfmt clippy; do
   rustup component list --installed 2>/dev/null | grep -q "^$component" || rustup component add "$component"
 done
+# Built from its crates.io source, never a downloaded binary.
+command -v cargo-hack >/dev/null 2>&1 || cargo install cargo-hack --locked
 
 cargo fmt --all -- --check
 cargo clippy --all-targets --all-features -- -D warnings
 cargo test --all-features
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --all-features
+# Every combination of features builds (the dev-dependencies would turn
+# features on and hide a combination that does not).
+cargo hack check --feature-powerset --no-dev-deps

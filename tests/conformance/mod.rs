@@ -134,6 +134,7 @@ macro_rules! conformance_suite {
             only_the_owner_can_release,
             release_by_key_frees_what_the_locker_holds,
             dropping_a_guard_releases,
+            shutdown_releases_everything_and_refuses_more,
             fences_increase_strictly_per_key,
             a_retried_try_with_its_own_token_is_granted_again,
             cancelled_waiters_leave_nothing_behind,
@@ -150,7 +151,6 @@ macro_rules! conformance_suite {
             a_set_reports_a_lost_lease,
             a_set_keeps_its_first_keys_while_it_waits,
             transfers_in_opposite_orders_never_deadlock_or_lose_money,
-            shutdown_releases_everything_and_refuses_more,
         );
     };
     (@tests $make:expr; $($name:ident),* $(,)?) => {
