@@ -495,6 +495,17 @@ impl Locker {
 
     /// Whether [`shutdown`](Self::shutdown) was called on this locker or a
     /// clone.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), tower_lock::LockError> {
+    /// let locker = tower_lock::Locker::in_memory();
+    /// let clone = locker.clone();
+    /// locker.shutdown().await?;
+    /// assert!(clone.is_shut_down());
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn is_shut_down(&self) -> bool {
         self.owner.is_closed()
     }
