@@ -78,6 +78,7 @@
 #![deny(unreachable_pub, unsafe_code)]
 
 pub mod backend;
+pub mod election;
 mod error;
 mod guard;
 mod key;

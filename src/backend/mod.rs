@@ -98,9 +98,11 @@
 
 mod contract;
 mod request;
+mod state_loss;
 mod token;
 mod wake;
 
+pub(crate) use self::state_loss::StateLoss;
 pub use self::{
     contract::Backend,
     request::{AcquireRequest, Attempt, Holding, Lease},

@@ -104,6 +104,7 @@ impl Replica {
                 key: request.key.into(),
                 token: request.token,
                 ttl: request.ttl,
+                value: request.value.map(Box::from),
             })
             .await?;
         match outcome {
@@ -265,8 +266,18 @@ fn apply_event(state: &ReplicaState, event: &Event) -> Outcome {
         applied.stamp = event.stamp;
         apply(&mut applied.table, event)
     };
-    if let (Outcome::Release(true), Command::Release { key, .. }) = (&outcome, &event.command) {
-        state.wakeups.notify(key);
+    match (&outcome, &event.command) {
+        (Outcome::Release(true), Command::Release { key, .. }) => state.wakeups.notify(key),
+        // Observers of an election learn of its new leader.
+        (
+            Outcome::Acquire(Attempt::Acquired { .. }),
+            Command::Acquire {
+                key,
+                value: Some(_),
+                ..
+            },
+        ) => state.wakeups.notify(key),
+        _ => {}
     }
     outcome
 }

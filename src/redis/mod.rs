@@ -177,7 +177,8 @@ use self::{
 use crate::{
     LockError,
     backend::{
-        AcquireRequest, Attempt, Backend, Holding, Lease, Subscription, Token, WakeRegistry,
+        AcquireRequest, Attempt, Backend, Holding, Lease, StateLoss, Subscription, Token,
+        WakeRegistry,
     },
 };
 
@@ -239,6 +240,11 @@ struct Store {
     id: String,
     /// How long fence counters and queues outlive their key's use, in ms.
     retention: u64,
+    /// Hears of grants and releases of leases that carry a value.
+    changed: String,
+    /// Noticed when the wake-up connection comes back: the server may have
+    /// restarted, or failed over, without the keys.
+    loss: Arc<StateLoss>,
 }
 
 impl Store {
@@ -262,6 +268,7 @@ impl Store {
             .arg(millis(TURN_GRACE))
             .arg(withdraw.unwrap_or(""))
             .arg(self.retention)
+            .arg(&self.changed)
             .invoke_async(&mut self.conn.clone())
             .await
             .map_err(LockError::unavailable)?;
@@ -509,11 +516,13 @@ impl RedisBackendBuilder {
         let turns = format!("{}released:", keys.prefix());
         let store = Store {
             channel: format!("{turns}{id}"),
+            changed: format!("{}changed", keys.prefix()),
             turns,
             conn,
             keys,
             id,
             retention: millis(self.retention),
+            loss: Arc::default(),
         };
         let registry = WakeRegistry::default();
         let notifier = Notifier::start(Listener {
@@ -635,6 +644,11 @@ fn collect_policies(reply: &redis::Value, into: &mut Vec<String>) {
 #[async_trait::async_trait]
 impl Backend for RedisBackend {
     async fn try_acquire(&self, request: &AcquireRequest<'_>) -> Result<Attempt, LockError> {
+        if let Some(left) = self.inner.store.loss.holds_back(request) {
+            return Ok(Attempt::Busy {
+                remaining: Some(left),
+            });
+        }
         let lock = self.inner.store.keys.lock_key(request.key);
         // Only a waiting caller (subscribed to the key's wake-ups before it
         // tried) joins the queue: a turn that comes for a key nobody here
@@ -649,6 +663,8 @@ impl Backend for RedisBackend {
             .arg(if request.waiting { "1" } else { "0" })
             .arg(self.inner.store.retention)
             .arg(if request.queued_behind { "1" } else { "0" })
+            .arg(request.value.unwrap_or(""))
+            .arg(&self.inner.store.changed)
             .invoke_async(&mut self.conn())
             .await
             .map_err(LockError::unavailable)?;
@@ -728,9 +744,14 @@ impl Backend for RedisBackend {
             token,
             redis::Value::Int(fence),
             redis::Value::Int(pttl),
+            value @ ..,
         ] = &reply[..]
         else {
             return Ok(None);
+        };
+        let value = match value {
+            [redis::Value::BulkString(value)] => Some(String::from_utf8_lossy(value).into_owned()),
+            _ => None,
         };
         // A value this crate did not write is a holder all the same.
         let token = match token {
@@ -739,11 +760,14 @@ impl Backend for RedisBackend {
                 .and_then(|token| uuid::Uuid::parse_str(token).ok()),
             _ => None,
         };
-        Ok(Some(Holding::new(
-            token.unwrap_or_default().into(),
-            u64::try_from(*fence).unwrap_or(0),
-            u64::try_from(*pttl).ok().map(Duration::from_millis),
-        )))
+        Ok(Some(
+            Holding::new(
+                token.unwrap_or_default().into(),
+                u64::try_from(*fence).unwrap_or(0),
+                u64::try_from(*pttl).ok().map(Duration::from_millis),
+            )
+            .with_value(value),
+        ))
     }
 }
 
