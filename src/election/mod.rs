@@ -151,6 +151,21 @@ pub struct Leader {
     pub term: u64,
 }
 
+impl Leader {
+    /// The leader `id` in `term`.
+    ///
+    /// ```
+    /// let leader = tower_lock::election::Leader::new("node-a", 7);
+    /// assert_eq!((leader.id.as_str(), leader.term), ("node-a", 7));
+    /// ```
+    pub fn new(id: impl Into<String>, term: u64) -> Self {
+        Leader {
+            id: id.into(),
+            term,
+        }
+    }
+}
+
 /// A named election over a [`Locker`]'s backend. Cheap to clone; clones
 /// share one observer.
 ///
@@ -280,10 +295,7 @@ impl Election {
     pub async fn leader(&self) -> Result<Option<Leader>, LockError> {
         let key = election_key(&self.name)?;
         let holding = self.locker.backend().holder(&key).await?;
-        Ok(holding.map(|holding| Leader {
-            id: holding.value.unwrap_or_default(),
-            term: holding.fence,
-        }))
+        Ok(holding.map(|holding| Leader::new(holding.value.unwrap_or_default(), holding.fence)))
     }
 
     /// Watches who leads: the receiver reports every change (a new leader,

@@ -253,7 +253,7 @@ impl Backend for MemoryBackend {
     async fn subscribe(&self, key: &str) -> Result<Subscription, LockError> {
         match &*self.inner {
             Inner::Standalone(s) => Ok(s.wakeups.subscribe(key)),
-            Inner::Replicated(r) => Ok(r.wakeups().subscribe(key)),
+            Inner::Replicated(r) => r.subscribe(key),
         }
     }
 

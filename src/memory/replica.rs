@@ -21,7 +21,7 @@ use super::{
 };
 use crate::{
     LockError,
-    backend::{AcquireRequest, Attempt, Holding, Lease, WakeRegistry},
+    backend::{AcquireRequest, Attempt, Holding, Lease, Subscription, WakeRegistry},
     sync::lock,
 };
 
@@ -88,6 +88,13 @@ impl Replica {
         self.start_pump()?;
         let applied = lock(&self.state.table);
         Ok(applied.table.holder(key, applied.stamp))
+    }
+
+    /// Wake-ups for `key`, from events this node applies: it joins the bus
+    /// if it has not yet, or it would never hear of a release.
+    pub(super) fn subscribe(&self, key: &str) -> Result<Subscription, LockError> {
+        self.start_pump()?;
+        Ok(self.state.wakeups.subscribe(key))
     }
 
     pub(super) fn wakeups(&self) -> &WakeRegistry {
