@@ -587,8 +587,10 @@ impl Backend for NatsBackend {
                     .await;
             }
             // Lost a race for a free key: the winner's lease is usually known
-            // from the watch already, which saves a read.
+            // from the watch already, which saves a read. Unless the lease
+            // is our own: then this is its holder asking again.
             if expected == 0
+                && self.inner.own.running(&key, token).is_none()
                 && let Some(remaining) = seen.running(&key)
             {
                 return Ok(Attempt::Busy {
