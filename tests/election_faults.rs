@@ -381,3 +381,63 @@ async fn redis_leadership_resumes_after_a_restart_with_no_two_leaders() {
     checker.assert_exclusive(sections);
     drop(server);
 }
+
+/// The store paused under a leader: its renewals stall, so it counts
+/// itself lost at its renew deadline, on its own clock, before the store
+/// (or a waiter's measure of the lease) lets anyone else win.
+async fn a_stalled_leader_stops_before_another_leads(server: &ServerProcess, url: &str) {
+    let name = "stalled";
+    let leader = election(locker(url).await, name, TTL);
+    let leadership = leader.campaign("first").await.expect("campaign");
+    let lost = leadership.lost();
+    let lost_at = tokio::spawn(async move {
+        lost.await;
+        Instant::now()
+    });
+    let heir = election(locker(url).await, name, TTL);
+    let campaign = tokio::spawn(async move {
+        let leadership = heir.campaign("heir").await;
+        (leadership, Instant::now())
+    });
+    // Renewed a few times, and the heir has seen the lease.
+    tokio::time::sleep(TTL / 2).await;
+    server.pause();
+    let paused = Instant::now();
+    tokio::time::sleep(TTL + TTL / 2).await;
+    server.resume();
+    let (next, won_at) = tokio::time::timeout(TTL + PROMPT, campaign)
+        .await
+        .expect("no new leader after the store came back")
+        .expect("task");
+    let next = next.expect("campaign");
+    let lost_at = tokio::time::timeout(PROMPT, lost_at)
+        .await
+        .expect("the stalled leader never counted itself lost")
+        .expect("task");
+    assert!(leadership.is_lost());
+    assert!(next.term() > leadership.term());
+    assert!(
+        lost_at < won_at,
+        "the old leader counted itself lost {:?} after the pause, the new one won {:?} after it",
+        lost_at - paused,
+        won_at - paused
+    );
+    eprintln!(
+        "{url}: lost {:?} and won {:?} after the pause",
+        lost_at - paused,
+        won_at - paused
+    );
+    next.resign().await.expect("resign");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_a_stalled_leader_stops_before_another_leads() {
+    let server = redis_server();
+    a_stalled_leader_stops_before_another_leads(&server, &url_of(&server, "redis")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_a_stalled_leader_stops_before_another_leads() {
+    let server = nats::server();
+    a_stalled_leader_stops_before_another_leads(&server, &url_of(&server, "nats")).await;
+}
