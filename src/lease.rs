@@ -195,6 +195,11 @@ impl Record {
         self.state.load(Ordering::SeqCst) == RELEASED
     }
 
+    /// Released by its holder, without having been lost first.
+    pub(crate) fn was_given_up(&self) -> bool {
+        self.is_released() && !self.lost.load(Ordering::SeqCst)
+    }
+
     /// Lost or released.
     fn is_over(&self) -> bool {
         self.lost.load(Ordering::SeqCst) || self.is_released()

@@ -110,10 +110,12 @@
 
 mod contract;
 mod request;
+#[cfg(any(feature = "redis", feature = "nats"))]
 mod state_loss;
 mod token;
 mod wake;
 
+#[cfg(any(feature = "redis", feature = "nats"))]
 pub(crate) use self::state_loss::StateLoss;
 pub use self::{
     contract::Backend,

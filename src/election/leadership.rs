@@ -79,6 +79,13 @@ impl Leadership {
         self.guard.lost()
     }
 
+    /// Tells, once [`lost`](Self::lost) has fired, whether the leadership
+    /// was resigned by its holder rather than lost.
+    pub(super) fn resigned(&self) -> impl Fn() -> bool + Send + use<> {
+        let record = self.guard.lease();
+        move || record.as_ref().is_some_and(|record| record.was_given_up())
+    }
+
     /// Changes the id stored with the leadership, keeping its term:
     /// observers see the new id.
     ///

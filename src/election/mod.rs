@@ -384,15 +384,23 @@ impl Election {
             };
             retry = RETRY_START;
             let (lost, term) = (leadership.lost(), leadership.term());
+            let resigned = leadership.resigned();
             tracing::info!(election = %self.name, term, "leading");
+            let job = job(leadership);
+            tokio::pin!(job);
             tokio::select! {
                 // A job that is ready in the same poll as the loss is not
                 // trusted with its result.
                 biased;
                 () = lost => {
+                    // The job gave its leadership up itself: it runs to its
+                    // end, as its own choice.
+                    if resigned() {
+                        return Ok(job.await);
+                    }
                     tracing::warn!(election = %self.name, term, "leadership lost; campaigning again");
                 }
-                done = job(leadership) => return Ok(done),
+                done = &mut job => return Ok(done),
             }
         }
     }

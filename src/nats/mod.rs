@@ -491,9 +491,19 @@ impl NatsBackend {
     /// the key, starving waiters elsewhere.
     /// Wakes the waiters and observers of `key` on every backend of the
     /// bucket: after a release, and after a grant of a lease with a value.
-    async fn announce(&self, key: &str) {
+    ///
+    /// `flush`: wait until the announcement has left for the server. The
+    /// client sends it in the background otherwise, which a process that
+    /// exits right after (a leader resigning at shutdown) may never do.
+    async fn announce(&self, key: &str, flush: bool) {
         let subject = format!("{}{key}", self.inner.released_prefix);
-        if let Err(err) = self.inner.js.client().publish(subject, Bytes::new()).await {
+        let client = self.inner.js.client();
+        let sent = match client.publish(subject, Bytes::new()).await {
+            Ok(()) if flush => client.flush().await.map_err(|err| err.to_string()),
+            Ok(()) => Ok(()),
+            Err(err) => Err(err.to_string()),
+        };
+        if let Err(err) = sent {
             tracing::debug!(%key, error = %err, "release announcement not sent");
             // Then at least the waiters here learn of it.
             self.inner.wakeups.notify(key);
@@ -546,7 +556,7 @@ impl NatsBackend {
             .own
             .granted(key, request.token, deadline, request.value);
         if request.value.is_some() {
-            self.announce(key).await;
+            self.announce(key, false).await;
         }
         Ok(Attempt::Acquired {
             fence: fence.unwrap_or(of_revision),
@@ -698,7 +708,12 @@ impl Backend for NatsBackend {
 
     async fn release(&self, key: &str, lease: &Lease) -> Result<bool, LockError> {
         let key = key::encode(key);
-        self.inner.own.forget(&key, lease.token);
+        // An election's leader often resigns on its way out.
+        let valued = self
+            .inner
+            .own
+            .forget(&key, lease.token)
+            .is_some_and(|own| own.value.is_some());
         let mut revision = lease.revision;
         // No revision known (a grant whose answer was lost): by token.
         if revision == 0 {
@@ -709,7 +724,7 @@ impl Backend for NatsBackend {
         }
         for _ in 0..ROUNDS {
             if self.free(&key, revision).await?.is_ok() {
-                self.announce(&key).await;
+                self.announce(&key, valued).await;
                 return Ok(true);
             }
             match self.revision_held_by(&key, lease.token).await? {
@@ -800,11 +815,12 @@ impl OwnLeases {
             .map(|own| own.value.clone())
     }
 
-    fn forget(&self, key: &str, token: Token) {
+    fn forget(&self, key: &str, token: Token) -> Option<Own> {
         let mut leases = self.lock();
         if leases.get(key).is_some_and(|own| own.token == token) {
-            leases.remove(key);
+            return leases.remove(key);
         }
+        None
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Own>> {

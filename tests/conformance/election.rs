@@ -237,6 +237,33 @@ pub async fn a_crashed_leader_is_replaced_after_its_ttl<H: Harness>(h: &H) {
     leadership.resign().await.expect("resign");
 }
 
+pub async fn a_job_that_resigns_ends_its_run<H: Harness>(h: &H) {
+    let election = quick(h.locker().await, &key("run"));
+    let runs = Arc::new(Mutex::new(0));
+    let outcome = tokio::time::timeout(
+        PROMPT,
+        election.run_while_leader("node-a", |leadership| {
+            let runs = runs.clone();
+            async move {
+                *runs.lock().expect("runs") += 1;
+                let term = leadership.term();
+                leadership.resign().await.expect("resign");
+                term
+            }
+        }),
+    )
+    .await
+    .expect("the run did not end with its job");
+    let term = outcome.expect("run");
+    assert!(term > 0);
+    assert_eq!(
+        *runs.lock().expect("runs"),
+        1,
+        "a resignation counted as a loss"
+    );
+    assert_eq!(election.leader().await.expect("leader"), None);
+}
+
 pub async fn election_names_never_meet_lock_keys<H: Harness>(h: &H) {
     let locker = h.locker().await;
     let name = key("namespace");

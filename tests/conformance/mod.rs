@@ -180,6 +180,7 @@ macro_rules! conformance_suite {
             observers_see_every_change_of_leader,
             a_crashed_leader_is_replaced_after_its_ttl,
             election_names_never_meet_lock_keys,
+            a_job_that_resigns_ends_its_run,
         );
     };
     (@tests $make:expr; $($name:ident),* $(,)?) => {
