@@ -161,10 +161,13 @@ mod on_the_spot {
         },
     };
 
+    /// A holder's token, fence, expiry and value.
+    type Entry = (Token, u64, Instant, Option<String>);
+
     /// One mutex over a map; counts the calls that needed a future.
     #[derive(Debug, Default)]
     pub struct SpotStore {
-        table: Mutex<HashMap<String, (Token, u64, Instant, Option<String>)>>,
+        table: Mutex<HashMap<String, Entry>>,
         fences: AtomicUsize,
         wakeups: WakeRegistry,
         async_tries: AtomicUsize,

@@ -24,6 +24,8 @@ use tower_lock::{
 };
 
 pub use counting::Counting;
+// Not every test binary runs the election checks.
+#[allow(unused_imports)]
 pub use election::*;
 pub use overlap::OverlapChecker;
 
