@@ -25,7 +25,8 @@
 //! # How it works
 //!
 //! Each lock is one key of the bucket (history 1), holding the holder's
-//! token and lease length.
+//! token and lease length, and, once renewed or when it carries one, its
+//! fence and the value stored with it (an election's leader id).
 //!
 //! - **Acquire** creates the key only if it has no message at all (a
 //!   compare-and-set on "no last revision"). The fence is the bucket
@@ -33,20 +34,23 @@
 //!   (a stream sequence, strictly increasing for every key of the bucket),
 //!   so fences keep growing when the bucket is deleted and created again;
 //!   see [Fences](#fences). A key that already holds the caller's token is
-//!   granted again (renewed at its revision): a retry of a try whose answer
-//!   was lost.
+//!   granted again (renewed at its revision, with the same fence): a retry
+//!   of a try whose answer was lost, or a leader storing a new id.
 //! - **Release** deletes exactly the holder's message, by its revision, so
 //!   it can never remove a newer holder, and leaves the key with no message
 //!   at all: nothing stays behind in the bucket.
-//! - **Extend** rewrites the lease at the holder's revision and returns the
-//!   new one. It refuses (the lease is lost) once the lease ran out on this
+//! - **Extend** rewrites the lease at the holder's revision, with its fence
+//!   and value, and returns the new revision. It refuses (the lease is lost) once the lease ran out on this
 //!   backend's own clock, so it never races a takeover.
 //! - When a reply was lost and the revision moved on, release and extend
 //!   check that the key still carries the holder's token before they retry
 //!   at its current revision.
 //! - **Wake-ups**: a release announces itself on the plain NATS subject
-//!   `tower-lock.<bucket>.released.<key>`; each backend subscribes once and
-//!   wakes that key's waiters. A lost announcement costs one backoff step.
+//!   `tower-lock.<bucket>.released.<key>`, as does a grant of a lease with
+//!   a value (an election's new leader); each backend subscribes once and
+//!   wakes that key's waiters and observers. The release of a lease with a
+//!   value waits until its announcement has left, since a leader often
+//!   resigns as its process exits. A lost announcement costs one backoff step.
 //!   One watch over the bucket per backend records new leases (so waiters
 //!   measure them from when they appeared) and, after it fails and is
 //!   re-established, wakes every waiter. An announcement only wakes: the
@@ -94,7 +98,10 @@
 //! lives through the deletion reads the new creation time when a write gets
 //! a lower revision than one it got before, or when its watch is
 //! re-established; until then, if the new bucket has already taken more
-//! writes than the old one ever did, its fences can be lower.
+//! writes than the old one ever did, its fences can be lower. Having seen
+//! a new bucket, it grants no lease with a value (an election's) for one
+//! ttl: leaders of the old bucket may still count on their leases until
+//! their next renewal fails.
 //!
 //! # The bucket
 //!
@@ -526,8 +533,6 @@ impl NatsBackend {
         }
     }
 
-    /// The lease at `revision` is ours now: remember its deadline, and
-    /// give it its fence.
     /// What a write of `request`'s lease at `revision` comes to; `fence`
     /// when the write kept the holder's fence, else the fence of the
     /// revision.

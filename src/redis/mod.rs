@@ -10,10 +10,12 @@
 //! - **Acquire** is one Lua script (`SET key token PX ttl` when the key is
 //!   free, and the next fence, see [Fences](#fences)); when the key is busy
 //!   it returns the holder's `PTTL`, so a waiter never sleeps past the
-//!   expiry. A key that already holds the caller's token is granted again:
-//!   that is a retry of a try whose answer was lost (redis-rs re-sends
-//!   after a reconnect), and the locker gives back by token any try whose
-//!   answer it never got, so neither orphans the lock for its ttl.
+//!   expiry. A key that already holds the caller's token is granted again,
+//!   with the same fence: that is a retry of a try whose answer was lost
+//!   (redis-rs re-sends after a reconnect), or a leader storing a new id,
+//!   and the locker gives back by token any try whose answer it never got,
+//!   so neither orphans the lock for its ttl. A lease with a value (an
+//!   election's) is stored as `token value`.
 //! - **Waiters queue in Redis.** A try from a caller that waits puts its
 //!   backend in the key's queue (`lock:{K}:queue`, once per backend). The
 //!   release script hands the lock to the first queued backend: the key
@@ -33,7 +35,10 @@
 //!   token is the caller's: nobody can free or prolong another holder's
 //!   lock. With nobody queued, release deletes the key.
 //! - **Wake-ups** come over one pub/sub connection per backend, shared by all
-//!   waiters: the backend's turn channel, plus the `expired` and `del` key events of
+//!   waiters: the backend's turn channel, the `<prefix>changed` channel
+//!   (where the scripts publish grants and releases of leases with a value,
+//!   so an election's observers hear of every change of leader; plain locks
+//!   publish nothing there), plus the `expired` and `del` key events of
 //!   the database in use when the server's `notify-keyspace-events` enables
 //!   them. Expiry never needs an event: a waiter's timer is capped by the
 //!   holder's `PTTL`. In a Cluster the turn channel reaches every node
@@ -117,7 +122,10 @@
 //! paused server fails the request with [`LockError::Unavailable`].
 //!
 //! Redis replicates asynchronously, so a failover can also lose a held
-//! lock, as with any single-Redis lock.
+//! lock, as with any single-Redis lock. A backend whose pub/sub connection
+//! was reset (a restart, a failover) grants no lease with a value (an
+//! election's) for one ttl afterwards: a leader whose lease the server lost
+//! counts on it until its next renewal fails.
 //!
 //! # Examples
 //!
