@@ -1,138 +1,223 @@
-//! Leader election: three nodes share one in-memory lock table over a
-//! `LocalBus`; whichever holds the `leader` lock runs a periodic job.
+//! Leader election: three nodes campaign in one election; whoever leads
+//! runs a periodic job, with its term as the fence, and an observer prints
+//! every change of leader.
 //!
 //! ```text
-//! cargo run --example leader
+//! cargo run --example leader                                   # three nodes over one in-memory bus
+//! cargo run --features redis --example leader -- --backend redis://127.0.0.1:6379
+//! cargo run --features nats --example leader -- --backend nats://127.0.0.1:4222
 //! ```
 //!
-//! Midway, the leader is cut off from the others (its lease can no longer be
-//! renewed: `guard.lost()` tells it to stop), and later the next leader is
-//! killed outright without releasing. Each time another node takes over once
-//! the old lease has run out. The run ends by itself after a few seconds.
+//! Midway the leader is killed (its runtime stops dead: no renewal, no
+//! resignation), and another node takes over once its lease has run out;
+//! later that leader resigns, and the last node takes over at once. The run
+//! ends by itself after a few seconds.
 
-use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-    time::Duration,
+#[path = "common/backend.rs"]
+mod common;
+
+use std::{sync::Arc, thread, time::Duration};
+
+use tokio::{
+    sync::{oneshot, watch},
+    time::Instant,
 };
-
-use tokio::time::Instant;
 use tower_lock::{
-    LockError, Locker,
-    bus::{Bus, Command, Feed, LocalBus},
+    Locker,
+    bus::LocalBus,
+    election::{Election, Leadership},
     memory::MemoryBackend,
 };
 
-const TTL: Duration = Duration::from_millis(900);
+const NAME: &str = "leader-example";
+const TTL: Duration = Duration::from_millis(1500);
 const JOB_EVERY: Duration = Duration::from_millis(250);
-
-/// A node's link to the bus, which the demo can cut like a network cable.
-#[derive(Debug, Clone)]
-struct Link {
-    bus: LocalBus,
-    cut: Arc<AtomicBool>,
-}
-
-#[async_trait::async_trait]
-impl Bus for Link {
-    async fn publish(&self, command: Command) -> Result<(), LockError> {
-        if self.cut.load(Ordering::SeqCst) {
-            return Err(LockError::unavailable("network cable cut"));
-        }
-        self.bus.publish(command).await
-    }
-
-    fn subscribe(&self) -> Feed {
-        self.bus.subscribe()
-    }
-}
+const NODES: [&str; 3] = ["node-a", "node-b", "node-c"];
 
 fn at(start: Instant) -> String {
     format!("[{:>5.2}s]", start.elapsed().as_secs_f64())
 }
 
-/// One node: campaign for the lock, run the job while it holds it.
-async fn node(name: &'static str, locker: Locker, start: Instant) {
-    let mut unreachable = false;
+/// A node's own connection to the store (its own bus node in memory).
+async fn locker(backend: &str, bus: &LocalBus) -> anyhow::Result<Locker> {
+    if backend == "memory" {
+        return Ok(Locker::new(MemoryBackend::with_bus(bus.clone())));
+    }
+    common::connect(backend, "leader").await
+}
+
+fn election(locker: Locker) -> Election {
+    Election::new(locker, NAME)
+        .ttl(TTL)
+        .renew_deadline(TTL * 2 / 3)
+        .renew_every(TTL / 6)
+}
+
+/// The job, while this node leads: until it is told to step down (then it
+/// resigns), or until run_while_leader drops it at a loss.
+async fn job(
+    leadership: Leadership,
+    mut step_down: watch::Receiver<bool>,
+    start: Instant,
+) -> anyhow::Result<()> {
+    let (id, term) = (leadership.id().to_owned(), leadership.term());
+    println!("{} {id} leads (term {term})", at(start));
+    let mut tick = tokio::time::interval(JOB_EVERY);
     loop {
-        let guard = match locker.acquire("leader", TTL).await {
-            Ok(guard) => guard,
-            Err(err) => {
-                if !unreachable {
-                    println!("{} {name} cannot reach the lock store: {err}", at(start));
-                    unreachable = true;
-                }
-                tokio::time::sleep(JOB_EVERY).await;
-                continue;
+        tokio::select! {
+            _ = step_down.wait_for(|down| *down) => break,
+            _ = tick.tick() => {
+                // A real job passes the term along with its writes, so that
+                // a store refuses a leader that has been replaced.
+                println!("{}   {id} runs the job (term {term})", at(start));
             }
-        };
-        unreachable = false;
-        println!(
-            "{} {name} is the leader (fence {})",
-            at(start),
-            guard.fence()
-        );
-        let lost = guard.lost();
-        tokio::pin!(lost);
-        let mut tick = tokio::time::interval(JOB_EVERY);
-        let mut runs = 0;
-        loop {
-            tokio::select! {
-                () = &mut lost => {
-                    println!("{} {name} lost its lease: stops the job after {runs} runs", at(start));
-                    break;
+        }
+    }
+    leadership.resign().await?;
+    println!("{} {id} resigned", at(start));
+    Ok(())
+}
+
+/// A node on a runtime of its own, which `kill` stops dead.
+struct Node {
+    kill: Option<oneshot::Sender<()>>,
+    step_down: watch::Sender<bool>,
+    thread: Option<thread::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Node {
+    fn start(id: &'static str, backend: Arc<str>, bus: LocalBus, start: Instant) -> Node {
+        let (kill, killed) = oneshot::channel::<()>();
+        let (step_down, stepping_down) = watch::channel(false);
+        let thread = thread::spawn(move || {
+            let runtime = tokio::runtime::Runtime::new()?;
+            let campaign = runtime.spawn(async move {
+                let election = election(locker(&backend, &bus).await?);
+                election
+                    .run_while_leader(id, |leadership| {
+                        job(leadership, stepping_down.clone(), start)
+                    })
+                    .await?
+            });
+            runtime.block_on(async {
+                tokio::select! {
+                    _ = killed => Ok(()),
+                    done = campaign => done?,
                 }
-                _ = tick.tick() => {
-                    runs += 1;
-                    // Pass the fence along with the job's writes, so a store
-                    // can refuse a leader that has been replaced.
-                    println!("{}   {name} runs the job (#{runs}, fence {})", at(start), guard.fence());
-                }
-            }
+            })?;
+            // Whatever still runs on the node stops here, without a word to
+            // the store: a crash.
+            runtime.shutdown_background();
+            Ok(())
+        });
+        Node {
+            kill: Some(kill),
+            step_down,
+            thread: Some(thread),
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(kill) = self.kill.take() {
+            let _ = kill.send(());
         }
     }
 }
 
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Which node `leader` is.
+fn index_of(leader: &watch::Receiver<Option<tower_lock::election::Leader>>) -> Option<usize> {
+    let id = leader.borrow().as_ref()?.id.clone();
+    NODES.iter().position(|node| *node == id)
+}
+
 #[tokio::main]
-async fn main() {
+async fn main() -> anyhow::Result<()> {
+    let backend: Arc<str> = std::env::args()
+        .skip_while(|arg| arg != "--backend")
+        .nth(1)
+        .unwrap_or_else(|| "memory".to_owned())
+        .into();
     let bus = LocalBus::new();
     let start = Instant::now();
-    // Every node joins the bus before anyone takes a lock: a node's replica
-    // starts from the events it sees, so a node that joins later would not
-    // know about locks taken before it.
-    let nodes: Vec<_> = ["node-a", "node-b", "node-c"]
-        .into_iter()
-        .map(|name| {
-            let link = Link {
-                bus: bus.clone(),
-                cut: Arc::default(),
-            };
-            // Renewal keeps the lease while the leader lives; a leader that
-            // stops renewing loses the lock after the ttl.
-            let locker = Locker::new(MemoryBackend::with_bus(link.clone())).auto_renew(true);
-            (name, link, locker)
+    // The observer is a process of its own too: it only watches.
+    let observer = election(locker(&backend, &bus).await?);
+    let mut leader = observer.observe();
+    let printer = {
+        let mut leader = leader.clone();
+        tokio::spawn(async move {
+            while leader.changed().await.is_ok() {
+                match &*leader.borrow_and_update() {
+                    Some(now) => println!(
+                        "{} observed: {} leads, term {}",
+                        at(start),
+                        now.id,
+                        now.term
+                    ),
+                    None => println!("{} observed: nobody leads", at(start)),
+                }
+            }
         })
+    };
+    let mut nodes: Vec<Node> = NODES
+        .iter()
+        .map(|id| Node::start(id, backend.clone(), bus.clone(), start))
         .collect();
-    let mut running = Vec::new();
-    for (name, link, locker) in nodes {
-        running.push((name, link, tokio::spawn(node(name, locker, start))));
-        tokio::time::sleep(Duration::from_millis(20)).await;
+
+    let first = tokio::time::timeout(Duration::from_secs(10), leader.wait_for(Option::is_some))
+        .await??
+        .clone();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let killed = index_of(&leader).ok_or_else(|| anyhow::anyhow!("no leader to kill"))?;
+    println!(
+        "{} == killing {} (no resignation) ==",
+        at(start),
+        NODES[killed]
+    );
+    nodes[killed].kill();
+
+    let next = tokio::time::timeout(
+        TTL * 4,
+        leader.wait_for(|now| now.as_ref().is_some_and(|now| Some(now) != first.as_ref())),
+    )
+    .await??
+    .clone();
+    let next = next.ok_or_else(|| anyhow::anyhow!("no new leader"))?;
+    println!(
+        "{} == {} took over after the kill, term {} ==",
+        at(start),
+        next.id,
+        next.term
+    );
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let resigning = index_of(&leader).ok_or_else(|| anyhow::anyhow!("no leader to resign"))?;
+    println!("{} == asking {} to resign ==", at(start), NODES[resigning]);
+    nodes[resigning].step_down.send_replace(true);
+    let last = tokio::time::timeout(
+        TTL * 2,
+        leader.wait_for(|now| now.as_ref().is_some_and(|now| now.term > next.term)),
+    )
+    .await??
+    .clone();
+    if let Some(last) = last {
+        println!(
+            "{} == {} took over at once, term {} ==",
+            at(start),
+            last.id,
+            last.term
+        );
     }
-    let nodes = running;
-
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let (name, link, _) = &nodes[0];
-    println!("{} == cutting {name} off the network ==", at(start));
-    link.cut.store(true, Ordering::SeqCst);
-
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    let (name, link, task) = &nodes[1];
-    println!("{} == killing {name} (no release) ==", at(start));
-    link.cut.store(true, Ordering::SeqCst);
-    task.abort();
-
-    tokio::time::sleep(Duration::from_millis(2000)).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    drop(nodes);
+    printer.abort();
     println!("{} done", at(start));
+    Ok(())
 }

@@ -79,6 +79,15 @@ pub enum LockError {
         /// Why it is unsafe, and what to do.
         reason: String,
     },
+    /// A setting given to the crate is out of bounds (an election's
+    /// timings, a candidate id); nothing was sent to the store.
+    #[error("invalid {setting}: {reason}")]
+    InvalidSetting {
+        /// The setting at fault, as the method that takes it names it.
+        setting: &'static str,
+        /// What is wrong, and what would do.
+        reason: String,
+    },
     /// The backend could not be reached or answered with an error.
     #[error("lock backend unavailable: {source}")]
     Unavailable {

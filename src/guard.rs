@@ -207,6 +207,13 @@ impl LockGuard {
 }
 
 impl LockGuard {
+    /// Replaces the value stored with the lease, keeping its fence (see
+    /// [`AcquireRequest::value`](crate::backend::AcquireRequest::value)).
+    pub(crate) async fn store_value(&self, value: &str) -> Result<(), LockError> {
+        let parts = self.parts.as_ref().ok_or(LockError::NotHeld)?;
+        parts.record.regrant(&**parts.owner.backend(), value).await
+    }
+
     /// Releases on the spot where the store can answer so (see
     /// [`Backend::release_now`](crate::backend::Backend::release_now));
     /// `Err(self)`, unchanged, where the release needs I/O.

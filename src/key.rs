@@ -27,6 +27,13 @@ pub const MAX_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 /// that at a fraction of SipHash's cost.
 pub(crate) type KeyHasher = foldhash::quality::RandomState;
 
+/// Keys of the crate's own namespaces start with this byte, which user keys
+/// may not: so no user key can collide with an election's.
+const RESERVED: char = '\0';
+
+/// The key an election's lease lives at.
+const ELECTION_PREFIX: &str = "\0election:";
+
 pub(crate) fn validate_key(key: &str) -> Result<(), LockError> {
     if key.is_empty() {
         return Err(LockError::InvalidKey {
@@ -38,7 +45,23 @@ pub(crate) fn validate_key(key: &str) -> Result<(), LockError> {
             reason: "the key is longer than 512 bytes",
         });
     }
+    if key.starts_with(RESERVED) {
+        return Err(LockError::InvalidKey {
+            reason: "keys starting with a NUL byte are reserved (elections live there)",
+        });
+    }
     Ok(())
+}
+
+/// The lock key of the election `name`, in the elections' namespace.
+pub(crate) fn election_key(name: &str) -> Result<SmolStr, LockError> {
+    validate_key(name)?;
+    if name.len() + ELECTION_PREFIX.len() > MAX_KEY_LEN {
+        return Err(LockError::InvalidKey {
+            reason: "the election name is longer than 502 bytes",
+        });
+    }
+    Ok(SmolStr::from_iter([ELECTION_PREFIX, name]))
 }
 
 /// The key as the crate keeps it: inline up to 23 bytes, no allocation.
@@ -85,6 +108,20 @@ mod tests {
             validate_key(&"k".repeat(MAX_KEY_LEN + 1)),
             Err(LockError::InvalidKey { .. })
         ));
+    }
+
+    #[test]
+    fn user_keys_can_not_enter_the_elections_namespace() {
+        let election = election_key("nightly").expect("a valid name");
+        assert_eq!(&*election, "\0election:nightly");
+        assert!(matches!(
+            validate_key(&election),
+            Err(LockError::InvalidKey { .. })
+        ));
+        assert!(validate_key("a\0b").is_ok());
+        assert!(election_key("").is_err());
+        assert!(election_key(&"n".repeat(MAX_KEY_LEN - ELECTION_PREFIX.len())).is_ok());
+        assert!(election_key(&"n".repeat(MAX_KEY_LEN - ELECTION_PREFIX.len() + 1)).is_err());
     }
 
     #[test]

@@ -22,7 +22,7 @@ use tokio::{sync::Notify, time::Instant};
 
 use crate::{
     LockError,
-    backend::{Backend, Lease, Token},
+    backend::{AcquireRequest, Attempt, Backend, Lease, Token},
 };
 
 /// Where a lease waits in its owner's renewal schedule: its due time and a
@@ -195,6 +195,11 @@ impl Record {
         self.state.load(Ordering::SeqCst) == RELEASED
     }
 
+    /// Released by its holder, without having been lost first.
+    pub(crate) fn was_given_up(&self) -> bool {
+        self.is_released() && !self.lost.load(Ordering::SeqCst)
+    }
+
     /// Lost or released.
     fn is_over(&self) -> bool {
         self.lost.load(Ordering::SeqCst) || self.is_released()
@@ -320,6 +325,54 @@ impl Record {
                 Ok(())
             }
             None => {
+                self.mark_lost();
+                tracing::warn!(key = ?self.key, fence = self.fence, "lease lost");
+                Err(LockError::Lost)
+            }
+        }
+    }
+
+    /// Asks the store for the lease again with its own token, storing
+    /// `value` with it: the lease restarts at its ttl and keeps its fence.
+    ///
+    /// A store that lost the lease may grant the key afresh, under a new
+    /// fence: that grant is given back, and the lease counts as lost, like
+    /// one the key was taken from.
+    pub(crate) async fn regrant(
+        &self,
+        backend: &dyn Backend,
+        value: &str,
+    ) -> Result<(), LockError> {
+        let Some(_op) = self.begin().await else {
+            return Err(LockError::NotHeld);
+        };
+        if self.is_lost() {
+            return Err(LockError::Lost);
+        }
+        let ttl = self.ttl();
+        let request = AcquireRequest::new(&self.key, self.token, ttl).value(Some(value));
+        let sent_at = Instant::now();
+        match backend.try_acquire(&request).await? {
+            Attempt::Acquired { fence, revision } if fence == self.fence => {
+                self.revision.store(revision, Ordering::Release);
+                *crate::sync::lock(&self.deadline) = after(sent_at, self.timing.deadline(ttl));
+                self.wake_watchers();
+                Ok(())
+            }
+            Attempt::Acquired { fence, revision } => {
+                let fresh = Lease {
+                    token: self.token,
+                    fence,
+                    revision,
+                };
+                if let Err(err) = backend.release(&self.key, &fresh).await {
+                    tracing::debug!(key = ?self.key, error = %err, "could not give back a fresh grant; it ends at its ttl");
+                }
+                self.mark_lost();
+                tracing::warn!(key = ?self.key, fence = self.fence, "lease lost");
+                Err(LockError::Lost)
+            }
+            Attempt::Busy { .. } | Attempt::Queued { .. } => {
                 self.mark_lost();
                 tracing::warn!(key = ?self.key, fence = self.fence, "lease lost");
                 Err(LockError::Lost)

@@ -169,6 +169,7 @@
 #![deny(unreachable_pub, unsafe_code)]
 
 pub mod backend;
+pub mod election;
 mod error;
 mod guard;
 mod key;

@@ -161,10 +161,13 @@ mod on_the_spot {
         },
     };
 
+    /// A holder's token, fence, expiry and value.
+    type Entry = (Token, u64, Instant, Option<String>);
+
     /// One mutex over a map; counts the calls that needed a future.
     #[derive(Debug, Default)]
     pub struct SpotStore {
-        table: Mutex<HashMap<String, (Token, u64, Instant)>>,
+        table: Mutex<HashMap<String, Entry>>,
         fences: AtomicUsize,
         wakeups: WakeRegistry,
         async_tries: AtomicUsize,
@@ -175,18 +178,31 @@ mod on_the_spot {
         fn take(&self, request: &AcquireRequest<'_>) -> Attempt {
             let mut table = self.table.lock().expect("table");
             let now = Instant::now();
-            // The holder's own token again is a retry, granted anew.
-            if let Some((holder, _, expires)) = table.get(request.key)
+            // The holder's own token again is a retry, granted anew with
+            // the same fence.
+            let mut kept = None;
+            if let Some((holder, fence, expires, _)) = table.get(request.key)
                 && *expires > now
-                && *holder != request.token
             {
-                return Attempt::Busy {
-                    remaining: Some(*expires - now),
-                };
+                if *holder != request.token {
+                    return Attempt::Busy {
+                        remaining: Some(*expires - now),
+                    };
+                }
+                kept = Some(*fence);
             }
-            let fence = self.fences.fetch_add(1, Ordering::SeqCst) as u64 + 1;
+            let fence =
+                kept.unwrap_or_else(|| self.fences.fetch_add(1, Ordering::SeqCst) as u64 + 1);
             let expires = now + request.ttl;
-            table.insert(request.key.to_owned(), (request.token, fence, expires));
+            let value = request.value.map(str::to_owned);
+            table.insert(
+                request.key.to_owned(),
+                (request.token, fence, expires, value),
+            );
+            drop(table);
+            if request.value.is_some() {
+                self.wakeups.notify(request.key);
+            }
             Attempt::Acquired {
                 fence,
                 revision: fence,
@@ -195,7 +211,10 @@ mod on_the_spot {
 
         fn give_back(&self, key: &str, lease: &Lease) -> bool {
             let mut table = self.table.lock().expect("table");
-            let Some((token, _, expires)) = table.get(key).copied() else {
+            let Some((token, expires)) = table
+                .get(key)
+                .map(|(token, _, expires, _)| (*token, *expires))
+            else {
                 return false;
             };
             if token != lease.token {
@@ -231,7 +250,7 @@ mod on_the_spot {
             let mut table = self.table.lock().expect("table");
             let now = Instant::now();
             Ok(match table.get_mut(key) {
-                Some((token, _, expires)) if *token == lease.token && *expires > now => {
+                Some((token, _, expires, _)) if *token == lease.token && *expires > now => {
                     *expires = now + ttl;
                     Some(lease.revision)
                 }
@@ -253,8 +272,10 @@ mod on_the_spot {
             let now = Instant::now();
             Ok(table
                 .get(key)
-                .filter(|(_, _, expires)| *expires > now)
-                .map(|(token, fence, expires)| Holding::new(*token, *fence, Some(*expires - now))))
+                .filter(|(_, _, expires, _)| *expires > now)
+                .map(|(token, fence, expires, value)| {
+                    Holding::new(*token, *fence, Some(*expires - now)).with_value(value.clone())
+                }))
         }
 
         fn try_acquire_now(

@@ -135,3 +135,49 @@ async fn bucket_placement(ports: &[u16]) -> (usize, usize) {
         .expect("the bucket has a leader");
     (info.config.num_replicas, leader)
 }
+
+/// An R3 bucket on a three-node cluster of its own; every locker connects
+/// to all three nodes.
+struct Cluster {
+    _nodes: Vec<support::ServerProcess>,
+    ports: Vec<u16>,
+}
+
+impl Cluster {
+    async fn start() -> Self {
+        let nodes = tokio::task::spawn_blocking(nats::cluster)
+            .await
+            .expect("start the cluster");
+        let ports = nodes.iter().map(|n| n.port).collect();
+        Cluster {
+            _nodes: nodes,
+            ports,
+        }
+    }
+}
+
+impl conformance::Harness for Cluster {
+    async fn locker(&self) -> Locker {
+        Locker::new(r3_backend(&self.ports).await)
+    }
+
+    async fn stored_locks(&self) -> usize {
+        let js = async_nats::jetstream::new(nats::connect(&self.ports).await);
+        let store = js.get_key_value("locks").await.expect("bucket");
+        let keys = futures_util::TryStreamExt::try_collect::<Vec<String>>(
+            store.keys().await.expect("list keys"),
+        );
+        keys.await.expect("list keys").len()
+    }
+
+    fn measures_from_first_sight(&self) -> bool {
+        true
+    }
+}
+
+// The election checks on the replicated bucket.
+crate::conformance_suite!(@tests Cluster::start();
+    one_candidate_leads_at_a_time_with_rising_terms,
+    observers_see_every_change_of_leader,
+    a_crashed_leader_is_replaced_after_its_ttl,
+);

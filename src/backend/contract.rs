@@ -39,9 +39,17 @@ pub trait Backend: fmt::Debug + Send + Sync + 'static {
     /// [`Attempt::Queued`].
     ///
     /// A key whose live lease already carries `request.token` is granted
-    /// again (its lease restarted at `request.ttl`, its fence the same or
-    /// greater): that is a retry of a try whose answer was lost, and
-    /// refusing it would orphan the lock for its ttl.
+    /// again, with the same fence, its lease restarted at `request.ttl` and
+    /// its value replaced by `request.value`: that is a retry of a try
+    /// whose answer was lost (refusing it would orphan the lock for its
+    /// ttl), or a holder changing its stored value.
+    ///
+    /// A store that can tell it lost its state (a restart that dropped its
+    /// keys) should not grant a lease that carries a
+    /// [`value`](AcquireRequest::value) for one `request.ttl` after it
+    /// noticed, answering `Busy` meanwhile: holders of leases it lost count
+    /// on them until a renewal fails, and an election must not gain a second
+    /// leader meanwhile.
     async fn try_acquire(&self, request: &AcquireRequest<'_>) -> Result<Attempt, LockError>;
 
     /// Restarts the lease of `lease` on `key` at `ttl` from now.
@@ -68,7 +76,10 @@ pub trait Backend: fmt::Debug + Send + Sync + 'static {
     /// outcome it could not learn.
     async fn release(&self, key: &str, lease: &Lease) -> Result<bool, LockError>;
 
-    /// Registers interest in wake-ups for `key`.
+    /// Registers interest in wake-ups for `key`: every release of it, and
+    /// every grant of a lease on it that carries a
+    /// [`value`](AcquireRequest::value) (observers of an election learn of a
+    /// new leader so; plain locks are not woken by grants).
     ///
     /// Must be registered when the returned future completes: a release that
     /// happens afterwards has to wake the subscription. A backend that can
@@ -80,8 +91,9 @@ pub trait Backend: fmt::Debug + Send + Sync + 'static {
     /// [`Subscription::on_give_up`].
     async fn subscribe(&self, key: &str) -> Result<Subscription, LockError>;
 
-    /// Who holds `key` now: `None` when nobody does (never taken, released,
-    /// or its lease ran out as far as the store can tell).
+    /// Who holds `key` now, with the fence of its acquisition and the value
+    /// stored with its lease: `None` when nobody does (never taken,
+    /// released, or its lease ran out as far as the store can tell).
     async fn holder(&self, key: &str) -> Result<Option<Holding>, LockError>;
 
     /// Answers [`try_acquire`](Self::try_acquire) on the spot, for a store

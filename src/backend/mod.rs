@@ -22,7 +22,7 @@
 //! /// A single-mutex table: fine for an example, too slow for real use.
 //! #[derive(Debug, Default)]
 //! struct TinyBackend {
-//!     table: Mutex<HashMap<String, (Token, u64, Instant)>>,
+//!     table: Mutex<HashMap<String, (Token, u64, Instant, Option<String>)>>,
 //!     fences: Mutex<u64>,
 //!     wakeups: WakeRegistry,
 //! }
@@ -32,22 +32,32 @@
 //!     async fn try_acquire(&self, request: &AcquireRequest<'_>) -> Result<Attempt, LockError> {
 //!         let mut table = self.table.lock().unwrap();
 //!         let now = Instant::now();
-//!         if let Some((token, _, expires)) = table.get(request.key) {
-//!             // The holder's own token again is a retry: granted anew.
+//!         let mut fence = None;
+//!         if let Some((token, held, expires, _)) = table.get(request.key) {
 //!             if *expires > now && *token != request.token {
 //!                 return Ok(Attempt::Busy { remaining: Some(*expires - now) });
 //!             }
+//!             // The holder's own token again: granted anew, same fence.
+//!             fence = (*expires > now).then_some(*held);
 //!         }
-//!         let mut fences = self.fences.lock().unwrap();
-//!         *fences += 1;
-//!         table.insert(request.key.to_owned(), (request.token, *fences, now + request.ttl));
-//!         Ok(Attempt::Acquired { fence: *fences, revision: *fences })
+//!         let fence = fence.unwrap_or_else(|| {
+//!             let mut fences = self.fences.lock().unwrap();
+//!             *fences += 1;
+//!             *fences
+//!         });
+//!         let value = request.value.map(str::to_owned);
+//!         table.insert(request.key.to_owned(), (request.token, fence, now + request.ttl, value));
+//!         drop(table);
+//!         if request.value.is_some() {
+//!             self.wakeups.notify(request.key); // observers learn of a new holder
+//!         }
+//!         Ok(Attempt::Acquired { fence, revision: fence })
 //!     }
 //!
 //!     async fn extend(&self, key: &str, lease: &Lease, ttl: Duration) -> Result<Option<u64>, LockError> {
 //!         let mut table = self.table.lock().unwrap();
 //!         match table.get_mut(key) {
-//!             Some((token, _, expires)) if *token == lease.token && *expires > Instant::now() => {
+//!             Some((token, _, expires, _)) if *token == lease.token && *expires > Instant::now() => {
 //!                 *expires = Instant::now() + ttl;
 //!                 Ok(Some(lease.revision))
 //!             }
@@ -57,7 +67,7 @@
 //!
 //!     async fn release(&self, key: &str, lease: &Lease) -> Result<bool, LockError> {
 //!         let mut table = self.table.lock().unwrap();
-//!         let held = matches!(table.get(key), Some((token, _, expires))
+//!         let held = matches!(table.get(key), Some((token, _, expires, _))
 //!             if *token == lease.token && *expires > Instant::now());
 //!         if matches!(table.get(key), Some((token, ..)) if *token == lease.token) {
 //!             table.remove(key);
@@ -76,8 +86,10 @@
 //!     async fn holder(&self, key: &str) -> Result<Option<Holding>, LockError> {
 //!         let table = self.table.lock().unwrap();
 //!         let now = Instant::now();
-//!         Ok(table.get(key).filter(|(_, _, expires)| *expires > now).map(
-//!             |(token, fence, expires)| Holding::new(*token, *fence, Some(*expires - now)),
+//!         Ok(table.get(key).filter(|(_, _, expires, _)| *expires > now).map(
+//!             |(token, fence, expires, value)| {
+//!                 Holding::new(*token, *fence, Some(*expires - now)).with_value(value.clone())
+//!             },
 //!         ))
 //!     }
 //! }
@@ -98,9 +110,13 @@
 
 mod contract;
 mod request;
+#[cfg(any(feature = "redis", feature = "nats"))]
+mod state_loss;
 mod token;
 mod wake;
 
+#[cfg(any(feature = "redis", feature = "nats"))]
+pub(crate) use self::state_loss::StateLoss;
 pub use self::{
     contract::Backend,
     request::{AcquireRequest, Attempt, Holding, Lease},

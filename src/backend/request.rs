@@ -41,6 +41,15 @@ pub struct AcquireRequest<'a> {
     /// that the next of them is served in its turn without a try of its own
     /// to join the queue; the locker then waits for that turn's wake-up.
     pub queued_behind: bool,
+    /// A value stored with the lease (an election's leader id), readable by
+    /// anyone through [`Backend::holder`](super::Backend::holder). A grant
+    /// of a lease with a value wakes the key's subscribers, so observers
+    /// learn of a new holder; leases without one (plain locks) wake nobody
+    /// when taken.
+    ///
+    /// A retry with the holder's own token replaces the value and keeps the
+    /// fence: that is how a leader changes its id without a new term.
+    pub value: Option<&'a str>,
 }
 
 impl<'a> AcquireRequest<'a> {
@@ -52,6 +61,7 @@ impl<'a> AcquireRequest<'a> {
             ttl,
             waiting: false,
             queued_behind: false,
+            value: None,
         }
     }
 
@@ -64,6 +74,20 @@ impl<'a> AcquireRequest<'a> {
     /// Sets [`queued_behind`](Self::queued_behind).
     pub fn queued_behind(mut self, queued_behind: bool) -> Self {
         self.queued_behind = queued_behind;
+        self
+    }
+
+    /// Sets [`value`](Self::value).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_lock::backend::{AcquireRequest, Token};
+    ///
+    /// let request = AcquireRequest::new("leader", Token::new(), Duration::from_secs(5));
+    /// assert_eq!(request.value(Some("node-a")).value, Some("node-a"));
+    /// ```
+    pub fn value(mut self, value: Option<&'a str>) -> Self {
+        self.value = value;
         self
     }
 }
@@ -120,8 +144,9 @@ pub struct Lease {
 ///
 /// let holding = Holding::new(Token::new(), 7, Some(Duration::from_secs(3)));
 /// assert_eq!(holding.fence, 7);
+/// assert_eq!(holding.with_value(Some("node-a".into())).value.as_deref(), Some("node-a"));
 /// ```
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Holding {
     /// The holder's token.
@@ -130,6 +155,9 @@ pub struct Holding {
     pub fence: u64,
     /// How long its lease still runs, when the store says.
     pub remaining: Option<Duration>,
+    /// The value stored with the lease
+    /// ([`AcquireRequest::value`]), if it has one.
+    pub value: Option<String>,
 }
 
 impl Holding {
@@ -139,6 +167,13 @@ impl Holding {
             token,
             fence,
             remaining,
+            value: None,
         }
+    }
+
+    /// Sets [`value`](Self::value).
+    pub fn with_value(mut self, value: Option<String>) -> Self {
+        self.value = value;
+        self
     }
 }

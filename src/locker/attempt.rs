@@ -25,8 +25,14 @@ pub(super) enum Asking {
 }
 
 impl Asking {
-    fn request(self, key: &str, token: Token, ttl: Duration) -> AcquireRequest<'_> {
-        let request = AcquireRequest::new(key, token, ttl);
+    fn request<'a>(
+        self,
+        key: &'a str,
+        token: Token,
+        ttl: Duration,
+        value: Option<&'a str>,
+    ) -> AcquireRequest<'a> {
+        let request = AcquireRequest::new(key, token, ttl).value(value);
         match self {
             Asking::Once => request,
             Asking::Waiting { behind } => request.waiting(true).queued_behind(behind),
@@ -61,7 +67,7 @@ impl Locker {
         // Renewal needs a runtime: refused before the store grants anything.
         let runtime = self.auto_renew.then(current_runtime).transpose()?;
         let token = Token::unique();
-        let request = asking.request(key, token, ttl);
+        let request = asking.request(key, token, ttl, self.value.as_deref());
         // Read before the request: the holder's lease never outlasts the
         // store's.
         let sent_at = Instant::now();
@@ -135,8 +141,11 @@ impl Locker {
         asking: Asking,
     ) -> Result<Attempt, LockError> {
         let request = {
-            let (backend, key) = (self.backend().clone(), key.clone());
-            async move { backend.try_acquire(&asking.request(&key, token, ttl)).await }
+            let (backend, key, value) = (self.backend().clone(), key.clone(), self.value.clone());
+            async move {
+                let request = asking.request(&key, token, ttl, value.as_deref());
+                backend.try_acquire(&request).await
+            }
         };
         let cleanup = {
             let (backend, key) = (self.backend().clone(), key.clone());

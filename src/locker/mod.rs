@@ -76,6 +76,9 @@ pub struct Locker {
     queue: Arc<LocalQueue>,
     auto_renew: bool,
     timing: Timing,
+    /// Stored with every lease this clone takes (an election's candidate
+    /// id); `None` for plain locks.
+    value: Option<Arc<str>>,
 }
 
 impl Locker {
@@ -110,6 +113,7 @@ impl Locker {
             queue: Arc::default(),
             auto_renew: false,
             timing: Timing::default(),
+            value: None,
         }
     }
 
@@ -226,6 +230,20 @@ impl Locker {
     /// run at slightly different rates.
     pub(crate) fn renew_deadline(mut self, deadline: Duration) -> Self {
         self.timing.deadline = Some(deadline);
+        self
+    }
+
+    /// Renews each lease `every` after the send time of its last successful
+    /// grant or renewal, instead of every third of its ttl.
+    pub(crate) fn renew_every(mut self, every: Duration) -> Self {
+        self.timing.every = Some(every);
+        self
+    }
+
+    /// Stores `value` with every lease this clone takes (see
+    /// [`AcquireRequest::value`](crate::backend::AcquireRequest::value)).
+    pub(crate) fn with_value(mut self, value: &str) -> Self {
+        self.value = Some(value.into());
         self
     }
 

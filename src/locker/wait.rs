@@ -118,7 +118,7 @@ impl Locker {
     }
 
     /// [`lock`](Self::lock) for a key and ttl already checked.
-    pub(super) async fn lock_checked(
+    pub(crate) async fn lock_checked(
         &self,
         key: SmolStr,
         ttl: Duration,

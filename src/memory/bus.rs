@@ -46,7 +46,7 @@ use super::{
 };
 use crate::{
     LockError,
-    backend::{Attempt, Lease, Token},
+    backend::{AcquireRequest, Attempt, Lease, Token},
 };
 
 /// A totally ordered broadcast of [`Command`]s.
@@ -151,8 +151,15 @@ pub(crate) fn apply(table: &mut Table, event: &Event) -> Outcome {
     };
     match &event.command {
         Command::Acquire {
-            key, token, ttl, ..
-        } => Outcome::Acquire(table.try_acquire(key, *token, *ttl, now, fence)),
+            key,
+            token,
+            ttl,
+            value,
+            ..
+        } => {
+            let request = AcquireRequest::new(key, *token, *ttl).value(value.as_deref());
+            Outcome::Acquire(table.try_acquire(&request, now, fence))
+        }
         Command::Extend {
             key, lease, ttl, ..
         } => Outcome::Extend(table.extend(key, lease, *ttl, now)),
@@ -199,6 +206,9 @@ pub enum Command {
         token: Token,
         /// The lease length.
         ttl: Duration,
+        /// The value stored with the lease
+        /// ([`AcquireRequest::value`](crate::backend::AcquireRequest::value)).
+        value: Option<Box<str>>,
     },
     /// Restart `lease` at `ttl` from the event's stamp.
     Extend {
@@ -402,6 +412,7 @@ mod tests {
                     key: "k".into(),
                     token: Token::new(),
                     ttl: Duration::from_millis(1),
+                    value: None,
                 },
             };
             match apply(&mut table, &event) {

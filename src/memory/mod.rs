@@ -188,9 +188,13 @@ impl Standalone {
     fn try_acquire(&self, request: &AcquireRequest<'_>) -> Result<Attempt, LockError> {
         validate_ttl(request.ttl)?;
         let (hash, mut shard) = self.shard(request.key);
-        let (token, ttl) = (request.token, request.ttl);
-        let now = Instant::now();
-        Ok(shard.try_acquire_hashed(request.key, hash, token, ttl, now, clock_fence))
+        let attempt = shard.try_acquire_hashed(request, hash, Instant::now(), clock_fence);
+        drop(shard);
+        if request.value.is_some() && matches!(attempt, Attempt::Acquired { .. }) {
+            // Observers of an election learn of its new leader.
+            self.wakeups.notify(request.key);
+        }
+        Ok(attempt)
     }
 
     fn holder(&self, key: &str) -> Option<Holding> {
@@ -249,7 +253,7 @@ impl Backend for MemoryBackend {
     async fn subscribe(&self, key: &str) -> Result<Subscription, LockError> {
         match &*self.inner {
             Inner::Standalone(s) => Ok(s.wakeups.subscribe(key)),
-            Inner::Replicated(r) => Ok(r.wakeups().subscribe(key)),
+            Inner::Replicated(r) => r.subscribe(key),
         }
     }
 

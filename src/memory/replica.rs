@@ -21,7 +21,7 @@ use super::{
 };
 use crate::{
     LockError,
-    backend::{AcquireRequest, Attempt, Holding, Lease, WakeRegistry},
+    backend::{AcquireRequest, Attempt, Holding, Lease, Subscription, WakeRegistry},
     sync::lock,
 };
 
@@ -90,6 +90,13 @@ impl Replica {
         Ok(applied.table.holder(key, applied.stamp))
     }
 
+    /// Wake-ups for `key`, from events this node applies: it joins the bus
+    /// if it has not yet, or it would never hear of a release.
+    pub(super) fn subscribe(&self, key: &str) -> Result<Subscription, LockError> {
+        self.start_pump()?;
+        Ok(self.state.wakeups.subscribe(key))
+    }
+
     pub(super) fn wakeups(&self) -> &WakeRegistry {
         &self.state.wakeups
     }
@@ -104,6 +111,7 @@ impl Replica {
                 key: request.key.into(),
                 token: request.token,
                 ttl: request.ttl,
+                value: request.value.map(Box::from),
             })
             .await?;
         match outcome {
@@ -265,8 +273,18 @@ fn apply_event(state: &ReplicaState, event: &Event) -> Outcome {
         applied.stamp = event.stamp;
         apply(&mut applied.table, event)
     };
-    if let (Outcome::Release(true), Command::Release { key, .. }) = (&outcome, &event.command) {
-        state.wakeups.notify(key);
+    match (&outcome, &event.command) {
+        (Outcome::Release(true), Command::Release { key, .. }) => state.wakeups.notify(key),
+        // Observers of an election learn of its new leader.
+        (
+            Outcome::Acquire(Attempt::Acquired { .. }),
+            Command::Acquire {
+                key,
+                value: Some(_),
+                ..
+            },
+        ) => state.wakeups.notify(key),
+        _ => {}
     }
     outcome
 }

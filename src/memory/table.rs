@@ -12,7 +12,7 @@ use smol_str::SmolStr;
 use tokio::time::Instant;
 
 use crate::{
-    backend::{Attempt, Holding, Lease, Token},
+    backend::{AcquireRequest, Attempt, Holding, Lease, Token},
     key::{KeyHasher, owned_key},
 };
 
@@ -52,6 +52,8 @@ struct Entry<T> {
     token: Token,
     fence: u64,
     expires_at: T,
+    /// The value stored with the lease (an election's leader id).
+    value: Option<SmolStr>,
 }
 
 /// Keys with their current lease. Expired leases count as absent; they are
@@ -112,34 +114,33 @@ impl<T: Stamp> Table<T> {
 
     pub(crate) fn try_acquire(
         &mut self,
-        key: &str,
-        token: Token,
-        ttl: Duration,
+        request: &AcquireRequest<'_>,
         now: T,
         fence: impl FnOnce(&mut u64) -> u64,
     ) -> Attempt {
-        self.try_acquire_hashed(key, self.hash(key), token, ttl, now, fence)
+        self.try_acquire_hashed(request, self.hash(request.key), now, fence)
     }
 
     pub(crate) fn try_acquire_hashed(
         &mut self,
-        key: &str,
+        request: &AcquireRequest<'_>,
         hash: u64,
-        token: Token,
-        ttl: Duration,
         now: T,
         fence: impl FnOnce(&mut u64) -> u64,
     ) -> Attempt {
+        let (key, token) = (request.key, request.token);
         // Callers bound the ttl (`validate_ttl`), so this holds; were it
         // not to, refusing is the answer that cannot break exclusion.
-        let Some(expires_at) = now.after(ttl) else {
+        let Some(expires_at) = now.after(request.ttl) else {
             return Attempt::Busy { remaining: None };
         };
+        let value = request.value.map(SmolStr::new);
         if let Some(entry) = self.entries.find_mut(hash, |e| &*e.key == key) {
             // The holder's own token again: a retry of a try whose answer
-            // was lost. It is the same grant, renewed from now.
+            // was lost, or a new value. It is the same grant, renewed from
+            // now.
             if entry.token == token && entry.expires_at > now {
-                entry.expires_at = expires_at;
+                (entry.expires_at, entry.value) = (expires_at, value);
                 return Attempt::Acquired {
                     fence: entry.fence,
                     revision: entry.fence,
@@ -152,6 +153,7 @@ impl<T: Stamp> Table<T> {
             }
             let fence = fence(&mut self.fences);
             (entry.token, entry.fence, entry.expires_at) = (token, fence, expires_at);
+            entry.value = value;
             return Attempt::Acquired {
                 fence,
                 revision: fence,
@@ -167,6 +169,7 @@ impl<T: Stamp> Table<T> {
             token,
             fence,
             expires_at,
+            value,
         };
         self.entries.insert_unique(hash, entry, |e| e.hash);
         Attempt::Acquired {
@@ -208,8 +211,11 @@ impl<T: Stamp> Table<T> {
 
     pub(crate) fn holder_hashed(&self, key: &str, hash: u64, now: T) -> Option<Holding> {
         let entry = self.entries.find(hash, |e| &*e.key == key)?;
-        (entry.expires_at > now)
-            .then(|| Holding::new(entry.token, entry.fence, Some(now.until(entry.expires_at))))
+        (entry.expires_at > now).then(|| {
+            let remaining = Some(now.until(entry.expires_at));
+            Holding::new(entry.token, entry.fence, remaining)
+                .with_value(entry.value.as_ref().map(SmolStr::to_string))
+        })
     }
 
     pub(crate) fn release(&mut self, key: &str, lease: &Lease, now: T) -> Released {
@@ -262,21 +268,24 @@ mod tests {
     fn a_live_lease_excludes_until_it_expires() {
         let mut table = Table::default();
         let (a, b) = (Token::new(), Token::new());
-        fence_of(table.try_acquire("k", a, TTL, at(0), |_| 1));
+        fence_of(table.try_acquire(&AcquireRequest::new("k", a, TTL), at(0), |_| 1));
         assert_eq!(
-            table.try_acquire("k", b, TTL, at(40), |_| 2),
+            table.try_acquire(&AcquireRequest::new("k", b, TTL), at(40), |_| 2),
             Attempt::Busy {
                 remaining: Some(at(60))
             }
         );
-        assert_eq!(fence_of(table.try_acquire("k", b, TTL, at(100), |_| 3)), 3);
+        assert_eq!(
+            fence_of(table.try_acquire(&AcquireRequest::new("k", b, TTL), at(100), |_| 3)),
+            3
+        );
     }
 
     #[test]
     fn only_the_holder_releases_and_an_expired_release_is_lost() {
         let mut table = Table::default();
         let (a, b) = (Token::new(), Token::new());
-        let fence = fence_of(table.try_acquire("k", a, TTL, at(0), |_| 7));
+        let fence = fence_of(table.try_acquire(&AcquireRequest::new("k", a, TTL), at(0), |_| 7));
         let stranger = Lease {
             token: b,
             fence,
@@ -298,7 +307,7 @@ mod tests {
             Released::Held
         ));
         assert_eq!(table.len(), 0);
-        fence_of(table.try_acquire("k", a, TTL, at(200), |_| 8));
+        fence_of(table.try_acquire(&AcquireRequest::new("k", a, TTL), at(200), |_| 8));
         assert!(matches!(
             table.release("k", &holder, at(400)),
             Released::Lost
@@ -310,16 +319,42 @@ mod tests {
     fn a_retry_with_the_holders_token_is_the_same_grant_renewed() {
         let mut table = Table::default();
         let (a, b) = (Token::new(), Token::new());
-        let fence = fence_of(table.try_acquire("k", a, TTL, at(0), |_| 5));
+        let fence = fence_of(table.try_acquire(&AcquireRequest::new("k", a, TTL), at(0), |_| 5));
         assert_eq!(
-            fence_of(table.try_acquire("k", a, TTL, at(90), |_| 6)),
+            fence_of(table.try_acquire(&AcquireRequest::new("k", a, TTL), at(90), |_| 6)),
             fence
         );
         assert!(matches!(
-            table.try_acquire("k", b, TTL, at(150), |_| 7),
+            table.try_acquire(&AcquireRequest::new("k", b, TTL), at(150), |_| 7),
             Attempt::Busy { .. }
         ));
-        assert_eq!(fence_of(table.try_acquire("k", b, TTL, at(190), |_| 8)), 8);
+        assert_eq!(
+            fence_of(table.try_acquire(&AcquireRequest::new("k", b, TTL), at(190), |_| 8)),
+            8
+        );
+    }
+
+    #[test]
+    fn a_value_is_stored_with_the_lease_and_replaced_by_its_holder() {
+        let mut table = Table::default();
+        let a = Token::new();
+        let first = AcquireRequest::new("k", a, TTL).value(Some("node-a"));
+        let fence = fence_of(table.try_acquire(&first, at(0), |_| 5));
+        let holder = table.holder("k", at(1)).expect("held");
+        assert_eq!(
+            (holder.fence, holder.value.as_deref()),
+            (fence, Some("node-a"))
+        );
+        let renamed = first.value(Some("node-b"));
+        assert_eq!(fence_of(table.try_acquire(&renamed, at(2), |_| 6)), fence);
+        let holder = table.holder("k", at(3)).expect("held");
+        assert_eq!(
+            (holder.fence, holder.value.as_deref()),
+            (fence, Some("node-b"))
+        );
+        let plain = AcquireRequest::new("k", Token::new(), TTL);
+        fence_of(table.try_acquire(&plain, at(200), |_| 7));
+        assert_eq!(table.holder("k", at(201)).expect("held").value, None);
     }
 
     #[test]
@@ -327,7 +362,11 @@ mod tests {
         let mut table = Table::default();
         for i in 0..10 * MIN_SWEEP as u64 {
             let key = format!("k{i}");
-            fence_of(table.try_acquire(&key, Token::new(), TTL, at(i * 1000), |_| i));
+            fence_of(table.try_acquire(
+                &AcquireRequest::new(&key, Token::new(), TTL),
+                at(i * 1000),
+                |_| i,
+            ));
         }
         assert!(
             table.len() <= MIN_SWEEP,

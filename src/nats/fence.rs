@@ -21,16 +21,21 @@
 //! stream when a write gets a lower revision than one it got before, or
 //! when its watch of the bucket is re-established (the old stream's watch
 //! fails), and then reads the new creation time before it hands out a
-//! fence.
+//! fence. A new creation time also means the old stream's leases are gone
+//! while their holders may still count on them: the backend then holds
+//! back leases with a value for one ttl (see `StateLoss`).
 
 use std::{
     sync::atomic::{AtomicBool, AtomicU64, Ordering},
-    time::{SystemTime, UNIX_EPOCH},
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use async_nats::jetstream::stream::{Info, Stream};
 
-use crate::LockError;
+use crate::{
+    LockError,
+    backend::{AcquireRequest, StateLoss},
+};
 
 /// The fence base of one bucket's stream, as this backend last read it.
 #[derive(Debug)]
@@ -42,6 +47,8 @@ pub(crate) struct Fences {
     /// Whether the stream may have been created again since `created` was
     /// read.
     suspect: AtomicBool,
+    /// Noticed when the creation time changes.
+    loss: StateLoss,
 }
 
 impl Fences {
@@ -50,6 +57,7 @@ impl Fences {
             created: AtomicU64::new(created_micros(info)),
             highest: AtomicU64::new(info.state.last_sequence),
             suspect: AtomicBool::new(false),
+            loss: StateLoss::default(),
         }
     }
 
@@ -68,7 +76,10 @@ impl Fences {
                     return Err(LockError::unavailable(err));
                 }
             };
-            self.created.store(created_micros(&info), Ordering::Release);
+            let created = created_micros(&info);
+            if self.created.swap(created, Ordering::AcqRel) != created {
+                self.loss.notice();
+            }
             self.highest
                 .store(info.state.last_sequence.max(revision), Ordering::Release);
         }
@@ -83,6 +94,12 @@ impl Fences {
 
     /// The stream may have been deleted and created again (its watch
     /// failed): read its creation time again before the next fence.
+    /// How long `request` must wait, after the stream was found new (see
+    /// `StateLoss::holds_back`).
+    pub(crate) fn holds_back(&self, request: &AcquireRequest<'_>) -> Option<Duration> {
+        self.loss.holds_back(request)
+    }
+
     pub(crate) fn suspect(&self) {
         self.suspect.store(true, Ordering::Release);
     }

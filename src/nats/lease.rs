@@ -2,7 +2,11 @@
 //! else's lease has run out without trusting anyone's wall clock.
 //!
 //! NATS 2.9 has no per-key expiry, so the value carries the holder's token
-//! and lease length (`v1 <token> <ttl in ms>`). A waiter never compares the
+//! and lease length, then the fence and the value stored with the lease
+//! when there is one (`v1 <token> <ttl in ms> [<fence> [<value>]]`). A
+//! fresh grant writes no fence: its fence comes from its revision, which
+//! it learns only from the write; renewals write it, so that the holder's
+//! fence stays what it was granted while the revision moves on. A waiter never compares the
 //! entry's timestamp with its own clock: it notes *when it first saw* the
 //! entry's revision on its own monotonic clock, and only once a whole lease
 //! length has passed since then does it take the key over, by removing
@@ -10,7 +14,7 @@
 //! compare-and-set on it). The holder's own deadline started before the
 //! revision was written, so it always runs out first.
 
-use std::{collections::HashMap, sync::Mutex, time::Duration};
+use std::{borrow::Cow, collections::HashMap, sync::Mutex, time::Duration};
 
 use bytes::Bytes;
 use tokio::time::Instant;
@@ -21,29 +25,56 @@ use crate::backend::Token;
 const VERSION: &str = "v1";
 
 /// A decoded lock entry value.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct LeaseValue {
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct LeaseValue<'a> {
     pub(crate) token: Token,
     pub(crate) ttl: Duration,
+    /// The holder's fence; 0 for a fresh grant, whose fence comes from its
+    /// revision.
+    pub(crate) fence: u64,
+    /// What the holder stored with the lease.
+    pub(crate) value: Option<Cow<'a, str>>,
 }
 
-impl LeaseValue {
+impl LeaseValue<'_> {
     pub(crate) fn encode(&self) -> Bytes {
         // Rounded up: a waiter never counts a lease shorter than its holder.
         let millis = self.ttl.as_nanos().div_ceil(1_000_000);
-        Bytes::from(format!("{VERSION} {} {millis}", self.token))
+        let mut text = format!("{VERSION} {} {millis}", self.token);
+        if self.fence != 0 || self.value.is_some() {
+            text.push_str(&format!(" {}", self.fence));
+        }
+        if let Some(value) = &self.value {
+            text.push(' ');
+            text.push_str(value);
+        }
+        Bytes::from(text)
+    }
+
+    /// The holder's fence, given the lease's revision and how fences come
+    /// from revisions.
+    pub(crate) fn fence_at(&self, revision: u64, of: impl FnOnce(u64) -> u64) -> u64 {
+        if self.fence == 0 {
+            of(revision)
+        } else {
+            self.fence
+        }
     }
 
     /// `None` for a value this crate did not write.
-    pub(crate) fn decode(value: &[u8]) -> Option<Self> {
-        let mut parts = std::str::from_utf8(value).ok()?.split(' ');
+    pub(crate) fn decode(value: &[u8]) -> Option<LeaseValue<'_>> {
+        // The stored value is last, and may hold spaces.
+        let mut parts = std::str::from_utf8(value).ok()?.splitn(5, ' ');
         let (version, token, ttl) = (parts.next()?, parts.next()?, parts.next()?);
-        if version != VERSION || parts.next().is_some() {
+        if version != VERSION {
             return None;
         }
+        let fence = parts.next().map_or(Some(0), |fence| fence.parse().ok())?;
         Some(LeaseValue {
             token: Token::from(Uuid::parse_str(token).ok()?),
             ttl: Duration::from_millis(ttl.parse().ok()?),
+            fence,
+            value: parts.next().map(Cow::Borrowed),
         })
     }
 }
@@ -225,11 +256,41 @@ mod tests {
 
     #[test]
     fn values_round_trip() {
-        let value = LeaseValue {
+        let plain = LeaseValue {
             token: Token::new(),
             ttl: Duration::from_millis(1500),
+            fence: 0,
+            value: None,
         };
-        assert_eq!(LeaseValue::decode(&value.encode()), Some(value));
+        let renewed = LeaseValue {
+            fence: 42,
+            ..plain.clone()
+        };
+        let valued = LeaseValue {
+            value: Some(Cow::Borrowed("node a: 10.0.0.7")),
+            ..renewed.clone()
+        };
+        let fresh_valued = LeaseValue {
+            fence: 0,
+            ..valued.clone()
+        };
+        for value in [plain, renewed, valued, fresh_valued] {
+            let encoded = value.encode();
+            assert_eq!(LeaseValue::decode(&encoded), Some(value));
+        }
+    }
+
+    #[test]
+    fn a_fresh_grant_takes_its_fence_from_its_revision() {
+        let mut value = LeaseValue {
+            token: Token::new(),
+            ttl: Duration::from_secs(1),
+            fence: 0,
+            value: None,
+        };
+        assert_eq!(value.fence_at(7, |revision| revision + 100), 107);
+        value.fence = 9;
+        assert_eq!(value.fence_at(7, |revision| revision + 100), 9);
     }
 
     #[test]
@@ -237,8 +298,11 @@ mod tests {
         let value = LeaseValue {
             token: Token::new(),
             ttl: Duration::from_micros(10_900),
+            fence: 0,
+            value: None,
         };
-        let decoded = LeaseValue::decode(&value.encode()).expect("decode");
+        let encoded = value.encode();
+        let decoded = LeaseValue::decode(&encoded).expect("decode");
         assert_eq!(decoded.ttl, Duration::from_millis(11));
     }
 

@@ -25,7 +25,8 @@
 //! # How it works
 //!
 //! Each lock is one key of the bucket (history 1), holding the holder's
-//! token and lease length.
+//! token and lease length, and, once renewed or when it carries one, its
+//! fence and the value stored with it (an election's leader id).
 //!
 //! - **Acquire** creates the key only if it has no message at all (a
 //!   compare-and-set on "no last revision"). The fence is the bucket
@@ -33,20 +34,23 @@
 //!   (a stream sequence, strictly increasing for every key of the bucket),
 //!   so fences keep growing when the bucket is deleted and created again;
 //!   see [Fences](#fences). A key that already holds the caller's token is
-//!   granted again (renewed at its revision): a retry of a try whose answer
-//!   was lost.
+//!   granted again (renewed at its revision, with the same fence): a retry
+//!   of a try whose answer was lost, or a leader storing a new id.
 //! - **Release** deletes exactly the holder's message, by its revision, so
 //!   it can never remove a newer holder, and leaves the key with no message
 //!   at all: nothing stays behind in the bucket.
-//! - **Extend** rewrites the lease at the holder's revision and returns the
-//!   new one. It refuses (the lease is lost) once the lease ran out on this
+//! - **Extend** rewrites the lease at the holder's revision, with its fence
+//!   and value, and returns the new revision. It refuses (the lease is lost) once the lease ran out on this
 //!   backend's own clock, so it never races a takeover.
 //! - When a reply was lost and the revision moved on, release and extend
 //!   check that the key still carries the holder's token before they retry
 //!   at its current revision.
 //! - **Wake-ups**: a release announces itself on the plain NATS subject
-//!   `tower-lock.<bucket>.released.<key>`; each backend subscribes once and
-//!   wakes that key's waiters. A lost announcement costs one backoff step.
+//!   `tower-lock.<bucket>.released.<key>`, as does a grant of a lease with
+//!   a value (an election's new leader); each backend subscribes once and
+//!   wakes that key's waiters and observers. The release of a lease with a
+//!   value waits until its announcement has left, since a leader often
+//!   resigns as its process exits. A lost announcement costs one backoff step.
 //!   One watch over the bucket per backend records new leases (so waiters
 //!   measure them from when they appeared) and, after it fails and is
 //!   re-established, wakes every waiter. An announcement only wakes: the
@@ -94,7 +98,10 @@
 //! lives through the deletion reads the new creation time when a write gets
 //! a lower revision than one it got before, or when its watch is
 //! re-established; until then, if the new bucket has already taken more
-//! writes than the old one ever did, its fences can be lower.
+//! writes than the old one ever did, its fences can be lower. Having seen
+//! a new bucket, it grants no lease with a value (an election's) for one
+//! ttl: leaders of the old bucket may still count on their leases until
+//! their next renewal fails.
 //!
 //! # The bucket
 //!
@@ -137,6 +144,7 @@ mod lease;
 mod watch;
 
 use std::{
+    borrow::Cow,
     collections::HashMap,
     fmt,
     sync::{Arc, Mutex},
@@ -488,9 +496,21 @@ impl NatsBackend {
     /// Waiters of this backend are woken by the echo too, not at once:
     /// waking them first would let the releasing process win most races for
     /// the key, starving waiters elsewhere.
-    async fn announce_release(&self, key: &str) {
+    /// Wakes the waiters and observers of `key` on every backend of the
+    /// bucket: after a release, and after a grant of a lease with a value.
+    ///
+    /// `flush`: wait until the announcement has left for the server. The
+    /// client sends it in the background otherwise, which a process that
+    /// exits right after (a leader resigning at shutdown) may never do.
+    async fn announce(&self, key: &str, flush: bool) {
         let subject = format!("{}{key}", self.inner.released_prefix);
-        if let Err(err) = self.inner.js.client().publish(subject, Bytes::new()).await {
+        let client = self.inner.js.client();
+        let sent = match client.publish(subject, Bytes::new()).await {
+            Ok(()) if flush => client.flush().await.map_err(|err| err.to_string()),
+            Ok(()) => Ok(()),
+            Err(err) => Err(err.to_string()),
+        };
+        if let Err(err) = sent {
             tracing::debug!(%key, error = %err, "release announcement not sent");
             // Then at least the waiters here learn of it.
             self.inner.wakeups.notify(key);
@@ -513,20 +533,40 @@ impl NatsBackend {
         }
     }
 
-    /// The lease at `revision` is ours now: remember its deadline, and
-    /// give it its fence.
+    /// What a write of `request`'s lease at `revision` comes to; `fence`
+    /// when the write kept the holder's fence, else the fence of the
+    /// revision.
     async fn granted(
         &self,
         key: &str,
-        token: Token,
+        request: &AcquireRequest<'_>,
         deadline: Instant,
         revision: u64,
+        fence: Option<u64>,
     ) -> Result<Attempt, LockError> {
         self.inner.seen.forget(key);
-        self.inner.own.granted(key, token, deadline);
         let stream = &self.inner.store.stream;
-        let fence = self.inner.fences.fence(stream, revision).await?;
-        Ok(Attempt::Acquired { fence, revision })
+        let fences = &self.inner.fences;
+        let of_revision = fences.fence(stream, revision).await?;
+        // This very grant may be the one that showed the stream is new.
+        if let Some(left) = fences.holds_back(request) {
+            if let Err(err) = self.free(key, revision).await {
+                tracing::debug!(%key, error = %err, "could not give back a grant held back");
+            }
+            return Ok(Attempt::Busy {
+                remaining: Some(left),
+            });
+        }
+        self.inner
+            .own
+            .granted(key, request.token, deadline, request.value);
+        if request.value.is_some() {
+            self.announce(key, false).await;
+        }
+        Ok(Attempt::Acquired {
+            fence: fence.unwrap_or(of_revision),
+            revision,
+        })
     }
 }
 
@@ -538,18 +578,34 @@ impl Backend for NatsBackend {
     async fn try_acquire(&self, request: &AcquireRequest<'_>) -> Result<Attempt, LockError> {
         let (token, ttl) = (request.token, request.ttl);
         self.check_ttl(ttl)?;
+        if let Some(left) = self.inner.fences.holds_back(request) {
+            return Ok(Attempt::Busy {
+                remaining: Some(left),
+            });
+        }
         let key = key::encode(request.key);
-        let value = LeaseValue { token, ttl }.encode();
+        let stored = request.value.map(Cow::Borrowed);
+        let value = LeaseValue {
+            token,
+            ttl,
+            fence: 0,
+            value: stored.clone(),
+        }
+        .encode();
         let seen = &self.inner.seen;
         let sent_at = Instant::now();
         let mut expected = seen.expected_free_revision(&key);
         for _ in 0..ROUNDS {
             if let Ok(revision) = self.put(&key, value.clone(), expected).await? {
-                return self.granted(&key, token, sent_at + ttl, revision).await;
+                return self
+                    .granted(&key, request, sent_at + ttl, revision, None)
+                    .await;
             }
             // Lost a race for a free key: the winner's lease is usually known
-            // from the watch already, which saves a read.
+            // from the watch already, which saves a read. Unless the lease
+            // is our own: then this is its holder asking again.
             if expected == 0
+                && self.inner.own.running(&key, token).is_none()
                 && let Some(remaining) = seen.running(&key)
             {
                 return Ok(Attempt::Busy {
@@ -565,11 +621,23 @@ impl Backend for NatsBackend {
                         return Ok(Attempt::Busy { remaining: None });
                     };
                     // Our own token: a retry of a try whose answer was
-                    // lost. Renewed from now, it is the same grant.
+                    // lost, or the holder storing a new value. Renewed from
+                    // now, it is the same grant, with the same fence.
                     if lease.token == token {
+                        let fence = lease.fence_at(entry.revision, |at| self.inner.fences.of(at));
+                        let again = LeaseValue {
+                            token,
+                            ttl,
+                            fence,
+                            value: stored.clone(),
+                        }
+                        .encode();
                         let sent_at = Instant::now();
-                        if let Ok(revision) = self.put(&key, value.clone(), entry.revision).await? {
-                            return self.granted(&key, token, sent_at + ttl, revision).await;
+                        if let Ok(revision) = self.put(&key, again, entry.revision).await? {
+                            let deadline = sent_at + ttl;
+                            return self
+                                .granted(&key, request, deadline, revision, Some(fence))
+                                .await;
                         }
                         continue;
                     }
@@ -610,19 +678,26 @@ impl Backend for NatsBackend {
         let key = key::encode(key);
         // A lease that ran out on our own clock may be being taken over
         // right now: renewing it could race the takeover.
-        if !self.inner.own.running(&key, lease.token) {
+        let Some(stored) = self.inner.own.running(&key, lease.token) else {
             return Ok(None);
-        }
+        };
+        // The fence is written, so that the holder's stays what it was
+        // granted while the revision moves on.
         let value = LeaseValue {
             token: lease.token,
             ttl,
+            fence: lease.fence,
+            value: stored.as_deref().map(Cow::Borrowed),
         }
         .encode();
         let sent_at = Instant::now();
         let mut expected = lease.revision;
         for _ in 0..ROUNDS {
             if let Ok(revision) = self.put(&key, value.clone(), expected).await? {
-                self.inner.own.granted(&key, lease.token, sent_at + ttl);
+                let deadline = sent_at + ttl;
+                self.inner
+                    .own
+                    .granted(&key, lease.token, deadline, stored.as_deref());
                 return Ok(Some(revision));
             }
             // A renewal whose reply was lost may have moved the revision on
@@ -638,7 +713,12 @@ impl Backend for NatsBackend {
 
     async fn release(&self, key: &str, lease: &Lease) -> Result<bool, LockError> {
         let key = key::encode(key);
-        self.inner.own.forget(&key, lease.token);
+        // An election's leader often resigns on its way out.
+        let valued = self
+            .inner
+            .own
+            .forget(&key, lease.token)
+            .is_some_and(|own| own.value.is_some());
         let mut revision = lease.revision;
         // No revision known (a grant whose answer was lost): by token.
         if revision == 0 {
@@ -649,7 +729,7 @@ impl Backend for NatsBackend {
         }
         for _ in 0..ROUNDS {
             if self.free(&key, revision).await?.is_ok() {
-                self.announce_release(&key).await;
+                self.announce(&key, valued).await;
                 return Ok(true);
             }
             match self.revision_held_by(&key, lease.token).await? {
@@ -688,8 +768,9 @@ impl Backend for NatsBackend {
         Ok(
             match self.inner.seen.judge(&key, entry.revision, lease.ttl) {
                 Verdict::Running(remaining) => {
-                    let fence = self.inner.fences.of(entry.revision);
-                    Some(Holding::new(lease.token, fence, Some(remaining)))
+                    let fence = lease.fence_at(entry.revision, |at| self.inner.fences.of(at));
+                    let value = lease.value.map(Cow::into_owned);
+                    Some(Holding::new(lease.token, fence, Some(remaining)).with_value(value))
                 }
                 Verdict::Expired => None,
             },
@@ -701,33 +782,53 @@ impl Backend for NatsBackend {
 /// renews one that already ran out on its own clock.
 #[derive(Debug, Default)]
 struct OwnLeases {
-    leases: Mutex<HashMap<String, (Token, Instant)>>,
+    leases: Mutex<HashMap<String, Own>>,
+}
+
+/// One lease this backend holds: renewals rewrite its value as it is.
+#[derive(Debug)]
+struct Own {
+    token: Token,
+    deadline: Instant,
+    value: Option<Arc<str>>,
 }
 
 impl OwnLeases {
-    fn granted(&self, key: &str, token: Token, deadline: Instant) {
+    fn granted(&self, key: &str, token: Token, deadline: Instant, value: Option<&str>) {
         let mut leases = self.lock();
         if leases.len() >= 4096 {
             // Guards that were leaked never release: drop what ran out.
             let now = Instant::now();
-            leases.retain(|_, (_, deadline)| *deadline > now);
+            leases.retain(|_, own| own.deadline > now);
         }
-        leases.insert(key.to_owned(), (token, deadline));
+        let value = value.map(Arc::from);
+        leases.insert(
+            key.to_owned(),
+            Own {
+                token,
+                deadline,
+                value,
+            },
+        );
     }
 
-    fn running(&self, key: &str, token: Token) -> bool {
-        matches!(self.lock().get(key), Some((held, deadline))
-            if *held == token && *deadline > Instant::now())
+    /// The value stored with `token`'s lease on `key`, while it runs.
+    fn running(&self, key: &str, token: Token) -> Option<Option<Arc<str>>> {
+        self.lock()
+            .get(key)
+            .filter(|own| own.token == token && own.deadline > Instant::now())
+            .map(|own| own.value.clone())
     }
 
-    fn forget(&self, key: &str, token: Token) {
+    fn forget(&self, key: &str, token: Token) -> Option<Own> {
         let mut leases = self.lock();
-        if matches!(leases.get(key), Some((held, _)) if *held == token) {
-            leases.remove(key);
+        if leases.get(key).is_some_and(|own| own.token == token) {
+            return leases.remove(key);
         }
+        None
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Token, Instant)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Own>> {
         crate::sync::lock(&self.leases)
     }
 }

@@ -10,10 +10,12 @@
 //! - **Acquire** is one Lua script (`SET key token PX ttl` when the key is
 //!   free, and the next fence, see [Fences](#fences)); when the key is busy
 //!   it returns the holder's `PTTL`, so a waiter never sleeps past the
-//!   expiry. A key that already holds the caller's token is granted again:
-//!   that is a retry of a try whose answer was lost (redis-rs re-sends
-//!   after a reconnect), and the locker gives back by token any try whose
-//!   answer it never got, so neither orphans the lock for its ttl.
+//!   expiry. A key that already holds the caller's token is granted again,
+//!   with the same fence: that is a retry of a try whose answer was lost
+//!   (redis-rs re-sends after a reconnect), or a leader storing a new id,
+//!   and the locker gives back by token any try whose answer it never got,
+//!   so neither orphans the lock for its ttl. A lease with a value (an
+//!   election's) is stored as `token value`.
 //! - **Waiters queue in Redis.** A try from a caller that waits puts its
 //!   backend in the key's queue (`lock:{K}:queue`, once per backend). The
 //!   release script hands the lock to the first queued backend: the key
@@ -33,7 +35,10 @@
 //!   token is the caller's: nobody can free or prolong another holder's
 //!   lock. With nobody queued, release deletes the key.
 //! - **Wake-ups** come over one pub/sub connection per backend, shared by all
-//!   waiters: the backend's turn channel, plus the `expired` and `del` key events of
+//!   waiters: the backend's turn channel, the `<prefix>changed` channel
+//!   (where the scripts publish grants and releases of leases with a value,
+//!   so an election's observers hear of every change of leader; plain locks
+//!   publish nothing there), plus the `expired` and `del` key events of
 //!   the database in use when the server's `notify-keyspace-events` enables
 //!   them. Expiry never needs an event: a waiter's timer is capped by the
 //!   holder's `PTTL`. In a Cluster the turn channel reaches every node
@@ -117,7 +122,10 @@
 //! paused server fails the request with [`LockError::Unavailable`].
 //!
 //! Redis replicates asynchronously, so a failover can also lose a held
-//! lock, as with any single-Redis lock.
+//! lock, as with any single-Redis lock. A backend whose pub/sub connection
+//! was reset (a restart, a failover) grants no lease with a value (an
+//! election's) for one ttl afterwards: a leader whose lease the server lost
+//! counts on it until its next renewal fails.
 //!
 //! # Examples
 //!
@@ -177,7 +185,8 @@ use self::{
 use crate::{
     LockError,
     backend::{
-        AcquireRequest, Attempt, Backend, Holding, Lease, Subscription, Token, WakeRegistry,
+        AcquireRequest, Attempt, Backend, Holding, Lease, StateLoss, Subscription, Token,
+        WakeRegistry,
     },
 };
 
@@ -239,6 +248,11 @@ struct Store {
     id: String,
     /// How long fence counters and queues outlive their key's use, in ms.
     retention: u64,
+    /// Hears of grants and releases of leases that carry a value.
+    changed: String,
+    /// Noticed when the wake-up connection comes back: the server may have
+    /// restarted, or failed over, without the keys.
+    loss: Arc<StateLoss>,
 }
 
 impl Store {
@@ -262,6 +276,7 @@ impl Store {
             .arg(millis(TURN_GRACE))
             .arg(withdraw.unwrap_or(""))
             .arg(self.retention)
+            .arg(&self.changed)
             .invoke_async(&mut self.conn.clone())
             .await
             .map_err(LockError::unavailable)?;
@@ -509,11 +524,13 @@ impl RedisBackendBuilder {
         let turns = format!("{}released:", keys.prefix());
         let store = Store {
             channel: format!("{turns}{id}"),
+            changed: format!("{}changed", keys.prefix()),
             turns,
             conn,
             keys,
             id,
             retention: millis(self.retention),
+            loss: Arc::default(),
         };
         let registry = WakeRegistry::default();
         let notifier = Notifier::start(Listener {
@@ -635,6 +652,11 @@ fn collect_policies(reply: &redis::Value, into: &mut Vec<String>) {
 #[async_trait::async_trait]
 impl Backend for RedisBackend {
     async fn try_acquire(&self, request: &AcquireRequest<'_>) -> Result<Attempt, LockError> {
+        if let Some(left) = self.inner.store.loss.holds_back(request) {
+            return Ok(Attempt::Busy {
+                remaining: Some(left),
+            });
+        }
         let lock = self.inner.store.keys.lock_key(request.key);
         // Only a waiting caller (subscribed to the key's wake-ups before it
         // tried) joins the queue: a turn that comes for a key nobody here
@@ -649,6 +671,8 @@ impl Backend for RedisBackend {
             .arg(if request.waiting { "1" } else { "0" })
             .arg(self.inner.store.retention)
             .arg(if request.queued_behind { "1" } else { "0" })
+            .arg(request.value.unwrap_or(""))
+            .arg(&self.inner.store.changed)
             .invoke_async(&mut self.conn())
             .await
             .map_err(LockError::unavailable)?;
@@ -728,9 +752,14 @@ impl Backend for RedisBackend {
             token,
             redis::Value::Int(fence),
             redis::Value::Int(pttl),
+            value @ ..,
         ] = &reply[..]
         else {
             return Ok(None);
+        };
+        let value = match value {
+            [redis::Value::BulkString(value)] => Some(String::from_utf8_lossy(value).into_owned()),
+            _ => None,
         };
         // A value this crate did not write is a holder all the same.
         let token = match token {
@@ -739,11 +768,14 @@ impl Backend for RedisBackend {
                 .and_then(|token| uuid::Uuid::parse_str(token).ok()),
             _ => None,
         };
-        Ok(Some(Holding::new(
-            token.unwrap_or_default().into(),
-            u64::try_from(*fence).unwrap_or(0),
-            u64::try_from(*pttl).ok().map(Duration::from_millis),
-        )))
+        Ok(Some(
+            Holding::new(
+                token.unwrap_or_default().into(),
+                u64::try_from(*fence).unwrap_or(0),
+                u64::try_from(*pttl).ok().map(Duration::from_millis),
+            )
+            .with_value(value),
+        ))
     }
 }
 

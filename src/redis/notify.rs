@@ -2,11 +2,14 @@
 //! demultiplexed by key through a [`WakeRegistry`].
 //!
 //! It listens to the backend's own turn channel (published by the release
-//! script when it hands a lock to this backend) and, where the server's `notify-keyspace-events` enables them,
+//! script when it hands a lock to this backend), to the channel that hears
+//! of grants and releases of leases with a value (elections) and, where the server's `notify-keyspace-events` enables them,
 //! to the `expired` and `del` key events of the database in use. After
 //! every (re)connect it subscribes again and wakes every waiter, since
 //! releases may have been missed while it was away; a waiter that misses a
-//! wake-up anyway retries on its backoff timer.
+//! wake-up anyway retries on its backoff timer. A reconnect (not the first
+//! connect) also counts as a possible loss of the server's state: the
+//! server may have restarted, or failed over, without the keys.
 
 use std::time::Duration;
 
@@ -59,6 +62,7 @@ impl Notifier {
 impl Listener {
     async fn run(self, ready: oneshot::Sender<()>) {
         let mut ready = Some(ready);
+        let mut connected_before = false;
         let mut pause = RECONNECT_START;
         // Warn once per outage, not at every retry.
         let mut warned = false;
@@ -66,6 +70,9 @@ impl Listener {
             match self.subscribe().await {
                 Ok(pubsub) => {
                     pause = RECONNECT_START;
+                    if std::mem::replace(&mut connected_before, true) {
+                        self.store.loss.notice();
+                    }
                     if std::mem::take(&mut warned) {
                         tracing::info!("lock wake-ups from Redis are back");
                     }
@@ -95,7 +102,7 @@ impl Listener {
 
     async fn subscribe(&self) -> redis::RedisResult<redis::aio::PubSub> {
         let mut pubsub = self.source.open().await?;
-        let mut channels = vec![self.store.channel.clone()];
+        let mut channels = vec![self.store.channel.clone(), self.store.changed.clone()];
         channels.extend(self.key_event_channels().await);
         pubsub.subscribe(&channels).await?;
         tracing::debug!(?channels, "listening for lock wake-ups");

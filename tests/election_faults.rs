@@ -1,0 +1,443 @@
+//! Elections against real servers, with candidates in child processes that
+//! are SIGKILLed and SIGSTOPped, and a Redis restart under a running
+//! election.
+#![cfg(all(feature = "redis", feature = "nats"))]
+
+mod conformance;
+mod redis_support;
+mod support;
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    process::{Child, ChildStdin, Command, Stdio},
+    sync::{Arc, mpsc},
+    time::{Duration, Instant},
+};
+
+use conformance::OverlapChecker;
+use redis_support::{REDIS_SERVER, server_args};
+use support::{ServerProcess, free_port, nats, signal};
+use tokio::sync::watch;
+use tower_lock::{
+    LockError, Locker,
+    election::{Election, Leader},
+    nats::NatsBackend,
+    redis::RedisBackend,
+};
+
+const CHILD_ENV: &str = "TOWER_LOCK_ELECTION_CHILD";
+const MARK: &str = "CHILD ";
+const TTL: Duration = Duration::from_millis(1000);
+/// Far above any round trip or wake-up here; far below a ttl of `LONG`.
+const PROMPT: Duration = Duration::from_secs(3);
+const LONG: Duration = Duration::from_secs(30);
+
+fn redis_server() -> ServerProcess {
+    let port = free_port();
+    let dir = tempfile::tempdir().expect("dir");
+    let mut args = server_args(port, dir.path());
+    // ServerProcess runs in its own temp dir: write there, not in `dir`.
+    args.truncate(args.len() - 2);
+    ServerProcess::start(REDIS_SERVER, args, port)
+}
+
+fn url_of(server: &ServerProcess, scheme: &str) -> String {
+    format!("{scheme}://127.0.0.1:{}", server.port)
+}
+
+async fn locker(url: &str) -> Locker {
+    if url.starts_with("redis://") {
+        let backend = RedisBackend::builder(redis::Client::open(url).expect("url"))
+            .request_timeout(Duration::from_millis(500))
+            .build()
+            .await
+            .expect("connect to Redis");
+        return Locker::new(backend);
+    }
+    let client = async_nats::connect(url).await.expect("connect to NATS");
+    let js = nats::jetstream(client, Duration::from_millis(500));
+    Locker::new(NatsBackend::new(js, "locks").await.expect("bucket"))
+}
+
+/// The election every candidate of a test runs: `ttl`, and a renew
+/// deadline and interval in proportion.
+fn election(locker: Locker, name: &str, ttl: Duration) -> Election {
+    Election::new(locker, name)
+        .ttl(ttl)
+        .renew_deadline(ttl * 6 / 10)
+        .renew_every(ttl * 15 / 100)
+}
+
+/// A candidate in a child process: this test binary again, running only
+/// `candidate_process`.
+struct Candidate {
+    child: Child,
+    stdin: ChildStdin,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Candidate {
+    fn start(url: &str, name: &str, ttl: Duration) -> Candidate {
+        let mut child = Command::new(std::env::current_exe().expect("test binary"))
+            .args(["candidate_process", "--exact", "--ignored", "--nocapture"])
+            .env(CHILD_ENV, format!("{url}\n{name}\n{}", ttl.as_millis()))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the candidate");
+        let stdin = child.stdin.take().expect("stdin");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(line) = line.strip_prefix(MARK) {
+                    let _ = tx.send(line.to_owned());
+                }
+            }
+        });
+        Candidate {
+            child,
+            stdin,
+            lines,
+        }
+    }
+
+    /// The next line the candidate says, which must start with `prefix`;
+    /// what follows it.
+    fn expect(&self, prefix: &str) -> String {
+        let line = self
+            .lines
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("the candidate never said {prefix:?}"));
+        assert!(
+            line.starts_with(prefix),
+            "the candidate said {line:?}, not {prefix:?}"
+        );
+        line[prefix.len()..].trim().to_owned()
+    }
+
+    fn leads(&self) -> u64 {
+        self.expect("LEADING").parse().expect("a term")
+    }
+
+    fn tell(&mut self, command: &str) {
+        writeln!(self.stdin, "{command}").expect("tell the candidate");
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Candidate {
+    fn drop(&mut self) {
+        signal(self.child.id(), "CONT");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The other side of the process tests; does nothing unless started by one
+/// of them. It campaigns as `child`, says when it leads, then answers
+/// `act` (whether it may act as leader now, by its own judgement) and
+/// `resign`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "run as a child process by the election fault tests"]
+async fn candidate_process() {
+    let Ok(spec) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    let mut parts = spec.lines();
+    let (url, name) = (parts.next().expect("url"), parts.next().expect("name"));
+    let ttl = Duration::from_millis(parts.next().expect("ttl").parse().expect("ms"));
+    let election = election(locker(url).await, name, ttl);
+    let leadership = election.campaign("child").await.expect("campaign");
+    println!("{MARK}LEADING {}", leadership.term());
+    let (tx, mut commands) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    while let Some(command) = commands.recv().await {
+        match command.as_str() {
+            "act" => {
+                let state = if leadership.is_lost() {
+                    "lost"
+                } else {
+                    "leading"
+                };
+                println!("{MARK}ACT {state}");
+            }
+            "resign" => {
+                let outcome = match leadership.resign().await {
+                    Ok(()) => "ok".to_owned(),
+                    Err(LockError::Lost) => "lost".to_owned(),
+                    Err(err) => format!("error {err}"),
+                };
+                println!("{MARK}RESIGNED {outcome}");
+                return;
+            }
+            other => panic!("unknown command {other}"),
+        }
+    }
+}
+
+/// Waits (at most `within`) until `rx` shows what `wanted` accepts.
+async fn seen(
+    rx: &mut watch::Receiver<Option<Leader>>,
+    within: Duration,
+    what: &str,
+    wanted: impl FnMut(&Option<Leader>) -> bool,
+) -> Option<Leader> {
+    let found = tokio::time::timeout(within, rx.wait_for(wanted)).await;
+    let found = found.unwrap_or_else(|_| panic!("observer never saw {what} within {within:?}"));
+    found.expect("observer alive").clone()
+}
+
+fn is_child(now: &Option<Leader>) -> bool {
+    now.as_ref().is_some_and(|leader| leader.id == "child")
+}
+
+/// The leader's process SIGKILLed: a candidate here takes over within ttl
+/// and the bound, with a higher term, and an observer sees no leader or
+/// the new one within that bound.
+async fn a_killed_leader_is_replaced(url: &str) {
+    let name = "killed";
+    let leader = Candidate::start(url, name, TTL);
+    let term = leader.leads();
+    let observer = election(locker(url).await, name, TTL);
+    let mut rx = observer.observe();
+    seen(&mut rx, PROMPT, "the child lead", is_child).await;
+    let heir = election(locker(url).await, name, TTL);
+    let campaign = tokio::spawn(async move { heir.campaign("heir").await });
+    // Let the heir queue up behind the leader.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    signal(leader.pid(), "KILL");
+    let killed = Instant::now();
+    let leadership = tokio::time::timeout(TTL + PROMPT, campaign)
+        .await
+        .expect("no new leader within ttl and the bound")
+        .expect("task")
+        .expect("campaign");
+    let took = killed.elapsed();
+    assert!(leadership.term() > term, "the new term must be higher");
+    let now = seen(&mut rx, PROMPT, "the heir", |now| !is_child(now)).await;
+    assert!(
+        now.is_none() || now == Some(Leader::new("heir", leadership.term())),
+        "the observer saw {now:?}"
+    );
+    eprintln!("{url}: taken over {took:?} after the kill");
+    leadership.resign().await.expect("resign");
+}
+
+/// The leader's process SIGSTOPped past its ttl: a candidate here takes
+/// over with a higher term; resumed, the old leader knows it lost before it
+/// acts, and its resignation leaves the new leader alone.
+async fn a_paused_leader_knows_it_lost_and_spares_its_successor(url: &str) {
+    let name = "paused";
+    let mut leader = Candidate::start(url, name, TTL);
+    let term = leader.leads();
+    signal(leader.pid(), "STOP");
+    let heir = election(locker(url).await, name, TTL);
+    let leadership = tokio::time::timeout(TTL + PROMPT, heir.campaign("heir"))
+        .await
+        .expect("no new leader while the old one is paused")
+        .expect("campaign");
+    assert!(leadership.term() > term, "the new term must be higher");
+    signal(leader.pid(), "CONT");
+    leader.tell("act");
+    assert_eq!(leader.expect("ACT"), "lost", "the resumed leader would act");
+    leader.tell("resign");
+    assert_eq!(leader.expect("RESIGNED"), "lost");
+    assert!(
+        !leadership.is_lost(),
+        "the old leader's resign disturbed the new"
+    );
+    let now = heir.leader().await.expect("leader");
+    assert_eq!(now, Some(Leader::new("heir", leadership.term())));
+    leadership
+        .resign()
+        .await
+        .expect("the new leadership is intact");
+}
+
+/// A resignation reaches an observer by its wake-up, long before the
+/// lease could have run out.
+async fn a_resignation_is_seen_at_once(url: &str) {
+    let name = "resigned";
+    let mut leader = Candidate::start(url, name, LONG);
+    leader.leads();
+    let observer = election(locker(url).await, name, LONG);
+    let mut rx = observer.observe();
+    seen(&mut rx, PROMPT, "the child lead", is_child).await;
+    let asked = Instant::now();
+    leader.tell("resign");
+    seen(&mut rx, PROMPT, "no leader", Option::is_none).await;
+    eprintln!(
+        "{url}: resignation seen {:?} after it was asked",
+        asked.elapsed()
+    );
+    assert_eq!(leader.expect("RESIGNED"), "ok");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_a_killed_leader_is_replaced() {
+    let server = redis_server();
+    a_killed_leader_is_replaced(&url_of(&server, "redis")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_a_paused_leader_knows_it_lost_and_spares_its_successor() {
+    let server = redis_server();
+    a_paused_leader_knows_it_lost_and_spares_its_successor(&url_of(&server, "redis")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_a_resignation_is_seen_at_once() {
+    let server = redis_server();
+    a_resignation_is_seen_at_once(&url_of(&server, "redis")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_a_killed_leader_is_replaced() {
+    let server = nats::server();
+    a_killed_leader_is_replaced(&url_of(&server, "nats")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_a_paused_leader_knows_it_lost_and_spares_its_successor() {
+    let server = nats::server();
+    a_paused_leader_knows_it_lost_and_spares_its_successor(&url_of(&server, "nats")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_a_resignation_is_seen_at_once() {
+    let server = nats::server();
+    a_resignation_is_seen_at_once(&url_of(&server, "nats")).await;
+}
+
+/// Redis restarted (without persistence) under three candidates that lead
+/// in turn: leadership resumes, and by the candidates' own clocks no two
+/// ever led at once, though the restart dropped the leader's lease while
+/// it still counted on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_leadership_resumes_after_a_restart_with_no_two_leaders() {
+    let mut server = redis_server();
+    let url = url_of(&server, "redis");
+    let checker = Arc::new(OverlapChecker::default());
+    let (terms_tx, mut terms) = tokio::sync::mpsc::unbounded_channel();
+    let mut candidates = Vec::new();
+    for n in 0..3 {
+        let election = election(locker(&url).await, "restart", TTL);
+        let (checker, terms_tx) = (checker.clone(), terms_tx.clone());
+        candidates.push(tokio::spawn(async move {
+            election
+                .run_while_leader(&format!("candidate-{n}"), |leadership| {
+                    let (checker, terms_tx) = (checker.clone(), terms_tx.clone());
+                    async move {
+                        // The section lasts until the job is dropped at the
+                        // loss, or resigns after a short term.
+                        let _term = checker.enter(leadership.term());
+                        let _ = terms_tx.send(leadership.term());
+                        tokio::time::sleep(TTL * 3).await;
+                        drop(_term);
+                        let _ = leadership.resign().await;
+                    }
+                })
+                .await
+        }));
+    }
+    let first = tokio::time::timeout(PROMPT, terms.recv())
+        .await
+        .expect("a leader")
+        .expect("a term");
+    tokio::time::sleep(TTL).await;
+    // The leader's lease goes with the restart.
+    let restarted = tokio::task::spawn_blocking(move || {
+        server.restart();
+        server
+    });
+    let server = restarted.await.expect("restart");
+    let resumed = tokio::time::timeout(TTL * 3 + PROMPT * 2, async {
+        loop {
+            let term = terms.recv().await.expect("candidates run");
+            if term > first {
+                return term;
+            }
+        }
+    })
+    .await
+    .expect("leadership did not resume after the restart");
+    for candidate in &candidates {
+        candidate.abort();
+    }
+    for candidate in candidates {
+        let _ = candidate.await;
+    }
+    assert!(resumed > first);
+    let sections = checker.sections().len();
+    checker.assert_exclusive(sections);
+    drop(server);
+}
+
+/// The store paused under a leader: its renewals stall, so it counts
+/// itself lost at its renew deadline, on its own clock, before the store
+/// (or a waiter's measure of the lease) lets anyone else win.
+async fn a_stalled_leader_stops_before_another_leads(server: &ServerProcess, url: &str) {
+    let name = "stalled";
+    let leader = election(locker(url).await, name, TTL);
+    let leadership = leader.campaign("first").await.expect("campaign");
+    let lost = leadership.lost();
+    let lost_at = tokio::spawn(async move {
+        lost.await;
+        Instant::now()
+    });
+    let heir = election(locker(url).await, name, TTL);
+    let campaign = tokio::spawn(async move {
+        let leadership = heir.campaign("heir").await;
+        (leadership, Instant::now())
+    });
+    // Renewed a few times, and the heir has seen the lease.
+    tokio::time::sleep(TTL / 2).await;
+    server.pause();
+    let paused = Instant::now();
+    tokio::time::sleep(TTL + TTL / 2).await;
+    server.resume();
+    let (next, won_at) = tokio::time::timeout(TTL + PROMPT, campaign)
+        .await
+        .expect("no new leader after the store came back")
+        .expect("task");
+    let next = next.expect("campaign");
+    let lost_at = tokio::time::timeout(PROMPT, lost_at)
+        .await
+        .expect("the stalled leader never counted itself lost")
+        .expect("task");
+    assert!(leadership.is_lost());
+    assert!(next.term() > leadership.term());
+    assert!(
+        lost_at < won_at,
+        "the old leader counted itself lost {:?} after the pause, the new one won {:?} after it",
+        lost_at - paused,
+        won_at - paused
+    );
+    eprintln!(
+        "{url}: lost {:?} and won {:?} after the pause",
+        lost_at - paused,
+        won_at - paused
+    );
+    next.resign().await.expect("resign");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_a_stalled_leader_stops_before_another_leads() {
+    let server = redis_server();
+    a_stalled_leader_stops_before_another_leads(&server, &url_of(&server, "redis")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_a_stalled_leader_stops_before_another_leads() {
+    let server = nats::server();
+    a_stalled_leader_stops_before_another_leads(&server, &url_of(&server, "nats")).await;
+}
