@@ -441,3 +441,32 @@ async fn nats_a_stalled_leader_stops_before_another_leads() {
     let server = nats::server();
     a_stalled_leader_stops_before_another_leads(&server, &url_of(&server, "nats")).await;
 }
+
+/// The store lost the lease (FLUSHALL, as a restart without persistence
+/// does): a leader that proclaims a new id is granted a fresh lease, under
+/// another fence, which it gives back, and counts itself lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_a_proclaim_on_a_lost_lease_fails_and_takes_nothing() {
+    let server = redis_server();
+    let url = url_of(&server, "redis");
+    let election = election(locker(&url).await, "flushed", LONG);
+    let mut leadership = election.campaign("first").await.expect("campaign");
+    let mut conn = redis::Client::open(url.as_str())
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let _: () = redis::cmd("FLUSHALL")
+        .query_async(&mut conn)
+        .await
+        .expect("FLUSHALL");
+    let outcome = leadership.proclaim("renamed").await;
+    assert!(matches!(outcome, Err(LockError::Lost)), "{outcome:?}");
+    assert!(leadership.is_lost());
+    assert_eq!(leadership.id(), "first", "a failed proclaim changed the id");
+    assert_eq!(
+        election.leader().await.expect("leader"),
+        None,
+        "the fresh grant was kept"
+    );
+}

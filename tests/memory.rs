@@ -556,3 +556,137 @@ async fn a_hundred_thousand_distinct_keys_leave_nothing_on_a_bus() {
         "the bus's snapshot kept released keys: {bus:?}"
     );
 }
+
+/// Elections over a bus whose link to one node can be cut, as a network
+/// would: that node's renewals stop reaching the others.
+mod election_over_a_cut_link {
+    use std::{
+        sync::{
+            Arc,
+            atomic::{AtomicBool, Ordering},
+        },
+        time::{Duration, Instant},
+    };
+
+    use tower_lock::{
+        LockError, Locker,
+        bus::{Bus, Command, Feed, LocalBus},
+        election::Election,
+        memory::MemoryBackend,
+    };
+
+    #[derive(Debug, Clone)]
+    struct Link {
+        bus: LocalBus,
+        cut: Arc<AtomicBool>,
+    }
+
+    #[async_trait::async_trait]
+    impl Bus for Link {
+        async fn publish(&self, command: Command) -> Result<(), LockError> {
+            if self.cut.load(Ordering::SeqCst) {
+                return Err(LockError::unavailable("link cut"));
+            }
+            self.bus.publish(command).await
+        }
+
+        fn subscribe(&self) -> Feed {
+            self.bus.subscribe()
+        }
+    }
+
+    const TTL: Duration = Duration::from_millis(1500);
+
+    fn election(bus: &LocalBus) -> (Election, Arc<AtomicBool>) {
+        let cut = Arc::new(AtomicBool::new(false));
+        let link = Link {
+            bus: bus.clone(),
+            cut: cut.clone(),
+        };
+        let locker = Locker::new(MemoryBackend::with_bus(link));
+        let election = Election::new(locker, "cut")
+            .ttl(TTL)
+            .renew_deadline(Duration::from_millis(1000))
+            .renew_every(Duration::from_millis(250));
+        (election, cut)
+    }
+
+    /// Cut off, the leader counts itself lost at its renew deadline, before
+    /// the others' store lets one of them win.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_leader_cut_off_stops_before_another_leads() {
+        let bus = LocalBus::new();
+        let (first, cut) = election(&bus);
+        let (second, _) = election(&bus);
+        let leadership = first.campaign("first").await.expect("campaign");
+        let heir = tokio::spawn(async move {
+            let leadership = second.campaign("second").await;
+            (leadership, Instant::now())
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        cut.store(true, Ordering::SeqCst);
+        let cut_at = Instant::now();
+        tokio::time::timeout(TTL, leadership.lost())
+            .await
+            .expect("the cut-off leader never counted itself lost");
+        let lost_at = Instant::now();
+        assert!(leadership.is_lost());
+        let (next, won_at) = tokio::time::timeout(TTL * 2, heir)
+            .await
+            .expect("no new leader")
+            .expect("task");
+        let next = next.expect("campaign");
+        assert!(next.term() > leadership.term());
+        assert!(
+            lost_at < won_at,
+            "lost {:?} after the cut, the heir won {:?} after it",
+            lost_at - cut_at,
+            won_at - cut_at
+        );
+        next.resign().await.expect("resign");
+    }
+
+    /// run_while_leader drops the job of a leader that lost, and leads
+    /// again (with a higher term) once it can.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lost_job_is_dropped_and_the_node_leads_again() {
+        struct Dropped(tokio::sync::mpsc::UnboundedSender<&'static str>);
+        impl Drop for Dropped {
+            fn drop(&mut self) {
+                let _ = self.0.send("dropped");
+            }
+        }
+        let bus = LocalBus::new();
+        let (election, cut) = election(&bus);
+        let (events, mut seen) = tokio::sync::mpsc::unbounded_channel();
+        let (terms, mut term) = tokio::sync::mpsc::unbounded_channel();
+        let run = tokio::spawn(async move {
+            election
+                .run_while_leader("node", |leadership| {
+                    let (events, terms) = (events.clone(), terms.clone());
+                    async move {
+                        let _dropped = Dropped(events);
+                        let _ = terms.send(leadership.term());
+                        std::future::pending::<()>().await;
+                    }
+                })
+                .await
+        });
+        let first = tokio::time::timeout(TTL, term.recv())
+            .await
+            .expect("never led")
+            .expect("a term");
+        cut.store(true, Ordering::SeqCst);
+        let event = tokio::time::timeout(TTL, seen.recv())
+            .await
+            .expect("job not dropped");
+        assert_eq!(event, Some("dropped"));
+        cut.store(false, Ordering::SeqCst);
+        let again = tokio::time::timeout(TTL * 3, term.recv())
+            .await
+            .expect("never led again")
+            .expect("a term");
+        assert!(again > first, "term {again} after {first}");
+        run.abort();
+    }
+}

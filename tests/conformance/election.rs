@@ -162,14 +162,22 @@ pub async fn observers_see_every_change_of_leader<H: Harness>(h: &H) {
         Election::new(h.locker().await, &name).ttl(LONG),
         Election::new(h.locker().await, &name).ttl(LONG),
     );
+    assert_eq!(observer.name(), name);
+    assert!(format!("{observer:?}").contains(&name));
+    // An observer that went away leaves nothing a later one would share.
+    drop(observer.observe());
+    tokio::time::sleep(Duration::from_millis(50)).await;
     let mut rx = observer.observe();
     assert_eq!(observer.leader().await.expect("leader"), None);
     let mut first = a.campaign("node-a").await.expect("campaign");
     let term = first.term();
+    assert_eq!(first.id(), "node-a");
+    assert!(format!("{first:?}").contains(&format!("term: {term}")));
     let led = seen(&mut rx, PROMPT, "node-a lead", |now| now.is_some()).await;
     assert_eq!(led, Some(Leader::new("node-a", term)));
     first.proclaim("node-a:9090").await.expect("proclaim");
     assert_eq!(first.term(), term, "proclaim changed the term");
+    assert_eq!(first.id(), "node-a:9090");
     let renamed = seen(&mut rx, PROMPT, "the new id", |now| {
         now.as_ref().is_some_and(|leader| leader.id != "node-a")
     })
