@@ -19,7 +19,9 @@
 //! parameters or closures; how long to wait; what a refusal answers) and
 //! how it fails closed; [`extract`] has the axum extractors: `HeldLock`
 //! (the lock the layer took) and `Locked<K>` (a lock taken by the handler
-//! itself).
+//! itself). [`election`] runs leader election on any backend: one node of a
+//! fleet leads, with a term to fence its writes, and everyone can watch
+//! who does.
 //!
 //! # The lock itself: [`Locker`]
 //!
