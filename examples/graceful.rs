@@ -15,7 +15,6 @@
 
 use std::{process::ExitCode, time::Duration};
 
-use anyhow::{Context as _, bail};
 use axum::{
     Router,
     extract::{Path, Query},
@@ -48,28 +47,8 @@ async fn run_job(Path(id): Path<String>, Query(query): Query<Value>) -> String {
     format!("job {id} ran {ms} ms")
 }
 
-fn parse_backend() -> anyhow::Result<String> {
-    let mut backend = "memory".to_owned();
-    let mut args = std::env::args().skip(1);
-    while let Some(flag) = args.next() {
-        match flag.as_str() {
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                std::process::exit(0);
-            }
-            "--backend" => {
-                backend = args
-                    .next()
-                    .with_context(|| format!("--backend needs a value\n{USAGE}"))?;
-            }
-            _ => bail!("unknown argument {flag}\n{USAGE}"),
-        }
-    }
-    Ok(backend)
-}
-
 async fn run() -> anyhow::Result<()> {
-    let backend = parse_backend()?;
+    let backend = backend::from_args(USAGE)?;
     let locker = backend::connect(&backend, "graceful").await?;
     let app = Router::new()
         .route("/jobs/{id}/run", post(run_job))

@@ -29,6 +29,7 @@ use tower_lock::{
     memory::MemoryBackend,
 };
 
+const USAGE: &str = "usage: leader [--backend memory|redis://HOST:PORT|nats://HOST:PORT]";
 const NAME: &str = "leader-example";
 const TTL: Duration = Duration::from_millis(1500);
 const JOB_EVERY: Duration = Duration::from_millis(250);
@@ -141,11 +142,7 @@ fn index_of(leader: &watch::Receiver<Option<tower_lock::election::Leader>>) -> O
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let backend: Arc<str> = std::env::args()
-        .skip_while(|arg| arg != "--backend")
-        .nth(1)
-        .unwrap_or_else(|| "memory".to_owned())
-        .into();
+    let backend: Arc<str> = common::from_args(USAGE)?.into();
     let bus = LocalBus::new();
     let start = Instant::now();
     // The observer is a process of its own too: it only watches.

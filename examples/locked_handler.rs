@@ -22,7 +22,6 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context as _, bail};
 use axum::{
     Router,
     extract::{FromRef, FromRequestParts, Path, State},
@@ -156,28 +155,8 @@ async fn statement(
     Ok(format!("balance {}", row.balance))
 }
 
-fn parse_backend() -> anyhow::Result<String> {
-    let mut backend = "memory".to_owned();
-    let mut args = std::env::args().skip(1);
-    while let Some(flag) = args.next() {
-        match flag.as_str() {
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                std::process::exit(0);
-            }
-            "--backend" => {
-                backend = args
-                    .next()
-                    .with_context(|| format!("--backend needs a value\n{USAGE}"))?;
-            }
-            _ => bail!("unknown argument {flag}\n{USAGE}"),
-        }
-    }
-    Ok(backend)
-}
-
 async fn run() -> anyhow::Result<()> {
-    let backend = parse_backend()?;
+    let backend = backend::from_args(USAGE)?;
     let locker = backend::connect(&backend, "locked_handler").await?;
     let bank = Arc::new(Bank::default());
     bank.accounts

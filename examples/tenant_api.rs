@@ -23,7 +23,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use axum::{Json, Router, extract::State, http::StatusCode, routing::post};
 use serde_json::{Value, json};
 use tower_lock::{
@@ -128,28 +128,8 @@ async fn replica(locker: Locker, db: Arc<Database>) -> anyhow::Result<String> {
     Ok(format!("http://{addr}"))
 }
 
-fn parse_backend() -> anyhow::Result<String> {
-    let mut backend = "memory".to_owned();
-    let mut args = std::env::args().skip(1);
-    while let Some(flag) = args.next() {
-        match flag.as_str() {
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                std::process::exit(0);
-            }
-            "--backend" => {
-                backend = args
-                    .next()
-                    .with_context(|| format!("--backend needs a value\n{USAGE}"))?;
-            }
-            _ => bail!("unknown argument {flag}\n{USAGE}"),
-        }
-    }
-    Ok(backend)
-}
-
 async fn run() -> anyhow::Result<()> {
-    let backend = parse_backend()?;
+    let backend = backend::from_args(USAGE)?;
     let db = Arc::new(Database::default());
     let [a, b] = lockers(&backend).await?;
     let replicas = [

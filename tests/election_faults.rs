@@ -8,16 +8,17 @@ mod redis_support;
 mod support;
 
 use std::{
-    io::{BufRead, BufReader, Write},
-    process::{Child, ChildStdin, Command, Stdio},
-    sync::{Arc, mpsc},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
-use conformance::OverlapChecker;
+use conformance::{OverlapChecker, seen};
 use redis_support::{REDIS_SERVER, server_args};
-use support::{ServerProcess, free_port, nats, signal};
-use tokio::sync::watch;
+use support::{
+    ServerProcess,
+    child::{ChildProcess, MARK},
+    free_port, nats, signal,
+};
 use tower_lock::{
     LockError, Locker,
     election::{Election, Leader},
@@ -26,7 +27,6 @@ use tower_lock::{
 };
 
 const CHILD_ENV: &str = "TOWER_LOCK_ELECTION_CHILD";
-const MARK: &str = "CHILD ";
 const TTL: Duration = Duration::from_millis(1000);
 /// Far above any round trip or wake-up here; far below a ttl of `LONG`.
 const PROMPT: Duration = Duration::from_secs(3);
@@ -68,73 +68,17 @@ fn election(locker: Locker, name: &str, ttl: Duration) -> Election {
         .renew_every(ttl * 15 / 100)
 }
 
-/// A candidate in a child process: this test binary again, running only
-/// `candidate_process`.
-struct Candidate {
-    child: Child,
-    stdin: ChildStdin,
-    lines: mpsc::Receiver<String>,
-}
+/// A candidate in a child process, running `candidate_process`.
+struct Candidate(ChildProcess);
 
 impl Candidate {
     fn start(url: &str, name: &str, ttl: Duration) -> Candidate {
-        let mut child = Command::new(std::env::current_exe().expect("test binary"))
-            .args(["candidate_process", "--exact", "--ignored", "--nocapture"])
-            .env(CHILD_ENV, format!("{url}\n{name}\n{}", ttl.as_millis()))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start the candidate");
-        let stdin = child.stdin.take().expect("stdin");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(line) = line.strip_prefix(MARK) {
-                    let _ = tx.send(line.to_owned());
-                }
-            }
-        });
-        Candidate {
-            child,
-            stdin,
-            lines,
-        }
-    }
-
-    /// The next line the candidate says, which must start with `prefix`;
-    /// what follows it.
-    fn expect(&self, prefix: &str) -> String {
-        let line = self
-            .lines
-            .recv_timeout(Duration::from_secs(20))
-            .unwrap_or_else(|_| panic!("the candidate never said {prefix:?}"));
-        assert!(
-            line.starts_with(prefix),
-            "the candidate said {line:?}, not {prefix:?}"
-        );
-        line[prefix.len()..].trim().to_owned()
+        let spec = format!("{url}\n{name}\n{}", ttl.as_millis());
+        Candidate(ChildProcess::start("candidate_process", CHILD_ENV, spec))
     }
 
     fn leads(&self) -> u64 {
-        self.expect("LEADING").parse().expect("a term")
-    }
-
-    fn tell(&mut self, command: &str) {
-        writeln!(self.stdin, "{command}").expect("tell the candidate");
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-impl Drop for Candidate {
-    fn drop(&mut self) {
-        signal(self.child.id(), "CONT");
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.0.expect_line("LEADING").parse().expect("a term")
     }
 }
 
@@ -184,18 +128,6 @@ async fn candidate_process() {
     }
 }
 
-/// Waits (at most `within`) until `rx` shows what `wanted` accepts.
-async fn seen(
-    rx: &mut watch::Receiver<Option<Leader>>,
-    within: Duration,
-    what: &str,
-    wanted: impl FnMut(&Option<Leader>) -> bool,
-) -> Option<Leader> {
-    let found = tokio::time::timeout(within, rx.wait_for(wanted)).await;
-    let found = found.unwrap_or_else(|_| panic!("observer never saw {what} within {within:?}"));
-    found.expect("observer alive").clone()
-}
-
 fn is_child(now: &Option<Leader>) -> bool {
     now.as_ref().is_some_and(|leader| leader.id == "child")
 }
@@ -214,7 +146,7 @@ async fn a_killed_leader_is_replaced(url: &str) {
     let campaign = tokio::spawn(async move { heir.campaign("heir").await });
     // Let the heir queue up behind the leader.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    signal(leader.pid(), "KILL");
+    signal(leader.0.pid(), "KILL");
     let killed = Instant::now();
     let leadership = tokio::time::timeout(TTL + PROMPT, campaign)
         .await
@@ -239,18 +171,22 @@ async fn a_paused_leader_knows_it_lost_and_spares_its_successor(url: &str) {
     let name = "paused";
     let mut leader = Candidate::start(url, name, TTL);
     let term = leader.leads();
-    signal(leader.pid(), "STOP");
+    signal(leader.0.pid(), "STOP");
     let heir = election(locker(url).await, name, TTL);
     let leadership = tokio::time::timeout(TTL + PROMPT, heir.campaign("heir"))
         .await
         .expect("no new leader while the old one is paused")
         .expect("campaign");
     assert!(leadership.term() > term, "the new term must be higher");
-    signal(leader.pid(), "CONT");
-    leader.tell("act");
-    assert_eq!(leader.expect("ACT"), "lost", "the resumed leader would act");
-    leader.tell("resign");
-    assert_eq!(leader.expect("RESIGNED"), "lost");
+    signal(leader.0.pid(), "CONT");
+    leader.0.tell("act");
+    assert_eq!(
+        leader.0.expect_line("ACT"),
+        "lost",
+        "the resumed leader would act"
+    );
+    leader.0.tell("resign");
+    assert_eq!(leader.0.expect_line("RESIGNED"), "lost");
     assert!(
         !leadership.is_lost(),
         "the old leader's resign disturbed the new"
@@ -273,13 +209,13 @@ async fn a_resignation_is_seen_at_once(url: &str) {
     let mut rx = observer.observe();
     seen(&mut rx, PROMPT, "the child lead", is_child).await;
     let asked = Instant::now();
-    leader.tell("resign");
+    leader.0.tell("resign");
     seen(&mut rx, PROMPT, "no leader", Option::is_none).await;
     eprintln!(
         "{url}: resignation seen {:?} after it was asked",
         asked.elapsed()
     );
-    assert_eq!(leader.expect("RESIGNED"), "ok");
+    assert_eq!(leader.0.expect_line("RESIGNED"), "ok");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

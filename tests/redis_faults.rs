@@ -7,21 +7,21 @@ mod redis_support;
 mod support;
 
 use std::{
-    io::{BufRead, BufReader, Write},
-    process::{Child, ChildStdin, Command, Stdio},
-    sync::{Arc, mpsc},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use conformance::{Counting, OverlapChecker};
 use redis_support::{REDIS_SERVER, cli, server_args};
-use support::{ServerProcess, free_port, signal};
+use support::{
+    ServerProcess,
+    child::{ChildProcess, MARK},
+    free_port, signal,
+};
 use tower_lock::{LockError, Locker, redis::RedisBackend};
 
 /// What a child process is asked to do, through this variable.
 const CHILD_ENV: &str = "TOWER_LOCK_REDIS_CHILD";
-/// Lines the child writes for the parent start with this.
-const MARK: &str = "CHILD ";
 
 fn start_server(extra: &[&str]) -> ServerProcess {
     let port = free_port();
@@ -37,60 +37,8 @@ fn url(server: &ServerProcess) -> String {
     format!("redis://127.0.0.1:{}/", server.port)
 }
 
-/// This test binary again, running only `child_process` in `mode`.
-struct ChildProcess {
-    child: Child,
-    stdin: ChildStdin,
-    lines: mpsc::Receiver<String>,
-}
-
-impl ChildProcess {
-    fn start(mode: &str, url: &str, key: &str) -> ChildProcess {
-        let mut child = Command::new(std::env::current_exe().expect("test binary"))
-            .args(["child_process", "--exact", "--ignored", "--nocapture"])
-            .env(CHILD_ENV, format!("{mode}\n{url}\n{key}"))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start the child process");
-        let stdin = child.stdin.take().expect("stdin");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(line) = line.strip_prefix(MARK) {
-                    let _ = tx.send(line.to_owned());
-                }
-            }
-        });
-        ChildProcess {
-            child,
-            stdin,
-            lines,
-        }
-    }
-
-    fn expect_line(&self, prefix: &str) -> String {
-        let line = self
-            .lines
-            .recv_timeout(Duration::from_secs(20))
-            .unwrap_or_else(|_| panic!("the child never said {prefix:?}"));
-        assert!(line.starts_with(prefix), "child said {line:?}");
-        line[prefix.len()..].trim().to_owned()
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-impl Drop for ChildProcess {
-    fn drop(&mut self) {
-        signal(self.child.id(), "CONT");
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn start_child(mode: &str, url: &str, key: &str) -> ChildProcess {
+    ChildProcess::start("child_process", CHILD_ENV, format!("{mode}\n{url}\n{key}"))
 }
 
 /// The other side of the process tests; does nothing unless started by one
@@ -150,7 +98,7 @@ async fn child_process() {
 async fn a_killed_holder_process_is_taken_over_after_its_ttl() -> anyhow::Result<()> {
     let server = start_server(&[]);
     let ttl = Duration::from_secs(1);
-    let child = ChildProcess::start("hold", &url(&server), "job");
+    let child = start_child("hold", &url(&server), "job");
     let child_fence: u64 = child.expect_line("ACQUIRED").parse()?;
     let waiter = Locker::new(RedisBackend::from_url(&url(&server)).await?);
     let task = tokio::spawn(async move {
@@ -186,7 +134,7 @@ async fn a_killed_holder_process_is_taken_over_after_its_ttl() -> anyhow::Result
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_holder_loses_its_lock_and_cannot_free_the_next() -> anyhow::Result<()> {
     let server = start_server(&[]);
-    let mut child = ChildProcess::start("renew", &url(&server), "job");
+    let mut child = start_child("renew", &url(&server), "job");
     let child_fence: u64 = child.expect_line("ACQUIRED").parse()?;
     let (me, other) = (
         Locker::new(RedisBackend::from_url(&url(&server)).await?),
@@ -206,7 +154,7 @@ async fn a_paused_holder_loses_its_lock_and_cannot_free_the_next() -> anyhow::Re
     .await??;
     assert!(guard.fence() > child_fence);
     signal(child.pid(), "CONT");
-    writeln!(child.stdin, "release")?;
+    child.tell("release");
     assert_eq!(child.expect_line("RELEASED"), "lost");
     assert!(
         other

@@ -2,10 +2,31 @@
 //! `memory`, `redis://HOST:PORT` (feature `redis`) or `nats://HOST:PORT`
 //! (feature `nats`).
 
-#[cfg(any(feature = "redis", feature = "nats"))]
-use anyhow::Context as _;
-use anyhow::bail;
+use anyhow::{Context as _, bail};
 use tower_lock::Locker;
+
+/// The store named by the only flag an example takes, `--backend`
+/// (`memory` when absent); `-h`/`--help` prints `usage` and exits.
+#[allow(dead_code)] // examples with more flags parse their own
+pub fn from_args(usage: &str) -> anyhow::Result<String> {
+    let mut backend = "memory".to_owned();
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        match flag.as_str() {
+            "-h" | "--help" => {
+                println!("{usage}");
+                std::process::exit(0);
+            }
+            "--backend" => {
+                backend = args
+                    .next()
+                    .with_context(|| format!("--backend needs a value\n{usage}"))?;
+            }
+            _ => bail!("unknown argument {flag}\n{usage}"),
+        }
+    }
+    Ok(backend)
+}
 
 /// The one place a lock store is chosen.
 pub async fn connect(backend: &str, example: &str) -> anyhow::Result<Locker> {

@@ -25,7 +25,7 @@ fn quick(locker: Locker, name: &str) -> Election {
 }
 
 /// Waits (at most `within`) until `rx` shows what `wanted` accepts.
-async fn seen(
+pub async fn seen(
     rx: &mut watch::Receiver<Option<Leader>>,
     within: Duration,
     what: &str,

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 #[cfg(feature = "axum")]
+pub mod child;
 pub mod http;
 #[cfg(feature = "nats")]
 pub mod nats;
