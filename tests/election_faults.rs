@@ -121,7 +121,9 @@ async fn candidate_process() {
                     Err(err) => format!("error {err}"),
                 };
                 println!("{MARK}RESIGNED {outcome}");
-                return;
+                // At once, as a process that resigns on its way out: what
+                // the resignation sent must already have left.
+                std::process::exit(0);
             }
             other => panic!("unknown command {other}"),
         }
@@ -254,19 +256,23 @@ async fn nats_a_resignation_is_seen_at_once() {
     a_resignation_is_seen_at_once(&url_of(&server, "nats")).await;
 }
 
-/// Redis restarted (without persistence) under three candidates that lead
-/// in turn: leadership resumes, and by the candidates' own clocks no two
-/// ever led at once, though the restart dropped the leader's lease while
-/// it still counted on it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_leadership_resumes_after_a_restart_with_no_two_leaders() {
-    let mut server = redis_server();
-    let url = url_of(&server, "redis");
+/// Three candidates lead in turn while `lose` makes the store lose its
+/// state: leadership resumes, and by the candidates' own clocks no two ever
+/// led at once, though the loss dropped the leader's lease while it still
+/// counted on it. Renewals are far apart, so the old leader would go on
+/// believing for a while if nobody held the others back.
+async fn no_two_leaders_through_a_loss<F: std::future::Future<Output = ()>>(
+    url: &str,
+    lose: impl FnOnce() -> F,
+) {
     let checker = Arc::new(OverlapChecker::default());
     let (terms_tx, mut terms) = tokio::sync::mpsc::unbounded_channel();
     let mut candidates = Vec::new();
     for n in 0..3 {
-        let election = election(locker(&url).await, "restart", TTL);
+        let election = Election::new(locker(url).await, "lost-state")
+            .ttl(TTL)
+            .renew_deadline(TTL * 6 / 10)
+            .renew_every(TTL * 45 / 100);
         let (checker, terms_tx) = (checker.clone(), terms_tx.clone());
         candidates.push(tokio::spawn(async move {
             election
@@ -290,12 +296,7 @@ async fn redis_leadership_resumes_after_a_restart_with_no_two_leaders() {
         .expect("a leader")
         .expect("a term");
     tokio::time::sleep(TTL).await;
-    // The leader's lease goes with the restart.
-    let restarted = tokio::task::spawn_blocking(move || {
-        server.restart();
-        server
-    });
-    let server = restarted.await.expect("restart");
+    lose().await;
     let resumed = tokio::time::timeout(TTL * 3 + PROMPT * 2, async {
         loop {
             let term = terms.recv().await.expect("candidates run");
@@ -305,7 +306,7 @@ async fn redis_leadership_resumes_after_a_restart_with_no_two_leaders() {
         }
     })
     .await
-    .expect("leadership did not resume after the restart");
+    .expect("leadership did not resume after the loss");
     for candidate in &candidates {
         candidate.abort();
     }
@@ -315,7 +316,39 @@ async fn redis_leadership_resumes_after_a_restart_with_no_two_leaders() {
     assert!(resumed > first);
     let sections = checker.sections().len();
     checker.assert_exclusive(sections);
+}
+
+/// Redis restarted without persistence under a running election.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_leadership_resumes_after_a_restart_with_no_two_leaders() {
+    let server = redis_server();
+    let url = url_of(&server, "redis");
+    let server = Arc::new(std::sync::Mutex::new(server));
+    let restarted = server.clone();
+    no_two_leaders_through_a_loss(&url, move || async move {
+        let restart = move || restarted.lock().expect("server").restart();
+        tokio::task::spawn_blocking(restart).await.expect("restart");
+    })
+    .await;
     drop(server);
+}
+
+/// The NATS bucket deleted and created again under a running election.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_leadership_resumes_after_the_bucket_is_created_again_with_no_two_leaders() {
+    let server = nats::server();
+    let url = url_of(&server, "nats");
+    no_two_leaders_through_a_loss(&url, || async {
+        let client = async_nats::connect(url.as_str()).await.expect("connect");
+        let js = nats::jetstream(client, Duration::from_millis(500));
+        js.delete_stream("KV_locks")
+            .await
+            .expect("delete the bucket");
+        NatsBackend::new(js, "locks")
+            .await
+            .expect("create it again");
+    })
+    .await;
 }
 
 /// The store paused under a leader: its renewals stall, so it counts

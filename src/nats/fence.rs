@@ -62,12 +62,17 @@ impl Fences {
     }
 
     /// The fence of a lease written at `revision`.
-    pub(crate) async fn fence(&self, stream: &Stream, revision: u64) -> Result<u64, LockError> {
-        let highest = self.highest.fetch_max(revision, Ordering::AcqRel);
-        // Sequences of one stream only grow: a lower one is a new stream.
-        if revision < highest {
+    /// Notes a revision of the stream, written or watched: sequences of
+    /// one stream only grow, so a lower one than seen before is a new
+    /// stream.
+    pub(crate) fn saw(&self, revision: u64) {
+        if self.highest.fetch_max(revision, Ordering::AcqRel) > revision {
             self.suspect.store(true, Ordering::Release);
         }
+    }
+
+    pub(crate) async fn fence(&self, stream: &Stream, revision: u64) -> Result<u64, LockError> {
+        self.saw(revision);
         if self.suspect.swap(false, Ordering::AcqRel) {
             let info = match stream.get_info().await {
                 Ok(info) => info,

@@ -378,7 +378,11 @@ impl NatsBackend {
         match self.inner.store.update(key, value, expected).await {
             Ok(revision) => Ok(Ok(revision)),
             Err(err) if err.kind() == UpdateErrorKind::WrongLastRevision => Ok(Err(Conflict)),
-            Err(err) => Err(LockError::unavailable(err)),
+            Err(err) => {
+                // The bucket may be gone, and the next one a new stream.
+                self.inner.fences.suspect();
+                Err(LockError::unavailable(err))
+            }
         }
     }
 

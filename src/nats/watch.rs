@@ -110,6 +110,8 @@ impl Sources {
     /// that a waiter measures a new lease from the moment it appeared rather
     /// than from its own next look.
     fn observe(&self, entry: &Entry) {
+        // Any key's revision tells whether the stream is new.
+        self.fences.saw(entry.revision);
         // Only keys somebody here waits for are worth remembering.
         if !self.wakeups.is_watched(&entry.key) {
             return;

@@ -256,6 +256,15 @@ struct Store {
 }
 
 impl Store {
+    /// A failed request; one that lost its connection may mean the server
+    /// restarted or failed over without the keys (see `loss`).
+    fn failed(&self, err: redis::RedisError) -> LockError {
+        if err.is_io_error() || err.is_connection_dropped() || err.is_connection_refusal() {
+            self.loss.notice();
+        }
+        LockError::unavailable(err)
+    }
+
     /// Runs the release script for `holder` (a token, or `next:<id>` to pass
     /// a turn on), after taking `withdraw` (a backend id) out of the queue.
     /// `None`: `holder` no longer held the lock; `Some(next)`: released, and
@@ -279,7 +288,7 @@ impl Store {
             .arg(&self.changed)
             .invoke_async(&mut self.conn.clone())
             .await
-            .map_err(LockError::unavailable)?;
+            .map_err(|err| self.failed(err))?;
         let released = matches!(reply.first(), Some(redis::Value::Int(1)));
         let next = match reply.get(1) {
             Some(redis::Value::BulkString(id)) => Some(String::from_utf8_lossy(id).into_owned()),
@@ -675,7 +684,7 @@ impl Backend for RedisBackend {
             .arg(&self.inner.store.changed)
             .invoke_async(&mut self.conn())
             .await
-            .map_err(LockError::unavailable)?;
+            .map_err(|err| self.inner.store.failed(err))?;
         // Negative PTTL: the holder's key has no expiry (set by hand).
         let remaining = u64::try_from(value).ok().map(Duration::from_millis);
         Ok(match outcome {
@@ -707,7 +716,7 @@ impl Backend for RedisBackend {
             .arg(self.inner.store.retention)
             .invoke_async(&mut self.conn())
             .await
-            .map_err(LockError::unavailable)?;
+            .map_err(|err| self.inner.store.failed(err))?;
         Ok((extended == 1).then_some(lease.revision))
     }
 
@@ -746,7 +755,7 @@ impl Backend for RedisBackend {
             .key(KeySpace::fence_key(&lock))
             .invoke_async(&mut self.conn())
             .await
-            .map_err(LockError::unavailable)?;
+            .map_err(|err| self.inner.store.failed(err))?;
         let [
             redis::Value::Int(1),
             token,

@@ -82,6 +82,10 @@ impl Listener {
                         let _ = ready.send(());
                     }
                     self.listen(pubsub).await;
+                    // The server may be restarting without its keys: from
+                    // now, not only from the reconnect, since requests may
+                    // reach it again before this connection does.
+                    self.store.loss.notice();
                     tracing::debug!("lock wake-up connection lost; reconnecting");
                 }
                 Err(err) if !warned => {
