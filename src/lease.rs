@@ -318,10 +318,7 @@ impl Record {
         let sent_at = Instant::now();
         match backend.extend(&self.key, &self.lease(), ttl).await? {
             Some(revision) => {
-                self.revision.store(revision, Ordering::Release);
-                self.ttl_nanos.store(nanos(ttl), Ordering::Release);
-                *crate::sync::lock(&self.deadline) = after(sent_at, self.timing.deadline(ttl));
-                self.wake_watchers();
+                self.restarted(revision, ttl, sent_at);
                 Ok(())
             }
             None => {
@@ -330,6 +327,15 @@ impl Record {
                 Err(LockError::Lost)
             }
         }
+    }
+
+    /// The store restarted the lease at `ttl`, under `revision`, for a
+    /// request sent at `sent_at`.
+    fn restarted(&self, revision: u64, ttl: Duration, sent_at: Instant) {
+        self.revision.store(revision, Ordering::Release);
+        self.ttl_nanos.store(nanos(ttl), Ordering::Release);
+        *crate::sync::lock(&self.deadline) = after(sent_at, self.timing.deadline(ttl));
+        self.wake_watchers();
     }
 
     /// Asks the store for the lease again with its own token, storing
@@ -354,10 +360,8 @@ impl Record {
         let sent_at = Instant::now();
         match backend.try_acquire(&request).await? {
             Attempt::Acquired { fence, revision } if fence == self.fence => {
-                self.revision.store(revision, Ordering::Release);
-                *crate::sync::lock(&self.deadline) = after(sent_at, self.timing.deadline(ttl));
-                self.wake_watchers();
-                Ok(())
+                self.restarted(revision, ttl, sent_at);
+                return Ok(());
             }
             Attempt::Acquired { fence, revision } => {
                 let fresh = Lease {
@@ -368,16 +372,12 @@ impl Record {
                 if let Err(err) = backend.release(&self.key, &fresh).await {
                     tracing::debug!(key = ?self.key, error = %err, "could not give back a fresh grant; it ends at its ttl");
                 }
-                self.mark_lost();
-                tracing::warn!(key = ?self.key, fence = self.fence, "lease lost");
-                Err(LockError::Lost)
             }
-            Attempt::Busy { .. } | Attempt::Queued { .. } => {
-                self.mark_lost();
-                tracing::warn!(key = ?self.key, fence = self.fence, "lease lost");
-                Err(LockError::Lost)
-            }
+            Attempt::Busy { .. } | Attempt::Queued { .. } => {}
         }
+        self.mark_lost();
+        tracing::warn!(key = ?self.key, fence = self.fence, "lease lost");
+        Err(LockError::Lost)
     }
 
     /// Records the lease's place in the renewal schedule; `false` (nothing

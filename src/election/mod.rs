@@ -123,6 +123,7 @@ use tokio::sync::watch;
 pub use self::leadership::Leadership;
 use crate::{
     LockError, Locker,
+    backend::Holding,
     key::{election_key, validate_ttl},
 };
 
@@ -163,6 +164,13 @@ impl Leader {
             id: id.into(),
             term,
         }
+    }
+}
+
+impl Leader {
+    /// The leader a holding of the election's key names.
+    pub(super) fn of(holding: Holding) -> Self {
+        Leader::new(holding.value.unwrap_or_default(), holding.fence)
     }
 }
 
@@ -295,7 +303,7 @@ impl Election {
     pub async fn leader(&self) -> Result<Option<Leader>, LockError> {
         let key = election_key(&self.name)?;
         let holding = self.locker.backend().holder(&key).await?;
-        Ok(holding.map(|holding| Leader::new(holding.value.unwrap_or_default(), holding.fence)))
+        Ok(holding.map(Leader::of))
     }
 
     /// Watches who leads: the receiver reports every change (a new leader,
@@ -368,8 +376,7 @@ impl Election {
         F: FnMut(Leadership) -> Fut,
         Fut: Future<Output = T>,
     {
-        self.checked()?;
-        validate_id(id)?;
+        // Bad input fails the first campaign, which returns it.
         let mut retry = RETRY_START;
         loop {
             let leadership = match self.campaign(id).await {

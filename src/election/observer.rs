@@ -38,8 +38,7 @@ pub(super) async fn run(
             Ok(holding) => {
                 retry = RETRY_START;
                 let next = recheck_after(holding.as_ref(), ttl, wakeups.is_some());
-                let now = holding
-                    .map(|holding| Leader::new(holding.value.unwrap_or_default(), holding.fence));
+                let now = holding.map(Leader::of);
                 leader.send_if_modified(|current| {
                     let changed = *current != now;
                     *current = now;
