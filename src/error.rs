@@ -88,6 +88,18 @@ pub enum LockError {
         /// What is wrong, and what would do.
         reason: String,
     },
+    /// A counted lock was asked for with `requested` permits while the
+    /// key's holders took it with `stored`: the limit is never changed
+    /// under them. Nothing was taken.
+    #[error("the lock {key:?} allows {stored} holders at once, not the {requested} asked for")]
+    PermitsMismatch {
+        /// The key asked for.
+        key: String,
+        /// The count its current holders took it with.
+        stored: u32,
+        /// The count this request asked for.
+        requested: u32,
+    },
     /// The backend could not be reached or answered with an error.
     #[error("lock backend unavailable: {source}")]
     Unavailable {

@@ -22,6 +22,24 @@ pub const MIN_TTL: Duration = Duration::from_millis(1);
 /// mistake; hold a shorter one with renewal instead.
 pub const MAX_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 
+/// The most holders a counted lock
+/// ([`Locker::acquire_permit`](crate::Locker::acquire_permit)) may allow at
+/// once. Each holder is one entry in the store, so the bound is the most a
+/// key's permits can ever store.
+pub const MAX_PERMITS: u32 = 1 << 16;
+
+pub(crate) fn validate_permits(permits: u32) -> Result<(), LockError> {
+    if (1..=MAX_PERMITS).contains(&permits) {
+        return Ok(());
+    }
+    Err(LockError::InvalidSetting {
+        setting: "permits",
+        reason: format!(
+            "{permits} permits: a counted lock allows between 1 and {MAX_PERMITS} holders"
+        ),
+    })
+}
+
 /// The hasher of every map keyed by lock keys. Keys may come from HTTP
 /// requests, so it is seeded per process; foldhash's quality variant is
 /// that at a fraction of SipHash's cost.

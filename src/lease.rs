@@ -22,7 +22,7 @@ use tokio::{sync::Notify, time::Instant};
 
 use crate::{
     LockError,
-    backend::{AcquireRequest, Attempt, Backend, Lease, Token},
+    backend::{AcquireRequest, Attempt, Backend, Lease, LeaseKind, Token},
 };
 
 /// Where a lease waits in its owner's renewal schedule: its due time and a
@@ -54,6 +54,7 @@ impl Timing {
 pub(crate) struct Record {
     key: SmolStr,
     token: Token,
+    kind: LeaseKind,
     fence: u64,
     /// The store's revision of the lease; moved on by each extension.
     revision: AtomicU64,
@@ -134,7 +135,7 @@ impl Record {
     /// sent at `sent_at`.
     pub(crate) fn new(
         key: SmolStr,
-        token: Token,
+        (token, kind): (Token, LeaseKind),
         (fence, revision): (u64, u64),
         ttl: Duration,
         timing: Timing,
@@ -143,6 +144,7 @@ impl Record {
         Arc::new(Record {
             key,
             token,
+            kind,
             fence,
             revision: AtomicU64::new(revision),
             ttl_nanos: AtomicU64::new(nanos(ttl)),
@@ -182,6 +184,7 @@ impl Record {
             token: self.token,
             fence: self.fence,
             revision: self.revision.load(Ordering::Acquire),
+            kind: self.kind,
         }
     }
 
@@ -356,7 +359,9 @@ impl Record {
             return Err(LockError::Lost);
         }
         let ttl = self.ttl();
-        let request = AcquireRequest::new(&self.key, self.token, ttl).value(Some(value));
+        let request = AcquireRequest::new(&self.key, self.token, ttl)
+            .value(Some(value))
+            .kind(self.kind);
         let sent_at = Instant::now();
         match backend.try_acquire(&request).await? {
             Attempt::Acquired { fence, revision } if fence == self.fence => {
@@ -365,9 +370,9 @@ impl Record {
             }
             Attempt::Acquired { fence, revision } => {
                 let fresh = Lease {
-                    token: self.token,
                     fence,
                     revision,
+                    ..self.lease()
                 };
                 if let Err(err) = backend.release(&self.key, &fresh).await {
                     tracing::debug!(key = ?self.key, error = %err, "could not give back a fresh grant; it ends at its ttl");

@@ -201,7 +201,7 @@ pub use crate::memory::bus;
 pub use crate::{
     error::{BoxError, LockError},
     guard::LockGuard,
-    key::{MAX_KEY_LEN, MAX_TTL, MIN_TTL},
+    key::{MAX_KEY_LEN, MAX_PERMITS, MAX_TTL, MIN_TTL},
     lock_set::LockSet,
     locker::{BACKOFF_MAX, BACKOFF_START, Locker},
     middleware::{LockLayer, LockService},

@@ -119,7 +119,7 @@ mod wake;
 pub(crate) use self::state_loss::StateLoss;
 pub use self::{
     contract::Backend,
-    request::{AcquireRequest, Attempt, Holding, Lease},
+    request::{AcquireRequest, Attempt, Holding, Lease, LeaseKind},
     token::Token,
     wake::{Subscription, WakeRegistry},
 };

@@ -50,6 +50,9 @@ pub struct AcquireRequest<'a> {
     /// A retry with the holder's own token replaces the value and keeps the
     /// fence: that is how a leader changes its id without a new term.
     pub value: Option<&'a str>,
+    /// The kind of lease asked for: exclusive (the default), shared, or
+    /// one of a number of permits.
+    pub kind: LeaseKind,
 }
 
 impl<'a> AcquireRequest<'a> {
@@ -62,6 +65,7 @@ impl<'a> AcquireRequest<'a> {
             waiting: false,
             queued_behind: false,
             value: None,
+            kind: LeaseKind::Exclusive,
         }
     }
 
@@ -90,6 +94,50 @@ impl<'a> AcquireRequest<'a> {
         self.value = value;
         self
     }
+
+    /// Sets [`kind`](Self::kind).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_lock::backend::{AcquireRequest, LeaseKind, Token};
+    ///
+    /// let request = AcquireRequest::new("doc:1", Token::new(), Duration::from_secs(5));
+    /// assert_eq!(request.kind(LeaseKind::Shared).kind, LeaseKind::Shared);
+    /// ```
+    pub fn kind(mut self, kind: LeaseKind) -> Self {
+        self.kind = kind;
+        self
+    }
+}
+
+/// How a lease shares its key with others.
+///
+/// Leases of a key are compatible only with leases of the same kind:
+/// shared ones with each other, counted ones with others of the same
+/// `permits` up to that many at once, and an exclusive lease with none.
+/// Every kind draws its fence from the key's one sequence, so fences
+/// increase over all acquisitions of a key, whatever their kind.
+///
+/// A store may treat every kind as exclusive: that never breaks exclusion,
+/// it only shares less.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum LeaseKind {
+    /// The only holder of the key.
+    #[default]
+    Exclusive,
+    /// One of any number of shared holders; none while an exclusive lease
+    /// holds the key, and none newly granted while an exclusive waiter is
+    /// queued for it.
+    Shared,
+    /// One of at most `permits` holders at once. The count is stored with
+    /// the key by its first holder; a request with another count while
+    /// the key has holders is refused with
+    /// [`LockError::PermitsMismatch`](crate::LockError::PermitsMismatch).
+    Counted {
+        /// How many holders the key allows at once (at least 1).
+        permits: u32,
+    },
 }
 
 /// The outcome of [`Backend::try_acquire`](super::Backend::try_acquire).
@@ -134,6 +182,8 @@ pub struct Lease {
     /// The lease's current revision (see [`Attempt::Acquired`]); updated by
     /// each successful [`Backend::extend`](super::Backend::extend).
     pub revision: u64,
+    /// The kind of lease it is ([`AcquireRequest::kind`] of its grant).
+    pub kind: LeaseKind,
 }
 
 /// Who holds a key, from [`Backend::holder`](super::Backend::holder).

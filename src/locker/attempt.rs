@@ -9,7 +9,7 @@ use tokio::{runtime::Handle, time::Instant};
 use super::Locker;
 use crate::{
     LockError, LockGuard,
-    backend::{AcquireRequest, Attempt, Lease, Token},
+    backend::{AcquireRequest, Attempt, Lease, LeaseKind, Token},
     lease::Record,
     run_to_end::RunToEnd,
 };
@@ -31,8 +31,9 @@ impl Asking {
         token: Token,
         ttl: Duration,
         value: Option<&'a str>,
+        kind: LeaseKind,
     ) -> AcquireRequest<'a> {
-        let request = AcquireRequest::new(key, token, ttl).value(value);
+        let request = AcquireRequest::new(key, token, ttl).value(value).kind(kind);
         match self {
             Asking::Once => request,
             Asking::Waiting { behind } => request.waiting(true).queued_behind(behind),
@@ -67,7 +68,7 @@ impl Locker {
         // Renewal needs a runtime: refused before the store grants anything.
         let runtime = self.auto_renew.then(current_runtime).transpose()?;
         let token = Token::unique();
-        let request = asking.request(key, token, ttl, self.value.as_deref());
+        let request = asking.request(key, token, ttl, self.value.as_deref(), self.kind);
         // Read before the request: the holder's lease never outlasts the
         // store's.
         let sent_at = Instant::now();
@@ -113,7 +114,8 @@ impl Locker {
         let (remaining, queued) = match outcome {
             Attempt::Acquired { fence, revision } => {
                 let granted = (fence, revision);
-                let record = Record::new(key.clone(), token, granted, ttl, self.timing, sent_at);
+                let owned = (token, self.kind);
+                let record = Record::new(key.clone(), owned, granted, ttl, self.timing, sent_at);
                 self.owner.hold(&record);
                 if let Some(runtime) = runtime.as_ref().filter(|_| self.auto_renew) {
                     self.owner.renew(&record, runtime, sent_at);
@@ -140,10 +142,11 @@ impl Locker {
         ttl: Duration,
         asking: Asking,
     ) -> Result<Attempt, LockError> {
+        let kind = self.kind;
         let request = {
             let (backend, key, value) = (self.backend().clone(), key.clone(), self.value.clone());
             async move {
-                let request = asking.request(&key, token, ttl, value.as_deref());
+                let request = asking.request(&key, token, ttl, value.as_deref(), kind);
                 backend.try_acquire(&request).await
             }
         };
@@ -153,13 +156,13 @@ impl Locker {
             let running = self.owner.running();
             move |outcome: Result<Attempt, LockError>| async move {
                 let _running = running;
-                if let Some(lease) = unclaimed(&outcome, token) {
+                if let Some(lease) = unclaimed(&outcome, token, kind) {
                     let _ = backend.release(&key, &lease).await;
                 }
             }
         };
         let outcome = RunToEnd::new(runtime.clone(), request, cleanup).await;
-        if let (Err(_), Some(lease)) = (&outcome, unclaimed(&outcome, token)) {
+        if let (Err(_), Some(lease)) = (&outcome, unclaimed(&outcome, token, kind)) {
             let (backend, key) = (self.backend().clone(), key.clone());
             let running = self.owner.running();
             runtime.spawn(async move {
@@ -176,7 +179,7 @@ impl Locker {
 /// The lease a try's caller will not hold, if the store may have granted
 /// one: a grant (when the caller has gone), or an answer lost in transit.
 /// A lost answer carries no fence or revision; stores release by token.
-fn unclaimed(outcome: &Result<Attempt, LockError>, token: Token) -> Option<Lease> {
+fn unclaimed(outcome: &Result<Attempt, LockError>, token: Token, kind: LeaseKind) -> Option<Lease> {
     let (fence, revision) = match outcome {
         Ok(Attempt::Acquired { fence, revision }) => (*fence, *revision),
         Err(LockError::Unavailable { .. }) => (0, 0),
@@ -186,5 +189,6 @@ fn unclaimed(outcome: &Result<Attempt, LockError>, token: Token) -> Option<Lease
         token,
         fence,
         revision,
+        kind,
     })
 }

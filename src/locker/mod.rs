@@ -6,6 +6,7 @@
 
 mod all;
 mod attempt;
+mod kinds;
 pub(crate) mod scope;
 mod wait;
 
@@ -17,7 +18,7 @@ pub use self::wait::{BACKOFF_MAX, BACKOFF_START};
 use self::{attempt::Asking, wait::LocalQueue};
 use crate::{
     LockError, LockGuard,
-    backend::Backend,
+    backend::{Backend, LeaseKind},
     key::{owned_key, validate_key, validate_ttl},
     lease::Timing,
     metrics::{Metrics, Refusal, Started},
@@ -79,6 +80,9 @@ pub struct Locker {
     /// Stored with every lease this clone takes (an election's candidate
     /// id); `None` for plain locks.
     value: Option<Arc<str>>,
+    /// The kind of lease this clone takes: exclusive but for the shared and
+    /// counted entry points (`kinds.rs`).
+    kind: LeaseKind,
 }
 
 impl Locker {
@@ -114,6 +118,7 @@ impl Locker {
             auto_renew: false,
             timing: Timing::default(),
             value: None,
+            kind: LeaseKind::Exclusive,
         }
     }
 

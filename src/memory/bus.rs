@@ -46,7 +46,7 @@ use super::{
 };
 use crate::{
     LockError,
-    backend::{AcquireRequest, Attempt, Lease, Token},
+    backend::{AcquireRequest, Attempt, Lease, LeaseKind, Token},
 };
 
 /// A totally ordered broadcast of [`Command`]s.
@@ -349,6 +349,7 @@ mod tests {
                 token: Token::new(),
                 fence: 1,
                 revision: 1,
+                kind: LeaseKind::Exclusive,
             },
         }
     }

@@ -12,7 +12,7 @@ use smol_str::SmolStr;
 use tokio::time::Instant;
 
 use crate::{
-    backend::{AcquireRequest, Attempt, Holding, Lease, Token},
+    backend::{AcquireRequest, Attempt, Holding, Lease, LeaseKind, Token},
     key::{KeyHasher, owned_key},
 };
 
@@ -290,6 +290,7 @@ mod tests {
             token: b,
             fence,
             revision: fence,
+            kind: LeaseKind::Exclusive,
         };
         assert!(matches!(
             table.release("k", &stranger, at(1)),
@@ -300,6 +301,7 @@ mod tests {
             token: a,
             fence,
             revision: fence,
+            kind: LeaseKind::Exclusive,
         };
         assert!(table.extend("k", &holder, TTL, at(50)).is_some());
         assert!(matches!(

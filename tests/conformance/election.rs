@@ -10,7 +10,7 @@ use std::{
 use tokio::sync::watch;
 use tower_lock::{
     LockError, Locker,
-    backend::{AcquireRequest, Attempt, Lease, Token},
+    backend::{AcquireRequest, Attempt, Lease, LeaseKind, Token},
     election::{Election, Leader},
 };
 
@@ -64,6 +64,7 @@ pub async fn a_value_is_stored_with_its_lease_and_kept_by_renewal<H: Harness>(h:
         token,
         fence,
         revision,
+        kind: LeaseKind::Exclusive,
     };
     let renewed = backend.extend(&k, &lease, LONG).await.expect("extend");
     let revision = renewed.expect("the holder's lease was not renewed");
@@ -107,6 +108,7 @@ pub async fn a_valued_grant_wakes_subscribers_and_a_plain_one_does_not<H: Harnes
         token,
         fence,
         revision,
+        kind: LeaseKind::Exclusive,
     };
     assert!(taker.backend().release(&k, &lease).await.expect("release"));
     tokio::time::timeout(PROMPT, wakeups.changed())

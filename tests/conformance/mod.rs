@@ -20,7 +20,7 @@ use std::{
 
 use tower_lock::{
     BACKOFF_MAX, LockError, Locker,
-    backend::{Lease, Token},
+    backend::{Lease, LeaseKind, Token},
 };
 
 pub use counting::Counting;
@@ -329,6 +329,7 @@ pub async fn the_store_refuses_a_stale_or_foreign_token<H: Harness>(h: &H) {
         token: Token::new(),
         fence: current.fence(),
         revision: u64::MAX,
+        kind: LeaseKind::Exclusive,
     };
     let store = c.backend();
     assert_eq!(
@@ -601,6 +602,7 @@ pub async fn a_retried_try_with_its_own_token_is_granted_again<H: Harness>(h: &H
         token,
         fence: 0,
         revision: 0,
+        kind: LeaseKind::Exclusive,
     };
     assert!(
         backend.release(&k, &by_token).await.expect("release"),
