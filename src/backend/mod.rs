@@ -117,6 +117,7 @@ mod wake;
 
 #[cfg(any(feature = "redis", feature = "nats"))]
 pub(crate) use self::state_loss::StateLoss;
+pub(crate) use self::request::WRITER_CLAIM;
 pub use self::{
     contract::Backend,
     request::{AcquireRequest, Attempt, Holding, Lease, LeaseKind},

@@ -110,6 +110,11 @@ impl<'a> AcquireRequest<'a> {
     }
 }
 
+/// How long an exclusive waiter's claim on a key lasts (see
+/// [`LeaseKind::Shared`]): twice the longest backoff step, so a waiter that
+/// keeps trying keeps it, and one that crashed lets readers in again soon.
+pub(crate) const WRITER_CLAIM: Duration = Duration::from_secs(1);
+
 /// How a lease shares its key with others.
 ///
 /// Leases of a key are compatible only with leases of the same kind:
@@ -127,8 +132,14 @@ pub enum LeaseKind {
     #[default]
     Exclusive,
     /// One of any number of shared holders; none while an exclusive lease
-    /// holds the key, and none newly granted while an exclusive waiter is
-    /// queued for it.
+    /// holds the key, and none newly granted while an exclusive waiter
+    /// claims it.
+    ///
+    /// A [waiting](AcquireRequest::waiting) exclusive request that finds the
+    /// key held claims it for one second from that answer (each such try
+    /// renews the claim; an exclusive grant ends it). While a claim runs,
+    /// shared and counted requests are answered busy, so a stream of readers
+    /// cannot starve a writer.
     Shared,
     /// One of at most `permits` holders at once. The count is stored with
     /// the key by its first holder; a request with another count while
