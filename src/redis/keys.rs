@@ -1,13 +1,17 @@
 //! How lock keys are named in Redis.
 //!
 //! A user key `K` becomes `<prefix>{E}` (the lock), `<prefix>{E}:fence`
-//! (its fence counter) and `<prefix>{E}:queue` (its waiter queue), where `E` is `K` with `%`, `{`, `}` and control
+//! (its fence counter), `<prefix>{E}:queue` (its waiter queue),
+//! `<prefix>{E}:claim` (a waiting writer's claim), and, while the key is
+//! held shared or counted, `<prefix>{E}:holders`, `<prefix>{E}:fences` and
+//! `<prefix>{E}:turns`, where `E` is `K` with `%`, `{`, `}` and control
 //! characters percent-encoded. Encoding the braces makes `E` the whole hash
 //! tag (Redis Cluster hashes the text between the first `{` and the first
-//! `}` after it), so both keys land in the same slot whatever `K` holds and
-//! one script may touch all three. The encoding is injective, so distinct user
-//! keys never share a lock. A lock key always ends in `}`, a counter in
-//! `:fence` and a queue in `:queue`, so the kinds never collide either.
+//! `}` after it), so all of them land in the same slot whatever `K` holds
+//! and one script may touch them all. The encoding is injective, so
+//! distinct user keys never share a lock. A lock key always ends in `}`,
+//! and every other key in its own `:<suffix>`, so the kinds never collide
+//! either.
 
 use percent_encoding::{AsciiSet, CONTROLS, percent_decode, utf8_percent_encode};
 
@@ -17,6 +21,10 @@ const TAG_UNSAFE: &AsciiSet = &CONTROLS.add(b'%').add(b'{').add(b'}');
 
 const FENCE_SUFFIX: &str = ":fence";
 const QUEUE_SUFFIX: &str = ":queue";
+const CLAIM_SUFFIX: &str = ":claim";
+const HOLDERS_SUFFIX: &str = ":holders";
+const FENCES_SUFFIX: &str = ":fences";
+const TURNS_SUFFIX: &str = ":turns";
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct KeySpace {
@@ -39,16 +47,24 @@ impl KeySpace {
         format!("{}{{{encoded}}}", self.prefix)
     }
 
-    /// The Redis key of the fence counter beside the lock `lock_key`, in
-    /// its slot (from the lock key, so the user key is encoded once).
-    pub(crate) fn fence_key(lock_key: &str) -> String {
-        [lock_key, FENCE_SUFFIX].concat()
-    }
-
-    /// The Redis key of the waiter queue beside the lock `lock_key`, in its
-    /// slot.
-    pub(crate) fn queue_key(lock_key: &str) -> String {
-        [lock_key, QUEUE_SUFFIX].concat()
+    /// Every Redis key of the lock `lock_key`, in the order the scripts take
+    /// them (`KEYS[1]` to `KEYS[7]`): the lock, its fence counter, waiter
+    /// queue, writer claim, shared or counted holders (a sorted set of
+    /// tokens by the end of their lease, in ms of the server's clock), their
+    /// fences (a hash by token), and the turns given to queued backends'
+    /// shared or counted waiters (a sorted set of backend ids by the end of
+    /// the turn).
+    pub(crate) fn script_keys(lock_key: String) -> [String; 7] {
+        let [fence, queue, claim, holders, fences, turns] = [
+            FENCE_SUFFIX,
+            QUEUE_SUFFIX,
+            CLAIM_SUFFIX,
+            HOLDERS_SUFFIX,
+            FENCES_SUFFIX,
+            TURNS_SUFFIX,
+        ]
+        .map(|suffix| [lock_key.as_str(), suffix].concat());
+        [lock_key, fence, queue, claim, holders, fences, turns]
     }
 
     /// The user key of a lock key (as found in a wake-up message), or `None`
@@ -102,13 +118,13 @@ mod tests {
     }
 
     #[test]
-    fn lock_and_fence_share_a_nonempty_hash_tag() {
+    fn every_key_of_a_lock_shares_its_nonempty_hash_tag() {
         let space = KeySpace::new("lock:".into());
         for key in [
             "a", "}", "{", "{}", "}{", "a}b{c", "%7D", "x}:fence", "\n", "ключ",
         ] {
             let lock = space.lock_key(key);
-            let fence = KeySpace::fence_key(&lock);
+            let fence = [lock.as_str(), ":fence"].concat();
             assert_eq!(hash_tag(&lock), hash_tag(&fence), "{key:?}");
             assert!(!hash_tag(&lock).is_empty());
             assert_ne!(hash_tag(&lock), lock, "{key:?} must be tagged");
@@ -116,6 +132,13 @@ mod tests {
             assert_eq!(space.user_key(fence.as_bytes()), None);
             assert!(space.is_lock_key(lock.as_bytes()));
             assert!(!space.is_lock_key(fence.as_bytes()));
+            let all = KeySpace::script_keys(lock.clone());
+            assert_eq!(all[0], lock);
+            assert_eq!(all[1], fence);
+            for other in &all[1..] {
+                assert_eq!(hash_tag(other), hash_tag(&lock), "{other:?}");
+                assert_eq!(space.user_key(other.as_bytes()), None, "{other:?}");
+            }
         }
     }
 

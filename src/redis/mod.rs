@@ -174,7 +174,7 @@ mod scripts;
 
 use std::{fmt, sync::Arc, time::Duration};
 
-use redis::aio::ConnectionLike;
+use redis::{Script, ScriptInvocation, aio::ConnectionLike};
 
 pub use self::client::RedisClient;
 use self::{
@@ -185,8 +185,8 @@ use self::{
 use crate::{
     LockError,
     backend::{
-        AcquireRequest, Attempt, Backend, Holding, Lease, StateLoss, Subscription, Token,
-        WakeRegistry,
+        AcquireRequest, Attempt, Backend, Holding, Lease, LeaseKind, StateLoss, Subscription,
+        Token, WRITER_CLAIM, WakeRegistry,
     },
 };
 
@@ -265,49 +265,92 @@ impl Store {
         LockError::unavailable(err)
     }
 
-    /// Runs the release script for `holder` (a token, or `next:<id>` to pass
-    /// a turn on), after taking `withdraw` (a backend id) out of the queue.
-    /// `None`: `holder` no longer held the lock; `Some(next)`: released, and
-    /// handed to the queued backend `next` if there was one.
-    async fn release(
-        &self,
-        key: &str,
-        holder: &str,
-        withdraw: Option<&str>,
-    ) -> Result<Option<Option<String>>, LockError> {
-        let lock = self.keys.lock_key(key);
-        let reply: Vec<redis::Value> = scripts::RELEASE
-            .key(&lock)
-            .key(KeySpace::queue_key(&lock))
-            .key(KeySpace::fence_key(&lock))
-            .arg(holder)
+    /// `script` with every key of `key`'s lock and the arguments every
+    /// script starts with (see the `scripts` module).
+    fn invocation(&self, script: &'static Script, key: &str) -> ScriptInvocation<'static> {
+        let mut invocation = script.prepare_invoke();
+        for redis_key in KeySpace::script_keys(self.keys.lock_key(key)) {
+            invocation.key(redis_key);
+        }
+        invocation
+            .arg(&self.id)
             .arg(&self.turns)
             .arg(millis(TURN_GRACE))
-            .arg(withdraw.unwrap_or(""))
             .arg(self.retention)
-            .arg(&self.changed)
+            .arg(millis(WRITER_CLAIM));
+        invocation
+    }
+
+    /// Runs `invocation` on the command connection.
+    async fn run<T: redis::FromRedisValue>(
+        &self,
+        invocation: &ScriptInvocation<'_>,
+    ) -> Result<T, LockError> {
+        invocation
             .invoke_async(&mut self.conn.clone())
             .await
-            .map_err(|err| self.failed(err))?;
-        let released = matches!(reply.first(), Some(redis::Value::Int(1)));
-        let next = match reply.get(1) {
-            Some(redis::Value::BulkString(id)) => Some(String::from_utf8_lossy(id).into_owned()),
-            _ => None,
+            .map_err(|err| self.failed(err))
+    }
+
+    /// Releases `lease` on `key`. `None`: it was no longer held;
+    /// `Some(released)`: released.
+    async fn release(&self, key: &str, lease: &Lease) -> Result<Option<Released>, LockError> {
+        let mut invocation = match lease.kind {
+            LeaseKind::Exclusive => self.invocation(&scripts::RELEASE, key),
+            LeaseKind::Shared | LeaseKind::Counted { .. } => {
+                self.invocation(&scripts::RELEASE_SHARED, key)
+            }
         };
-        Ok(released.then_some(next))
+        invocation
+            .arg(lease.token.to_string())
+            .arg(&self.changed);
+        let reply: Vec<redis::Value> = self.run(&invocation).await?;
+        let (others_hold, handed_to) = match reply.split_first() {
+            Some((redis::Value::Int(1), handed_to)) => (false, handed_to),
+            Some((redis::Value::Int(2), handed_to)) => (true, handed_to),
+            _ => return Ok(None),
+        };
+        let handed_to = handed_to
+            .iter()
+            .filter_map(|id| match id {
+                redis::Value::BulkString(id) => Some(String::from_utf8_lossy(id).into_owned()),
+                _ => None,
+            })
+            .collect();
+        Ok(Some(Released {
+            others_hold,
+            handed_to,
+        }))
     }
 
     /// In the background on `runtime`: takes this backend out of `key`'s
-    /// queue, and passes on a turn already reserved for it, because nobody
+    /// queue, and passes on a turn already given to it, because nobody
     /// here waits for the key any longer.
     fn withdraw(self, runtime: &tokio::runtime::Handle, key: String) {
         runtime.spawn(async move {
-            let turn = format!("next:{}", self.id);
-            if let Err(err) = self.release(&key, &turn, Some(&self.id)).await {
+            let invocation = self.invocation(&scripts::WITHDRAW, &key);
+            if let Err(err) = self.run::<i64>(&invocation).await {
                 // The turn lapses after its grace instead.
                 tracing::debug!(?key, error = %err, "could not leave the waiter queue");
             }
         });
+    }
+}
+
+/// What a release did.
+struct Released {
+    /// Other shared or counted holders still hold the key.
+    others_hold: bool,
+    /// The queued backends given a turn.
+    handed_to: Vec<String>,
+}
+
+impl Released {
+    /// Whether waiters of the backend `id` may now take the key: it is their
+    /// turn, or the key was freed with nobody queued.
+    fn frees_for(&self, id: &str) -> bool {
+        self.handed_to.iter().any(|to| to == id)
+            || (self.handed_to.is_empty() && !self.others_hold)
     }
 }
 
@@ -411,10 +454,6 @@ impl RedisBackend {
     /// handed to its waiters (`<prefix>released:<backend id>`).
     pub fn release_channel(&self) -> &str {
         &self.inner.store.channel
-    }
-
-    fn conn(&self) -> Conn {
-        self.inner.store.conn.clone()
     }
 }
 
@@ -666,25 +705,30 @@ impl Backend for RedisBackend {
                 remaining: Some(left),
             });
         }
-        let lock = self.inner.store.keys.lock_key(request.key);
+        let store = &self.inner.store;
+        let flag = |set: bool| if set { "1" } else { "0" };
         // Only a waiting caller (subscribed to the key's wake-ups before it
         // tried) joins the queue: a turn that comes for a key nobody here
         // watches is passed on.
-        let (outcome, value): (i64, i64) = scripts::ACQUIRE
-            .key(&lock)
-            .key(KeySpace::fence_key(&lock))
-            .key(KeySpace::queue_key(&lock))
+        let mut invocation = match request.kind {
+            LeaseKind::Exclusive => store.invocation(&scripts::ACQUIRE, request.key),
+            LeaseKind::Shared | LeaseKind::Counted { .. } => {
+                store.invocation(&scripts::ACQUIRE_SHARED, request.key)
+            }
+        };
+        invocation
             .arg(request.token.to_string())
             .arg(millis(request.ttl))
-            .arg(&self.inner.store.id)
-            .arg(if request.waiting { "1" } else { "0" })
-            .arg(self.inner.store.retention)
-            .arg(if request.queued_behind { "1" } else { "0" })
-            .arg(request.value.unwrap_or(""))
-            .arg(&self.inner.store.changed)
-            .invoke_async(&mut self.conn())
-            .await
-            .map_err(|err| self.inner.store.failed(err))?;
+            .arg(flag(request.waiting))
+            .arg(flag(request.queued_behind));
+        match request.kind {
+            LeaseKind::Exclusive => invocation
+                .arg(request.value.unwrap_or(""))
+                .arg(&store.changed),
+            LeaseKind::Shared => invocation.arg("s").arg(0),
+            LeaseKind::Counted { permits } => invocation.arg("c").arg(permits),
+        };
+        let (outcome, value): (i64, i64) = store.run(&invocation).await?;
         // Negative PTTL: the holder's key has no expiry (set by hand).
         let remaining = u64::try_from(value).ok().map(Duration::from_millis);
         Ok(match outcome {
@@ -697,6 +741,17 @@ impl Backend for RedisBackend {
                 }
             }
             2 => Attempt::Queued { remaining },
+            3 => {
+                let requested = match request.kind {
+                    LeaseKind::Counted { permits } => permits,
+                    _ => 0,
+                };
+                return Err(LockError::PermitsMismatch {
+                    key: request.key.to_owned(),
+                    stored: u32::try_from(value).unwrap_or(u32::MAX),
+                    requested,
+                });
+            }
             _ => Attempt::Busy { remaining },
         })
     }
@@ -707,36 +762,28 @@ impl Backend for RedisBackend {
         lease: &Lease,
         ttl: Duration,
     ) -> Result<Option<u64>, LockError> {
-        let lock = self.inner.store.keys.lock_key(key);
-        let extended: i64 = scripts::EXTEND
-            .key(&lock)
-            .key(KeySpace::fence_key(&lock))
-            .arg(lease.token.to_string())
-            .arg(millis(ttl))
-            .arg(self.inner.store.retention)
-            .invoke_async(&mut self.conn())
-            .await
-            .map_err(|err| self.inner.store.failed(err))?;
+        let store = &self.inner.store;
+        let mut invocation = match lease.kind {
+            LeaseKind::Exclusive => store.invocation(&scripts::EXTEND, key),
+            LeaseKind::Shared | LeaseKind::Counted { .. } => {
+                store.invocation(&scripts::EXTEND_SHARED, key)
+            }
+        };
+        invocation.arg(lease.token.to_string()).arg(millis(ttl));
+        let extended: i64 = store.run(&invocation).await?;
         Ok((extended == 1).then_some(lease.revision))
     }
 
     async fn release(&self, key: &str, lease: &Lease) -> Result<bool, LockError> {
-        let handed_to = self
-            .inner
-            .store
-            .release(key, &lease.token.to_string(), None)
-            .await?;
-        match handed_to {
-            None => Ok(false),
-            Some(next) => {
-                // Waiters sharing this backend need not wait for the
-                // message's round trip through Redis, when it is their turn.
-                if next.is_none_or(|next| next == self.inner.store.id) {
-                    self.inner.registry.notify(key);
-                }
-                Ok(true)
-            }
+        let Some(released) = self.inner.store.release(key, lease).await? else {
+            return Ok(false);
+        };
+        // Waiters sharing this backend need not wait for the message's round
+        // trip through Redis, when it is their turn.
+        if released.frees_for(&self.inner.store.id) {
+            self.inner.registry.notify(key);
         }
+        Ok(true)
     }
 
     /// A waiter that gives up takes this backend out of the key's queue,
@@ -749,13 +796,8 @@ impl Backend for RedisBackend {
     }
 
     async fn holder(&self, key: &str) -> Result<Option<Holding>, LockError> {
-        let lock = self.inner.store.keys.lock_key(key);
-        let reply: Vec<redis::Value> = scripts::HOLDER
-            .key(&lock)
-            .key(KeySpace::fence_key(&lock))
-            .invoke_async(&mut self.conn())
-            .await
-            .map_err(|err| self.inner.store.failed(err))?;
+        let invocation = self.inner.store.invocation(&scripts::HOLDER, key);
+        let reply: Vec<redis::Value> = self.inner.store.run(&invocation).await?;
         let [
             redis::Value::Int(1),
             token,
