@@ -29,6 +29,8 @@ pub use counting::Counting;
 #[allow(unused_imports)]
 pub use election::*;
 pub use overlap::OverlapChecker;
+// Not every test binary runs the shared checks.
+#[allow(unused_imports)]
 pub use shared::*;
 
 /// A store under test.
