@@ -754,3 +754,471 @@ async fn a_retried_try_with_its_own_token_is_granted_again() -> anyhow::Result<(
     );
     Ok(())
 }
+
+// Shared and counted leases: how they are stored and woken in Redis.
+
+/// Every Redis key under the harness's prefix, as text.
+async fn keys_under(h: &RedisHarness) -> Vec<String> {
+    let backend = h.backend().await;
+    let mut keys: Vec<String> = scan_keys(&h.scan[0], &backend.key_pattern())
+        .await
+        .into_iter()
+        .map(|key| String::from_utf8_lossy(&key).into_owned())
+        .collect();
+    keys.sort();
+    keys
+}
+
+/// Counts the turn messages published to any backend of `prefix`, by
+/// channel, from when it returns.
+struct TurnWatcher {
+    seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TurnWatcher {
+    async fn start(url: &str, prefix: &str) -> TurnWatcher {
+        use futures_util::StreamExt;
+        let mut pubsub = redis::Client::open(url)
+            .expect("client")
+            .get_async_pubsub()
+            .await
+            .expect("pubsub");
+        pubsub
+            .psubscribe(format!("{prefix}released:*"))
+            .await
+            .expect("PSUBSCRIBE");
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let task = tokio::spawn({
+            let seen = seen.clone();
+            async move {
+                let mut messages = pubsub.into_on_message();
+                while let Some(message) = messages.next().await {
+                    let channel = message.get_channel_name().to_owned();
+                    seen.lock().expect("seen").push(channel);
+                }
+            }
+        });
+        TurnWatcher { seen, task }
+    }
+
+    /// The channels messages went to since the last call, after a moment
+    /// for them to arrive.
+    async fn take(&self) -> Vec<String> {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        std::mem::take(&mut *self.seen.lock().expect("seen"))
+    }
+}
+
+impl Drop for TurnWatcher {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Waits until `key`'s queue in Redis holds `len` entries.
+async fn until_queued(h: &RedisHarness, key: &str, len: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while queue_len(h, key).await != len {
+        assert!(Instant::now() < deadline, "the queue never held {len}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// A reader leaving while other readers hold the key wakes nobody; the
+/// last one hands the key to the queued writer, on its channel alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_release_wakes_nobody_until_the_last_reader_leaves() -> anyhow::Result<()> {
+    let h = harness();
+    let ttl = Duration::from_secs(30);
+    let (r1, r2) = (
+        Locker::new(h.backend().await),
+        Locker::new(h.backend().await),
+    );
+    let writer_backend = h.backend().await;
+    let writer_channel = writer_backend.release_channel().to_owned();
+    let writer = Locker::new(writer_backend);
+    let first = r1.acquire_shared("readers", ttl).await?;
+    let second = r2.acquire_shared("readers", ttl).await?;
+    let waiting = tokio::spawn(async move { writer.acquire("readers", ttl).await });
+    until_queued(&h, "readers", 1).await;
+    let turns = TurnWatcher::start(&SERVER.url(), &h.prefix).await;
+    first.release().await?;
+    assert_eq!(turns.take().await, Vec::<String>::new(), "a reader left");
+    assert!(!waiting.is_finished(), "the writer got in beside a reader");
+    second.release().await?;
+    let guard = tokio::time::timeout(Duration::from_secs(3), waiting).await???;
+    assert_eq!(turns.take().await, [writer_channel]);
+    guard.release().await?;
+    Ok(())
+}
+
+/// The readers queued behind a writer are let in together when it leaves,
+/// with one message each, but not the reader queued behind the next
+/// writer: it comes after that writer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_hands_the_key_to_every_reader_queued_before_the_next_writer()
+-> anyhow::Result<()> {
+    let h = harness();
+    let ttl = Duration::from_secs(30);
+    let holder = Locker::new(h.backend().await);
+    let held = holder.acquire("phases", ttl).await?;
+    let order = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let inside = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let most = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (go, _) = tokio::sync::broadcast::channel::<()>(1);
+    let mut channels = Vec::new();
+    let mut tasks = Vec::new();
+    for (i, name) in ["reader 1", "reader 2", "reader 3", "writer", "reader 4"]
+        .into_iter()
+        .enumerate()
+    {
+        let backend = h.backend().await;
+        channels.push(backend.release_channel().to_owned());
+        let locker = Locker::new(backend);
+        let (order, inside, most) = (order.clone(), inside.clone(), most.clone());
+        let mut leave = go.subscribe();
+        tasks.push(tokio::spawn(async move {
+            let writer = name == "writer";
+            let guard = if writer {
+                locker.acquire("phases", ttl).await
+            } else {
+                locker.acquire_shared("phases", ttl).await
+            }
+            .expect("acquire");
+            order.lock().expect("order").push(name);
+            let now = inside.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            most.fetch_max(now, std::sync::atomic::Ordering::SeqCst);
+            if name.starts_with("reader") && name != "reader 4" {
+                // The first readers stay until all three are in.
+                let _ = leave.recv().await;
+            }
+            inside.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            guard.release().await.expect("release");
+        }));
+        until_queued(&h, "phases", i + 1).await;
+    }
+    let turns = TurnWatcher::start(&SERVER.url(), &h.prefix).await;
+    held.release().await?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while order.lock().expect("order").len() < 3 {
+        assert!(Instant::now() < deadline, "the readers were not let in");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut woken = turns.take().await;
+    woken.sort();
+    let mut readers = channels[..3].to_vec();
+    readers.sort();
+    assert_eq!(woken, readers, "one message to each reader ahead of the writer");
+    assert_eq!(most.load(std::sync::atomic::Ordering::SeqCst), 3);
+    let _ = go.send(());
+    for task in tasks {
+        tokio::time::timeout(Duration::from_secs(5), task).await??;
+    }
+    let order = order.lock().expect("order").clone();
+    assert_eq!(&order[3..], ["writer", "reader 4"], "{order:?}");
+    Ok(())
+}
+
+/// A released permit wakes the one counted waiter queued first, not the
+/// others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_released_permit_wakes_one_queued_waiter() -> anyhow::Result<()> {
+    let h = harness();
+    let ttl = Duration::from_secs(30);
+    let holder = Locker::new(h.backend().await);
+    let held = [
+        holder.acquire_permit("permits", 2, ttl).await?,
+        holder.acquire_permit("permits", 2, ttl).await?,
+    ];
+    let mut channels = Vec::new();
+    let mut waiters = Vec::new();
+    for i in 0..3 {
+        let backend = h.backend().await;
+        channels.push(backend.release_channel().to_owned());
+        let locker = Locker::new(backend);
+        waiters.push(tokio::spawn(async move {
+            locker.acquire_permit("permits", 2, ttl).await
+        }));
+        until_queued(&h, "permits", i + 1).await;
+    }
+    let turns = TurnWatcher::start(&SERVER.url(), &h.prefix).await;
+    let [first, second] = held;
+    first.release().await?;
+    let next = tokio::time::timeout(Duration::from_secs(3), &mut waiters[0]).await???;
+    assert_eq!(turns.take().await, [channels[0].clone()]);
+    assert!(waiters[1..].iter().all(|w| !w.is_finished()));
+    second.release().await?;
+    let after = tokio::time::timeout(Duration::from_secs(3), &mut waiters[1]).await???;
+    assert_eq!(turns.take().await, [channels[1].clone()]);
+    assert!(!waiters[2].is_finished());
+    next.release().await?;
+    let last = tokio::time::timeout(Duration::from_secs(3), &mut waiters[2]).await???;
+    for guard in [after, last] {
+        guard.release().await?;
+    }
+    Ok(())
+}
+
+/// `holder` reports exclusive holders only: elections read it, and a key
+/// held shared or counted has no one holder.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn holder_reports_exclusive_leases_only() -> anyhow::Result<()> {
+    use tower_lock::backend::Backend;
+    let h = harness();
+    let backend = h.backend().await;
+    let locker = Locker::new(backend.clone());
+    let ttl = Duration::from_secs(30);
+    let shared = locker.acquire_shared("holder", ttl).await?;
+    assert_eq!(backend.holder("holder").await?, None);
+    shared.release().await?;
+    let permit = locker.acquire_permit("holder", 3, ttl).await?;
+    assert_eq!(backend.holder("holder").await?, None);
+    permit.release().await?;
+    let exclusive = locker.acquire("holder", ttl).await?;
+    let holding = backend.holder("holder").await?.expect("an exclusive holder");
+    assert_eq!(holding.fence, exclusive.fence());
+    exclusive.release().await?;
+    Ok(())
+}
+
+/// A request for another permit count is refused with both counts named,
+/// and changes nothing in Redis: the holders, the queue and the fence
+/// counter are as they were.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_permit_mismatch_names_both_counts_and_changes_nothing() -> anyhow::Result<()> {
+    let h = harness();
+    let (a, b) = (
+        Locker::new(h.backend().await),
+        Locker::new(h.backend().await),
+    );
+    let ttl = Duration::from_secs(30);
+    let held = a.acquire_permit("count", 2, ttl).await?;
+    let before = keys_under(&h).await;
+    let mut conn = admin(&SERVER.url()).await;
+    let holders = format!("{}:holders", h.backend().await.redis_key("count"));
+    let fence = format!("{}:fence", h.backend().await.redis_key("count"));
+    let snapshot = async |conn: &mut redis::aio::MultiplexedConnection| {
+        let members: Vec<String> = redis::cmd("ZRANGE")
+            .arg(&holders)
+            .arg(0)
+            .arg(-1)
+            .query_async(conn)
+            .await
+            .expect("ZRANGE");
+        let counter: String = redis::cmd("GET")
+            .arg(&fence)
+            .query_async(conn)
+            .await
+            .expect("GET");
+        (members, counter)
+    };
+    let stored = snapshot(&mut conn).await;
+    for refused in [
+        b.try_lock_permit("count", 5, ttl).await.map(|_| ()),
+        b.acquire_permit("count", 5, ttl).await.map(|_| ()),
+    ] {
+        let err = refused.expect_err("another count");
+        assert!(
+            matches!(
+                &err,
+                LockError::PermitsMismatch {
+                    stored: 2,
+                    requested: 5,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        let message = err.to_string();
+        assert!(
+            message.contains('2') && message.contains('5') && message.contains("count"),
+            "{message}"
+        );
+    }
+    assert_eq!(keys_under(&h).await, before);
+    assert_eq!(snapshot(&mut conn).await, stored);
+    held.release().await?;
+    Ok(())
+}
+
+/// Shared and counted keys used every way (holders, a waiting writer's
+/// claim, queued readers and permit takers let in by turns, waiters that
+/// gave up) leave only their fence counters once released, within the
+/// retention; with a short retention, nothing at all soon after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn released_shared_and_counted_keys_leave_only_fence_counters() -> anyhow::Result<()> {
+    let server = own_server(&[]);
+    let retention = Duration::from_secs(2);
+    let build = async || {
+        RedisBackend::builder(redis::Client::open(server.url()).expect("client"))
+            .fence_retention(retention)
+            .build()
+            .await
+            .expect("backend")
+    };
+    let lockers = [
+        Locker::new(build().await),
+        Locker::new(build().await),
+        Locker::new(build().await),
+    ];
+    let ttl = Duration::from_secs(30);
+    for key in ["shared", "counted"] {
+        let take = |locker: Locker| async move {
+            if key == "shared" {
+                locker.acquire_shared(key, ttl).await
+            } else {
+                locker.acquire_permit(key, 2, ttl).await
+            }
+        };
+        let held = [
+            take(lockers[0].clone()).await?,
+            take(lockers[0].clone()).await?,
+        ];
+        // A writer that waits, then gives up: its claim and queue entry.
+        let writer = lockers[1].acquire_timeout(key, ttl, Duration::from_millis(200));
+        assert!(matches!(writer.await, Err(LockError::Busy { .. })));
+        // A writer holding, with readers or permit takers queued behind it.
+        for guard in held {
+            guard.release().await?;
+        }
+        let exclusive = lockers[1].acquire(key, ttl).await?;
+        let waiters: Vec<_> = (0..4)
+            .map(|i| {
+                let taking = take(lockers[i % 3].clone());
+                tokio::spawn(async move {
+                    let guard = taking.await?;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    guard.release().await
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // And one that gives up while queued.
+        let quitter = tokio::time::timeout(Duration::from_millis(50), take(lockers[2].clone()));
+        assert!(quitter.await.is_err());
+        exclusive.release().await?;
+        for waiter in waiters {
+            tokio::time::timeout(Duration::from_secs(5), waiter).await???;
+        }
+    }
+    let backend = build().await;
+    // Claims last 1 s and turns 250 ms: after them, only counters are left.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let left: Vec<String> = scan_keys(&server.url(), &backend.key_pattern())
+        .await
+        .into_iter()
+        .map(|key| String::from_utf8_lossy(&key).into_owned())
+        .collect();
+    assert!(
+        left.iter().all(|key| key.ends_with(":fence")),
+        "left behind: {left:?}"
+    );
+    assert_eq!(left.len(), 2, "{left:?}");
+    let deadline = Instant::now() + retention + Duration::from_secs(5);
+    loop {
+        let all: Vec<String> = redis::cmd("KEYS")
+            .arg("*")
+            .query_async(&mut admin(&server.url()).await)
+            .await?;
+        if all.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "left after the retention: {all:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+const CHILD_ENV: &str = "TOWER_LOCK_REDIS_HOLDER_CHILD";
+
+/// The other side of the crash test; does nothing unless started by it.
+/// It takes a shared lease or a permit (as its spec says), says so, and
+/// then waits to be killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "run as a child process by the crash test"]
+async fn holder_process() {
+    let Ok(spec) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    let mut parts = spec.lines();
+    let (url, prefix, key, kind) = (
+        parts.next().expect("url"),
+        parts.next().expect("prefix"),
+        parts.next().expect("key"),
+        parts.next().expect("kind"),
+    );
+    let ttl = Duration::from_millis(parts.next().expect("ttl").parse().expect("ms"));
+    let backend = RedisBackend::builder(redis::Client::open(url).expect("url"))
+        .prefix(prefix)
+        .build()
+        .await
+        .expect("backend");
+    let locker = Locker::new(backend).auto_renew(true);
+    let guard = if kind == "shared" {
+        locker.acquire_shared(key, ttl).await
+    } else {
+        locker.acquire_permit(key, 2, ttl).await
+    }
+    .expect("acquire");
+    println!("{}HOLDING {}", support::child::MARK, guard.fence());
+    std::future::pending::<()>().await;
+}
+
+/// A process SIGKILLed while it holds a shared lease, and one killed
+/// holding a permit, free their places once their ttl has run out: a writer
+/// waiting behind the reader, and a permit taker waiting for the permit,
+/// get in then, not before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_shared_and_counted_holders_free_their_place_after_the_ttl() -> anyhow::Result<()> {
+    use support::child::ChildProcess;
+    let h = harness();
+    let ttl = Duration::from_millis(1500);
+    let start = |key: &str, kind: &str| {
+        let spec = format!(
+            "{}\n{}\n{key}\n{kind}\n{}",
+            SERVER.url(),
+            h.prefix,
+            ttl.as_millis()
+        );
+        ChildProcess::start("holder_process", CHILD_ENV, spec)
+    };
+    let (reader, permit) = (start("crash-shared", "shared"), start("crash-permit", "permit"));
+    reader.expect_line("HOLDING");
+    permit.expect_line("HOLDING");
+    let here = Locker::new(h.backend().await);
+    let ttl_here = Duration::from_secs(30);
+    // The other permit of two is held here: the child's is the last.
+    let mine = here.acquire_permit("crash-permit", 2, ttl_here).await?;
+    // Renewed, the child's leases outlive their ttl while it lives.
+    tokio::time::sleep(ttl * 2).await;
+    assert!(here.try_lock("crash-shared", ttl_here).await?.is_none());
+    assert!(
+        here.try_lock_permit("crash-permit", 2, ttl_here)
+            .await?
+            .is_none()
+    );
+    support::signal(reader.pid(), "KILL");
+    support::signal(permit.pid(), "KILL");
+    let killed = Instant::now();
+    let (writer, taker) = (
+        Locker::new(h.backend().await),
+        Locker::new(h.backend().await),
+    );
+    let (written, taken) = tokio::join!(
+        tokio::time::timeout(ttl * 3, writer.acquire("crash-shared", ttl_here)),
+        tokio::time::timeout(ttl * 3, taker.acquire_permit("crash-permit", 2, ttl_here)),
+    );
+    let took = killed.elapsed();
+    let (written, taken) = (written??, taken??);
+    // The last renewal came at most a ttl before the kill, and at most a
+    // third of one (the renewal interval) before it: so neither place was
+    // freed by the kill itself, and both were within the ttl and a bound.
+    assert!(took >= ttl / 2, "freed {took:?} after the kill");
+    assert!(took <= ttl + Duration::from_secs(2), "took {took:?}");
+    for guard in [written, taken, mine] {
+        guard.release().await?;
+    }
+    drop((reader, permit));
+    Ok(())
+}

@@ -79,3 +79,90 @@ async fn wake_ups_cross_nodes_and_locks_share_a_slot_with_their_fence() -> anyho
     assert_eq!(slots_seen.len(), 3, "the keys must cover every master");
     Ok(())
 }
+
+/// All the state of a key held shared or counted (the lock, its holders,
+/// their fences, the fence counter, a waiting writer's queue entry and
+/// claim, turns) lives in the key's one slot, on one node, for keys spread
+/// over every master: a script touching two slots would fail with
+/// CROSSSLOT, and the scan finds each key's state on a single node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_and_counted_state_of_a_key_lives_in_its_slot() -> anyhow::Result<()> {
+    use std::{collections::HashMap, time::Duration};
+    let h = harness();
+    let backend = h.backend().await;
+    let (a, b, writer) = (
+        Locker::new(backend.clone()),
+        Locker::new(h.backend().await),
+        Locker::new(h.backend().await),
+    );
+    let ttl = Duration::from_secs(30);
+    let mut held = Vec::new();
+    let mut waiting = Vec::new();
+    let keys: Vec<String> = (0..12).map(|i| format!("slot {i} {{{i}}}")).collect();
+    for (i, key) in keys.iter().enumerate() {
+        if i % 2 == 0 {
+            held.push(a.acquire_shared(key, ttl).await?);
+            held.push(b.acquire_shared(key, ttl).await?);
+        } else {
+            held.push(a.acquire_permit(key, 2, ttl).await?);
+            held.push(b.acquire_permit(key, 2, ttl).await?);
+        }
+        let (writer, key) = (writer.clone(), key.clone());
+        waiting.push(tokio::spawn(async move { writer.acquire(&key, ttl).await }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Which node holds each Redis key, and in which slot.
+    let mut found: HashMap<String, Vec<(String, String, u16)>> = HashMap::new();
+    for url in CLUSTER.urls() {
+        let mut conn = redis::Client::open(url.as_str())?
+            .get_multiplexed_async_connection()
+            .await?;
+        for raw in redis_support::scan_keys(&url, &backend.key_pattern()).await {
+            let name = String::from_utf8_lossy(&raw).into_owned();
+            let slot: u16 = redis::cmd("CLUSTER")
+                .arg("KEYSLOT")
+                .arg(&name)
+                .query_async(&mut conn)
+                .await?;
+            let lock = match name.rfind('}') {
+                Some(end) => name[..=end].to_owned(),
+                None => name.clone(),
+            };
+            found
+                .entry(lock)
+                .or_default()
+                .push((name, url.clone(), slot));
+        }
+    }
+    let mut nodes = std::collections::HashSet::new();
+    for key in &keys {
+        let lock = backend.redis_key(key);
+        let parts = found.remove(&lock).unwrap_or_default();
+        let suffixes: std::collections::BTreeSet<String> = parts
+            .iter()
+            .map(|(name, ..)| name[lock.len()..].to_owned())
+            .collect();
+        for suffix in ["", ":fence", ":queue", ":claim", ":holders", ":fences"] {
+            assert!(suffixes.contains(suffix), "{key:?}: {suffixes:?}");
+        }
+        let (_, node, slot) = &parts[0];
+        assert!(
+            parts.iter().all(|(_, n, s)| n == node && s == slot),
+            "{key:?} is spread: {parts:?}"
+        );
+        nodes.insert(node.clone());
+    }
+    assert!(found.is_empty(), "keys of no lock: {found:?}");
+    assert_eq!(nodes.len(), 3, "the keys must cover every master");
+    for guard in held {
+        guard.release().await?;
+    }
+    for task in waiting {
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await??
+            .map_err(anyhow::Error::from)?
+            .release()
+            .await?;
+    }
+    Ok(())
+}
