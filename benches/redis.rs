@@ -6,6 +6,8 @@
 //!   same two commands, `SET NX PX` then the release script by `EVALSHA`,
 //!   sent directly with redis-rs on a `ConnectionManager`), vs `rslock`.
 //! - `round_trip`: a `PING` on the same connection type, for scale.
+//! - `shared`: uncontended shared acquire + release and a permit's (of 4),
+//!   beside the exclusive acquire + release, through `Locker`.
 //!
 //! Then a summary, printed after criterion's output:
 //! - wake-up: median time from a holder's release to a waiter's acquisition
@@ -15,9 +17,12 @@
 //!   the same harness: acquisitions per second, Jain's fairness index over
 //!   the 16 tasks, Redis commands per acquisition (`INFO stats`) and the
 //!   server's own CPU time per acquisition (`INFO cpu`, user + system);
-//! - requests: the contention runs again, watched by `redis-cli monitor`,
-//!   which tells the commands clients send from those their scripts run
-//!   (`INFO stats` counts both).
+//! - permit contention: 16 tasks over 4 Lockers taking one of 4 permits of
+//!   one key, 1 ms sections, vs 4 × one task alone (the most 4 permits
+//!   allow): acquisitions per second and Jain's index over the 16 tasks;
+//! - requests: the contention runs again (exclusive and permits), watched
+//!   by `redis-cli monitor`, which tells the commands clients send from
+//!   those their scripts run (`INFO stats` counts both).
 //!
 //! Run: `cargo bench --features redis --bench redis -- --warm-up-time 1 --measurement-time 3`
 
@@ -40,6 +45,8 @@ use tokio::runtime::Runtime;
 use tower_lock::{Locker, backend::Token, redis::RedisBackend};
 
 const TTL: Duration = Duration::from_secs(10);
+/// The permits of the counted benches.
+const PERMITS: u32 = 4;
 /// The release script of `src/redis/scripts.rs`, for the floor.
 const RELEASE: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -166,6 +173,72 @@ fn uncontended(c: &mut Criterion, rt: &Runtime, url: &str) {
         .await;
     });
 
+    let mut group = c.benchmark_group("shared");
+    group.bench_function("exclusive_acquire_release", |b| {
+        b.to_async(rt).iter(|| async {
+            let guard = locker.acquire("kinds", TTL).await.expect("acquire");
+            guard.release().await.expect("release");
+        })
+    });
+    group.bench_function("shared_acquire_release", |b| {
+        b.to_async(rt).iter(|| async {
+            let guard = locker.acquire_shared("kinds", TTL).await.expect("shared");
+            guard.release().await.expect("release");
+        })
+    });
+    group.bench_function("permit_acquire_release", |b| {
+        b.to_async(rt).iter(|| async {
+            let guard = locker
+                .acquire_permit("kinds", PERMITS, TTL)
+                .await
+                .expect("permit");
+            guard.release().await.expect("release");
+        })
+    });
+    group.finish();
+
+    rt.block_on(async {
+        let locker = &locker;
+        interleave::compare(
+            "Redis uncontended acquire+release by kind",
+            30,
+            40,
+            &mut [
+                (
+                    "exclusive",
+                    Box::new(move || {
+                        Box::pin(async move {
+                            let guard = locker.acquire("kinds", TTL).await.expect("acquire");
+                            guard.release().await.expect("release");
+                        })
+                    }),
+                ),
+                (
+                    "shared",
+                    Box::new(move || {
+                        Box::pin(async move {
+                            let guard = locker.acquire_shared("kinds", TTL).await.expect("shared");
+                            guard.release().await.expect("release");
+                        })
+                    }),
+                ),
+                (
+                    "one of 4 permits",
+                    Box::new(move || {
+                        Box::pin(async move {
+                            let guard = locker
+                                .acquire_permit("kinds", PERMITS, TTL)
+                                .await
+                                .expect("permit");
+                            guard.release().await.expect("release");
+                        })
+                    }),
+                ),
+            ],
+        )
+        .await;
+    });
+
     let mut group = c.benchmark_group("round_trip");
     group.bench_function("ping", |b| {
         b.to_async(rt).iter(|| async {
@@ -211,6 +284,13 @@ async fn summary(url: &str, port: u16) {
     serial.print("tower-lock, 1 task alone (serial limit)", None);
     let ours = contention(url, Contender::Locker, 16, 4).await;
     ours.print("tower-lock, 16 tasks / 4 Lockers", Some(serial.rate()));
+    let permit_serial = contention(url, Contender::Permits, 1, 1).await;
+    permit_serial.print("tower-lock permit of 4, 1 task alone (serial limit)", None);
+    let permits = contention(url, Contender::Permits, 16, 4).await;
+    permits.print(
+        "tower-lock permits of 4, 16 tasks / 4 Lockers (vs 4x serial)",
+        Some(permit_serial.rate() * f64::from(PERMITS)),
+    );
     let rslock_serial = contention(url, Contender::Rslock, 1, 1).await;
     rslock_serial.print("rslock, 1 task alone", None);
     let rslock = contention(url, Contender::Rslock, 16, 4).await;
@@ -221,6 +301,7 @@ async fn summary(url: &str, port: u16) {
     // The same runs again, watched.
     for (name, contender) in [
         ("tower-lock", Contender::Locker),
+        ("tower-lock permits of 4", Contender::Permits),
         ("rslock", Contender::Rslock),
     ] {
         let monitor = Monitor::start(port).await;
@@ -386,9 +467,11 @@ async fn ping(conn: &mut ConnectionManager) -> Duration {
     start.elapsed()
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Contender {
     Locker,
+    /// `Locker::acquire_permit` with `PERMITS`.
+    Permits,
     Rslock,
 }
 
@@ -430,6 +513,24 @@ impl Outcome {
             self.cpu.as_secs_f64() * 1e6 / self.total().max(1) as f64,
         );
     }
+}
+
+/// This process's CPU time so far, user + system (`/proc/self/stat`, in
+/// clock ticks of 10 ms).
+fn client_cpu() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // The fields after the command name, which is in parentheses.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|t| t.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // utime and stime are fields 14 and 15: 12 and 13 after the name.
+    Duration::from_millis((ticks(11) + ticks(12)) * 10)
 }
 
 /// Calls per command name, from `INFO commandstats`.
@@ -488,7 +589,7 @@ async fn contention(url: &str, contender: Contender, tasks: usize, owners: usize
     let mut managers = Vec::new();
     for _ in 0..owners {
         match contender {
-            Contender::Locker => lockers.push(Locker::new(
+            Contender::Locker | Contender::Permits => lockers.push(Locker::new(
                 RedisBackend::from_url(url).await.expect("backend"),
             )),
             Contender::Rslock => managers.push(rslock::LockManager::new(vec![url.to_owned()])),
@@ -498,6 +599,7 @@ async fn contention(url: &str, contender: Contender, tasks: usize, owners: usize
     let calls_before = command_calls(&mut admin).await;
     let before = commands_processed(&mut admin).await;
     let cpu_before = server_cpu(&mut admin).await;
+    let client_before = client_cpu();
     let start = Instant::now();
     let handles: Vec<_> = (0..tasks)
         .map(|i| {
@@ -508,7 +610,12 @@ async fn contention(url: &str, contender: Contender, tasks: usize, owners: usize
                 let mut count = 0u64;
                 while !stop.load(Ordering::Relaxed) {
                     if let Some(locker) = &locker {
-                        let guard = locker.acquire(&key, TTL).await.expect("acquire");
+                        let guard = if contender == Contender::Permits {
+                            locker.acquire_permit(&key, PERMITS, TTL).await
+                        } else {
+                            locker.acquire(&key, TTL).await
+                        }
+                        .expect("acquire");
                         tokio::time::sleep(Duration::from_millis(1)).await;
                         guard.release().await.expect("release");
                     } else if let Some(manager) = &manager {
@@ -529,6 +636,7 @@ async fn contention(url: &str, contender: Contender, tasks: usize, owners: usize
         counts.push(handle.await.expect("task"));
     }
     let elapsed = start.elapsed();
+    let client = client_cpu().saturating_sub(client_before);
     let cpu = server_cpu(&mut admin).await.saturating_sub(cpu_before);
     // Minus the three INFOs since `before` (it, and the two CPU readings).
     let commands = commands_processed(&mut admin).await - before - 3;
@@ -542,7 +650,12 @@ async fn contention(url: &str, contender: Contender, tasks: usize, owners: usize
             (new > 0).then(|| format!("{name} {:.2}", new as f64 / total.max(1) as f64))
         })
         .collect();
-    println!("  per acquisition: {}", breakdown.join(", "));
+    println!(
+        "  per acquisition: {}; bench process CPU {:.1} µs (of {:.2} cores over the run)",
+        breakdown.join(", "),
+        client.as_secs_f64() * 1e6 / total.max(1) as f64,
+        client.as_secs_f64() / elapsed.as_secs_f64(),
+    );
     Outcome {
         counts,
         elapsed,

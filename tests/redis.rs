@@ -857,8 +857,8 @@ async fn a_shared_release_wakes_nobody_until_the_last_reader_leaves() -> anyhow:
 /// with one message each, but not the reader queued behind the next
 /// writer: it comes after that writer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_writer_hands_the_key_to_every_reader_queued_before_the_next_writer()
--> anyhow::Result<()> {
+async fn a_writer_hands_the_key_to_every_reader_queued_before_the_next_writer() -> anyhow::Result<()>
+{
     let h = harness();
     let ttl = Duration::from_secs(30);
     let holder = Locker::new(h.backend().await);
@@ -909,7 +909,10 @@ async fn a_writer_hands_the_key_to_every_reader_queued_before_the_next_writer()
     woken.sort();
     let mut readers = channels[..3].to_vec();
     readers.sort();
-    assert_eq!(woken, readers, "one message to each reader ahead of the writer");
+    assert_eq!(
+        woken, readers,
+        "one message to each reader ahead of the writer"
+    );
     assert_eq!(most.load(std::sync::atomic::Ordering::SeqCst), 3);
     let _ = go.send(());
     for task in tasks {
@@ -976,7 +979,10 @@ async fn holder_reports_exclusive_leases_only() -> anyhow::Result<()> {
     assert_eq!(backend.holder("holder").await?, None);
     permit.release().await?;
     let exclusive = locker.acquire("holder", ttl).await?;
-    let holding = backend.holder("holder").await?.expect("an exclusive holder");
+    let holding = backend
+        .holder("holder")
+        .await?
+        .expect("an exclusive holder");
     assert_eq!(holding.fence, exclusive.fence());
     exclusive.release().await?;
     Ok(())
@@ -1124,7 +1130,10 @@ async fn released_shared_and_counted_keys_leave_only_fence_counters() -> anyhow:
         if all.is_empty() {
             break;
         }
-        assert!(Instant::now() < deadline, "left after the retention: {all:?}");
+        assert!(
+            Instant::now() < deadline,
+            "left after the retention: {all:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     Ok(())
@@ -1183,7 +1192,10 @@ async fn killed_shared_and_counted_holders_free_their_place_after_the_ttl() -> a
         );
         ChildProcess::start("holder_process", CHILD_ENV, spec)
     };
-    let (reader, permit) = (start("crash-shared", "shared"), start("crash-permit", "permit"));
+    let (reader, permit) = (
+        start("crash-shared", "shared"),
+        start("crash-permit", "permit"),
+    );
     reader.expect_line("HOLDING");
     permit.expect_line("HOLDING");
     let here = Locker::new(h.backend().await);

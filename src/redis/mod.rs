@@ -180,7 +180,7 @@ pub use self::client::RedisClient;
 use self::{
     client::Conn,
     keys::KeySpace,
-    notify::{Listener, Notifier},
+    notify::{Handover, Listener, Notifier},
 };
 use crate::{
     LockError,
@@ -219,6 +219,15 @@ struct Inner {
 }
 
 impl Inner {
+    /// Wakes the next waiter of this backend's locker on `key` when it
+    /// subscribes, a moment after its head returns with the lease just
+    /// granted: one more lease of the key's kind is free for it.
+    fn wake_next(&self, key: &str) {
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(self.store.handover.hold(key));
+        }
+    }
+
     /// Takes this backend out of `key`'s queue, in the background, unless
     /// another of its waiters still waits for the key.
     fn withdraw(&self, key: String) {
@@ -253,6 +262,8 @@ struct Store {
     /// Noticed when the wake-up connection comes back: the server may have
     /// restarted, or failed over, without the keys.
     loss: Arc<StateLoss>,
+    /// Wake-ups held for the next waiter to subscribe to a key.
+    handover: Arc<Handover>,
 }
 
 impl Store {
@@ -301,9 +312,7 @@ impl Store {
                 self.invocation(&scripts::RELEASE_SHARED, key)
             }
         };
-        invocation
-            .arg(lease.token.to_string())
-            .arg(&self.changed);
+        invocation.arg(lease.token.to_string()).arg(&self.changed);
         let reply: Vec<redis::Value> = self.run(&invocation).await?;
         let (others_hold, handed_to) = match reply.split_first() {
             Some((redis::Value::Int(1), handed_to)) => (false, handed_to),
@@ -349,8 +358,7 @@ impl Released {
     /// Whether waiters of the backend `id` may now take the key: it is their
     /// turn, or the key was freed with nobody queued.
     fn frees_for(&self, id: &str) -> bool {
-        self.handed_to.iter().any(|to| to == id)
-            || (self.handed_to.is_empty() && !self.others_hold)
+        self.handed_to.iter().any(|to| to == id) || (self.handed_to.is_empty() && !self.others_hold)
     }
 }
 
@@ -579,6 +587,7 @@ impl RedisBackendBuilder {
             id,
             retention: millis(self.retention),
             loss: Arc::default(),
+            handover: Arc::default(),
         };
         let registry = WakeRegistry::default();
         let notifier = Notifier::start(Listener {
@@ -728,7 +737,22 @@ impl Backend for RedisBackend {
             LeaseKind::Shared => invocation.arg("s").arg(0),
             LeaseKind::Counted { permits } => invocation.arg("c").arg(permits),
         };
-        let (outcome, value): (i64, i64) = store.run(&invocation).await?;
+        let reply: Vec<i64> = store.run(&invocation).await?;
+        let (outcome, value) = match reply[..] {
+            [outcome, value, ..] => (outcome, value),
+            _ => (0, -1),
+        };
+        if outcome == 1 {
+            // Any turn this backend had on the key went to this grant (an
+            // exclusive grant leaves none; a shared or counted one says), so
+            // no later waiter here is to be woken for it.
+            if request.kind == LeaseKind::Exclusive || reply.get(3) == Some(&1) {
+                store.handover.cancel(request.key);
+            }
+            if reply.get(2) == Some(&1) {
+                self.inner.wake_next(request.key);
+            }
+        }
         // Negative PTTL: the holder's key has no expiry (set by hand).
         let remaining = u64::try_from(value).ok().map(Duration::from_millis);
         Ok(match outcome {
@@ -792,6 +816,9 @@ impl Backend for RedisBackend {
     async fn subscribe(&self, key: &str) -> Result<Subscription, LockError> {
         let (inner, gone) = (self.inner.clone(), key.to_owned());
         let subscription = self.inner.registry.subscribe(key);
+        if self.inner.store.handover.claim(key) {
+            self.inner.registry.notify(key);
+        }
         Ok(subscription.on_give_up(move || inner.withdraw(gone)))
     }
 

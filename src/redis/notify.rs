@@ -11,7 +11,15 @@
 //! connect) also counts as a possible loss of the server's state: the
 //! server may have restarted, or failed over, without the keys.
 
-use std::time::Duration;
+use std::{
+    collections::HashMap,
+    future::Future,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use futures_util::StreamExt;
 use redis::aio::ConnectionLike;
@@ -27,7 +35,7 @@ const RECONNECT_MAX: Duration = Duration::from_secs(2);
 const PING_EVERY: Duration = Duration::from_secs(15);
 /// How long a turn for a key nobody here watches waits for a waiter to
 /// subscribe before it is passed on.
-const TURN_PICKUP: Duration = Duration::from_millis(20);
+pub(super) const TURN_PICKUP: Duration = Duration::from_millis(20);
 
 /// The listening task; stopped when dropped.
 #[derive(Debug)]
@@ -173,26 +181,82 @@ impl Listener {
         let Some(key) = self.store.keys.user_key(payload) else {
             return;
         };
-        if channel != self.store.channel || self.registry.is_watched(&key) {
+        if channel != self.store.channel {
             self.registry.notify(&key);
             return;
         }
         // Messages are read on the runtime the backend was built on.
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.registry.notify(&key);
             return;
         };
-        // The next waiter of a locker whose head just took its previous
-        // turn subscribes a moment after that head returned: give it that
+        // The turn is also held for the next waiter to subscribe: the one
+        // watching may be a head returning with a lease it got otherwise (a
+        // free permit), and the next of its locker subscribes a moment
+        // later. A grant that takes the turn drops what is held.
+        let (store, claimed) = (self.store.clone(), self.store.handover.hold(&key));
+        if self.registry.is_watched(&key) {
+            self.registry.notify(&key);
+            runtime.spawn(claimed);
+            return;
+        }
+        // Nobody here waits for the key just now: give the next waiter that
         // moment before passing the turn on.
-        let (registry, store) = (self.registry.clone(), self.store.clone());
         runtime.clone().spawn(async move {
-            tokio::time::sleep(TURN_PICKUP).await;
-            if registry.is_watched(&key) {
-                registry.notify(&key);
-            } else {
+            if !claimed.await {
                 store.withdraw(&runtime, key);
             }
         });
+    }
+}
+
+/// Wake-ups held for the next waiter to subscribe to a key.
+///
+/// The next waiter of a locker subscribes a moment after its head returned
+/// with a lease, and a waiter misses a wake-up sent before it subscribed:
+/// so a turn that comes for this backend, or room for one more shared or
+/// counted lease that the head's grant leaves, is held here until a waiter
+/// subscribes (and claims it), for [`TURN_PICKUP`] at most, or until a
+/// grant takes the turn.
+#[derive(Debug, Default)]
+pub(crate) struct Handover {
+    /// Keys with a wake-up held, with the ticket of the latest.
+    held: Arc<Mutex<HashMap<String, u64>>>,
+    next: AtomicU64,
+}
+
+impl Handover {
+    /// Holds a wake-up for the next subscriber of `key`, at once; the
+    /// returned future waits [`TURN_PICKUP`] for it to be claimed, and says
+    /// whether it was.
+    pub(crate) fn hold(&self, key: &str) -> impl Future<Output = bool> + Send + 'static + use<> {
+        let ticket = self.next.fetch_add(1, Ordering::Relaxed);
+        crate::sync::lock(&self.held).insert(key.to_owned(), ticket);
+        let (held, key) = (Arc::clone(&self.held), key.to_owned());
+        async move {
+            tokio::time::sleep(TURN_PICKUP).await;
+            let mut held = crate::sync::lock(&held);
+            // Claimed, or held again since (that one's own wait decides).
+            if held.get(&key) != Some(&ticket) {
+                return true;
+            }
+            held.remove(&key);
+            false
+        }
+    }
+
+    /// Drops the wake-up held for `key`: a grant took the turn it was for.
+    pub(crate) fn cancel(&self, key: &str) {
+        let held = &mut *crate::sync::lock(&self.held);
+        if !held.is_empty() {
+            held.remove(key);
+        }
+    }
+
+    /// Claims the wake-up held for `key`, if there is one.
+    pub(crate) fn claim(&self, key: &str) -> bool {
+        let held = &mut *crate::sync::lock(&self.held);
+        !held.is_empty() && held.remove(key).is_some()
     }
 }
 

@@ -286,8 +286,10 @@ return {0, pttl}
 /// A shared or counted try. `ARGV[6]` token, `ARGV[7]` ttl in ms,
 /// `ARGV[8]` `1` when the caller will wait, `ARGV[9]` `1` when others of
 /// the caller's process wait behind it, `ARGV[10]` `s` (shared) or `c`
-/// (counted), `ARGV[11]` the permits of a counted try. Returns `{1, fence}`
-/// when taken, `{0, ms}` when busy, `{2, ms}` when busy and queued (`ms`:
+/// (counted), `ARGV[11]` the permits of a counted try. Returns `{1, fence,
+/// wake, took}` when taken (`wake` is 1 when the next waiter of the
+/// caller's process may come in at once, see below; `took` is 1 when the
+/// grant took a turn given to the caller's backend), `{0, ms}` when busy, `{2, ms}` when busy and queued (`ms`:
 /// until the holder's lease, or the claim, or for permits the earliest
 /// lease or turn, ends; -1 for a holder's key with no expiry), and `{3,
 /// n}` when the key's counted holders took it with `n` permits, not
@@ -300,10 +302,11 @@ return {0, pttl}
 /// turn for the caller's backend. The caller's own live token is granted
 /// again with its fence. Fences come from the same counter and clock as
 /// exclusive ones. A grant lets in the queue's leading run of waiters of
-/// its kind too (as many as permits allow), and a grant with others of the
-/// caller's process behind it wakes them at once (over its own turn
-/// channel) when one more could join, or keeps its place at the tail of
-/// the queue when none could (or a writer claims the key).
+/// its kind too (as many as permits allow, leaving one for the caller's
+/// next waiter), and a grant with others of the caller's process behind it
+/// has the backend wake the next of them at once when one more could join,
+/// or keeps its place at the tail of the queue when none could (or a writer
+/// claims the key, and the next of them comes after that writer).
 pub(crate) static ACQUIRE_SHARED: LazyLock<Script> = LazyLock::new(|| {
     Script::new(with_base!(
         lib!(),
@@ -402,22 +405,27 @@ local room = math.huge
 if kind == 'c' then
   room = permits - used()
 end
+local wake_next = 0
 if behind then
   redis.call('LREM', queue, 0, entry)
   if claimed > 0 or room <= 0 then
     redis.call('RPUSH', queue, entry)
     redis.call('PEXPIRE', queue, int(ttl + retention))
   else
-    redis.pcall('PUBLISH', turn_prefix .. me, lock)
+    wake_next = 1
   end
 elseif waiting then
   redis.call('LREM', queue, 0, entry)
 end
 if room > 0 then
-  admit(now, kind, permits, room)
+  admit(now, kind, permits, room - wake_next)
 end
 keep_until(last_end())
-return {1, fence}
+local took_turn = 0
+if entitled then
+  took_turn = 1
+end
+return {1, fence, wake_next, took_turn}
 "
     ))
 });
