@@ -54,6 +54,48 @@
 //!   (redis-rs's `ConnectionManager`; the cluster connection; the Sentinel
 //!   master, looked up again after a failover) and the pub/sub connection.
 //!
+//! # Shared and counted locks
+//!
+//! [`LeaseKind::Shared`] and [`LeaseKind::Counted`] leases keep all of a
+//! key's state in its Cluster slot, and every expiry on the server's clock
+//! (`TIME`, `PEXPIREAT`), never the client's:
+//!
+//! - **Stored**: the lock `lock:{K}` holds a marker, `shared` or
+//!   `permits:<n>` (the count the first holder took it with), instead of a
+//!   token, so an exclusive try sees a busy key in its one `GET` as before.
+//!   The holders are a sorted set `lock:{K}:holders` of tokens by the end of
+//!   their lease (server ms), with their fences in a hash
+//!   `lock:{K}:fences`. The marker and both sets expire exactly when the
+//!   last lease does, so a crashed holder frees its place after its ttl:
+//!   the next script on the key drops every lease that has ended. Each
+//!   acquire, release and extend is one script (one request), like the
+//!   exclusive ones; fences come from the same counter and clock, so they
+//!   increase over every kind. A retry with a live holder's own token is
+//!   granted again with its fence.
+//! - **Writers are not starved**: a waiting exclusive try refused by any
+//!   holder sets `lock:{K}:claim` for one second (each refused try renews
+//!   it; an exclusive grant deletes it). While it lives, new shared and
+//!   counted tries are refused, except those whose backend was given a
+//!   turn (below): they queued ahead of that writer.
+//! - **Woken**: shared and counted waiters join the same queue as exclusive
+//!   ones, as `<backend>:s` or `<backend>:c:<n>`. The release of a shared
+//!   lease that leaves other holders wakes nobody; the last one hands the
+//!   key to the head of the queue as an exclusive release does. When that
+//!   head is a shared waiter, it and every shared entry behind it up to the
+//!   next writer get a turn at once (a place in `lock:{K}:turns` for the
+//!   250 ms grace, and one message each on their backend's turn channel),
+//!   so all the readers queued before a writer get in together and those
+//!   behind it wait for it. A released permit gives a turn to the next
+//!   queued counted waiter only, and a turn keeps its permit for it. A
+//!   grant whose locker has more waiters behind it lets the next of them
+//!   in at once when one more lease of the kind is free.
+//! - **Refused**: a counted request whose count differs from the marker's,
+//!   while the key has holders, gets [`LockError::PermitsMismatch`] and
+//!   changes nothing (the caller's own queue entry aside). Another kind of
+//!   holder is simply busy.
+//! - **[`Backend::holder`]** reports exclusive holders only: for a key held
+//!   shared or counted it returns `None`, as for a free key.
+//!
 //! # Keys
 //!
 //! Locks live under a prefix (`lock:` unless set with
@@ -61,7 +103,8 @@
 //! can never name an unrelated Redis key. The key `K` is stored as
 //! `lock:{K}`, with `%`, `{`, `}` and control characters percent-encoded
 //! inside the braces, so any key works, and `{K}` is the Cluster hash tag
-//! that puts the lock, its fence counter and its queue in one slot.
+//! that puts the lock, its fence counter, its queue, a writer's claim and
+//! the holders of shared and counted leases in one slot.
 //!
 //! Requires Redis 6.2 or later (`LPOS`; scripts replicate their effects,
 //! which lets them read `TIME`).
@@ -99,11 +142,14 @@
 //! and 72 bytes for `lock:{tenant-12345}` (Redis 7.0), growing with the
 //! key's length, plus an entry each in Redis's table of expiries. While
 //! backends wait there is also a queue (about 200 bytes with one backend,
-//! about 50 more for each further one). Nothing
-//! outlives the key's last lease or waiter by more than the retention: the
-//! counter expires as above, the queue expires with the holder's lease plus
-//! the retention after its last join (Redis also drops a list when its
-//! last entry is popped), and a turn reservation lasts 250 ms. So
+//! about 50 more for each further one). A key held shared or counted has a
+//! marker (88 bytes) and its holders and their fences (a sorted set and a
+//! hash: 136 bytes each with one holder, 50 more each for every further
+//! one), and a waiting writer adds its claim (120 bytes). Nothing outlives the key's last lease or waiter by more than the
+//! retention: the counter expires as above, the queue expires with the
+//! holder's lease plus the retention after its last join (Redis also drops
+//! a list when its last entry is popped), the holders expire with the last
+//! lease, a turn reservation lasts 250 ms and a claim one second. So
 //! request-chosen keys cannot grow Redis without bound.
 //!
 //! # Configuration that is refused
@@ -433,7 +479,9 @@ impl RedisBackend {
     }
 
     /// The Redis key that holds the lock on `key` (its fence counter is this
-    /// plus `:fence`): for inspecting locks with other tools.
+    /// plus `:fence`, its queue `:queue`; a shared or counted key's holders
+    /// are `:holders`, see the [module docs](self#shared-and-counted-locks)):
+    /// for inspecting locks with other tools.
     ///
     /// ```no_run
     /// # async fn run() -> Result<(), tower_lock::LockError> {
@@ -445,15 +493,15 @@ impl RedisBackend {
         self.inner.store.keys.lock_key(key)
     }
 
-    /// Whether `redis_key` names a lock (not a fence counter) of this
-    /// backend's prefix.
+    /// Whether `redis_key` names a lock (not a fence counter, queue, claim
+    /// or holders) of this backend's prefix.
     pub fn is_lock_key(&self, redis_key: &[u8]) -> bool {
         self.inner.store.keys.is_lock_key(redis_key)
     }
 
-    /// A `SCAN MATCH` pattern covering every key this backend writes (locks
-    /// and fence counters); tell them apart with
-    /// [`is_lock_key`](Self::is_lock_key).
+    /// A `SCAN MATCH` pattern covering every key this backend writes (locks,
+    /// fence counters, queues, claims and holders); tell locks from the
+    /// rest with [`is_lock_key`](Self::is_lock_key).
     pub fn key_pattern(&self) -> String {
         self.inner.store.keys.scan_pattern()
     }
