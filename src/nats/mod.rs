@@ -140,6 +140,8 @@
 mod bucket;
 mod fence;
 mod key;
+mod kinds;
+mod leader;
 mod lease;
 mod watch;
 
@@ -166,12 +168,15 @@ use tokio::time::Instant;
 
 use self::{
     fence::Fences,
+    kinds::{Claims, Holder},
+    leader::Leader,
     lease::{LeaseValue, SeenKeys, Verdict},
 };
 use crate::{
     LockError,
     backend::{
-        AcquireRequest, Attempt, Backend, Holding, Lease, Subscription, Token, WakeRegistry,
+        AcquireRequest, Attempt, Backend, Holding, Lease, LeaseKind, Subscription, Token,
+        WakeRegistry,
     },
 };
 
@@ -215,6 +220,10 @@ struct Inner {
     max_age: Option<Duration>,
     wakeups: WakeRegistry,
     seen: Arc<SeenKeys>,
+    /// Reads the stream leader answers, for the checks between kinds.
+    leader: Leader,
+    /// The claims of this backend's waiting writers.
+    claims: Claims,
     watch: tokio::task::JoinHandle<()>,
 }
 
@@ -307,6 +316,7 @@ impl Builder {
             .clone()
             .unwrap_or_else(|| store.prefix.clone());
         let exact_delete = !store.stream.cached_info().config.deny_delete;
+        let leader = Leader::new(self.js.clone(), store.stream.clone(), store.prefix.clone());
         Ok(NatsBackend {
             inner: Arc::new(Inner {
                 js: self.js,
@@ -319,6 +329,8 @@ impl Builder {
                 max_age,
                 wakeups,
                 seen,
+                leader,
+                claims: Claims::default(),
                 watch,
             }),
         })
@@ -572,21 +584,10 @@ impl NatsBackend {
             revision,
         })
     }
-}
-
-/// A write that lost its compare-and-set: the key's revision moved on.
-struct Conflict;
-
-#[async_trait::async_trait]
-impl Backend for NatsBackend {
-    async fn try_acquire(&self, request: &AcquireRequest<'_>) -> Result<Attempt, LockError> {
+    /// An exclusive try: the lock's own key, created on empty, then a check
+    /// for shared and counted holders.
+    async fn try_exclusive(&self, request: &AcquireRequest<'_>) -> Result<Attempt, LockError> {
         let (token, ttl) = (request.token, request.ttl);
-        self.check_ttl(ttl)?;
-        if let Some(left) = self.inner.fences.holds_back(request) {
-            return Ok(Attempt::Busy {
-                remaining: Some(left),
-            });
-        }
         let key = key::encode(request.key);
         let stored = request.value.map(Cow::Borrowed);
         let value = LeaseValue {
@@ -601,6 +602,13 @@ impl Backend for NatsBackend {
         let mut expected = seen.expected_free_revision(&key);
         for _ in 0..ROUNDS {
             if let Ok(revision) = self.put(&key, value.clone(), expected).await? {
+                // Shared and counted holders write entries of their own:
+                // whoever of them wrote before us is found now.
+                if let Holder::Running(remaining) = self.writer_conflict(&key).await? {
+                    self.withdraw(&key, &key, revision).await?;
+                    return Ok(Attempt::Busy { remaining });
+                }
+                self.end_claim(&key).await;
                 return self
                     .granted(&key, request, sent_at + ttl, revision, None)
                     .await;
@@ -672,17 +680,17 @@ impl Backend for NatsBackend {
         Ok(Attempt::Busy { remaining: None })
     }
 
-    async fn extend(
+
+    /// Renews the lease `lease` holds at the bucket key `entry`.
+    async fn extend_entry(
         &self,
-        key: &str,
+        entry: &str,
         lease: &Lease,
         ttl: Duration,
     ) -> Result<Option<u64>, LockError> {
-        self.check_ttl(ttl)?;
-        let key = key::encode(key);
         // A lease that ran out on our own clock may be being taken over
         // right now: renewing it could race the takeover.
-        let Some(stored) = self.inner.own.running(&key, lease.token) else {
+        let Some(stored) = self.inner.own.running(entry, lease.token) else {
             return Ok(None);
         };
         // The fence is written, so that the holder's stays what it was
@@ -697,57 +705,131 @@ impl Backend for NatsBackend {
         let sent_at = Instant::now();
         let mut expected = lease.revision;
         for _ in 0..ROUNDS {
-            if let Ok(revision) = self.put(&key, value.clone(), expected).await? {
+            if let Ok(revision) = self.put(entry, value.clone(), expected).await? {
                 let deadline = sent_at + ttl;
                 self.inner
                     .own
-                    .granted(&key, lease.token, deadline, stored.as_deref());
+                    .granted(entry, lease.token, deadline, stored.as_deref());
                 return Ok(Some(revision));
             }
             // A renewal whose reply was lost may have moved the revision on
             // while the lease stayed ours.
-            match self.revision_held_by(&key, lease.token).await? {
+            match self.revision_held_by(entry, lease.token).await? {
                 Some(revision) => expected = revision,
                 None => break,
             }
         }
-        self.inner.own.forget(&key, lease.token);
+        self.inner.own.forget(entry, lease.token);
         Ok(None)
     }
 
-    async fn release(&self, key: &str, lease: &Lease) -> Result<bool, LockError> {
-        let key = key::encode(key);
+    /// Releases the lease `lease` holds at the bucket key `entry` (of the
+    /// lock `key`), last known at `revision`.
+    async fn release_entry(
+        &self,
+        key: &str,
+        entry: &str,
+        lease: &Lease,
+        mut revision: u64,
+    ) -> Result<bool, LockError> {
         // An election's leader often resigns on its way out.
         let valued = self
             .inner
             .own
-            .forget(&key, lease.token)
+            .forget(entry, lease.token)
             .is_some_and(|own| own.value.is_some());
-        let mut revision = lease.revision;
         // No revision known (a grant whose answer was lost): by token.
         if revision == 0 {
-            match self.revision_held_by(&key, lease.token).await? {
+            match self.revision_held_by(entry, lease.token).await? {
                 Some(current) => revision = current,
                 None => return Ok(false),
             }
         }
         for _ in 0..ROUNDS {
-            if self.free(&key, revision).await?.is_ok() {
-                self.announce(&key, valued).await;
+            if self.free(entry, revision).await?.is_ok() {
+                self.announce(key, valued).await;
                 return Ok(true);
             }
-            match self.revision_held_by(&key, lease.token).await? {
+            match self.revision_held_by(entry, lease.token).await? {
                 Some(current) => revision = current,
                 None => return Ok(false),
             }
         }
         Ok(false)
     }
+}
+
+/// A write that lost its compare-and-set: the key's revision moved on.
+struct Conflict;
+
+#[async_trait::async_trait]
+impl Backend for NatsBackend {
+    async fn try_acquire(&self, request: &AcquireRequest<'_>) -> Result<Attempt, LockError> {
+        self.check_ttl(request.ttl)?;
+        if let Some(left) = self.inner.fences.holds_back(request) {
+            return Ok(Attempt::Busy {
+                remaining: Some(left),
+            });
+        }
+        match request.kind {
+            LeaseKind::Shared => return self.try_shared(request).await,
+            LeaseKind::Counted { permits } => return self.try_counted(request, permits).await,
+            LeaseKind::Exclusive => {}
+        }
+        let attempt = self.try_exclusive(request).await?;
+        if request.waiting && matches!(attempt, Attempt::Busy { .. }) {
+            self.claim(&key::encode(request.key), request.token).await;
+        }
+        Ok(attempt)
+    }
+
+    async fn extend(
+        &self,
+        key: &str,
+        lease: &Lease,
+        ttl: Duration,
+    ) -> Result<Option<u64>, LockError> {
+        self.check_ttl(ttl)?;
+        let key = key::encode(key);
+        let entry = match lease.kind {
+            LeaseKind::Shared => key::reader(&key, lease.token),
+            LeaseKind::Counted { .. } => match self.inner.own.counted_entry(&key, lease.token) {
+                Some(entry) => entry,
+                None => return Ok(None),
+            },
+            LeaseKind::Exclusive => key,
+        };
+        self.extend_entry(&entry, lease, ttl).await
+    }
+
+    async fn release(&self, key: &str, lease: &Lease) -> Result<bool, LockError> {
+        let key = key::encode(key);
+        let mut revision = lease.revision;
+        let entry = match lease.kind {
+            LeaseKind::Shared => key::reader(&key, lease.token),
+            LeaseKind::Counted { .. } => match self.inner.own.counted_entry(&key, lease.token) {
+                Some(entry) => entry,
+                // A grant whose answer was lost: found by its token.
+                None => match self.find_counted(&key, lease.token).await? {
+                    Some((entry, current)) => {
+                        revision = current;
+                        entry
+                    }
+                    None => return Ok(false),
+                },
+            },
+            LeaseKind::Exclusive => key.clone(),
+        };
+        self.release_entry(&key, &entry, lease, revision).await
+    }
 
     async fn subscribe(&self, key: &str) -> Result<Subscription, LockError> {
         // The watch is live from construction (and re-established with a
         // wake-up for everyone after failures), so registering is enough.
-        Ok(self.inner.wakeups.subscribe(&key::encode(key)))
+        let key = key::encode(key);
+        let backend = self.clone();
+        let subscription = self.inner.wakeups.subscribe(&key);
+        Ok(subscription.on_give_up(move || backend.give_up(&key)))
     }
 
     /// The lease stored at the key, with its remaining time as this backend
@@ -822,6 +904,15 @@ impl OwnLeases {
             .get(key)
             .filter(|own| own.token == token && own.deadline > Instant::now())
             .map(|own| own.value.clone())
+    }
+
+    /// The slot `token` holds a counted lease of `key` with.
+    fn counted_entry(&self, key: &str, token: Token) -> Option<String> {
+        let slots = format!("{key}.p.");
+        self.lock()
+            .iter()
+            .find(|(entry, own)| own.token == token && entry.starts_with(&slots))
+            .map(|(entry, _)| entry.clone())
     }
 
     fn forget(&self, key: &str, token: Token) -> Option<Own> {

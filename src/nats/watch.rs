@@ -12,6 +12,7 @@ use futures_util::StreamExt;
 
 use super::{
     fence::Fences,
+    key,
     lease::{LeaseValue, SeenKeys},
 };
 use crate::{LockError, backend::WakeRegistry};
@@ -112,18 +113,21 @@ impl Sources {
     fn observe(&self, entry: &Entry) {
         // Any key's revision tells whether the stream is new.
         self.fences.saw(entry.revision);
-        // Only keys somebody here waits for are worth remembering.
-        if !self.wakeups.is_watched(&entry.key) {
+        // Only keys somebody here waits for are worth remembering; the
+        // entries of shared and counted holders and of claims count for
+        // their lock's key.
+        let lock = key::lock_of(&entry.key);
+        if !self.wakeups.is_watched(lock) {
             return;
         }
         match entry.operation {
             Operation::Delete | Operation::Purge => {
                 self.seen.free(&entry.key, entry.revision);
-                self.wakeups.notify(&entry.key);
+                self.wakeups.notify(lock);
             }
             Operation::Put => match LeaseValue::decode(&entry.value) {
                 Some(lease) => self.seen.held(&entry.key, entry.revision, lease.ttl),
-                None => self.wakeups.notify(&entry.key),
+                None => self.wakeups.notify(lock),
             },
         }
     }
