@@ -307,7 +307,7 @@ mod on_the_spot {
         }
     }
 
-    crate::conformance_suite!(async { Spot(Arc::default()) });
+    crate::conformance_suite!(exclusive async { Spot(Arc::default()) });
 
     /// The optional pair is used, and alone is enough: no try or release
     /// of an uncontended lock goes through a future, and what the locker

@@ -115,9 +115,9 @@ mod state_loss;
 mod token;
 mod wake;
 
+pub(crate) use self::request::WRITER_CLAIM;
 #[cfg(any(feature = "redis", feature = "nats"))]
 pub(crate) use self::state_loss::StateLoss;
-pub(crate) use self::request::WRITER_CLAIM;
 pub use self::{
     contract::Backend,
     request::{AcquireRequest, Attempt, Holding, Lease, LeaseKind},

@@ -42,7 +42,7 @@ use tokio::{sync::mpsc, time::Instant};
 
 use super::{
     clock::{next_fence, wall_micros},
-    table::{Released, Table},
+    table::{PermitsMismatch, Released, Table},
 };
 use crate::{
     LockError,
@@ -135,9 +135,9 @@ impl Snapshot {
 
 /// What applying a bus event decided.
 pub(crate) enum Outcome {
-    Acquire(Attempt),
+    Acquire(Result<Attempt, PermitsMismatch>),
     Extend(Option<u64>),
-    Release(bool),
+    Release(Released),
 }
 
 /// Applies one event of a bus to a replica's table, judging expiry by the
@@ -155,17 +155,20 @@ pub(crate) fn apply(table: &mut Table, event: &Event) -> Outcome {
             token,
             ttl,
             value,
+            kind,
+            waiting,
             ..
         } => {
-            let request = AcquireRequest::new(key, *token, *ttl).value(value.as_deref());
+            let request = AcquireRequest::new(key, *token, *ttl)
+                .value(value.as_deref())
+                .kind(*kind)
+                .waiting(*waiting);
             Outcome::Acquire(table.try_acquire(&request, now, fence))
         }
         Command::Extend {
             key, lease, ttl, ..
         } => Outcome::Extend(table.extend(key, lease, *ttl, now)),
-        Command::Release { key, lease, .. } => {
-            Outcome::Release(matches!(table.release(key, lease, now), Released::Held))
-        }
+        Command::Release { key, lease, .. } => Outcome::Release(table.release(key, lease, now)),
     }
 }
 
@@ -209,6 +212,12 @@ pub enum Command {
         /// The value stored with the lease
         /// ([`AcquireRequest::value`](crate::backend::AcquireRequest::value)).
         value: Option<Box<str>>,
+        /// The kind of lease asked for.
+        kind: LeaseKind,
+        /// Whether the caller waits for the key
+        /// ([`AcquireRequest::waiting`](crate::backend::AcquireRequest::waiting)):
+        /// a waiting writer claims a busy key.
+        waiting: bool,
     },
     /// Restart `lease` at `ttl` from the event's stamp.
     Extend {
@@ -414,10 +423,12 @@ mod tests {
                     token: Token::new(),
                     ttl: Duration::from_millis(1),
                     value: None,
+                    kind: LeaseKind::Exclusive,
+                    waiting: false,
                 },
             };
             match apply(&mut table, &event) {
-                Outcome::Acquire(Attempt::Acquired { fence, .. }) => fences.push(fence),
+                Outcome::Acquire(Ok(Attempt::Acquired { fence, .. })) => fences.push(fence),
                 _ => panic!("not granted"),
             }
         }

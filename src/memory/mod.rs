@@ -190,6 +190,7 @@ impl Standalone {
         let (hash, mut shard) = self.shard(request.key);
         let attempt = shard.try_acquire_hashed(request, hash, Instant::now(), clock_fence);
         drop(shard);
+        let attempt = attempt.map_err(|mismatch| mismatch.into_error(request))?;
         if request.value.is_some() && matches!(attempt, Attempt::Acquired { .. }) {
             // Observers of an election learn of its new leader.
             self.wakeups.notify(request.key);
@@ -213,8 +214,10 @@ impl Standalone {
         let released = shard.release_hashed(key, hash, lease, Instant::now());
         drop(shard);
         match released {
-            Released::Held => {
-                self.wakeups.notify(key);
+            Released::Held { wake } => {
+                if wake {
+                    self.wakeups.notify(key);
+                }
                 true
             }
             Released::Lost => false,

@@ -17,7 +17,7 @@ use tokio::{
 
 use super::{
     bus::{Bus, Command, Event, Feed, Origin, Outcome, apply},
-    table::Table,
+    table::{Released, Table},
 };
 use crate::{
     LockError,
@@ -112,10 +112,12 @@ impl Replica {
                 token: request.token,
                 ttl: request.ttl,
                 value: request.value.map(Box::from),
+                kind: request.kind,
+                waiting: request.waiting,
             })
             .await?;
         match outcome {
-            Outcome::Acquire(attempt) => Ok(attempt),
+            Outcome::Acquire(attempt) => attempt.map_err(|mismatch| mismatch.into_error(request)),
             _ => Err(mismatch()),
         }
     }
@@ -149,7 +151,7 @@ impl Replica {
             })
             .await?;
         match outcome {
-            Outcome::Release(held) => Ok(held),
+            Outcome::Release(released) => Ok(matches!(released, Released::Held { .. })),
             _ => Err(mismatch()),
         }
     }
@@ -274,10 +276,12 @@ fn apply_event(state: &ReplicaState, event: &Event) -> Outcome {
         apply(&mut applied.table, event)
     };
     match (&outcome, &event.command) {
-        (Outcome::Release(true), Command::Release { key, .. }) => state.wakeups.notify(key),
+        (Outcome::Release(Released::Held { wake: true }), Command::Release { key, .. }) => {
+            state.wakeups.notify(key);
+        }
         // Observers of an election learn of its new leader.
         (
-            Outcome::Acquire(Attempt::Acquired { .. }),
+            Outcome::Acquire(Ok(Attempt::Acquired { .. })),
             Command::Acquire {
                 key,
                 value: Some(_),

@@ -11,8 +11,11 @@ use hashbrown::HashTable;
 use smol_str::SmolStr;
 use tokio::time::Instant;
 
+use smallvec::{SmallVec, smallvec};
+
 use crate::{
-    backend::{AcquireRequest, Attempt, Holding, Lease, LeaseKind, Token},
+    LockError,
+    backend::{AcquireRequest, Attempt, Holding, Lease, LeaseKind, Token, WRITER_CLAIM},
     key::{KeyHasher, owned_key},
 };
 
@@ -45,10 +48,9 @@ impl Stamp for Instant {
     }
 }
 
+/// One holder of a key.
 #[derive(Clone, Debug)]
-struct Entry<T> {
-    key: SmolStr,
-    hash: u64,
+struct Held<T> {
     token: Token,
     fence: u64,
     expires_at: T,
@@ -56,8 +58,70 @@ struct Entry<T> {
     value: Option<SmolStr>,
 }
 
-/// Keys with their current lease. Expired leases count as absent; they are
-/// swept out lazily, so the table holds at most about twice the live leases.
+#[derive(Clone, Debug)]
+struct Entry<T> {
+    key: SmolStr,
+    hash: u64,
+    /// What the holders hold: one exclusive lease, or shared or counted
+    /// ones.
+    kind: LeaseKind,
+    /// The holders, expired ones included until the entry is next used.
+    /// Most keys have one, kept inline.
+    holders: SmallVec<[Held<T>; 1]>,
+    /// Until when a waiting writer keeps new shared and counted leases out
+    /// ([`WRITER_CLAIM`]).
+    claimed_until: Option<T>,
+}
+
+/// Whether an entry lets a request of some kind in now.
+enum Admits {
+    Yes,
+    /// Not now; the store's best guess of how long until it might.
+    No(Option<Duration>),
+    /// Counted holders took the key with this many permits, not the
+    /// request's.
+    Mismatch(u32),
+}
+
+impl<T: Stamp> Entry<T> {
+    fn is_live(&self, now: T) -> bool {
+        self.holders.iter().any(|held| held.expires_at > now)
+            || self.claimed_until.is_some_and(|until| until > now)
+    }
+
+    /// Whether a request for a lease of `kind` may join the live holders.
+    fn admits(&self, kind: LeaseKind, now: T) -> Admits {
+        let left = |held: &Held<T>| now.until(held.expires_at);
+        let last_left = self.holders.iter().map(left).max();
+        let first_left = self.holders.iter().map(left).min();
+        let claimed = self
+            .claimed_until
+            .filter(|until| *until > now && kind != LeaseKind::Exclusive)
+            .map(|until| now.until(until));
+        let empty = self.holders.is_empty();
+        match (self.kind, kind) {
+            (LeaseKind::Counted { permits: stored }, LeaseKind::Counted { permits })
+                if !empty && stored != permits =>
+            {
+                Admits::Mismatch(stored)
+            }
+            _ if claimed.is_some() => Admits::No(claimed.max(last_left)),
+            _ if empty => Admits::Yes,
+            (LeaseKind::Shared, LeaseKind::Shared) => Admits::Yes,
+            (LeaseKind::Counted { permits }, LeaseKind::Counted { .. })
+                if self.holders.len() < permits as usize =>
+            {
+                Admits::Yes
+            }
+            // A full count frees a place when its first holder leaves.
+            (LeaseKind::Counted { .. }, LeaseKind::Counted { .. }) => Admits::No(first_left),
+            _ => Admits::No(last_left),
+        }
+    }
+}
+
+/// Keys with their current leases. Expired leases count as absent; they are
+/// swept out lazily, so the table holds at most about twice the live keys.
 ///
 /// Every operation comes in two forms: one that hashes the key, and one
 /// (`*_hashed`) for a caller that already did, with [`Table::hash`], to pick
@@ -74,9 +138,35 @@ pub(crate) struct Table<T = Duration> {
 
 const MIN_SWEEP: usize = 1024;
 
+/// What a release came to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Released {
-    Held,
+    /// The lease was live and is released; `wake`: waiters may now get in
+    /// (the last holder left, or a permit is free), so they are worth waking.
+    Held {
+        wake: bool,
+    },
     Lost,
+}
+
+/// A counted request met holders that took the key with `stored` permits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct PermitsMismatch {
+    pub(crate) stored: u32,
+}
+
+impl PermitsMismatch {
+    pub(crate) fn into_error(self, request: &AcquireRequest<'_>) -> LockError {
+        let requested = match request.kind {
+            LeaseKind::Counted { permits } => permits,
+            _ => 0,
+        };
+        LockError::PermitsMismatch {
+            key: request.key.to_owned(),
+            stored: self.stored,
+            requested,
+        }
+    }
 }
 
 impl<T> Default for Table<T> {
@@ -102,6 +192,7 @@ impl<T> Table<T> {
         }
     }
 
+    /// How many keys have an entry (with holders, or a writer's claim).
     pub(crate) fn len(&self) -> usize {
         self.entries.len()
     }
@@ -117,7 +208,7 @@ impl<T: Stamp> Table<T> {
         request: &AcquireRequest<'_>,
         now: T,
         fence: impl FnOnce(&mut u64) -> u64,
-    ) -> Attempt {
+    ) -> Result<Attempt, PermitsMismatch> {
         self.try_acquire_hashed(request, self.hash(request.key), now, fence)
     }
 
@@ -127,55 +218,77 @@ impl<T: Stamp> Table<T> {
         hash: u64,
         now: T,
         fence: impl FnOnce(&mut u64) -> u64,
-    ) -> Attempt {
+    ) -> Result<Attempt, PermitsMismatch> {
         let (key, token) = (request.key, request.token);
         // Callers bound the ttl (`validate_ttl`), so this holds; were it
         // not to, refusing is the answer that cannot break exclusion.
         let Some(expires_at) = now.after(request.ttl) else {
-            return Attempt::Busy { remaining: None };
+            return Ok(Attempt::Busy { remaining: None });
         };
         let value = request.value.map(SmolStr::new);
+        let exclusive = request.kind == LeaseKind::Exclusive;
         if let Some(entry) = self.entries.find_mut(hash, |e| &*e.key == key) {
+            entry.holders.retain(|held| held.expires_at > now);
             // The holder's own token again: a retry of a try whose answer
             // was lost, or a new value. It is the same grant, renewed from
             // now.
-            if entry.token == token && entry.expires_at > now {
-                (entry.expires_at, entry.value) = (expires_at, value);
-                return Attempt::Acquired {
-                    fence: entry.fence,
-                    revision: entry.fence,
-                };
+            if let Some(mine) = entry.holders.iter_mut().find(|held| held.token == token) {
+                (mine.expires_at, mine.value) = (expires_at, value);
+                return Ok(Attempt::Acquired {
+                    fence: mine.fence,
+                    revision: mine.fence,
+                });
             }
-            if entry.expires_at > now {
-                return Attempt::Busy {
-                    remaining: Some(now.until(entry.expires_at)),
-                };
+            match entry.admits(request.kind, now) {
+                Admits::Yes => {}
+                Admits::Mismatch(stored) => return Err(PermitsMismatch { stored }),
+                Admits::No(remaining) => {
+                    if exclusive && request.waiting {
+                        entry.claimed_until = now.after(WRITER_CLAIM);
+                    }
+                    return Ok(Attempt::Busy { remaining });
+                }
+            }
+            if exclusive {
+                entry.claimed_until = None;
+            }
+            if entry.holders.is_empty() {
+                entry.kind = request.kind;
             }
             let fence = fence(&mut self.fences);
-            (entry.token, entry.fence, entry.expires_at) = (token, fence, expires_at);
-            entry.value = value;
-            return Attempt::Acquired {
+            entry.holders.push(Held {
+                token,
+                fence,
+                expires_at,
+                value,
+            });
+            return Ok(Attempt::Acquired {
                 fence,
                 revision: fence,
-            };
+            });
         }
         if self.entries.len() >= self.sweep_at.max(MIN_SWEEP) {
             self.sweep(now);
         }
         let fence = fence(&mut self.fences);
-        let entry = Entry {
-            key: owned_key(key),
-            hash,
+        let held = Held {
             token,
             fence,
             expires_at,
             value,
         };
+        let entry = Entry {
+            key: owned_key(key),
+            hash,
+            kind: request.kind,
+            holders: smallvec![held],
+            claimed_until: None,
+        };
         self.entries.insert_unique(hash, entry, |e| e.hash);
-        Attempt::Acquired {
+        Ok(Attempt::Acquired {
             fence,
             revision: fence,
-        }
+        })
     }
 
     pub(crate) fn extend(
@@ -197,25 +310,30 @@ impl<T: Stamp> Table<T> {
         now: T,
     ) -> Option<u64> {
         let entry = self.entries.find_mut(hash, |e| &*e.key == key)?;
-        if entry.token != lease.token || entry.expires_at <= now {
-            return None;
-        }
-        entry.expires_at = now.after(ttl)?;
-        Some(entry.fence)
+        let held = entry
+            .holders
+            .iter_mut()
+            .find(|held| held.token == lease.token && held.expires_at > now)?;
+        held.expires_at = now.after(ttl)?;
+        Some(held.fence)
     }
 
-    /// Who holds `key` at `now`.
+    /// Who holds `key` exclusively at `now`.
     pub(crate) fn holder(&self, key: &str, now: T) -> Option<Holding> {
         self.holder_hashed(key, self.hash(key), now)
     }
 
     pub(crate) fn holder_hashed(&self, key: &str, hash: u64, now: T) -> Option<Holding> {
         let entry = self.entries.find(hash, |e| &*e.key == key)?;
-        (entry.expires_at > now).then(|| {
-            let remaining = Some(now.until(entry.expires_at));
-            Holding::new(entry.token, entry.fence, remaining)
-                .with_value(entry.value.as_ref().map(SmolStr::to_string))
-        })
+        if entry.kind != LeaseKind::Exclusive {
+            return None;
+        }
+        let held = entry.holders.iter().find(|held| held.expires_at > now)?;
+        let remaining = Some(now.until(held.expires_at));
+        Some(
+            Holding::new(held.token, held.fence, remaining)
+                .with_value(held.value.as_ref().map(SmolStr::to_string)),
+        )
     }
 
     pub(crate) fn release(&mut self, key: &str, lease: &Lease, now: T) -> Released {
@@ -229,19 +347,36 @@ impl<T: Stamp> Table<T> {
         lease: &Lease,
         now: T,
     ) -> Released {
-        let Ok(entry) = self
-            .entries
-            .find_entry(hash, |e| e.token == lease.token && &*e.key == key)
+        let Ok(mut found) = self.entries.find_entry(hash, |e| &*e.key == key) else {
+            return Released::Lost;
+        };
+        let entry = found.get_mut();
+        let Some(at) = entry
+            .holders
+            .iter()
+            .position(|held| held.token == lease.token)
         else {
             return Released::Lost;
         };
-        let live = entry.get().expires_at > now;
-        entry.remove();
-        if live { Released::Held } else { Released::Lost }
+        let live = entry.holders.swap_remove(at).expires_at > now;
+        // Waiters can get in once the last holder has left, or a permit is
+        // free; a reader leaving others behind lets nobody in.
+        let wake = match entry.kind {
+            LeaseKind::Counted { .. } => true,
+            _ => !entry.holders.iter().any(|held| held.expires_at > now),
+        };
+        if !entry.is_live(now) {
+            found.remove();
+        }
+        if live {
+            Released::Held { wake }
+        } else {
+            Released::Lost
+        }
     }
 
     fn sweep(&mut self, now: T) {
-        self.entries.retain(|entry| entry.expires_at > now);
+        self.entries.retain(|entry| entry.is_live(now));
         self.entries.shrink_to(self.entries.len() * 2, |e| e.hash);
         self.sweep_at = self.entries.len() * 2;
     }
@@ -257,9 +392,9 @@ mod tests {
         Duration::from_millis(ms)
     }
 
-    fn fence_of(attempt: Attempt) -> u64 {
+    fn fence_of(attempt: Result<Attempt, PermitsMismatch>) -> u64 {
         match attempt {
-            Attempt::Acquired { fence, .. } => fence,
+            Ok(Attempt::Acquired { fence, .. }) => fence,
             _ => panic!("expected an acquisition, got {attempt:?}"),
         }
     }
@@ -271,9 +406,9 @@ mod tests {
         fence_of(table.try_acquire(&AcquireRequest::new("k", a, TTL), at(0), |_| 1));
         assert_eq!(
             table.try_acquire(&AcquireRequest::new("k", b, TTL), at(40), |_| 2),
-            Attempt::Busy {
+            Ok(Attempt::Busy {
                 remaining: Some(at(60))
-            }
+            })
         );
         assert_eq!(
             fence_of(table.try_acquire(&AcquireRequest::new("k", b, TTL), at(100), |_| 3)),
@@ -306,7 +441,7 @@ mod tests {
         assert!(table.extend("k", &holder, TTL, at(50)).is_some());
         assert!(matches!(
             table.release("k", &holder, at(149)),
-            Released::Held
+            Released::Held { .. }
         ));
         assert_eq!(table.len(), 0);
         fence_of(table.try_acquire(&AcquireRequest::new("k", a, TTL), at(200), |_| 8));
@@ -328,7 +463,7 @@ mod tests {
         );
         assert!(matches!(
             table.try_acquire(&AcquireRequest::new("k", b, TTL), at(150), |_| 7),
-            Attempt::Busy { .. }
+            Ok(Attempt::Busy { .. })
         ));
         assert_eq!(
             fence_of(table.try_acquire(&AcquireRequest::new("k", b, TTL), at(190), |_| 8)),
@@ -375,5 +510,137 @@ mod tests {
             "table kept {} leases",
             table.len()
         );
+    }
+
+    fn of(kind: LeaseKind, token: Token) -> AcquireRequest<'static> {
+        AcquireRequest::new("k", token, TTL).kind(kind)
+    }
+
+    fn lease(token: Token, fence: u64, kind: LeaseKind) -> Lease {
+        Lease {
+            token,
+            fence,
+            revision: fence,
+            kind,
+        }
+    }
+
+    #[test]
+    fn shared_leases_coexist_and_keep_an_exclusive_one_out_until_the_last_leaves() {
+        let mut table = Table::default();
+        let (a, b, w) = (Token::new(), Token::new(), Token::new());
+        let fa = fence_of(table.try_acquire(&of(LeaseKind::Shared, a), at(0), |f| *f + 1));
+        let fb = fence_of(table.try_acquire(&of(LeaseKind::Shared, b), at(10), |_| 2));
+        assert_eq!(
+            table.holder("k", at(11)),
+            None,
+            "shared holders are not reported"
+        );
+        assert_eq!(
+            table.try_acquire(&of(LeaseKind::Exclusive, w), at(20), |_| 3),
+            Ok(Attempt::Busy {
+                remaining: Some(at(90))
+            }),
+            "a writer waits for the last reader's lease"
+        );
+        let shared = LeaseKind::Shared;
+        assert_eq!(
+            table.release("k", &lease(a, fa, shared), at(30)),
+            Released::Held { wake: false },
+            "a reader leaving another behind lets nobody in"
+        );
+        assert_eq!(
+            table.release("k", &lease(b, fb, shared), at(40)),
+            Released::Held { wake: true }
+        );
+        assert_eq!(table.len(), 0);
+        let fw = fence_of(table.try_acquire(&of(LeaseKind::Exclusive, w), at(50), |_| 4));
+        assert!(fw > fb);
+        assert!(matches!(
+            table.try_acquire(&of(LeaseKind::Shared, a), at(60), |_| 5),
+            Ok(Attempt::Busy { .. })
+        ));
+    }
+
+    #[test]
+    fn a_waiting_writer_keeps_new_readers_out_until_its_claim_lapses_or_it_is_served() {
+        let mut table = Table::default();
+        let (r, w) = (Token::new(), Token::new());
+        let long =
+            |kind, token| AcquireRequest::new("k", token, Duration::from_secs(10)).kind(kind);
+        fence_of(table.try_acquire(&long(LeaseKind::Shared, r), at(0), |_| 1));
+        // A one-off try claims nothing.
+        let once = table.try_acquire(&long(LeaseKind::Exclusive, w), at(1), |_| 2);
+        assert!(matches!(once, Ok(Attempt::Busy { .. })));
+        fence_of(table.try_acquire(&long(LeaseKind::Shared, Token::new()), at(2), |_| 3));
+        let waiting = long(LeaseKind::Exclusive, w).waiting(true);
+        assert!(matches!(
+            table.try_acquire(&waiting, at(3), |_| 4),
+            Ok(Attempt::Busy { .. })
+        ));
+        let reader = long(LeaseKind::Shared, Token::new());
+        assert_eq!(
+            table.try_acquire(&reader, at(4), |_| 5),
+            Ok(Attempt::Busy {
+                remaining: Some(Duration::from_millis(9_998))
+            }),
+            "a new reader waits behind the claim, as long as the holders' leases"
+        );
+        let lapsed = Duration::from_millis(3) + WRITER_CLAIM;
+        fence_of(table.try_acquire(&reader, lapsed, |_| 6));
+        // Claimed again, then served: the grant ends the claim.
+        let mut table = Table::default();
+        let fr = fence_of(table.try_acquire(&long(LeaseKind::Shared, r), at(0), |_| 1));
+        assert!(matches!(
+            table.try_acquire(&waiting, at(1), |_| 2),
+            Ok(Attempt::Busy { .. })
+        ));
+        let shared = LeaseKind::Shared;
+        assert_eq!(
+            table.release("k", &lease(r, fr, shared), at(2)),
+            Released::Held { wake: true }
+        );
+        assert_eq!(table.len(), 1, "the claim outlives the last reader");
+        let fw = fence_of(table.try_acquire(&waiting, at(3), |_| 3));
+        assert_eq!(
+            table.release("k", &lease(w, fw, LeaseKind::Exclusive), at(4)),
+            Released::Held { wake: true }
+        );
+        assert_eq!(table.len(), 0, "the writer's grant ended its claim");
+        fence_of(table.try_acquire(&reader, at(5), |_| 4));
+    }
+
+    #[test]
+    fn counted_leases_stop_at_their_permits_and_refuse_another_count() {
+        let mut table = Table::default();
+        let two = LeaseKind::Counted { permits: 2 };
+        let (a, b) = (Token::new(), Token::new());
+        let fa = fence_of(table.try_acquire(&of(two, a), at(0), |_| 1));
+        fence_of(table.try_acquire(&of(two, b), at(10), |_| 2));
+        assert_eq!(
+            table.try_acquire(&of(two, Token::new()), at(20), |_| 3),
+            Ok(Attempt::Busy {
+                remaining: Some(at(80))
+            }),
+            "a full count frees its first place when the first lease ends"
+        );
+        let three = LeaseKind::Counted { permits: 3 };
+        assert_eq!(
+            table.try_acquire(&of(three, Token::new()), at(20), |_| 3),
+            Err(PermitsMismatch { stored: 2 })
+        );
+        assert!(matches!(
+            table.try_acquire(&of(LeaseKind::Shared, Token::new()), at(20), |_| 3),
+            Ok(Attempt::Busy { .. })
+        ));
+        assert_eq!(
+            table.release("k", &lease(a, fa, two), at(30)),
+            Released::Held { wake: true },
+            "a freed permit lets a waiter in"
+        );
+        fence_of(table.try_acquire(&of(two, Token::new()), at(31), |_| 4));
+        // The count goes with the last holder.
+        let later = at(200);
+        fence_of(table.try_acquire(&of(three, Token::new()), later, |_| 5));
     }
 }

@@ -8,6 +8,7 @@
 pub mod counting;
 pub mod election;
 pub mod overlap;
+pub mod shared;
 
 use std::{
     collections::HashSet,
@@ -28,6 +29,9 @@ pub use counting::Counting;
 #[allow(unused_imports)]
 pub use election::*;
 pub use overlap::OverlapChecker;
+// Not every test binary runs the shared checks.
+#[allow(unused_imports)]
+pub use shared::*;
 
 /// A store under test.
 pub trait Harness: Send + Sync + 'static {
@@ -146,7 +150,9 @@ const PROMPT: Duration = Duration::from_secs(3);
 /// `$make` (an async expression) and bounded in time.
 #[macro_export]
 macro_rules! conformance_suite {
-    ($make:expr) => {
+    // A store that treats every lease kind as exclusive (which the backend
+    // contract allows): every check but those of sharing.
+    (exclusive $make:expr) => {
         $crate::conformance_suite!(@tests $make;
             try_lock_excludes_other_owners,
             acquire_waits_and_wakes_promptly_on_release,
@@ -184,6 +190,20 @@ macro_rules! conformance_suite {
             a_crashed_leader_is_replaced_after_its_ttl,
             election_names_never_meet_lock_keys,
             a_job_that_resigns_ends_its_run,
+        );
+    };
+    ($make:expr) => {
+        $crate::conformance_suite!(exclusive $make);
+        $crate::conformance_suite!(@tests $make;
+            shared_holders_coexist_and_an_exclusive_holder_excludes_all,
+            readers_share_and_writers_exclude_under_contention,
+            a_stream_of_readers_does_not_starve_a_writer,
+            permits_are_never_exceeded_and_are_all_used,
+            another_permit_count_is_refused_naming_both,
+            a_locker_holding_several_leases_on_a_key_releases_them_all,
+            abandoned_shared_and_counted_leases_expire_after_their_ttl,
+            dropped_shared_and_counted_futures_leave_nothing,
+            shared_and_counted_leases_renew_and_report_loss,
         );
     };
     (@tests $make:expr; $($name:ident),* $(,)?) => {
