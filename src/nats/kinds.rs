@@ -154,13 +154,26 @@ impl NatsBackend {
         Ok(Holder::Running(None))
     }
 
-    /// Takes back an entry written by a try that found itself in somebody's
-    /// way, and wakes whoever it may have turned away meanwhile.
-    pub(super) async fn withdraw(&self, key: &str, entry: &str, revision: u64) -> Result<(), LockError> {
+    /// Takes back an entry written by `request`'s try, which found itself in
+    /// somebody's way.
+    ///
+    /// A one-off try wakes whoever its entry may have turned away meanwhile.
+    /// A waiting one does not: waiters that turn each other away and wake
+    /// each other would retry at the pace of round trips for as long as
+    /// they wait. The holders they met wake them when they leave.
+    pub(super) async fn withdraw(
+        &self,
+        request: &AcquireRequest<'_>,
+        key: &str,
+        entry: &str,
+        revision: u64,
+    ) -> Result<(), LockError> {
         if self.remove(revision).await?.is_ok() {
             self.inner.seen.forget(entry);
         }
-        self.announce(key, false).await;
+        if !request.waiting {
+            self.announce(key, false).await;
+        }
         Ok(())
     }
 
@@ -203,7 +216,12 @@ impl NatsBackend {
         }
         .encode();
         match self.inner.store.put(key::claim(key), value).await {
-            Ok(revision) => self.inner.claims.made(key, revision),
+            Ok(revision) => {
+                self.inner.claims.made(key, revision);
+                // The waiter may have given up while the claim was on its
+                // way (its try then finishes in the background).
+                self.give_up(key);
+            }
             Err(err) => tracing::debug!(%key, error = %err, "claim not written"),
         }
     }
@@ -258,7 +276,7 @@ impl NatsBackend {
             self.first_live(&slots, |_| false),
         )?;
         if let Holder::Running(remaining) = writer.and(claimed).and(counted) {
-            self.withdraw(&key, &entry, revision).await?;
+            self.withdraw(request, &key, &entry, revision).await?;
             return Ok(Attempt::Busy { remaining });
         }
         self.granted(&entry, request, sent_at + request.ttl, revision, None)
@@ -332,11 +350,11 @@ impl NatsBackend {
                 })
                 .collect();
             if let Err(err) = self.refuse_mismatch(request.key, permits, &others).await {
-                self.withdraw(&key, &entry, revision).await?;
+                self.withdraw(request, &key, &entry, revision).await?;
                 return Err(err);
             }
             if let Holder::Running(remaining) = writer.and(shared) {
-                self.withdraw(&key, &entry, revision).await?;
+                self.withdraw(request, &key, &entry, revision).await?;
                 return Ok(Attempt::Busy { remaining });
             }
             return self

@@ -605,10 +605,13 @@ impl NatsBackend {
                 // Shared and counted holders write entries of their own:
                 // whoever of them wrote before us is found now.
                 if let Holder::Running(remaining) = self.writer_conflict(&key).await? {
-                    self.withdraw(&key, &key, revision).await?;
+                    self.withdraw(request, &key, &key, revision).await?;
                     return Ok(Attempt::Busy { remaining });
                 }
-                self.end_claim(&key).await;
+                // Others of this process wait behind: their claim stands.
+                if !request.queued_behind {
+                    self.end_claim(&key).await;
+                }
                 return self
                     .granted(&key, request, sent_at + ttl, revision, None)
                     .await;
