@@ -50,33 +50,90 @@ impl Holder {
     }
 }
 
-/// The claims this backend's waiting writers made, per encoded key: the
-/// claim's revision and when it was written.
+/// The claims this backend's waiting writers made, per encoded key.
 #[derive(Debug, Default)]
 pub(super) struct Claims {
-    claims: Mutex<HashMap<String, (u64, Instant)>>,
+    claims: Mutex<HashMap<String, Claim>>,
+}
+
+/// One claim of this backend, and when it was (last) written.
+#[derive(Clone, Copy, Debug)]
+enum Claim {
+    /// On its way to the server; `cancelled` once its waiters were served
+    /// or gave up meanwhile, so that its writer removes it at once.
+    Writing { cancelled: bool, at: Instant },
+    Written { revision: u64, at: Instant },
 }
 
 impl Claims {
-    fn recent(&self, key: &str) -> bool {
-        self.lock()
-            .get(key)
-            .is_some_and(|(_, at)| at.elapsed() < CLAIM_RENEWAL)
-    }
-
-    fn made(&self, key: &str, revision: u64) {
+    /// Whether a claim of `key` should be written now (none written within
+    /// [`CLAIM_RENEWAL`]); if so, it counts as written from now.
+    fn start(&self, key: &str) -> bool {
+        let now = Instant::now();
         let mut claims = self.lock();
-        if claims.len() >= 4096 {
-            claims.retain(|_, (_, at)| at.elapsed() < WRITER_CLAIM);
+        if let Some(Claim::Writing { at, .. } | Claim::Written { at, .. }) = claims.get(key)
+            && now.saturating_duration_since(*at) < CLAIM_RENEWAL
+        {
+            return false;
         }
-        claims.insert(key.to_owned(), (revision, Instant::now()));
+        if claims.len() >= 4096 {
+            claims.retain(|_, claim| match claim {
+                Claim::Writing { at, .. } | Claim::Written { at, .. } => {
+                    now.saturating_duration_since(*at) < WRITER_CLAIM
+                }
+            });
+        }
+        claims.insert(
+            key.to_owned(),
+            Claim::Writing {
+                cancelled: false,
+                at: now,
+            },
+        );
+        true
     }
 
-    pub(super) fn take(&self, key: &str) -> Option<u64> {
-        self.lock().remove(key).map(|(revision, _)| revision)
+    /// The claim of `key` was written at `revision`: `false` when it is no
+    /// longer wanted and must be removed.
+    fn written(&self, key: &str, revision: u64) -> bool {
+        let mut claims = self.lock();
+        match claims.get(key).copied() {
+            Some(Claim::Writing {
+                cancelled: false,
+                at,
+            }) => {
+                claims.insert(key.to_owned(), Claim::Written { revision, at });
+                true
+            }
+            Some(Claim::Writing {
+                cancelled: true, ..
+            }) => {
+                claims.remove(key);
+                false
+            }
+            _ => false,
+        }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, Instant)>> {
+    /// Ends the claim of `key`: its revision when it is written, for its
+    /// removal; one still being written is removed by its writer.
+    fn take(&self, key: &str) -> Option<u64> {
+        let mut claims = self.lock();
+        match claims.get_mut(key) {
+            Some(Claim::Writing { cancelled, .. }) => {
+                *cancelled = true;
+                None
+            }
+            Some(Claim::Written { revision, .. }) => {
+                let revision = *revision;
+                claims.remove(key);
+                Some(revision)
+            }
+            None => None,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Claim>> {
         crate::sync::lock(&self.claims)
     }
 }
@@ -129,6 +186,19 @@ impl NatsBackend {
     async fn live_at(&self, key: &str) -> Result<Holder, LockError> {
         let stored = self.inner.leader.last(key).await?;
         self.live(stored).await
+    }
+
+    /// The claim on `key` (encoded) that `request` must respect.
+    ///
+    /// A waiting request is subscribed to the key, so the watch records
+    /// every claim written on it: when none was seen, none is read. A claim
+    /// only ever delays, so this read decides nothing about exclusion.
+    async fn claim_on(&self, request: &AcquireRequest<'_>, key: &str) -> Result<Holder, LockError> {
+        let claim = key::claim(key);
+        if request.waiting && self.inner.seen.running(&claim).is_none() {
+            return Ok(Holder::Gone);
+        }
+        self.live_at(&claim).await
     }
 
     /// The first live lease among the entries matching `filter`, passing
@@ -191,12 +261,26 @@ impl NatsBackend {
     }
 
     /// The writer of `key` was granted: its claim, if it made one, is over.
-    pub(super) async fn end_claim(&self, key: &str) {
-        if let Some(revision) = self.inner.claims.take(key) {
-            match self.remove(revision).await {
-                Ok(_) => self.inner.seen.forget(&key::claim(key)),
+    /// Removed in the background: the grant need not wait for it, and the
+    /// key is held meanwhile anyway.
+    pub(super) fn end_claim(&self, key: &str) {
+        let Some(revision) = self.inner.claims.take(key) else {
+            return;
+        };
+        let (backend, key) = (self.clone(), key.to_owned());
+        self.in_background(async move {
+            match backend.remove(revision).await {
+                Ok(_) => backend.inner.seen.forget(&key::claim(&key)),
                 Err(err) => tracing::debug!(%key, error = %err, "claim not removed; it lapses"),
             }
+        });
+    }
+
+    /// Runs `work` on the current runtime without waiting for it; drops it
+    /// outside any runtime (what it does is then left to lapse).
+    fn in_background(&self, work: impl std::future::Future<Output = ()> + Send + 'static) {
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(work);
         }
     }
 
@@ -204,10 +288,17 @@ impl NatsBackend {
     /// [`WRITER_CLAIM`](crate::backend::WRITER_CLAIM), keeping new shared
     /// and counted holders out. A claim only ever delays those, so it is a
     /// plain write, and a failed one is only logged.
-    pub(super) async fn claim(&self, key: &str, token: Token) {
-        if !self.inner.exact_delete || self.inner.claims.recent(key) {
+    ///
+    /// Written in the background: the refused try answers at once.
+    pub(super) fn claim(&self, key: &str, token: Token) {
+        if !self.inner.exact_delete || !self.inner.claims.start(key) {
             return;
         }
+        let (backend, key) = (self.clone(), key.to_owned());
+        self.in_background(async move { backend.write_claim(&key, token).await });
+    }
+
+    async fn write_claim(&self, key: &str, token: Token) {
         let value = LeaseValue {
             token,
             ttl: WRITER_CLAIM,
@@ -217,9 +308,14 @@ impl NatsBackend {
         .encode();
         match self.inner.store.put(key::claim(key), value).await {
             Ok(revision) => {
-                self.inner.claims.made(key, revision);
-                // The waiter may have given up while the claim was on its
-                // way (its try then finishes in the background).
+                // Its waiters may have been served or have given up while
+                // it was on its way.
+                if !self.inner.claims.written(key, revision) {
+                    if let Ok(Ok(())) = self.remove(revision).await {
+                        self.announce(key, false).await;
+                    }
+                    return;
+                }
                 self.give_up(key);
             }
             Err(err) => tracing::debug!(%key, error = %err, "claim not written"),
@@ -235,12 +331,8 @@ impl NatsBackend {
         let Some(revision) = self.inner.claims.take(key) else {
             return;
         };
-        // Without a runtime the claim lapses on its own.
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
         let (backend, key) = (self.clone(), key.to_owned());
-        runtime.spawn(async move {
+        self.in_background(async move {
             match backend.remove(revision).await {
                 Ok(Ok(())) => backend.announce(&key, false).await,
                 Ok(Err(Conflict)) => {}
@@ -268,11 +360,10 @@ impl NatsBackend {
                 return Ok(again.unwrap_or(Attempt::Busy { remaining: None }));
             }
         };
-        let claim = key::claim(&key);
         let slots = format!("{key}.p.>");
         let (writer, claimed, counted) = tokio::try_join!(
             self.live_at(&key),
-            self.live_at(&claim),
+            self.claim_on(request, &key),
             self.first_live(&slots, |_| false),
         )?;
         if let Holder::Running(remaining) = writer.and(claimed).and(counted) {
@@ -300,10 +391,9 @@ impl NatsBackend {
             return Ok(again);
         }
         let all_slots = format!("{key}.p.>");
-        let claim = key::claim(&key);
         let (listed, claimed) = tokio::try_join!(
             self.inner.leader.keys(&all_slots),
-            self.live_at(&claim),
+            self.claim_on(request, &key),
         )?;
         let mut taken = Vec::new();
         let mut others = Vec::new();

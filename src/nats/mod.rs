@@ -66,6 +66,122 @@
 //! A create on an empty key, and a delete of one message by sequence, are
 //! decided by every replica in log order, on every version.
 //!
+//! # Shared and counted locks
+//!
+//! Shared and counted leases ([`LeaseKind`]) are built from the same two
+//! operations as the exclusive one, a create on a key with no message and
+//! an exact delete of one message by its sequence, and every holder has an
+//! entry of its own. For a lock key `K` (encoded, so it never holds a `.`,
+//! and these keys are never another lock's):
+//!
+//! | key | what it holds |
+//! |-----|---------------|
+//! | `K` | the exclusive lease, as above |
+//! | `K.r.<token>` | one shared holder |
+//! | `K.p.<permits>.<slot>` | one of `permits` counted holders, `slot` in `0..permits` |
+//! | `K.w` | a waiting writer's claim |
+//!
+//! Each acquirer writes its entry first, then reads for entries it must not
+//! coexist with, and if it finds a live one, deletes exactly its own message
+//! again and answers busy. These reads are `STREAM.MSG.GET` and
+//! `STREAM.INFO` requests, which only the stream leader answers (never a
+//! direct get, which a lagging replica may answer):
+//!
+//! - **Exclusive**: after creating `K`, the first entry matching `K.*.>`:
+//!   every shared and counted holder, and no claim (`K.w` has one token
+//!   less). One more round trip than the exclusive lock took before shared
+//!   locks existed (see the NATS bench for figures).
+//! - **Shared**: after creating `K.r.<token>`, at once: `K`, `K.w`, and the
+//!   first entry matching `K.p.>`.
+//! - **Counted**: first the list of `K.p.>` and the claim, so that a full
+//!   key, a live claim and a live holder of another count are answered
+//!   without a write ([`LockError::PermitsMismatch`] for the last); then a
+//!   free slot is created (one picked at random, so that contenders spread
+//!   over the free ones), then at once: `K`, the first entry matching
+//!   `K.r.>`, and the list of `K.p.>` again, for holders of another count.
+//!
+//! An entry found whose lease ran out (measured from first sight for a
+//! whole ttl, as for the exclusive lock) is removed by its sequence and
+//! counts as absent. Renewal rewrites a holder's own entry at its revision,
+//! and release deletes it by sequence, then announces the release on the
+//! lock key's subject. [`Backend::holder`] reports exclusive leases only: a
+//! key held shared or counted reports `None`.
+//!
+//! ## Why no two incompatible holders meet
+//!
+//! 1. The stream orders every write. The leader acknowledges a create only
+//!    once it has applied it (on a replicated bucket, once a quorum stored
+//!    it), and answers a read from its applied state, so a read sent after
+//!    an acknowledgement sees that write and every write ordered before it.
+//! 2. Take two acquirers whose leases are incompatible (a writer and a
+//!    reader; a reader and a counted holder; counted holders of two counts).
+//!    Each creates its entry, then reads for the other's. Their creates are
+//!    ordered: say A's comes first. B reads after B's create was
+//!    acknowledged, so after A's create, and finds A's entry unless it is
+//!    gone; an entry goes only by its holder's release or withdrawal (A
+//!    holds nothing then) or by a takeover after A's lease ran out, which
+//!    comes after A's own deadline (A's deadline started before its write;
+//!    the taker measured a whole ttl from a later moment). So at least one
+//!    of them finds the other and withdraws: they never both hold. (Both may
+//!    withdraw; they then wait and try again, and the writer's claim keeps
+//!    new readers from coming back in its way.)
+//! 3. Counted holders of one count each hold one of `permits` keys, each
+//!    created only on an empty key: at most `permits` live holders.
+//! 4. Fences are `created + revision` of the holder's entry. A holder
+//!    granted while or after an incompatible one held wrote its entry after
+//!    that one's (by 2., the later creator is the one that checks and finds
+//!    it), so a writer after readers has a greater fence than each of them,
+//!    and readers after a writer greater ones than the writer's.
+//!
+//! Nothing in this relies on a compare-and-set at a revision, which before
+//! nats-server 2.9.21 only the stream leader checks, before replication
+//! ([nats-server#4320](https://github.com/nats-io/nats-server/issues/4320)):
+//! creates on empty keys and exact deletes are decided by every replica in
+//! log order, and the reads go to the leader. Shared and counted locks are
+//! therefore not refused on replicated buckets of older servers. The one
+//! compare-and-set is a holder's renewal of its own entry, which nobody
+//! else writes while the lease runs on the holder's clock (as for the
+//! exclusive lock). The argument assumes that a newly elected stream leader
+//! answers reads with every write its predecessor acknowledged applied.
+//!
+//! ## Writer claims
+//!
+//! A waiting exclusive try that is refused writes `K.w` (at most every
+//! 250 ms per backend while it keeps being refused). A claim only delays
+//! shared and counted requests, never decides who holds what, so it is a
+//! plain write. While one is live, shared and counted requests are busy;
+//! exclusive ones pass it by. Differences from
+//! [`WRITER_CLAIM`](crate::backend::LeaseKind::Shared)'s contract, since no
+//! clocks are compared:
+//!
+//! - A claim keeps readers out for one second from when each backend first
+//!   sees it (the watch records it as it is written, for keys that backend
+//!   waits for), so a reader that first sees it late may wait up to a
+//!   second longer than the writer's own second.
+//! - The writer's grant ends its claim (deletes its message) unless others
+//!   of its process wait behind it, for whom it stands; a backend that
+//!   gives up waiting for the key withdraws it. Another backend's grant
+//!   does not end it: it lapses within its second.
+//! - The claim of a crashed process stays in the bucket, keeping nobody out
+//!   after its second, until a shared or counted request finds it and
+//!   removes it, or the bucket's `max_age` drops it: like a crashed holder's
+//!   entry.
+//!
+//! A refused one-off try announces its withdrawal, waking those its entry
+//! may have turned away meanwhile; a waiting try withdraws silently, since
+//! waiters that turn each other away would otherwise wake each other for as
+//! long as they wait, and the holders they met wake them when they leave.
+//!
+//! A counted request whose token holds a slot is granted again (same fence)
+//! when this backend granted it; a release by token (the answer of a grant
+//! was lost) reads the slots to find its entry.
+//!
+//! A bucket that forbids deleting single messages (one made with
+//! `nats kv add`) refuses shared and counted leases with
+//! [`LockError::Misconfigured`] (`deny_delete`): each reader would leave a
+//! delete marker, and a slot's next holder would need a compare-and-set on
+//! a marker.
+//!
 //! # Expiry without trusting clocks
 //!
 //! nats-server 2.9 has no per-key expiry (a bucket's `max_age` applies to
@@ -610,7 +726,7 @@ impl NatsBackend {
                 }
                 // Others of this process wait behind: their claim stands.
                 if !request.queued_behind {
-                    self.end_claim(&key).await;
+                    self.end_claim(&key);
                 }
                 return self
                     .granted(&key, request, sent_at + ttl, revision, None)
@@ -781,7 +897,7 @@ impl Backend for NatsBackend {
         }
         let attempt = self.try_exclusive(request).await?;
         if request.waiting && matches!(attempt, Attempt::Busy { .. }) {
-            self.claim(&key::encode(request.key), request.token).await;
+            self.claim(&key::encode(request.key), request.token);
         }
         Ok(attempt)
     }
