@@ -885,7 +885,10 @@ async fn killed_shared_and_counted_holders_free_their_place_after_their_ttl() {
         guard.release().await.expect("release");
     }
     let info = nats.store.stream.get_info().await.expect("info");
-    assert_eq!(info.state.messages, 0, "the crashed holder's entries stayed");
+    assert_eq!(
+        info.state.messages, 0,
+        "the crashed holder's entries stayed"
+    );
     drop(child);
 }
 
@@ -927,7 +930,12 @@ async fn shared_and_counted_holders_are_entries_under_the_lock_key() {
         "{keys:?}"
     );
     // A new reader stays out while the writer waits.
-    assert!(a.try_lock_shared("doc:1", LONG).await.expect("try").is_none());
+    assert!(
+        a.try_lock_shared("doc:1", LONG)
+            .await
+            .expect("try")
+            .is_none()
+    );
     // Nobody holds the key exclusively.
     let probe = backend(nats.server.port).await;
     assert_eq!(
@@ -963,7 +971,11 @@ async fn released_shared_and_counted_keys_leave_no_message_in_the_bucket() {
                     let guard = match task % 3 {
                         0 => locker.acquire_shared(&key, LONG).await,
                         1 => locker.acquire(&key, LONG).await,
-                        _ => locker.acquire_permit(&format!("job:{}", i % 3), 3, LONG).await,
+                        _ => {
+                            locker
+                                .acquire_permit(&format!("job:{}", i % 3), 3, LONG)
+                                .await
+                        }
                     };
                     guard.expect("acquire").release().await.expect("release");
                 }
@@ -1008,7 +1020,11 @@ async fn shared_and_counted_leases_are_refused_on_a_bucket_that_forbids_deletes(
         }
     }
     // Exclusive locks work there as before.
-    let guard = locker.try_lock("k", LONG).await.expect("try").expect("free");
+    let guard = locker
+        .try_lock("k", LONG)
+        .await
+        .expect("try")
+        .expect("free");
     guard.release().await.expect("release");
 }
 

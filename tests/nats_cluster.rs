@@ -165,8 +165,9 @@ impl Cluster {
             .info_with_subjects("$KV.locks.>")
             .await
             .expect("stream info");
-        let subjects: Vec<(String, usize)> =
-            futures_util::TryStreamExt::try_collect(subjects).await.expect("subjects");
+        let subjects: Vec<(String, usize)> = futures_util::TryStreamExt::try_collect(subjects)
+            .await
+            .expect("subjects");
         subjects
             .into_iter()
             .filter_map(|(subject, _)| subject.strip_prefix("$KV.locks.").map(str::to_owned))

@@ -11,8 +11,8 @@ use tokio::time::Instant;
 use super::{
     Conflict, NatsBackend, ROUNDS,
     key::{self, Entry},
-    lease::{LeaseValue, Verdict},
     leader::Stored,
+    lease::{LeaseValue, Verdict},
 };
 use crate::{
     LockError,
@@ -61,8 +61,14 @@ pub(super) struct Claims {
 enum Claim {
     /// On its way to the server; `cancelled` once its waiters were served
     /// or gave up meanwhile, so that its writer removes it at once.
-    Writing { cancelled: bool, at: Instant },
-    Written { revision: u64, at: Instant },
+    Writing {
+        cancelled: bool,
+        at: Instant,
+    },
+    Written {
+        revision: u64,
+        at: Instant,
+    },
 }
 
 impl Claims {
@@ -135,6 +141,30 @@ impl Claims {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Claim>> {
         crate::sync::lock(&self.claims)
+    }
+}
+
+/// The slot each lock's last release announcement named, per encoded lock
+/// key: where this backend's next waiter for it tries first.
+#[derive(Debug, Default)]
+pub(super) struct Freed {
+    slots: Mutex<HashMap<String, String>>,
+}
+
+impl Freed {
+    pub(super) fn note(&self, key: &str, entry: &str) {
+        if Entry::of(entry).is_none() || key::lock_of(entry) != key {
+            return;
+        }
+        let mut slots = crate::sync::lock(&self.slots);
+        if slots.len() >= 4096 {
+            slots.clear();
+        }
+        slots.insert(key.to_owned(), entry.to_owned());
+    }
+
+    fn take(&self, key: &str) -> Option<String> {
+        crate::sync::lock(&self.slots).remove(key)
     }
 }
 
@@ -390,6 +420,9 @@ impl NatsBackend {
         {
             return Ok(again);
         }
+        if let Some(attempt) = self.try_freed_slot(request, permits, &key).await? {
+            return Ok(attempt);
+        }
         let all_slots = format!("{key}.p.>");
         let (listed, claimed) = tokio::try_join!(
             self.inner.leader.keys(&all_slots),
@@ -421,37 +454,83 @@ impl NatsBackend {
             };
             let entry = key::slot(&key, permits, slot);
             let sent_at = Instant::now();
-            let Ok(revision) = self.put(&entry, value.clone(), 0).await? else {
-                continue;
-            };
-            let readers = format!("{key}.r.>");
-            let (writer, shared, listed) = tokio::try_join!(
-                self.live_at(&key),
-                self.first_live(&readers, |_| false),
-                self.inner.leader.keys(&all_slots),
-            )?;
-            let others: Vec<(String, u32)> = listed
-                .into_iter()
-                .filter_map(|listed| match Entry::of(&listed) {
-                    Some(Entry::Slot { permits: stored }) if stored != permits => {
-                        Some((listed, stored))
-                    }
-                    _ => None,
-                })
-                .collect();
-            if let Err(err) = self.refuse_mismatch(request.key, permits, &others).await {
-                self.withdraw(request, &key, &entry, revision).await?;
-                return Err(err);
+            if let Ok(revision) = self.put(&entry, value.clone(), 0).await? {
+                return self
+                    .check_counted(request, permits, &key, &entry, revision, sent_at)
+                    .await;
             }
-            if let Holder::Running(remaining) = writer.and(shared) {
-                self.withdraw(request, &key, &entry, revision).await?;
-                return Ok(Attempt::Busy { remaining });
-            }
-            return self
-                .granted(&entry, request, sent_at + request.ttl, revision, None)
-                .await;
         }
         Ok(Attempt::Busy { remaining: None })
+    }
+
+    /// A waiting counted try first tries the slot the last release
+    /// announcement named: the winner of the slot saves the listing, and
+    /// the others learn it is taken from one failed create, without a read.
+    /// `None` when there is no such slot.
+    async fn try_freed_slot(
+        &self,
+        request: &AcquireRequest<'_>,
+        permits: u32,
+        key: &str,
+    ) -> Result<Option<Attempt>, LockError> {
+        if !request.waiting {
+            return Ok(None);
+        }
+        let Some(entry) = self.inner.freed.take(key) else {
+            return Ok(None);
+        };
+        if Entry::of(&entry) != Some(Entry::Slot { permits }) {
+            return Ok(None);
+        }
+        let sent_at = Instant::now();
+        let attempt = match self.put(&entry, self.fresh_value(request), 0).await? {
+            Ok(revision) => {
+                self.check_counted(request, permits, key, &entry, revision, sent_at)
+                    .await?
+            }
+            // Somebody else took it: most likely every slot is taken again.
+            Err(Conflict) => Attempt::Busy { remaining: None },
+        };
+        Ok(Some(attempt))
+    }
+
+    /// The checks after `request` created the slot `entry` of `key`: no
+    /// writer, no shared holder, no holder of another count.
+    async fn check_counted(
+        &self,
+        request: &AcquireRequest<'_>,
+        permits: u32,
+        key: &str,
+        entry: &str,
+        revision: u64,
+        sent_at: Instant,
+    ) -> Result<Attempt, LockError> {
+        let readers = format!("{key}.r.>");
+        let all_slots = format!("{key}.p.>");
+        let (writer, shared, listed) = tokio::try_join!(
+            self.live_at(key),
+            self.first_live(&readers, |_| false),
+            self.inner.leader.keys(&all_slots),
+        )?;
+        let others: Vec<(String, u32)> = listed
+            .into_iter()
+            .filter_map(|listed| match Entry::of(&listed) {
+                Some(Entry::Slot { permits: stored }) if stored != permits => {
+                    Some((listed, stored))
+                }
+                _ => None,
+            })
+            .collect();
+        if let Err(err) = self.refuse_mismatch(request.key, permits, &others).await {
+            self.withdraw(request, key, entry, revision).await?;
+            return Err(err);
+        }
+        if let Holder::Running(remaining) = writer.and(shared) {
+            self.withdraw(request, key, entry, revision).await?;
+            return Ok(Attempt::Busy { remaining });
+        }
+        self.granted(entry, request, sent_at + request.ttl, revision, None)
+            .await
     }
 
     /// `Err(PermitsMismatch)` when one of `others` (slots taken with

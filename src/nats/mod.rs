@@ -150,9 +150,11 @@
 //! 250 ms per backend while it keeps being refused). A claim only delays
 //! shared and counted requests, never decides who holds what, so it is a
 //! plain write. While one is live, shared and counted requests are busy;
-//! exclusive ones pass it by. Differences from
-//! [`WRITER_CLAIM`](crate::backend::LeaseKind::Shared)'s contract, since no
-//! clocks are compared:
+//! exclusive ones pass it by. A one-off try reads the claim from the
+//! leader; a waiting one reads it only when its backend's watch saw one
+//! written (it is subscribed to the key, so the watch records claims on
+//! it). How this differs from the claim the backend contract describes
+//! ([`LeaseKind::Shared`]), since no clocks are compared:
 //!
 //! - A claim keeps readers out for one second from when each backend first
 //!   sees it (the watch records it as it is written, for keys that backend
@@ -171,6 +173,10 @@
 //! may have turned away meanwhile; a waiting try withdraws silently, since
 //! waiters that turn each other away would otherwise wake each other for as
 //! long as they wait, and the holders they met wake them when they leave.
+//!
+//! A counted release names its slot in its announcement; a waiting counted
+//! try of a backend that heard it tries that slot first (a create on it
+//! decides), and answers busy, without a read, if somebody else took it.
 //!
 //! A counted request whose token holds a slot is granted again (same fence)
 //! when this backend granted it; a release by token (the answer of a grant
@@ -284,7 +290,7 @@ use tokio::time::Instant;
 
 use self::{
     fence::Fences,
-    kinds::{Claims, Holder},
+    kinds::{Claims, Freed, Holder},
     leader::Leader,
     lease::{LeaseValue, SeenKeys, Verdict},
 };
@@ -340,6 +346,8 @@ struct Inner {
     leader: Leader,
     /// The claims of this backend's waiting writers.
     claims: Claims,
+    /// The slots release announcements named, per lock key.
+    freed: Arc<Freed>,
     watch: tokio::task::JoinHandle<()>,
 }
 
@@ -417,6 +425,7 @@ impl Builder {
         let fences = Arc::new(Fences::new(info));
         let wakeups = WakeRegistry::default();
         let seen = Arc::new(SeenKeys::default());
+        let freed = Arc::new(Freed::default());
         let released_prefix = format!("tower-lock.{}.released.", self.bucket);
         let watch = watch::start(
             self.js.client(),
@@ -425,6 +434,7 @@ impl Builder {
             wakeups.clone(),
             seen.clone(),
             fences.clone(),
+            freed.clone(),
         )
         .await?;
         let subject_prefix = store
@@ -447,6 +457,7 @@ impl Builder {
                 seen,
                 leader,
                 claims: Claims::default(),
+                freed,
                 watch,
             }),
         })
@@ -635,9 +646,16 @@ impl NatsBackend {
     /// client sends it in the background otherwise, which a process that
     /// exits right after (a leader resigning at shutdown) may never do.
     async fn announce(&self, key: &str, flush: bool) {
+        self.announce_entry(key, flush, None).await;
+    }
+
+    /// [`announce`](Self::announce), naming the entry a counted holder
+    /// freed: that backend's next waiter tries that slot first.
+    async fn announce_entry(&self, key: &str, flush: bool, freed: Option<&str>) {
         let subject = format!("{}{key}", self.inner.released_prefix);
         let client = self.inner.js.client();
-        let sent = match client.publish(subject, Bytes::new()).await {
+        let payload = freed.map_or_else(Bytes::new, |entry| Bytes::from(entry.to_owned()));
+        let sent = match client.publish(subject, payload).await {
             Ok(()) if flush => client.flush().await.map_err(|err| err.to_string()),
             Ok(()) => Ok(()),
             Err(err) => Err(err.to_string()),
@@ -799,7 +817,6 @@ impl NatsBackend {
         Ok(Attempt::Busy { remaining: None })
     }
 
-
     /// Renews the lease `lease` holds at the bucket key `entry`.
     async fn extend_entry(
         &self,
@@ -866,7 +883,9 @@ impl NatsBackend {
         }
         for _ in 0..ROUNDS {
             if self.free(entry, revision).await?.is_ok() {
-                self.announce(key, valued).await;
+                let slot = matches!(key::Entry::of(entry), Some(key::Entry::Slot { .. }));
+                self.announce_entry(key, valued, slot.then_some(entry))
+                    .await;
                 return Ok(true);
             }
             match self.revision_held_by(entry, lease.token).await? {

@@ -13,6 +13,7 @@ use futures_util::StreamExt;
 use super::{
     fence::Fences,
     key,
+    kinds::Freed,
     lease::{LeaseValue, SeenKeys},
 };
 use crate::{LockError, backend::WakeRegistry};
@@ -31,6 +32,7 @@ pub(crate) async fn start(
     wakeups: WakeRegistry,
     seen: Arc<SeenKeys>,
     fences: Arc<Fences>,
+    freed: Arc<Freed>,
 ) -> Result<tokio::task::JoinHandle<()>, LockError> {
     let announcements = client
         .subscribe(format!("{released_prefix}>"))
@@ -45,6 +47,7 @@ pub(crate) async fn start(
         wakeups,
         seen,
         fences,
+        freed,
     };
     Ok(tokio::spawn(sources.run(watch, announcements)))
 }
@@ -55,6 +58,7 @@ struct Sources {
     wakeups: WakeRegistry,
     seen: Arc<SeenKeys>,
     fences: Arc<Fences>,
+    freed: Arc<Freed>,
 }
 
 impl Sources {
@@ -75,6 +79,14 @@ impl Sources {
                         // only wakes: waiters read the key again, and what
                         // they measured of a lease stays as it was.
                         if let Some(key) = message.subject.strip_prefix(self.released_prefix.as_str()) {
+                            // The slot a counted holder freed: a hint where
+                            // to try first, which a create on it decides.
+                            if !message.payload.is_empty()
+                                && self.wakeups.is_watched(key)
+                                && let Ok(entry) = std::str::from_utf8(&message.payload)
+                            {
+                                self.freed.note(key, entry);
+                            }
                             self.wakeups.notify(key);
                         }
                     }
