@@ -51,7 +51,7 @@ use axum::{
 };
 
 pub use crate::middleware::HeldLock;
-use crate::{LockGuard, LockSet, Locker, middleware::LockRejection};
+use crate::{LockGuard, LockSet, Locker, backend::LeaseKind, middleware::LockRejection};
 
 impl<S: Send + Sync> FromRequestParts<S> for HeldLock {
     type Rejection = MissingHeldLock;
@@ -138,6 +138,43 @@ pub trait LockKey<S>: Send + Sync + 'static {
     /// fast.
     const WAIT: Duration = crate::middleware::DEFAULT_WAIT;
 
+    /// The kind of lock: exclusive (the default), shared (readers of a
+    /// document side by side, never alongside a writer; see
+    /// [`Locker::acquire_shared`]) or counted (at most `permits` handlers of
+    /// a key at once; see [`Locker::acquire_permit`]).
+    ///
+    /// ```
+    /// use axum::{extract::{FromRequestParts, Path}, http::request::Parts};
+    /// use tower_lock::{backend::LeaseKind, extract::LockKey};
+    ///
+    /// /// Reads of `/documents/{id}`: they share the document's lock.
+    /// struct DocumentRead;
+    ///
+    /// impl<S: Send + Sync> LockKey<S> for DocumentRead {
+    ///     type Rejection = axum::extract::rejection::PathRejection;
+    ///     const KIND: LeaseKind = LeaseKind::Shared;
+    ///
+    ///     async fn lock_key(parts: &mut Parts, state: &S) -> Result<String, Self::Rejection> {
+    ///         let Path(id) = Path::<u64>::from_request_parts(parts, state).await?;
+    ///         Ok(format!("document:{id}"))
+    ///     }
+    /// }
+    ///
+    /// /// Exports of a tenant: two at once.
+    /// struct Export;
+    ///
+    /// impl<S: Send + Sync> LockKey<S> for Export {
+    ///     type Rejection = axum::extract::rejection::PathRejection;
+    ///     const KIND: LeaseKind = LeaseKind::Counted { permits: 2 };
+    ///
+    ///     async fn lock_key(parts: &mut Parts, state: &S) -> Result<String, Self::Rejection> {
+    ///         let Path(tenant) = Path::<String>::from_request_parts(parts, state).await?;
+    ///         Ok(format!("export:{tenant}"))
+    ///     }
+    /// }
+    /// ```
+    const KIND: LeaseKind = LeaseKind::Exclusive;
+
     /// The key of the request's lock.
     fn lock_key(
         parts: &mut Parts,
@@ -145,7 +182,8 @@ pub trait LockKey<S>: Send + Sync + 'static {
     ) -> impl Future<Output = Result<String, Self::Rejection>> + Send;
 }
 
-/// A lock taken by the handler's extractor: the key comes from
+/// A lock taken by the handler's extractor: the key and the kind of lock
+/// (exclusive, shared or counted: [`LockKey::KIND`]) come from
 /// [`K: LockKey`](LockKey), the [`Locker`] from the state
 /// ([`FromRef`]). The lock is held, its lease renewed, until the value is
 /// dropped: at the end of the handler unless it is moved elsewhere.
@@ -195,6 +233,9 @@ where
             .await
             .map_err(LockedRejection::Key)?;
         let locker = Locker::from_ref(state).auto_renew(true);
+        let locker = locker
+            .of_kind(K::KIND)
+            .map_err(|error| refused(key.clone(), error))?;
         match locker.acquire_timeout(&key, K::TTL, K::WAIT).await {
             Ok(guard) => Ok(Locked {
                 guard,

@@ -27,8 +27,10 @@
 //!
 //! [`Locker`] takes locks: [`acquire`](Locker::acquire) waits,
 //! [`try_lock`](Locker::try_lock) never does,
-//! [`acquire_all`](Locker::acquire_all) takes several keys deadlock-free.
-//! Each returns a [`LockGuard`]: RAII release, a [fencing
+//! [`acquire_all`](Locker::acquire_all) takes several keys deadlock-free,
+//! [`acquire_shared`](Locker::acquire_shared) lets readers share a key that
+//! writers take alone, and [`acquire_permit`](Locker::acquire_permit) lets
+//! at most N holders have a key at once. Each returns a [`LockGuard`]: RAII release, a [fencing
 //! token](LockGuard::fence), and a lease that can renew itself and tells you
 //! when it is [lost](LockGuard::lost).
 //!

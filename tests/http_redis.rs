@@ -136,3 +136,50 @@ async fn a_lock_deleted_under_a_streamed_body_cuts_it() {
     assert!(other.is_some(), "the key was not free after the cut");
     drop(tx);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn permits_bound_a_keys_handlers_across_two_replicas_sharing_redis() {
+    let server = Tied::start(support::free_port(), Vec::new());
+    let (now, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let mut replicas = Vec::new();
+    for _ in 0..2 {
+        let backend = RedisBackend::from_url(&server.url())
+            .await
+            .expect("backend");
+        let (now, most) = (now.clone(), most.clone());
+        let app = Router::new()
+            .route(
+                "/exports/{tenant}",
+                post(move || {
+                    let (now, most) = (now.clone(), most.clone());
+                    async move {
+                        let inside = now.fetch_add(1, Ordering::SeqCst) + 1;
+                        most.fetch_max(inside, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        now.fetch_sub(1, Ordering::SeqCst);
+                    }
+                }),
+            )
+            .layer(
+                LockLayer::new(Locker::new(backend), key::path_param("tenant"))
+                    .permits(2)
+                    .wait_timeout(Duration::from_secs(30)),
+            );
+        replicas.push(serve(app).await);
+    }
+    let client = client();
+    let requests = (0..16).map(|i| {
+        let request = client.post(format!("http://{}/exports/tenant-4", replicas[i % 2]));
+        async move { request.send().await.expect("request").status() }
+    });
+    let statuses = futures_util::future::join_all(requests).await;
+    assert!(
+        statuses.iter().all(|status| *status == StatusCode::OK),
+        "{statuses:?}"
+    );
+    assert_eq!(
+        most.load(Ordering::SeqCst),
+        2,
+        "most exports of one tenant at once"
+    );
+}

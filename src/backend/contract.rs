@@ -44,6 +44,14 @@ pub trait Backend: fmt::Debug + Send + Sync + 'static {
     /// whose answer was lost (refusing it would orphan the lock for its
     /// ttl), or a holder changing its stored value.
     ///
+    /// Leases of other [kinds](crate::backend::LeaseKind) follow the same
+    /// rules per holder: a shared or counted request joins the key's live
+    /// holders where its kind allows (and no waiting writer claims the key),
+    /// each holder with its own token and fence. A counted request whose
+    /// count differs from the one the key's holders took it with fails with
+    /// [`LockError::PermitsMismatch`], changing nothing. A store may treat
+    /// every kind as exclusive: that shares less, and breaks nothing.
+    ///
     /// A store that can tell it lost its state (a restart that dropped its
     /// keys) should not grant a lease that carries a
     /// [`value`](AcquireRequest::value) for one `request.ttl` after it
@@ -93,7 +101,9 @@ pub trait Backend: fmt::Debug + Send + Sync + 'static {
 
     /// Who holds `key` now, with the fence of its acquisition and the value
     /// stored with its lease: `None` when nobody does (never taken,
-    /// released, or its lease ran out as far as the store can tell).
+    /// released, or its lease ran out as far as the store can tell), and
+    /// when the key is held by shared or counted leases only: this reports
+    /// exclusive holders (an election's leader).
     async fn holder(&self, key: &str) -> Result<Option<Holding>, LockError>;
 
     /// Answers [`try_acquire`](Self::try_acquire) on the spot, for a store

@@ -19,7 +19,8 @@
 //! };
 //! use tower_lock::{LockError, Locker};
 //!
-//! /// A single-mutex table: fine for an example, too slow for real use.
+//! /// A single-mutex table: fine for an example, too slow for real use. It
+//! /// treats every lease kind as exclusive, which the contract allows.
 //! #[derive(Debug, Default)]
 //! struct TinyBackend {
 //!     table: Mutex<HashMap<String, (Token, u64, Instant, Option<String>)>>,

@@ -9,12 +9,15 @@ use super::Locker;
 use crate::{LockError, LockGuard, backend::LeaseKind, key::validate_permits};
 
 impl Locker {
-    /// This locker, taking leases of `kind`.
-    fn of_kind(&self, kind: LeaseKind) -> Locker {
-        Locker {
+    /// This locker, taking leases of `kind` (a count checked here).
+    pub(crate) fn of_kind(&self, kind: LeaseKind) -> Result<Locker, LockError> {
+        if let LeaseKind::Counted { permits } = kind {
+            validate_permits(permits)?;
+        }
+        Ok(Locker {
             kind,
             ..self.clone()
-        }
+        })
     }
 
     /// Waits until no exclusive holder has `key`, then takes a shared lease
@@ -71,7 +74,7 @@ impl Locker {
     /// # }
     /// ```
     pub async fn acquire_shared(&self, key: &str, ttl: Duration) -> Result<LockGuard, LockError> {
-        self.of_kind(LeaseKind::Shared).lock(key, ttl, None).await
+        self.of_kind(LeaseKind::Shared)?.lock(key, ttl, None).await
     }
 
     /// Like [`acquire_shared`](Self::acquire_shared), but gives up after
@@ -103,7 +106,7 @@ impl Locker {
         wait: Duration,
     ) -> Result<LockGuard, LockError> {
         let deadline = Instant::now().checked_add(wait);
-        self.of_kind(LeaseKind::Shared)
+        self.of_kind(LeaseKind::Shared)?
             .lock(key, ttl, deadline)
             .await
     }
@@ -139,7 +142,7 @@ impl Locker {
         key: &str,
         ttl: Duration,
     ) -> Result<Option<LockGuard>, LockError> {
-        self.of_kind(LeaseKind::Shared).try_lock(key, ttl).await
+        self.of_kind(LeaseKind::Shared)?.try_lock(key, ttl).await
     }
 
     /// Waits until fewer than `permits` holders have `key`, then takes one
@@ -200,8 +203,7 @@ impl Locker {
         permits: u32,
         ttl: Duration,
     ) -> Result<LockGuard, LockError> {
-        validate_permits(permits)?;
-        self.of_kind(LeaseKind::Counted { permits })
+        self.of_kind(LeaseKind::Counted { permits })?
             .lock(key, ttl, None)
             .await
     }
@@ -236,9 +238,8 @@ impl Locker {
         ttl: Duration,
         wait: Duration,
     ) -> Result<LockGuard, LockError> {
-        validate_permits(permits)?;
         let deadline = Instant::now().checked_add(wait);
-        self.of_kind(LeaseKind::Counted { permits })
+        self.of_kind(LeaseKind::Counted { permits })?
             .lock(key, ttl, deadline)
             .await
     }
@@ -275,8 +276,7 @@ impl Locker {
         permits: u32,
         ttl: Duration,
     ) -> Result<Option<LockGuard>, LockError> {
-        validate_permits(permits)?;
-        self.of_kind(LeaseKind::Counted { permits })
+        self.of_kind(LeaseKind::Counted { permits })?
             .try_lock(key, ttl)
             .await
     }

@@ -14,7 +14,7 @@ use http::{Method, Response, StatusCode};
 use tower_layer::Layer;
 
 use super::{KeyExtractor, LockRejection, LockService, MissingKey, body::Refusal};
-use crate::{Locker, MAX_TTL, MIN_TTL};
+use crate::{Locker, MAX_TTL, MIN_TTL, backend::LeaseKind, key::validate_permits};
 
 /// The default lease of a request's lock.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(30);
@@ -48,6 +48,8 @@ pub(crate) type RejectionHook = Arc<dyn Fn(LockRejection) -> Response<Refusal> +
 /// | [`max_hold`](Self::max_hold) | 2 minutes ([`DEFAULT_MAX_HOLD`]) |
 /// | [`missing_key`](Self::missing_key) | [`MissingKey::Reject`] (`400`) |
 /// | [`methods`](Self::methods) | every method locked |
+/// | [`shared_for`](Self::shared_for) | no method shared: every locked one exclusive |
+/// | [`permits`](Self::permits) | one request per key at once |
 /// | [`retry_after`](Self::retry_after) | 1 s with renewal on, else the holder's remaining lease |
 /// | [`busy_status`](Self::busy_status) | `423 Locked` |
 /// | [`on_rejection_response`](Self::on_rejection_response) | [`LockRejection::into_http_response`] |
@@ -66,6 +68,21 @@ pub(crate) type RejectionHook = Arc<dyn Fn(LockRejection) -> Response<Refusal> +
 ///
 /// Methods outside [`methods`](Self::methods), when set, pass through
 /// unlocked, by that explicit choice.
+///
+/// # One table from method to lock
+///
+/// Each method gets one treatment: a shared lock for those named in
+/// [`shared_for`](Self::shared_for); otherwise, for methods
+/// [`methods`](Self::methods) locks (every method unless it is set), an
+/// exclusive lock, or one of [`permits`](Self::permits) when that is set;
+/// the rest pass through. A method named both in `methods` and in
+/// `shared_for` is a configuration error, caught (a panic) when the layer
+/// is built. A shared or counted lock that cannot be had is refused like a
+/// busy key (`423`, with `Retry-After`).
+///
+/// Several keys from one request (see
+/// [`key::path_params`](super::key::path_params)) are taken together, each
+/// with the request's treatment.
 pub struct LockLayer<K> {
     config: Config<K>,
 }
@@ -80,6 +97,11 @@ pub(crate) struct Config<K> {
     pub(crate) missing_key: MissingKey,
     /// `None`: every method is locked.
     pub(crate) methods: Option<Arc<[Method]>>,
+    /// Methods that take a shared lock.
+    pub(crate) shared: Arc<[Method]>,
+    /// How many requests of a key run at once under the locks that are not
+    /// shared; `None`: one (an exclusive lock).
+    pub(crate) permits: Option<u32>,
     pub(crate) retry_after: Option<Duration>,
     pub(crate) busy_status: StatusCode,
     pub(crate) on_rejection: RejectionHook,
@@ -108,17 +130,37 @@ impl Logged {
 /// How the layer treats a request, by its method.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Treatment {
-    Locked,
+    /// Under a lease of this kind.
+    Locked(LeaseKind),
     PassedThrough,
 }
 
 impl<K> Config<K> {
     /// The one table from method to treatment.
     pub(crate) fn treatment(&self, method: &Method) -> Treatment {
+        if self.shared.contains(method) {
+            return Treatment::Locked(LeaseKind::Shared);
+        }
         match &self.methods {
             Some(methods) if !methods.contains(method) => Treatment::PassedThrough,
-            _ => Treatment::Locked,
+            _ => Treatment::Locked(self.permits.map_or(LeaseKind::Exclusive, |permits| {
+                LeaseKind::Counted { permits }
+            })),
         }
+    }
+}
+
+/// Panics when a method is named both in `methods` and in `shared_for`.
+fn refuse_overlap(methods: Option<&[Method]>, shared: &[Method]) {
+    let both = methods
+        .into_iter()
+        .flatten()
+        .find(|method| shared.contains(method));
+    if let Some(method) = both {
+        panic!(
+            "LockLayer: {method} is named both in `methods` (exclusive) and in `shared_for`; \
+             give each method one treatment"
+        );
     }
 }
 
@@ -148,6 +190,8 @@ impl<K> Clone for Config<K> {
             max_hold: self.max_hold,
             missing_key: self.missing_key,
             methods: self.methods.clone(),
+            shared: self.shared.clone(),
+            permits: self.permits,
             retry_after: self.retry_after,
             busy_status: self.busy_status,
             on_rejection: self.on_rejection.clone(),
@@ -176,6 +220,8 @@ impl<K: KeyExtractor> LockLayer<K> {
                 max_hold: DEFAULT_MAX_HOLD,
                 missing_key: MissingKey::Reject,
                 methods: None,
+                shared: Arc::new([]),
+                permits: None,
                 retry_after: None,
                 busy_status: StatusCode::LOCKED,
                 on_rejection: Arc::new(|rejection: LockRejection| {
@@ -245,8 +291,70 @@ impl<K> LockLayer<K> {
     /// let layer = LockLayer::new(Locker::in_memory(), key::header("x-tenant-id"))
     ///     .methods([Method::POST, Method::PUT, Method::PATCH, Method::DELETE]);
     /// ```
+    ///
+    /// # Panics
+    ///
+    /// When a method is also named in [`shared_for`](Self::shared_for).
     pub fn methods(mut self, methods: impl IntoIterator<Item = Method>) -> Self {
-        self.config.methods = Some(methods.into_iter().collect());
+        let methods: Arc<[Method]> = methods.into_iter().collect();
+        refuse_overlap(Some(&methods), &self.config.shared);
+        self.config.methods = Some(methods);
+        self
+    }
+
+    /// Takes a shared lock for requests with these methods, and an
+    /// exclusive one (or a permit, with [`permits`](Self::permits)) for the
+    /// others that are locked: `GET`s of a document run side by side, never
+    /// alongside a `PUT` of it, across every replica. Default: none.
+    ///
+    /// A writer waiting for the key keeps new readers out (see
+    /// [`Locker::acquire_shared`]), so a stream of `GET`s cannot starve a
+    /// `PUT`.
+    ///
+    /// # Panics
+    ///
+    /// When a method is also named in [`methods`](Self::methods): each
+    /// method gets one treatment.
+    ///
+    /// ```
+    /// use http::Method;
+    /// use tower_lock::{LockLayer, Locker, middleware::key};
+    ///
+    /// let layer = LockLayer::new(Locker::in_memory(), key::path_param("id"))
+    ///     .shared_for([Method::GET, Method::HEAD]);
+    /// ```
+    pub fn shared_for(mut self, methods: impl IntoIterator<Item = Method>) -> Self {
+        let shared: Arc<[Method]> = methods.into_iter().collect();
+        refuse_overlap(self.config.methods.as_deref(), &shared);
+        self.config.shared = shared;
+        self
+    }
+
+    /// Lets at most `permits` requests of a key run at once, across every
+    /// replica sharing the store ("two exports per tenant at once"):
+    /// requests that are locked and not [shared](Self::shared_for) take one
+    /// of the key's permits (see [`Locker::acquire_permit`]) instead of an
+    /// exclusive lock, and wait, or are refused as for a busy key, when all
+    /// are taken. Default: one request per key (an exclusive lock).
+    ///
+    /// Every replica must use the same count for a key: a request that
+    /// meets holders with another count is refused with `500`.
+    ///
+    /// # Panics
+    ///
+    /// For `permits` of 0 or above [`MAX_PERMITS`](crate::MAX_PERMITS).
+    ///
+    /// ```
+    /// use tower_lock::{LockLayer, Locker, middleware::key};
+    ///
+    /// let layer = LockLayer::new(Locker::in_memory(), key::header("x-tenant-id"))
+    ///     .permits(2);
+    /// ```
+    pub fn permits(mut self, permits: u32) -> Self {
+        if let Err(error) = validate_permits(permits) {
+            panic!("LockLayer::permits: {error}");
+        }
+        self.config.permits = Some(permits);
         self
     }
 
@@ -417,6 +525,8 @@ impl<K> fmt::Debug for Config<K> {
             .field("max_hold", &self.max_hold)
             .field("missing_key", &self.missing_key)
             .field("methods", &self.methods)
+            .field("shared", &self.shared)
+            .field("permits", &self.permits)
             .field("retry_after", &self.retry_after)
             .field("busy_status", &self.busy_status)
             .finish_non_exhaustive()

@@ -78,9 +78,10 @@ where
         // `poll_ready`.
         let inner = self.inner.clone();
         let config = &*self.config;
-        if config.treatment(request.method()) == Treatment::PassedThrough {
-            return ResponseFuture::passed_through(inner, request);
-        }
+        let kind = match config.treatment(request.method()) {
+            Treatment::Locked(kind) => kind,
+            Treatment::PassedThrough => return ResponseFuture::passed_through(inner, request),
+        };
         let (parts, body) = request.into_parts();
         let key = config.extractor.extract(&parts);
         let request = Request::from_parts(parts, body);
@@ -104,7 +105,15 @@ where
                 ));
             }
         };
-        let (locker, ttl, wait) = (config.locker.clone(), config.ttl, config.wait);
+        // The count was checked when the layer was built.
+        let locker = match config.locker.of_kind(kind) {
+            Ok(locker) => locker,
+            Err(error) => {
+                let rejection = LockRejection::from_error(join(key.iter()), error);
+                return ResponseFuture::refused((config.on_rejection)(rejection));
+            }
+        };
+        let (ttl, wait) = (config.ttl, config.wait);
         let held = Held::new(&locker, key.iter().map(SmolStr::new).collect());
         // While holders renew, their remaining lease says nothing about
         // when the key frees.
