@@ -168,10 +168,14 @@ impl Cluster {
         let subjects: Vec<(String, usize)> = futures_util::TryStreamExt::try_collect(subjects)
             .await
             .expect("subjects");
-        subjects
+        // `info_with_subjects` asks for a second page, which may repeat some.
+        let mut keys: Vec<String> = subjects
             .into_iter()
             .filter_map(|(subject, _)| subject.strip_prefix("$KV.locks.").map(str::to_owned))
-            .collect()
+            .collect();
+        keys.sort();
+        keys.dedup();
+        keys
     }
 }
 
