@@ -15,6 +15,14 @@
 //! - contention (printed): 16 tasks over 4 Lockers on one key with a 1 ms
 //!   critical section, against one task doing the same serially; and Jain's
 //!   fairness index over the tasks.
+//! - `NATS lease kinds uncontended acquire+release, interleaved` (printed):
+//!   exclusive, shared and counted cycles side by side, with the exclusive
+//!   cycle's operations by hand as they were before shared locks (create,
+//!   delete) and as they are now (create, the leader's read of the key's
+//!   holder entries, delete).
+//! - permit contention (printed): 16 tasks over 4 Lockers taking one of 4
+//!   permits of one key for a 1 ms section, against 4 times the rate of one
+//!   task doing the same serially; and Jain's fairness index.
 //!
 //! `cargo bench --features nats --bench nats -- --warm-up-time 1 --measurement-time 3`
 
@@ -196,6 +204,152 @@ fn uncontended_interleaved() {
     });
 }
 
+/// The exclusive, shared and counted cycles side by side, with the
+/// exclusive cycle's store operations by hand.
+fn kinds_interleaved() {
+    let s = setup();
+    s.rt.block_on(async {
+        let a = locker(s.port).await;
+        let js = async_nats::jetstream::new(support::nats::connect(&[s.port]).await);
+        let store = js.get_key_value("bench").await.expect("bucket");
+        let (a, js, store) = (&a, &js, &store);
+        interleave::compare(
+            "NATS lease kinds uncontended acquire+release",
+            30,
+            20,
+            &mut [
+                (
+                    "exclusive (acquire)",
+                    Box::new(move || {
+                        Box::pin(async move {
+                            let guard = a.acquire("kinds-x", TTL).await.expect("acquire");
+                            guard.release().await.expect("release");
+                        })
+                    }),
+                ),
+                (
+                    "shared (acquire_shared)",
+                    Box::new(move || {
+                        Box::pin(async move {
+                            let guard = a.acquire_shared("kinds-s", TTL).await.expect("shared");
+                            guard.release().await.expect("release");
+                        })
+                    }),
+                ),
+                (
+                    "counted (acquire_permit, 4)",
+                    Box::new(move || {
+                        Box::pin(async move {
+                            let guard = a.acquire_permit("kinds-p", 4, TTL).await.expect("permit");
+                            guard.release().await.expect("release");
+                        })
+                    }),
+                ),
+                (
+                    "by hand: create, delete (before)",
+                    Box::new(move || Box::pin(floor_same_ops(store, js))),
+                ),
+                (
+                    "by hand: create, leader read, delete (now)",
+                    Box::new(move || Box::pin(floor_with_check(store, js))),
+                ),
+            ],
+        )
+        .await;
+    });
+}
+
+/// The exclusive cycle's operations now: a create on an empty key, the
+/// stream leader's read of the key's shared and counted entries (none),
+/// then the exact delete.
+async fn floor_with_check(
+    store: &async_nats::jetstream::kv::Store,
+    js: &async_nats::jetstream::Context,
+) {
+    let revision = store
+        .update("floor", "v1 x 30000".into(), 0)
+        .await
+        .expect("create");
+    let found = store
+        .stream
+        .get_first_raw_message_by_subject("$KV.bench.floor.*.>", 1)
+        .await;
+    assert!(found.is_err(), "no entry under the floor key");
+    let _: serde_json_free::Reply = js
+        .request(
+            "STREAM.MSG.DELETE.KV_bench",
+            &serde_json_free::Delete {
+                seq: revision,
+                no_erase: true,
+            },
+        )
+        .await
+        .expect("delete");
+}
+
+/// Like [`contention`], for one of `permits` permits of the key.
+fn permit_contention(
+    s: &Setup,
+    lockers: usize,
+    tasks: usize,
+    permits: u32,
+    period: Duration,
+) -> Vec<f64> {
+    s.rt.block_on(async {
+        let mut all = Vec::new();
+        for _ in 0..lockers {
+            all.push(locker(s.port).await);
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let handles: Vec<_> = (0..tasks)
+            .map(|task| {
+                let (locker, stop) = (all[task % lockers].clone(), stop.clone());
+                tokio::spawn(async move {
+                    let mut count = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        let guard = locker
+                            .acquire_permit("permits", permits, TTL)
+                            .await
+                            .expect("permit");
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                        guard.release().await.expect("release");
+                        count += 1;
+                    }
+                    count
+                })
+            })
+            .collect();
+        let start = Instant::now();
+        tokio::time::sleep(period).await;
+        stop.store(true, Ordering::Relaxed);
+        let mut counts = Vec::new();
+        for handle in handles {
+            counts.push(handle.await.expect("task"));
+        }
+        let elapsed = start.elapsed().as_secs_f64();
+        counts
+            .into_iter()
+            .map(|count| count as f64 / elapsed)
+            .collect()
+    })
+}
+
+fn permit_contention_summary() {
+    let s = setup();
+    let period = Duration::from_secs(5);
+    let serial: f64 = permit_contention(&s, 1, 1, 4, period).iter().sum();
+    let rates = permit_contention(&s, 4, 16, 4, period);
+    let total: f64 = rates.iter().sum();
+    let per_task: Vec<String> = rates.iter().map(|rate| format!("{rate:.0}")).collect();
+    println!(
+        "permit contention: serial 1 task {serial:.0}/s (x4 = {:.0}/s) | 16 tasks over 4 lockers, 4 permits {total:.0}/s = {:.2}x of 4x serial | Jain fairness {:.3} | per task /s [{}]",
+        serial * 4.0,
+        total / (serial * 4.0),
+        jain(&rates),
+        per_task.join(", "),
+    );
+}
+
 /// Acquisitions per second of each task, `tasks` tasks over `lockers`
 /// lockers for about `period`: divided by the time from the start to the
 /// last task's end, since tasks finish the acquisition they are in.
@@ -309,8 +463,10 @@ fn main() {
         .configure_from_args()
         .final_summary();
     uncontended_interleaved();
+    kinds_interleaved();
     wakeup_medians(200);
     contention_summary();
+    permit_contention_summary();
 }
 
 /// One hand-off: `a` holds, `b` waits, `a` releases; the time from the

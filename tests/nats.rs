@@ -56,15 +56,64 @@ async fn created_micros(store: &async_nats::jetstream::kv::Store) -> u64 {
     since.as_micros() as u64
 }
 
-async fn live_keys(store: &async_nats::jetstream::kv::Store) -> usize {
-    let keys: Vec<String> = store
+async fn all_keys(store: &async_nats::jetstream::kv::Store) -> Vec<String> {
+    store
         .keys()
         .await
         .expect("list keys")
         .try_collect()
         .await
-        .expect("list keys");
-    keys.len()
+        .expect("list keys")
+}
+
+/// The keys with a message, sorted, from the stream's state.
+async fn stored_keys(store: &async_nats::jetstream::kv::Store) -> Vec<String> {
+    let prefix = format!("$KV.{}.", store.name);
+    let subjects = store
+        .stream
+        .info_with_subjects(format!("{prefix}>"))
+        .await
+        .expect("stream info");
+    let subjects: Vec<(String, usize)> = subjects.try_collect().await.expect("subjects");
+    let mut keys: Vec<String> = subjects
+        .into_iter()
+        .filter_map(|(subject, _)| subject.strip_prefix(&prefix).map(str::to_owned))
+        .collect();
+    // `info_with_subjects` asks for a second page, which may repeat some.
+    keys.sort();
+    keys.dedup();
+    keys
+}
+
+async fn live_keys(store: &async_nats::jetstream::kv::Store) -> usize {
+    all_keys(store).await.len()
+}
+
+/// A waiting writer's claim on a lock (`<key>.w`; see the module docs).
+fn is_claim(key: &str) -> bool {
+    key.split_once('.').is_some_and(|(_, rest)| rest == "w")
+}
+
+/// The locks with a lease in the bucket: a lock's own key, or the entries
+/// of its shared and counted holders. Claims are waiters' state, reported
+/// as leftovers instead.
+async fn stored_locks(store: &async_nats::jetstream::kv::Store) -> usize {
+    let locks: std::collections::HashSet<String> = all_keys(store)
+        .await
+        .into_iter()
+        .filter(|key| !is_claim(key))
+        .map(|key| key.split('.').next().unwrap_or_default().to_owned())
+        .collect();
+    locks.len()
+}
+
+async fn claims_left(store: &async_nats::jetstream::kv::Store) -> Vec<String> {
+    all_keys(store)
+        .await
+        .into_iter()
+        .filter(|key| is_claim(key))
+        .map(|key| format!("claim {key}"))
+        .collect()
 }
 
 impl conformance::Harness for Nats {
@@ -73,9 +122,11 @@ impl conformance::Harness for Nats {
     }
 
     async fn stored_locks(&self) -> usize {
-        // Live entries only: a release leaves a delete marker, as every KV
-        // delete does (see the module docs).
-        live_keys(&self.store).await
+        stored_locks(&self.store).await
+    }
+
+    async fn leftovers(&self) -> Vec<String> {
+        claims_left(&self.store).await
     }
 
     fn measures_from_first_sight(&self) -> bool {
@@ -749,3 +800,234 @@ async fn released_keys_leave_no_message_in_the_bucket() {
     let info = store.stream.get_info().await.expect("info");
     assert_eq!(info.state.messages, 0, "released keys left messages");
 }
+
+// ---------------------------------------------------------------------------
+// Shared and counted leases: their entries in the bucket, holders that
+// crash, and what a release leaves.
+
+const KINDS_ENV: &str = "TOWER_LOCK_NATS_KINDS_CHILD";
+
+/// Not a test: a process holding a shared lease on `<key>:shared` and one
+/// of two permits of `<key>:permit`, renewed, until it is killed.
+#[tokio::test]
+#[ignore = "run only as a child process by the kinds tests"]
+async fn kinds_child() {
+    let Ok(spec) = std::env::var(KINDS_ENV) else {
+        return;
+    };
+    let mut parts = spec.split(' ');
+    let port: u16 = parts.next().and_then(|p| p.parse().ok()).expect("port");
+    let key = parts.next().expect("key").to_owned();
+    let ttl = Duration::from_millis(parts.next().and_then(|t| t.parse().ok()).expect("ttl"));
+    let locker = Locker::new(backend(port).await).auto_renew(true);
+    let shared = locker
+        .acquire_shared(&format!("{key}:shared"), ttl)
+        .await
+        .expect("child shared");
+    let permit = locker
+        .acquire_permit(&format!("{key}:permit"), 2, ttl)
+        .await
+        .expect("child permit");
+    println!(
+        "{}held {} {}",
+        support::child::MARK,
+        shared.fence(),
+        permit.fence()
+    );
+    // Held (and renewed) until killed.
+    std::future::pending::<()>().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_shared_and_counted_holders_free_their_place_after_their_ttl() {
+    let nats = Nats::start().await;
+    let ttl = Duration::from_millis(1500);
+    let child = support::child::ChildProcess::start(
+        "kinds_child",
+        KINDS_ENV,
+        format!("{} doc {}", nats.server.port, ttl.as_millis()),
+    );
+    let fences = child.expect_line("held");
+    let (shared, permit) = ("doc:shared", "doc:permit");
+    let locker = nats.locker_for_test().await;
+    // Held for several ttls (renewed): a writer stays out, one permit is left.
+    let mine = locker.try_lock_permit(permit, 2, LONG).await.expect("try");
+    let mine = mine.expect("the second permit is free");
+    for _ in 0..3 {
+        assert!(locker.try_lock(shared, ttl).await.expect("try").is_none());
+        assert!(
+            locker
+                .try_lock_permit(permit, 2, ttl)
+                .await
+                .expect("try")
+                .is_none(),
+            "a third permit of two"
+        );
+        tokio::time::sleep(ttl / 2).await;
+    }
+    support::signal(child.pid(), "KILL");
+    let killed = Instant::now();
+    let bound = ttl + Duration::from_secs(1);
+    let (writer, second) = tokio::join!(
+        locker.acquire_timeout(shared, LONG, bound * 2),
+        locker.acquire_permit_timeout(permit, 2, LONG, bound * 2),
+    );
+    let (writer, second) = (writer.expect("writer"), second.expect("permit"));
+    let waited = killed.elapsed();
+    assert!(
+        waited <= bound,
+        "the killed holder's places came free after {waited:?}"
+    );
+    let child_fences: Vec<u64> = fences
+        .split(' ')
+        .map(|f| f.parse().expect("fence"))
+        .collect();
+    assert!(writer.fence() > child_fences[0] && second.fence() > child_fences[1]);
+    for guard in [writer, second, mine] {
+        guard.release().await.expect("release");
+    }
+    let info = nats.store.stream.get_info().await.expect("info");
+    assert_eq!(
+        info.state.messages, 0,
+        "the crashed holder's entries stayed"
+    );
+    drop(child);
+}
+
+/// What the bucket holds for a lock held shared, by permits, and claimed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_and_counted_holders_are_entries_under_the_lock_key() {
+    let nats = Nats::start().await;
+    let (a, b) = (nats.locker_for_test().await, nats.locker_for_test().await);
+    let readers = [
+        a.acquire_shared("doc:1", LONG).await.expect("shared"),
+        b.acquire_shared("doc:1", LONG).await.expect("shared"),
+    ];
+    let permit = a.acquire_permit("job", 3, LONG).await.expect("permit");
+    // A waiting writer claims the key it finds held.
+    let writer = tokio::spawn({
+        let b = b.clone();
+        async move { b.acquire("doc:1", LONG).await }
+    });
+    // The claim is written once the writer's first waiting try is refused.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let keys = loop {
+        // The writer's own key comes and goes with each of its tries.
+        let keys: Vec<String> = stored_keys(&nats.store)
+            .await
+            .into_iter()
+            .filter(|key| key != "doc=3A1")
+            .collect();
+        if keys.iter().any(|key| key == "doc=3A1.w") || Instant::now() > deadline {
+            break keys;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(keys.len(), 4, "{keys:?}");
+    assert!(keys[0].starts_with("doc=3A1.r."), "{keys:?}");
+    assert!(keys[1].starts_with("doc=3A1.r."), "{keys:?}");
+    assert_eq!(keys[2], "doc=3A1.w", "{keys:?}");
+    assert!(
+        keys[3].starts_with("job.p.3.") && keys[3]["job.p.3.".len()..].parse::<u32>().is_ok(),
+        "{keys:?}"
+    );
+    // A new reader stays out while the writer waits.
+    assert!(
+        a.try_lock_shared("doc:1", LONG)
+            .await
+            .expect("try")
+            .is_none()
+    );
+    // Nobody holds the key exclusively.
+    let probe = backend(nats.server.port).await;
+    assert_eq!(
+        tower_lock::backend::Backend::holder(&probe, "doc:1")
+            .await
+            .expect("holder"),
+        None,
+        "shared holders are not reported as the key's holder"
+    );
+    for reader in readers {
+        reader.release().await.expect("release");
+    }
+    let writer = writer.await.expect("task").expect("writer");
+    writer.release().await.expect("release");
+    permit.release().await.expect("release");
+    let info = nats.store.stream.get_info().await.expect("info");
+    assert_eq!(info.state.messages, 0, "released keys left messages");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn released_shared_and_counted_keys_leave_no_message_in_the_bucket() {
+    let nats = Nats::start().await;
+    let mut lockers = Vec::new();
+    for _ in 0..4 {
+        lockers.push(nats.locker_for_test().await);
+    }
+    let tasks: Vec<_> = (0..16)
+        .map(|task| {
+            let locker = lockers[task % 4].clone();
+            tokio::spawn(async move {
+                for i in 0..60 {
+                    let key = format!("doc:{}", i % 3);
+                    let guard = match task % 3 {
+                        0 => locker.acquire_shared(&key, LONG).await,
+                        1 => locker.acquire(&key, LONG).await,
+                        _ => {
+                            locker
+                                .acquire_permit(&format!("job:{}", i % 3), 3, LONG)
+                                .await
+                        }
+                    };
+                    guard.expect("acquire").release().await.expect("release");
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("task");
+    }
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let info = nats.store.stream.get_info().await.expect("info");
+        if info.state.messages == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "released keys left {} messages: {:?}",
+            info.state.messages,
+            all_keys(&nats.store).await
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_and_counted_leases_are_refused_on_a_bucket_that_forbids_deletes() {
+    let server = nats::server();
+    let js = async_nats::jetstream::new(nats::connect(&[server.port]).await);
+    bucket_stream(&js, "classic", |c| c.deny_delete = true).await;
+    let locker = Locker::new(NatsBackend::new(js, "classic").await.expect("open"));
+    for refused in [
+        locker.try_lock_shared("k", LONG).await.map(|_| ()),
+        locker.try_lock_permit("k", 2, LONG).await.map(|_| ()),
+    ] {
+        match refused {
+            Err(LockError::Misconfigured { setting, reason }) => {
+                assert_eq!(setting, "deny_delete");
+                assert!(reason.contains("classic"), "{reason}");
+            }
+            other => panic!("not refused: {other:?}"),
+        }
+    }
+    // Exclusive locks work there as before.
+    let guard = locker
+        .try_lock("k", LONG)
+        .await
+        .expect("try")
+        .expect("free");
+    guard.release().await.expect("release");
+}
+
+const LONG: Duration = Duration::from_secs(30);

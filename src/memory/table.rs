@@ -643,4 +643,26 @@ mod tests {
         let later = at(200);
         fence_of(table.try_acquire(&of(three, Token::new()), later, |_| 5));
     }
+
+    #[test]
+    fn a_release_removes_the_entry_once_nothing_in_it_lives_on() {
+        let mut table = Table::default();
+        let shared = LeaseKind::Shared;
+        let (a, b) = (Token::new(), Token::new());
+        fence_of(table.try_acquire(&of(shared, a), at(0), |_| 1));
+        let fb = fence_of(table.try_acquire(&of(shared, b), at(50), |_| 2));
+        // `a`'s lease ends at 100, the moment `b` leaves: nothing is left.
+        table.release("k", &lease(b, fb, shared), at(100));
+        assert_eq!(table.len(), 0, "an entry outlived its last lease");
+        // A claim that ends at the release's moment keeps nothing either.
+        let reader = Token::new();
+        let fr = fence_of(table.try_acquire(&of(shared, reader), at(200), |_| 3));
+        let writer = of(LeaseKind::Exclusive, Token::new()).waiting(true);
+        assert!(matches!(
+            table.try_acquire(&writer, at(250), |_| 4),
+            Ok(Attempt::Busy { .. })
+        ));
+        table.release("k", &lease(reader, fr, shared), at(250) + WRITER_CLAIM);
+        assert_eq!(table.len(), 0, "an entry outlived its writer's claim");
+    }
 }

@@ -6,6 +6,11 @@
 //! (two upper-case hex digits). `=` only ever starts an escape, so the
 //! encoding is injective and reversible, and readable keys stay readable in
 //! `nats kv ls`: `invoice:42` is stored as `invoice=3A42`.
+//!
+//! An encoded key never holds a `.`, so the entries of shared and counted
+//! leases, kept under keys of several tokens (`<key>.r.<token>`,
+//! `<key>.p.<permits>.<slot>`, `<key>.w`; see [`Entry`]), can never be
+//! another lock's key, and `<key>.>` matches that lock's entries only.
 
 use std::fmt::Write;
 
@@ -26,6 +31,56 @@ pub(crate) fn encode(key: &str) -> String {
         }
     }
     encoded
+}
+
+/// The bucket keys of one lock's entries besides its own key (which holds
+/// its exclusive lease).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Entry {
+    /// `<key>.r.<token>`: one shared holder.
+    Reader,
+    /// `<key>.p.<permits>.<slot>`: one of `permits` slots.
+    Slot { permits: u32 },
+    /// `<key>.w`: a waiting writer's claim. One token only, so that the
+    /// writer's one read of `<key>.*.>` finds every holder and no claim.
+    Claim,
+}
+
+impl Entry {
+    /// What a bucket key under an encoded lock key stands for: `None` for
+    /// the lock key itself and for anything this crate does not write.
+    pub(crate) fn of(key: &str) -> Option<Entry> {
+        let (_, rest) = key.split_once('.')?;
+        let parts: Vec<&str> = rest.split('.').collect();
+        match parts[..] {
+            ["w"] => Some(Entry::Claim),
+            ["r", _] => Some(Entry::Reader),
+            ["p", permits, _] => Some(Entry::Slot {
+                permits: permits.parse().ok()?,
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// The lock key an entry belongs to: the part before the first `.`.
+pub(crate) fn lock_of(key: &str) -> &str {
+    key.split_once('.').map_or(key, |(lock, _)| lock)
+}
+
+/// The entry of the shared holder `token` of (encoded) `key`.
+pub(crate) fn reader(key: &str, token: impl std::fmt::Display) -> String {
+    format!("{key}.r.{token}")
+}
+
+/// Slot `slot` of `key` held with `permits` permits.
+pub(crate) fn slot(key: &str, permits: u32, slot: u32) -> String {
+    format!("{key}.p.{permits}.{slot}")
+}
+
+/// The key of a waiting writer's claim on `key`.
+pub(crate) fn claim(key: &str) -> String {
+    format!("{key}.w")
 }
 
 /// Decodes what [`encode`] made; `None` for anything it cannot have made.
@@ -117,6 +172,26 @@ mod tests {
     fn decode_refuses_what_encode_never_makes() {
         for bad in ["=", "=4", "=zz", "=3a", "=41", "a.b", "=FF"] {
             assert_eq!(decode(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn entries_are_told_apart_and_never_a_lock_key() {
+        let key = encode("doc:1");
+        let token = uuid::Uuid::nil();
+        assert_eq!(Entry::of(&reader(&key, token)), Some(Entry::Reader));
+        assert_eq!(
+            Entry::of(&slot(&key, 4, 3)),
+            Some(Entry::Slot { permits: 4 })
+        );
+        assert_eq!(Entry::of(&claim(&key)), Some(Entry::Claim));
+        assert_eq!(Entry::of(&key), None);
+        for entry in [reader(&key, token), slot(&key, 4, 3), claim(&key)] {
+            assert_eq!(lock_of(&entry), key);
+            assert_eq!(decode(&entry), None, "{entry:?}");
+        }
+        for foreign in ["a.x.y", "a.p", "a.p.x.1", "a.r.t.u", "a.w.1", "a.r"] {
+            assert_eq!(Entry::of(foreign), None, "{foreign:?}");
         }
     }
 

@@ -66,6 +66,128 @@
 //! A create on an empty key, and a delete of one message by sequence, are
 //! decided by every replica in log order, on every version.
 //!
+//! # Shared and counted locks
+//!
+//! Shared and counted leases ([`LeaseKind`]) are built from the same two
+//! operations as the exclusive one, a create on a key with no message and
+//! an exact delete of one message by its sequence, and every holder has an
+//! entry of its own. For a lock key `K` (encoded, so it never holds a `.`,
+//! and these keys are never another lock's):
+//!
+//! | key | what it holds |
+//! |-----|---------------|
+//! | `K` | the exclusive lease, as above |
+//! | `K.r.<token>` | one shared holder |
+//! | `K.p.<permits>.<slot>` | one of `permits` counted holders, `slot` in `0..permits` |
+//! | `K.w` | a waiting writer's claim |
+//!
+//! Each acquirer writes its entry first, then reads for entries it must not
+//! coexist with, and if it finds a live one, deletes exactly its own message
+//! again and answers busy. These reads are `STREAM.MSG.GET` and
+//! `STREAM.INFO` requests, which only the stream leader answers (never a
+//! direct get, which a lagging replica may answer):
+//!
+//! - **Exclusive**: after creating `K`, the first entry matching `K.*.>`:
+//!   every shared and counted holder, and no claim (`K.w` has one token
+//!   less). One more round trip than the exclusive lock took before shared
+//!   locks existed (see the NATS bench for figures).
+//! - **Shared**: after creating `K.r.<token>`, at once: `K`, `K.w`, and the
+//!   first entry matching `K.p.>`.
+//! - **Counted**: first the list of `K.p.>` and the claim, so that a full
+//!   key, a live claim and a live holder of another count are answered
+//!   without a write ([`LockError::PermitsMismatch`] for the last); then a
+//!   free slot is created (one picked at random, so that contenders spread
+//!   over the free ones), then at once: `K`, the first entry matching
+//!   `K.r.>`, and the list of `K.p.>` again, for holders of another count.
+//!
+//! An entry found whose lease ran out (measured from first sight for a
+//! whole ttl, as for the exclusive lock) is removed by its sequence and
+//! counts as absent. Renewal rewrites a holder's own entry at its revision,
+//! and release deletes it by sequence, then announces the release on the
+//! lock key's subject. [`Backend::holder`] reports exclusive leases only: a
+//! key held shared or counted reports `None`.
+//!
+//! ## Why no two incompatible holders meet
+//!
+//! 1. The stream orders every write. The leader acknowledges a create only
+//!    once it has applied it (on a replicated bucket, once a quorum stored
+//!    it), and answers a read from its applied state, so a read sent after
+//!    an acknowledgement sees that write and every write ordered before it.
+//! 2. Take two acquirers whose leases are incompatible (a writer and a
+//!    reader; a reader and a counted holder; counted holders of two counts).
+//!    Each creates its entry, then reads for the other's. Their creates are
+//!    ordered: say A's comes first. B reads after B's create was
+//!    acknowledged, so after A's create, and finds A's entry unless it is
+//!    gone; an entry goes only by its holder's release or withdrawal (A
+//!    holds nothing then) or by a takeover after A's lease ran out, which
+//!    comes after A's own deadline (A's deadline started before its write;
+//!    the taker measured a whole ttl from a later moment). So at least one
+//!    of them finds the other and withdraws: they never both hold. (Both may
+//!    withdraw; they then wait and try again, and the writer's claim keeps
+//!    new readers from coming back in its way.)
+//! 3. Counted holders of one count each hold one of `permits` keys, each
+//!    created only on an empty key: at most `permits` live holders.
+//! 4. Fences are `created + revision` of the holder's entry. A holder
+//!    granted while or after an incompatible one held wrote its entry after
+//!    that one's (by 2., the later creator is the one that checks and finds
+//!    it), so a writer after readers has a greater fence than each of them,
+//!    and readers after a writer greater ones than the writer's.
+//!
+//! Nothing in this relies on a compare-and-set at a revision, which before
+//! nats-server 2.9.21 only the stream leader checks, before replication
+//! ([nats-server#4320](https://github.com/nats-io/nats-server/issues/4320)):
+//! creates on empty keys and exact deletes are decided by every replica in
+//! log order, and the reads go to the leader. Shared and counted locks are
+//! therefore not refused on replicated buckets of older servers. The one
+//! compare-and-set is a holder's renewal of its own entry, which nobody
+//! else writes while the lease runs on the holder's clock (as for the
+//! exclusive lock). The argument assumes that a newly elected stream leader
+//! answers reads with every write its predecessor acknowledged applied.
+//!
+//! ## Writer claims
+//!
+//! A waiting exclusive try that is refused writes `K.w` (at most every
+//! 250 ms per backend while it keeps being refused). A claim only delays
+//! shared and counted requests, never decides who holds what, so it is a
+//! plain write. While one is live, shared and counted requests are busy;
+//! exclusive ones pass it by. A one-off try reads the claim from the
+//! leader; a waiting one reads it only when its backend's watch saw one
+//! written (it is subscribed to the key, so the watch records claims on
+//! it). How this differs from the claim the backend contract describes
+//! ([`LeaseKind::Shared`]), since no clocks are compared:
+//!
+//! - A claim keeps readers out for one second from when each backend first
+//!   sees it (the watch records it as it is written, for keys that backend
+//!   waits for), so a reader that first sees it late may wait up to a
+//!   second longer than the writer's own second.
+//! - The writer's grant ends its claim (deletes its message) unless others
+//!   of its process wait behind it, for whom it stands; a backend that
+//!   gives up waiting for the key withdraws it. Another backend's grant
+//!   does not end it: it lapses within its second.
+//! - The claim of a crashed process stays in the bucket, keeping nobody out
+//!   after its second, until a shared or counted request finds it and
+//!   removes it, or the bucket's `max_age` drops it: like a crashed holder's
+//!   entry.
+//!
+//! A refused one-off try announces its withdrawal, waking those its entry
+//! may have turned away meanwhile; a waiting try withdraws silently, since
+//! waiters that turn each other away would otherwise wake each other for as
+//! long as they wait, and the holders they met wake them when they leave.
+//!
+//! A counted release names its slot in its announcement; a waiting counted
+//! try of a backend that heard it tries that slot first (a create on it
+//! decides), and answers busy, without a read, if somebody else took it.
+//!
+//! A counted request whose token holds a slot is granted again (same fence)
+//! when this backend granted it; a release by token (the answer of a grant
+//! was lost) reads the slots to find its entry.
+//!
+//! A bucket that forbids deleting single messages (one made with
+//! `nats kv add`) refuses shared and counted leases with
+//! [`LockError::Misconfigured`] (`deny_delete`): each reader would leave a
+//! delete marker, and a slot's next holder would need a compare-and-set on
+//! a marker.
+//!
 //! # Expiry without trusting clocks
 //!
 //! nats-server 2.9 has no per-key expiry (a bucket's `max_age` applies to
@@ -140,6 +262,8 @@
 mod bucket;
 mod fence;
 mod key;
+mod kinds;
+mod leader;
 mod lease;
 mod watch;
 
@@ -166,12 +290,15 @@ use tokio::time::Instant;
 
 use self::{
     fence::Fences,
+    kinds::{Claims, Freed, Holder},
+    leader::Leader,
     lease::{LeaseValue, SeenKeys, Verdict},
 };
 use crate::{
     LockError,
     backend::{
-        AcquireRequest, Attempt, Backend, Holding, Lease, Subscription, Token, WakeRegistry,
+        AcquireRequest, Attempt, Backend, Holding, Lease, LeaseKind, Subscription, Token,
+        WakeRegistry,
     },
 };
 
@@ -215,6 +342,12 @@ struct Inner {
     max_age: Option<Duration>,
     wakeups: WakeRegistry,
     seen: Arc<SeenKeys>,
+    /// Reads the stream leader answers, for the checks between kinds.
+    leader: Leader,
+    /// The claims of this backend's waiting writers.
+    claims: Claims,
+    /// The slots release announcements named, per lock key.
+    freed: Arc<Freed>,
     watch: tokio::task::JoinHandle<()>,
 }
 
@@ -292,6 +425,7 @@ impl Builder {
         let fences = Arc::new(Fences::new(info));
         let wakeups = WakeRegistry::default();
         let seen = Arc::new(SeenKeys::default());
+        let freed = Arc::new(Freed::default());
         let released_prefix = format!("tower-lock.{}.released.", self.bucket);
         let watch = watch::start(
             self.js.client(),
@@ -300,6 +434,7 @@ impl Builder {
             wakeups.clone(),
             seen.clone(),
             fences.clone(),
+            freed.clone(),
         )
         .await?;
         let subject_prefix = store
@@ -307,6 +442,7 @@ impl Builder {
             .clone()
             .unwrap_or_else(|| store.prefix.clone());
         let exact_delete = !store.stream.cached_info().config.deny_delete;
+        let leader = Leader::new(self.js.clone(), store.stream.clone(), store.prefix.clone());
         Ok(NatsBackend {
             inner: Arc::new(Inner {
                 js: self.js,
@@ -319,6 +455,9 @@ impl Builder {
                 max_age,
                 wakeups,
                 seen,
+                leader,
+                claims: Claims::default(),
+                freed,
                 watch,
             }),
         })
@@ -507,9 +646,16 @@ impl NatsBackend {
     /// client sends it in the background otherwise, which a process that
     /// exits right after (a leader resigning at shutdown) may never do.
     async fn announce(&self, key: &str, flush: bool) {
+        self.announce_entry(key, flush, None).await;
+    }
+
+    /// [`announce`](Self::announce), naming the entry a counted holder
+    /// freed: that backend's next waiter tries that slot first.
+    async fn announce_entry(&self, key: &str, flush: bool, freed: Option<&str>) {
         let subject = format!("{}{key}", self.inner.released_prefix);
         let client = self.inner.js.client();
-        let sent = match client.publish(subject, Bytes::new()).await {
+        let payload = freed.map_or_else(Bytes::new, |entry| Bytes::from(entry.to_owned()));
+        let sent = match client.publish(subject, payload).await {
             Ok(()) if flush => client.flush().await.map_err(|err| err.to_string()),
             Ok(()) => Ok(()),
             Err(err) => Err(err.to_string()),
@@ -572,21 +718,10 @@ impl NatsBackend {
             revision,
         })
     }
-}
-
-/// A write that lost its compare-and-set: the key's revision moved on.
-struct Conflict;
-
-#[async_trait::async_trait]
-impl Backend for NatsBackend {
-    async fn try_acquire(&self, request: &AcquireRequest<'_>) -> Result<Attempt, LockError> {
+    /// An exclusive try: the lock's own key, created on empty, then a check
+    /// for shared and counted holders.
+    async fn try_exclusive(&self, request: &AcquireRequest<'_>) -> Result<Attempt, LockError> {
         let (token, ttl) = (request.token, request.ttl);
-        self.check_ttl(ttl)?;
-        if let Some(left) = self.inner.fences.holds_back(request) {
-            return Ok(Attempt::Busy {
-                remaining: Some(left),
-            });
-        }
         let key = key::encode(request.key);
         let stored = request.value.map(Cow::Borrowed);
         let value = LeaseValue {
@@ -601,6 +736,16 @@ impl Backend for NatsBackend {
         let mut expected = seen.expected_free_revision(&key);
         for _ in 0..ROUNDS {
             if let Ok(revision) = self.put(&key, value.clone(), expected).await? {
+                // Shared and counted holders write entries of their own:
+                // whoever of them wrote before us is found now.
+                if let Holder::Running(remaining) = self.writer_conflict(&key).await? {
+                    self.withdraw(request, &key, &key, revision).await?;
+                    return Ok(Attempt::Busy { remaining });
+                }
+                // Others of this process wait behind: their claim stands.
+                if !request.queued_behind {
+                    self.end_claim(&key);
+                }
                 return self
                     .granted(&key, request, sent_at + ttl, revision, None)
                     .await;
@@ -672,17 +817,16 @@ impl Backend for NatsBackend {
         Ok(Attempt::Busy { remaining: None })
     }
 
-    async fn extend(
+    /// Renews the lease `lease` holds at the bucket key `entry`.
+    async fn extend_entry(
         &self,
-        key: &str,
+        entry: &str,
         lease: &Lease,
         ttl: Duration,
     ) -> Result<Option<u64>, LockError> {
-        self.check_ttl(ttl)?;
-        let key = key::encode(key);
         // A lease that ran out on our own clock may be being taken over
         // right now: renewing it could race the takeover.
-        let Some(stored) = self.inner.own.running(&key, lease.token) else {
+        let Some(stored) = self.inner.own.running(entry, lease.token) else {
             return Ok(None);
         };
         // The fence is written, so that the holder's stays what it was
@@ -697,57 +841,133 @@ impl Backend for NatsBackend {
         let sent_at = Instant::now();
         let mut expected = lease.revision;
         for _ in 0..ROUNDS {
-            if let Ok(revision) = self.put(&key, value.clone(), expected).await? {
+            if let Ok(revision) = self.put(entry, value.clone(), expected).await? {
                 let deadline = sent_at + ttl;
                 self.inner
                     .own
-                    .granted(&key, lease.token, deadline, stored.as_deref());
+                    .granted(entry, lease.token, deadline, stored.as_deref());
                 return Ok(Some(revision));
             }
             // A renewal whose reply was lost may have moved the revision on
             // while the lease stayed ours.
-            match self.revision_held_by(&key, lease.token).await? {
+            match self.revision_held_by(entry, lease.token).await? {
                 Some(revision) => expected = revision,
                 None => break,
             }
         }
-        self.inner.own.forget(&key, lease.token);
+        self.inner.own.forget(entry, lease.token);
         Ok(None)
     }
 
-    async fn release(&self, key: &str, lease: &Lease) -> Result<bool, LockError> {
-        let key = key::encode(key);
+    /// Releases the lease `lease` holds at the bucket key `entry` (of the
+    /// lock `key`), last known at `revision`.
+    async fn release_entry(
+        &self,
+        key: &str,
+        entry: &str,
+        lease: &Lease,
+        mut revision: u64,
+    ) -> Result<bool, LockError> {
         // An election's leader often resigns on its way out.
         let valued = self
             .inner
             .own
-            .forget(&key, lease.token)
+            .forget(entry, lease.token)
             .is_some_and(|own| own.value.is_some());
-        let mut revision = lease.revision;
         // No revision known (a grant whose answer was lost): by token.
         if revision == 0 {
-            match self.revision_held_by(&key, lease.token).await? {
+            match self.revision_held_by(entry, lease.token).await? {
                 Some(current) => revision = current,
                 None => return Ok(false),
             }
         }
         for _ in 0..ROUNDS {
-            if self.free(&key, revision).await?.is_ok() {
-                self.announce(&key, valued).await;
+            if self.free(entry, revision).await?.is_ok() {
+                let slot = matches!(key::Entry::of(entry), Some(key::Entry::Slot { .. }));
+                self.announce_entry(key, valued, slot.then_some(entry))
+                    .await;
                 return Ok(true);
             }
-            match self.revision_held_by(&key, lease.token).await? {
+            match self.revision_held_by(entry, lease.token).await? {
                 Some(current) => revision = current,
                 None => return Ok(false),
             }
         }
         Ok(false)
     }
+}
+
+/// A write that lost its compare-and-set: the key's revision moved on.
+struct Conflict;
+
+#[async_trait::async_trait]
+impl Backend for NatsBackend {
+    async fn try_acquire(&self, request: &AcquireRequest<'_>) -> Result<Attempt, LockError> {
+        self.check_ttl(request.ttl)?;
+        if let Some(left) = self.inner.fences.holds_back(request) {
+            return Ok(Attempt::Busy {
+                remaining: Some(left),
+            });
+        }
+        match request.kind {
+            LeaseKind::Shared => return self.try_shared(request).await,
+            LeaseKind::Counted { permits } => return self.try_counted(request, permits).await,
+            LeaseKind::Exclusive => {}
+        }
+        let attempt = self.try_exclusive(request).await?;
+        if request.waiting && matches!(attempt, Attempt::Busy { .. }) {
+            self.claim(&key::encode(request.key), request.token);
+        }
+        Ok(attempt)
+    }
+
+    async fn extend(
+        &self,
+        key: &str,
+        lease: &Lease,
+        ttl: Duration,
+    ) -> Result<Option<u64>, LockError> {
+        self.check_ttl(ttl)?;
+        let key = key::encode(key);
+        let entry = match lease.kind {
+            LeaseKind::Shared => key::reader(&key, lease.token),
+            LeaseKind::Counted { .. } => match self.inner.own.counted_entry(&key, lease.token) {
+                Some(entry) => entry,
+                None => return Ok(None),
+            },
+            LeaseKind::Exclusive => key,
+        };
+        self.extend_entry(&entry, lease, ttl).await
+    }
+
+    async fn release(&self, key: &str, lease: &Lease) -> Result<bool, LockError> {
+        let key = key::encode(key);
+        let mut revision = lease.revision;
+        let entry = match lease.kind {
+            LeaseKind::Shared => key::reader(&key, lease.token),
+            LeaseKind::Counted { .. } => match self.inner.own.counted_entry(&key, lease.token) {
+                Some(entry) => entry,
+                // A grant whose answer was lost: found by its token.
+                None => match self.find_counted(&key, lease.token).await? {
+                    Some((entry, current)) => {
+                        revision = current;
+                        entry
+                    }
+                    None => return Ok(false),
+                },
+            },
+            LeaseKind::Exclusive => key.clone(),
+        };
+        self.release_entry(&key, &entry, lease, revision).await
+    }
 
     async fn subscribe(&self, key: &str) -> Result<Subscription, LockError> {
         // The watch is live from construction (and re-established with a
         // wake-up for everyone after failures), so registering is enough.
-        Ok(self.inner.wakeups.subscribe(&key::encode(key)))
+        let key = key::encode(key);
+        let backend = self.clone();
+        let subscription = self.inner.wakeups.subscribe(&key);
+        Ok(subscription.on_give_up(move || backend.give_up(&key)))
     }
 
     /// The lease stored at the key, with its remaining time as this backend
@@ -822,6 +1042,15 @@ impl OwnLeases {
             .get(key)
             .filter(|own| own.token == token && own.deadline > Instant::now())
             .map(|own| own.value.clone())
+    }
+
+    /// The slot `token` holds a counted lease of `key` with.
+    fn counted_entry(&self, key: &str, token: Token) -> Option<String> {
+        let slots = format!("{key}.p.");
+        self.lock()
+            .iter()
+            .find(|(entry, own)| own.token == token && entry.starts_with(&slots))
+            .map(|(entry, _)| entry.clone())
     }
 
     fn forget(&self, key: &str, token: Token) -> Option<Own> {

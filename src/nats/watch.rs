@@ -12,6 +12,8 @@ use futures_util::StreamExt;
 
 use super::{
     fence::Fences,
+    key,
+    kinds::Freed,
     lease::{LeaseValue, SeenKeys},
 };
 use crate::{LockError, backend::WakeRegistry};
@@ -30,6 +32,7 @@ pub(crate) async fn start(
     wakeups: WakeRegistry,
     seen: Arc<SeenKeys>,
     fences: Arc<Fences>,
+    freed: Arc<Freed>,
 ) -> Result<tokio::task::JoinHandle<()>, LockError> {
     let announcements = client
         .subscribe(format!("{released_prefix}>"))
@@ -44,6 +47,7 @@ pub(crate) async fn start(
         wakeups,
         seen,
         fences,
+        freed,
     };
     Ok(tokio::spawn(sources.run(watch, announcements)))
 }
@@ -54,6 +58,7 @@ struct Sources {
     wakeups: WakeRegistry,
     seen: Arc<SeenKeys>,
     fences: Arc<Fences>,
+    freed: Arc<Freed>,
 }
 
 impl Sources {
@@ -74,6 +79,14 @@ impl Sources {
                         // only wakes: waiters read the key again, and what
                         // they measured of a lease stays as it was.
                         if let Some(key) = message.subject.strip_prefix(self.released_prefix.as_str()) {
+                            // The slot a counted holder freed: a hint where
+                            // to try first, which a create on it decides.
+                            if !message.payload.is_empty()
+                                && self.wakeups.is_watched(key)
+                                && let Ok(entry) = std::str::from_utf8(&message.payload)
+                            {
+                                self.freed.note(key, entry);
+                            }
                             self.wakeups.notify(key);
                         }
                     }
@@ -112,18 +125,21 @@ impl Sources {
     fn observe(&self, entry: &Entry) {
         // Any key's revision tells whether the stream is new.
         self.fences.saw(entry.revision);
-        // Only keys somebody here waits for are worth remembering.
-        if !self.wakeups.is_watched(&entry.key) {
+        // Only keys somebody here waits for are worth remembering; the
+        // entries of shared and counted holders and of claims count for
+        // their lock's key.
+        let lock = key::lock_of(&entry.key);
+        if !self.wakeups.is_watched(lock) {
             return;
         }
         match entry.operation {
             Operation::Delete | Operation::Purge => {
                 self.seen.free(&entry.key, entry.revision);
-                self.wakeups.notify(&entry.key);
+                self.wakeups.notify(lock);
             }
             Operation::Put => match LeaseValue::decode(&entry.value) {
                 Some(lease) => self.seen.held(&entry.key, entry.revision, lease.ttl),
-                None => self.wakeups.notify(&entry.key),
+                None => self.wakeups.notify(lock),
             },
         }
     }

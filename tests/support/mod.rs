@@ -3,7 +3,7 @@
 //! them. Never the machine's shared instances.
 #![allow(dead_code)]
 
-#[cfg(feature = "axum")]
+#[cfg(any(feature = "axum", feature = "nats"))]
 pub mod child;
 pub mod http;
 #[cfg(feature = "nats")]

@@ -1,0 +1,670 @@
+//! Shared and counted leases, and what the exclusive lease checks besides
+//! its own key: each holder is an entry of its own, created only on an empty
+//! key, then checked against the others by reads the stream leader answers.
+//! See the module docs ([Shared and counted
+//! locks](super#shared-and-counted-locks)) for the layout and the argument.
+
+use std::{collections::HashMap, sync::Mutex, time::Duration};
+
+use tokio::time::Instant;
+
+use super::{
+    Conflict, NatsBackend, ROUNDS,
+    key::{self, Entry},
+    leader::Stored,
+    lease::{LeaseValue, Verdict},
+};
+use crate::{
+    LockError,
+    backend::{AcquireRequest, Attempt, Token, WRITER_CLAIM},
+};
+
+/// How often a waiting writer renews its claim at most: well within the
+/// claim's second, so that a writer that keeps trying keeps it, and far
+/// less often than a contended writer tries.
+const CLAIM_RENEWAL: Duration = Duration::from_millis(250);
+
+/// How many entries one check reads past (expired ones it removes, claims
+/// a writer ignores) before it counts the key as contended.
+const SCAN_LIMIT: usize = 64;
+
+/// Whether another holder stands in the way, as a read found it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Holder {
+    /// Nobody (or a lease that ran out, now removed).
+    Gone,
+    /// A live holder, for this long when known (a value this crate did not
+    /// write never ends).
+    Running(Option<Duration>),
+}
+
+impl Holder {
+    /// Both findings together: running if either is, for as long as the
+    /// longer one says.
+    fn and(self, other: Holder) -> Holder {
+        match (self, other) {
+            (Holder::Gone, other) | (other, Holder::Gone) => other,
+            (Holder::Running(Some(a)), Holder::Running(Some(b))) => Holder::Running(Some(a.max(b))),
+            _ => Holder::Running(None),
+        }
+    }
+}
+
+/// The claims this backend's waiting writers made, per encoded key.
+#[derive(Debug, Default)]
+pub(super) struct Claims {
+    claims: Mutex<HashMap<String, Claim>>,
+}
+
+/// One claim of this backend, and when it was (last) written.
+#[derive(Clone, Copy, Debug)]
+enum Claim {
+    /// On its way to the server; `cancelled` once its waiters were served
+    /// or gave up meanwhile, so that its writer removes it at once.
+    Writing {
+        cancelled: bool,
+        at: Instant,
+    },
+    Written {
+        revision: u64,
+        at: Instant,
+    },
+}
+
+impl Claims {
+    /// Whether a claim of `key` should be written now (none written within
+    /// [`CLAIM_RENEWAL`]); if so, it counts as written from now.
+    fn start(&self, key: &str) -> bool {
+        let now = Instant::now();
+        let mut claims = self.lock();
+        if let Some(Claim::Writing { at, .. } | Claim::Written { at, .. }) = claims.get(key)
+            && now.saturating_duration_since(*at) < CLAIM_RENEWAL
+        {
+            return false;
+        }
+        if claims.len() >= 4096 {
+            claims.retain(|_, claim| match claim {
+                Claim::Writing { at, .. } | Claim::Written { at, .. } => {
+                    now.saturating_duration_since(*at) < WRITER_CLAIM
+                }
+            });
+        }
+        claims.insert(
+            key.to_owned(),
+            Claim::Writing {
+                cancelled: false,
+                at: now,
+            },
+        );
+        true
+    }
+
+    /// The claim of `key` was written at `revision`: `false` when it is no
+    /// longer wanted and must be removed.
+    fn written(&self, key: &str, revision: u64) -> bool {
+        let mut claims = self.lock();
+        match claims.get(key).copied() {
+            Some(Claim::Writing {
+                cancelled: false,
+                at,
+            }) => {
+                claims.insert(key.to_owned(), Claim::Written { revision, at });
+                true
+            }
+            Some(Claim::Writing {
+                cancelled: true, ..
+            }) => {
+                claims.remove(key);
+                false
+            }
+            _ => false,
+        }
+    }
+
+    /// Ends the claim of `key`: its revision when it is written, for its
+    /// removal; one still being written is removed by its writer.
+    fn take(&self, key: &str) -> Option<u64> {
+        let mut claims = self.lock();
+        match claims.get_mut(key) {
+            Some(Claim::Writing { cancelled, .. }) => {
+                *cancelled = true;
+                None
+            }
+            Some(Claim::Written { revision, .. }) => {
+                let revision = *revision;
+                claims.remove(key);
+                Some(revision)
+            }
+            None => None,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Claim>> {
+        crate::sync::lock(&self.claims)
+    }
+}
+
+/// The slot each lock's last release announcement named, per encoded lock
+/// key: where this backend's next waiter for it tries first.
+#[derive(Debug, Default)]
+pub(super) struct Freed {
+    slots: Mutex<HashMap<String, String>>,
+}
+
+impl Freed {
+    pub(super) fn note(&self, key: &str, entry: &str) {
+        if Entry::of(entry).is_none() || key::lock_of(entry) != key {
+            return;
+        }
+        let mut slots = crate::sync::lock(&self.slots);
+        if slots.len() >= 4096 {
+            slots.clear();
+        }
+        slots.insert(key.to_owned(), entry.to_owned());
+    }
+
+    fn take(&self, key: &str) -> Option<String> {
+        crate::sync::lock(&self.slots).remove(key)
+    }
+}
+
+impl NatsBackend {
+    /// Refuses shared and counted leases on a bucket that forbids deleting
+    /// single messages: every reader's entry would leave a delete marker
+    /// behind, and a slot's next holder would have to compare-and-set on a
+    /// marker, which replicated streams before 2.9.21 do not serialise.
+    fn check_kinds(&self) -> Result<(), LockError> {
+        if self.inner.exact_delete {
+            return Ok(());
+        }
+        Err(LockError::Misconfigured {
+            setting: "deny_delete",
+            reason: format!(
+                "bucket {:?} forbids deleting single messages (a bucket made by `nats kv add`): \
+                 shared and counted locks need it; create the bucket with NatsBackend",
+                self.inner.store.name
+            ),
+        })
+    }
+
+    /// Whether the lease stored in `stored` still runs, as this backend
+    /// measures it; one that ran out is removed (exactly its message).
+    pub(super) async fn live(&self, stored: Option<Stored>) -> Result<Holder, LockError> {
+        let Some(stored) = stored.filter(|stored| !stored.marker) else {
+            return Ok(Holder::Gone);
+        };
+        let Some(lease) = LeaseValue::decode(&stored.value) else {
+            return Ok(Holder::Running(None));
+        };
+        match self
+            .inner
+            .seen
+            .judge(&stored.key, stored.revision, lease.ttl)
+        {
+            Verdict::Running(left) => Ok(Holder::Running(Some(left))),
+            Verdict::Expired => {
+                tracing::debug!(key = %stored.key, revision = stored.revision, "lease ran out; removing it");
+                if self.remove(stored.revision).await?.is_ok() {
+                    self.inner.seen.forget(&stored.key);
+                }
+                Ok(Holder::Gone)
+            }
+        }
+    }
+
+    /// The lease at `key`, as the leader has it.
+    async fn live_at(&self, key: &str) -> Result<Holder, LockError> {
+        let stored = self.inner.leader.last(key).await?;
+        self.live(stored).await
+    }
+
+    /// The claim on `key` (encoded) that `request` must respect.
+    ///
+    /// A waiting request is subscribed to the key, so the watch records
+    /// every claim written on it: when none was seen, none is read. A claim
+    /// only ever delays, so this read decides nothing about exclusion.
+    async fn claim_on(&self, request: &AcquireRequest<'_>, key: &str) -> Result<Holder, LockError> {
+        let claim = key::claim(key);
+        if request.waiting && self.inner.seen.running(&claim).is_none() {
+            return Ok(Holder::Gone);
+        }
+        self.live_at(&claim).await
+    }
+
+    /// The first live lease among the entries matching `filter`, passing
+    /// over those `skip` names.
+    async fn first_live(
+        &self,
+        filter: &str,
+        mut skip: impl FnMut(&Stored) -> bool,
+    ) -> Result<Holder, LockError> {
+        let mut from = 1;
+        for _ in 0..SCAN_LIMIT {
+            let Some(stored) = self.inner.leader.first(filter, from).await? else {
+                return Ok(Holder::Gone);
+            };
+            from = stored.revision + 1;
+            if skip(&stored) {
+                continue;
+            }
+            if let running @ Holder::Running(_) = self.live(Some(stored)).await? {
+                return Ok(running);
+            }
+        }
+        Ok(Holder::Running(None))
+    }
+
+    /// Takes back an entry written by `request`'s try, which found itself in
+    /// somebody's way.
+    ///
+    /// A one-off try wakes whoever its entry may have turned away meanwhile.
+    /// A waiting one does not: waiters that turn each other away and wake
+    /// each other would retry at the pace of round trips for as long as
+    /// they wait. The holders they met wake them when they leave.
+    pub(super) async fn withdraw(
+        &self,
+        request: &AcquireRequest<'_>,
+        key: &str,
+        entry: &str,
+        revision: u64,
+    ) -> Result<(), LockError> {
+        if self.remove(revision).await?.is_ok() {
+            self.inner.seen.forget(entry);
+        }
+        if !request.waiting {
+            self.announce(key, false).await;
+        }
+        Ok(())
+    }
+
+    /// What stands in the way of the writer that has just created `key`
+    /// (encoded): shared holders and counted ones. Claims are passed over:
+    /// they only keep shared and counted requests out.
+    pub(super) async fn writer_conflict(&self, key: &str) -> Result<Holder, LockError> {
+        if !self.inner.exact_delete {
+            // No shared or counted lease can be taken on such a bucket.
+            return Ok(Holder::Gone);
+        }
+        let claim = key::claim(key);
+        self.first_live(&format!("{key}.*.>"), |stored| stored.key == claim)
+            .await
+    }
+
+    /// The writer of `key` was granted: its claim, if it made one, is over.
+    /// Removed in the background: the grant need not wait for it, and the
+    /// key is held meanwhile anyway.
+    pub(super) fn end_claim(&self, key: &str) {
+        let Some(revision) = self.inner.claims.take(key) else {
+            return;
+        };
+        let (backend, key) = (self.clone(), key.to_owned());
+        self.in_background(async move {
+            match backend.remove(revision).await {
+                Ok(_) => backend.inner.seen.forget(&key::claim(&key)),
+                Err(err) => tracing::debug!(%key, error = %err, "claim not removed; it lapses"),
+            }
+        });
+    }
+
+    /// Runs `work` on the current runtime without waiting for it; drops it
+    /// outside any runtime (what it does is then left to lapse).
+    fn in_background(&self, work: impl std::future::Future<Output = ()> + Send + 'static) {
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(work);
+        }
+    }
+
+    /// A waiting writer was refused: it claims `key` for
+    /// [`WRITER_CLAIM`](crate::backend::WRITER_CLAIM), keeping new shared
+    /// and counted holders out. A claim only ever delays those, so it is a
+    /// plain write, and a failed one is only logged.
+    ///
+    /// Written in the background: the refused try answers at once.
+    pub(super) fn claim(&self, key: &str, token: Token) {
+        if !self.inner.exact_delete || !self.inner.claims.start(key) {
+            return;
+        }
+        let (backend, key) = (self.clone(), key.to_owned());
+        self.in_background(async move { backend.write_claim(&key, token).await });
+    }
+
+    async fn write_claim(&self, key: &str, token: Token) {
+        let value = LeaseValue {
+            token,
+            ttl: WRITER_CLAIM,
+            fence: 0,
+            value: None,
+        }
+        .encode();
+        match self.inner.store.put(key::claim(key), value).await {
+            Ok(revision) => {
+                // Its waiters may have been served or have given up while
+                // it was on its way.
+                if !self.inner.claims.written(key, revision) {
+                    if let Ok(Ok(())) = self.remove(revision).await {
+                        self.announce(key, false).await;
+                    }
+                    return;
+                }
+                self.give_up(key);
+            }
+            Err(err) => tracing::debug!(%key, error = %err, "claim not written"),
+        }
+    }
+
+    /// The waiters of `key` here gave up: a claim they made is withdrawn,
+    /// so that readers need not wait for it to lapse.
+    pub(super) fn give_up(&self, key: &str) {
+        if self.inner.wakeups.is_watched(key) {
+            return;
+        }
+        let Some(revision) = self.inner.claims.take(key) else {
+            return;
+        };
+        let (backend, key) = (self.clone(), key.to_owned());
+        self.in_background(async move {
+            match backend.remove(revision).await {
+                Ok(Ok(())) => backend.announce(&key, false).await,
+                Ok(Err(Conflict)) => {}
+                Err(err) => tracing::debug!(%key, error = %err, "claim not removed; it lapses"),
+            }
+        });
+    }
+
+    /// Takes a shared lease: the entry `<key>.r.<token>`, then a check that
+    /// no writer holds the key, none claims it, and no counted lease holds it.
+    pub(super) async fn try_shared(
+        &self,
+        request: &AcquireRequest<'_>,
+    ) -> Result<Attempt, LockError> {
+        self.check_kinds()?;
+        let key = key::encode(request.key);
+        let entry = key::reader(&key, request.token);
+        let value = self.fresh_value(request);
+        let sent_at = Instant::now();
+        let revision = match self.put(&entry, value, 0).await? {
+            Ok(revision) => revision,
+            // Our token's entry is there already.
+            Err(Conflict) => {
+                let again = self.regrant(&entry, request).await?;
+                return Ok(again.unwrap_or(Attempt::Busy { remaining: None }));
+            }
+        };
+        let slots = format!("{key}.p.>");
+        let (writer, claimed, counted) = tokio::try_join!(
+            self.live_at(&key),
+            self.claim_on(request, &key),
+            self.first_live(&slots, |_| false),
+        )?;
+        if let Holder::Running(remaining) = writer.and(claimed).and(counted) {
+            self.withdraw(request, &key, &entry, revision).await?;
+            return Ok(Attempt::Busy { remaining });
+        }
+        self.granted(&entry, request, sent_at + request.ttl, revision, None)
+            .await
+    }
+
+    /// Takes one of `permits` slots: the first free entry
+    /// `<key>.p.<permits>.<slot>`, then a check that no writer and no shared
+    /// holder holds the key, and no holder took it with another count.
+    pub(super) async fn try_counted(
+        &self,
+        request: &AcquireRequest<'_>,
+        permits: u32,
+    ) -> Result<Attempt, LockError> {
+        self.check_kinds()?;
+        let key = key::encode(request.key);
+        if let Some(entry) = self.inner.own.counted_entry(&key, request.token)
+            && self.inner.own.running(&entry, request.token).is_some()
+            && let Some(again) = self.regrant(&entry, request).await?
+        {
+            return Ok(again);
+        }
+        if let Some(attempt) = self.try_freed_slot(request, permits, &key).await? {
+            return Ok(attempt);
+        }
+        let all_slots = format!("{key}.p.>");
+        let (listed, claimed) = tokio::try_join!(
+            self.inner.leader.keys(&all_slots),
+            self.claim_on(request, &key),
+        )?;
+        let mut taken = Vec::new();
+        let mut others = Vec::new();
+        for listed in listed {
+            match Entry::of(&listed) {
+                Some(Entry::Slot { permits: stored }) if stored == permits => taken.push(listed),
+                Some(Entry::Slot { permits: stored }) => others.push((listed, stored)),
+                _ => {}
+            }
+        }
+        self.refuse_mismatch(request.key, permits, &others).await?;
+        if let Holder::Running(remaining) = claimed {
+            return Ok(Attempt::Busy { remaining });
+        }
+        let mut free = self.free_slots(permits, &taken).await?;
+        let value = self.fresh_value(request);
+        for _ in 0..ROUNDS {
+            let slot = match free {
+                Ok(ref mut free) if !free.is_empty() => {
+                    let pick = pick(free.len());
+                    free.swap_remove(pick)
+                }
+                Ok(_) => return Ok(Attempt::Busy { remaining: None }),
+                Err(remaining) => return Ok(Attempt::Busy { remaining }),
+            };
+            let entry = key::slot(&key, permits, slot);
+            let sent_at = Instant::now();
+            if let Ok(revision) = self.put(&entry, value.clone(), 0).await? {
+                return self
+                    .check_counted(request, permits, &key, &entry, revision, sent_at)
+                    .await;
+            }
+        }
+        Ok(Attempt::Busy { remaining: None })
+    }
+
+    /// A waiting counted try first tries the slot the last release
+    /// announcement named: the winner of the slot saves the listing, and
+    /// the others learn it is taken from one failed create, without a read.
+    /// `None` when there is no such slot.
+    async fn try_freed_slot(
+        &self,
+        request: &AcquireRequest<'_>,
+        permits: u32,
+        key: &str,
+    ) -> Result<Option<Attempt>, LockError> {
+        if !request.waiting {
+            return Ok(None);
+        }
+        let Some(entry) = self.inner.freed.take(key) else {
+            return Ok(None);
+        };
+        if Entry::of(&entry) != Some(Entry::Slot { permits }) {
+            return Ok(None);
+        }
+        let sent_at = Instant::now();
+        let attempt = match self.put(&entry, self.fresh_value(request), 0).await? {
+            Ok(revision) => {
+                self.check_counted(request, permits, key, &entry, revision, sent_at)
+                    .await?
+            }
+            // Somebody else took it: most likely every slot is taken again.
+            Err(Conflict) => Attempt::Busy { remaining: None },
+        };
+        Ok(Some(attempt))
+    }
+
+    /// The checks after `request` created the slot `entry` of `key`: no
+    /// writer, no shared holder, no holder of another count.
+    async fn check_counted(
+        &self,
+        request: &AcquireRequest<'_>,
+        permits: u32,
+        key: &str,
+        entry: &str,
+        revision: u64,
+        sent_at: Instant,
+    ) -> Result<Attempt, LockError> {
+        let readers = format!("{key}.r.>");
+        let all_slots = format!("{key}.p.>");
+        let (writer, shared, listed) = tokio::try_join!(
+            self.live_at(key),
+            self.first_live(&readers, |_| false),
+            self.inner.leader.keys(&all_slots),
+        )?;
+        let others: Vec<(String, u32)> = listed
+            .into_iter()
+            .filter_map(|listed| match Entry::of(&listed) {
+                Some(Entry::Slot { permits: stored }) if stored != permits => {
+                    Some((listed, stored))
+                }
+                _ => None,
+            })
+            .collect();
+        if let Err(err) = self.refuse_mismatch(request.key, permits, &others).await {
+            self.withdraw(request, key, entry, revision).await?;
+            return Err(err);
+        }
+        if let Holder::Running(remaining) = writer.and(shared) {
+            self.withdraw(request, key, entry, revision).await?;
+            return Ok(Attempt::Busy { remaining });
+        }
+        self.granted(entry, request, sent_at + request.ttl, revision, None)
+            .await
+    }
+
+    /// `Err(PermitsMismatch)` when one of `others` (slots taken with
+    /// another count) is live.
+    async fn refuse_mismatch(
+        &self,
+        lock: &str,
+        permits: u32,
+        others: &[(String, u32)],
+    ) -> Result<(), LockError> {
+        for (entry, stored) in others {
+            if let Holder::Running(_) = self.live_at(entry).await? {
+                return Err(LockError::PermitsMismatch {
+                    key: lock.to_owned(),
+                    stored: *stored,
+                    requested: permits,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The slots not among `taken`; when there are none, the
+    /// slots whose leases ran out (removed now), or else
+    /// `Err(remaining)`: how long until the first of them ends, when known.
+    async fn free_slots(
+        &self,
+        permits: u32,
+        taken: &[String],
+    ) -> Result<Result<Vec<u32>, Option<Duration>>, LockError> {
+        let index = |entry: &str| entry.rsplit('.').next().and_then(|i| i.parse::<u32>().ok());
+        let taken_slots: std::collections::HashSet<u32> =
+            taken.iter().filter_map(|entry| index(entry)).collect();
+        let free: Vec<u32> = (0..permits)
+            .filter(|slot| !taken_slots.contains(slot))
+            .collect();
+        if !free.is_empty() {
+            return Ok(Ok(free));
+        }
+        // Every slot holds a lease: known ones still run, unknown ones are
+        // read (and removed if they ran out).
+        let mut soonest: Option<Duration> = None;
+        let mut unknown = false;
+        let mut freed = Vec::new();
+        for entry in taken {
+            let holder = match self.inner.seen.running(entry) {
+                Some(left) => Holder::Running(Some(left)),
+                None => self.live_at(entry).await?,
+            };
+            match holder {
+                Holder::Gone => freed.extend(index(entry)),
+                Holder::Running(Some(left)) => {
+                    soonest = Some(soonest.map_or(left, |soonest| soonest.min(left)));
+                }
+                Holder::Running(None) => unknown = true,
+            }
+        }
+        if !freed.is_empty() {
+            return Ok(Ok(freed));
+        }
+        Ok(Err(if unknown { None } else { soonest }))
+    }
+
+    /// The value of a fresh shared or counted lease.
+    fn fresh_value(&self, request: &AcquireRequest<'_>) -> bytes::Bytes {
+        LeaseValue {
+            token: request.token,
+            ttl: request.ttl,
+            fence: 0,
+            value: None,
+        }
+        .encode()
+    }
+
+    /// The request's token holds `entry` already: granted again, with the
+    /// same fence, its lease restarted. `None` when the entry is not the
+    /// token's (any more).
+    async fn regrant(
+        &self,
+        entry: &str,
+        request: &AcquireRequest<'_>,
+    ) -> Result<Option<Attempt>, LockError> {
+        for _ in 0..ROUNDS {
+            let Some(stored) = self.inner.leader.last(entry).await? else {
+                return Ok(None);
+            };
+            let lease = match LeaseValue::decode(&stored.value) {
+                Some(lease) if !stored.marker && lease.token == request.token => lease,
+                _ => return Ok(None),
+            };
+            let fence = lease.fence_at(stored.revision, |at| self.inner.fences.of(at));
+            let again = LeaseValue {
+                token: request.token,
+                ttl: request.ttl,
+                fence,
+                value: None,
+            }
+            .encode();
+            let sent_at = Instant::now();
+            if let Ok(revision) = self.put(entry, again, stored.revision).await? {
+                return self
+                    .granted(entry, request, sent_at + request.ttl, revision, Some(fence))
+                    .await
+                    .map(Some);
+            }
+        }
+        Ok(Some(Attempt::Busy { remaining: None }))
+    }
+
+    /// The entry `token` holds a counted lease of `key` (encoded) with, and
+    /// its revision, found by reading every slot (for a release by token).
+    pub(super) async fn find_counted(
+        &self,
+        key: &str,
+        token: Token,
+    ) -> Result<Option<(String, u64)>, LockError> {
+        for entry in self.inner.leader.keys(&format!("{key}.p.>")).await? {
+            if !matches!(Entry::of(&entry), Some(Entry::Slot { .. })) {
+                continue;
+            }
+            if let Some(stored) = self.inner.leader.last(&entry).await?
+                && !stored.marker
+                && LeaseValue::decode(&stored.value).is_some_and(|lease| lease.token == token)
+            {
+                return Ok(Some((entry, stored.revision)));
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// A random index below `len` (not 0): contenders for a counted key spread
+/// over its free slots instead of all racing for the first.
+fn pick(len: usize) -> usize {
+    let random = Token::new().as_uuid().as_u128();
+    usize::try_from(random % len.max(1) as u128).unwrap_or(0)
+}
