@@ -211,6 +211,8 @@ impl Locker {
                         (remaining, seen_busy, queued) = (refused.remaining, true, refused.queued);
                         store_queues |= queued;
                     }
+                    // Another count is the caller's error, not the store's.
+                    Err(err @ LockError::PermitsMismatch { .. }) => return Err(err),
                     Err(err) if !seen_busy => return Err(err),
                     Err(err) => {
                         tracing::warn!(?key, error = %err, "lock store failed while waiting; retrying");

@@ -351,6 +351,36 @@ pub async fn another_permit_count_is_refused_naming_both<H: Harness>(h: &H) {
     assert_eq!(a.held_count(), 1, "a refusal changed what was held");
     held.release().await.expect("release");
     second.release().await.expect("release");
+    // Two waiters with different counts behind a writer: whichever gets in
+    // second is told of the mismatch at once, not kept waiting.
+    let writer = a.acquire(&k, LONG).await.expect("acquire");
+    let waiters: Vec<_> = [2, 3]
+        .into_iter()
+        .map(|permits| {
+            let (b, k) = (b.clone(), k.clone());
+            tokio::spawn(async move { b.acquire_permit(&k, permits, LONG).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    writer.release().await.expect("release");
+    let mut outcomes = Vec::new();
+    for waiter in waiters {
+        let outcome = tokio::time::timeout(PROMPT, waiter).await;
+        outcomes.push(
+            outcome
+                .expect("a waiter with another count was kept waiting")
+                .expect("task"),
+        );
+    }
+    let granted = outcomes.iter().filter(|outcome| outcome.is_ok()).count();
+    let refused = outcomes
+        .iter()
+        .filter(|outcome| matches!(outcome, Err(LockError::PermitsMismatch { .. })))
+        .count();
+    assert_eq!((granted, refused), (1, 1), "{outcomes:?}");
+    for guard in outcomes.into_iter().flatten() {
+        guard.release().await.expect("release");
+    }
     // The count goes with the last holder.
     let counted = eventually("the count outlived its last holder", || {
         b.try_lock_permit(&k, 3, LONG)
