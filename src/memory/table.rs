@@ -665,4 +665,26 @@ mod tests {
         table.release("k", &lease(reader, fr, shared), at(250) + WRITER_CLAIM);
         assert_eq!(table.len(), 0, "an entry outlived its writer's claim");
     }
+
+    #[test]
+    fn a_lease_ends_at_its_expiry_for_extension_and_for_readers_of_its_holder() {
+        let mut table = Table::default();
+        let a = Token::new();
+        let fence = fence_of(table.try_acquire(&AcquireRequest::new("k", a, TTL), at(0), |_| 1));
+        let held = lease(a, fence, LeaseKind::Exclusive);
+        assert!(table.holder("k", at(99)).is_some());
+        assert_eq!(
+            table.holder("k", at(100)),
+            None,
+            "a lease outlived its expiry"
+        );
+        assert_eq!(
+            table.extend("k", &held, TTL, at(100)),
+            None,
+            "an ended lease was extended"
+        );
+        let mut table = Table::default();
+        fence_of(table.try_acquire(&AcquireRequest::new("k", a, TTL), at(0), |_| 1));
+        assert_eq!(table.extend("k", &held, TTL, at(99)), Some(fence));
+    }
 }
