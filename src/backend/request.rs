@@ -145,6 +145,9 @@ pub enum LeaseKind {
     /// the key by its first holder; a request with another count while
     /// the key has holders is refused with
     /// [`LockError::PermitsMismatch`](crate::LockError::PermitsMismatch).
+    /// Two requests with different counts that meet at the same moment may
+    /// both be refused (on NATS, each sees the other's entry); never both
+    /// granted.
     Counted {
         /// How many holders the key allows at once (at least 1).
         permits: u32,

@@ -351,8 +351,8 @@ pub async fn another_permit_count_is_refused_naming_both<H: Harness>(h: &H) {
     assert_eq!(a.held_count(), 1, "a refusal changed what was held");
     held.release().await.expect("release");
     second.release().await.expect("release");
-    // Two waiters with different counts behind a writer: whichever gets in
-    // second is told of the mismatch at once, not kept waiting.
+    // Two waiters with different counts behind a writer: the one that meets
+    // the other's count is told of the mismatch at once, not kept waiting.
     let writer = a.acquire(&k, LONG).await.expect("acquire");
     let waiters: Vec<_> = [2, 3]
         .into_iter()
@@ -377,7 +377,9 @@ pub async fn another_permit_count_is_refused_naming_both<H: Harness>(h: &H) {
         .iter()
         .filter(|outcome| matches!(outcome, Err(LockError::PermitsMismatch { .. })))
         .count();
-    assert_eq!((granted, refused), (1, 1), "{outcomes:?}");
+    // A store that decides by writing first and reading after (NATS) may
+    // refuse both, each having seen the other; it never grants both.
+    assert!(granted <= 1 && granted + refused == 2, "{outcomes:?}");
     for guard in outcomes.into_iter().flatten() {
         guard.release().await.expect("release");
     }
