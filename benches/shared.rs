@@ -20,6 +20,9 @@
 
 #[path = "common/interleave.rs"]
 mod interleave;
+#[allow(dead_code)]
+#[path = "../tests/support/http.rs"]
+mod http_support;
 
 use std::{
     net::SocketAddr,
@@ -143,15 +146,6 @@ async fn permits() {
     );
 }
 
-async fn serve(app: Router) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    addr
-}
-
 /// `total` GETs of the hot key, `READERS` at a time.
 async fn load(client: &reqwest::Client, addr: SocketAddr, total: u64) -> Duration {
     let sent = Arc::new(AtomicU64::new(0));
@@ -180,10 +174,10 @@ async fn load(client: &reqwest::Client, addr: SocketAddr, total: u64) -> Duratio
 
 async fn http() {
     let app = || Router::new().route("/documents/{id}", get(|| async { "the document" }));
-    let plain = serve(app()).await;
+    let plain = http_support::serve(app()).await;
     let layer =
         LockLayer::new(Locker::in_memory(), key::path_param("id")).shared_for([Method::GET]);
-    let shared = serve(app().layer(layer)).await;
+    let shared = http_support::serve(app().layer(layer)).await;
     let client = reqwest::Client::builder()
         .no_proxy()
         .pool_max_idle_per_host(READERS)

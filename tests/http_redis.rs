@@ -21,7 +21,7 @@ use axum::{
     routing::{get, post},
 };
 use redis_support::Tied;
-use support::http::{client, one_stream, serve};
+use support::http::{Concurrency, client, one_stream, serve};
 use tower_lock::{LockLayer, Locker, middleware::key, redis::RedisBackend};
 
 /// Renewed every 200 ms: a deleted key is noticed within one renewal.
@@ -140,24 +140,19 @@ async fn a_lock_deleted_under_a_streamed_body_cuts_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn permits_bound_a_keys_handlers_across_two_replicas_sharing_redis() {
     let server = Tied::start(support::free_port(), Vec::new());
-    let (now, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let exports = Arc::new(Concurrency::default());
     let mut replicas = Vec::new();
     for _ in 0..2 {
         let backend = RedisBackend::from_url(&server.url())
             .await
             .expect("backend");
-        let (now, most) = (now.clone(), most.clone());
+        let exports = exports.clone();
         let app = Router::new()
             .route(
                 "/exports/{tenant}",
                 post(move || {
-                    let (now, most) = (now.clone(), most.clone());
-                    async move {
-                        let inside = now.fetch_add(1, Ordering::SeqCst) + 1;
-                        most.fetch_max(inside, Ordering::SeqCst);
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        now.fetch_sub(1, Ordering::SeqCst);
-                    }
+                    let exports = exports.clone();
+                    async move { exports.run(Duration::from_millis(50)).await }
                 }),
             )
             .layer(
@@ -177,9 +172,5 @@ async fn permits_bound_a_keys_handlers_across_two_replicas_sharing_redis() {
         statuses.iter().all(|status| *status == StatusCode::OK),
         "{statuses:?}"
     );
-    assert_eq!(
-        most.load(Ordering::SeqCst),
-        2,
-        "most exports of one tenant at once"
-    );
+    assert_eq!(exports.most(), 2, "most exports of one tenant at once");
 }

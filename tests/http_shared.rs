@@ -19,7 +19,7 @@ use axum::{
     routing::get,
 };
 use futures_util::future::join_all;
-use support::http::{client, serve};
+use support::http::{Concurrency, client, serve};
 use tower_lock::{
     LockLayer, Locker,
     backend::LeaseKind,
@@ -62,7 +62,9 @@ impl Inside {
     }
 }
 
-fn documents(locker: Locker, inside: Arc<Inside>) -> Router {
+/// Reads and writes of a document behind `layer`; deletes are unlocked
+/// unless the layer locks them.
+fn documents(layer: LockLayer<key::PathParam>, inside: Arc<Inside>) -> Router {
     let (reads, writes) = (inside.clone(), inside);
     Router::new()
         .route(
@@ -74,19 +76,19 @@ fn documents(locker: Locker, inside: Arc<Inside>) -> Router {
             .put(move || {
                 let inside = writes.clone();
                 async move { inside.write().await }
-            }),
+            })
+            .delete(|| async { "deleted" }),
         )
-        .layer(
-            LockLayer::new(locker, key::path_param("id"))
-                .shared_for([Method::GET, Method::HEAD])
-                .wait_timeout(Duration::from_secs(20)),
-        )
+        .layer(layer)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn gets_of_one_document_run_side_by_side_while_a_put_runs_alone() {
     let inside = Arc::new(Inside::default());
-    let addr = serve(documents(Locker::in_memory(), inside.clone())).await;
+    let layer = LockLayer::new(Locker::in_memory(), key::path_param("id"))
+        .shared_for([Method::GET, Method::HEAD])
+        .wait_timeout(Duration::from_secs(20));
+    let addr = serve(documents(layer, inside.clone())).await;
     let client = client();
     let url = format!("http://{addr}/documents/7");
     let requests = (0..24).map(|i| {
@@ -134,27 +136,11 @@ fn zero_permits_are_refused_when_the_layer_is_built() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn methods_outside_the_table_pass_through_and_shared_ones_still_exclude_writers() {
     let locker = Locker::in_memory();
-    let inside = Arc::new(Inside::default());
-    let (reads, writes) = (inside.clone(), inside.clone());
-    let app = Router::new()
-        .route(
-            "/documents/{id}",
-            get(move || {
-                let inside = reads.clone();
-                async move { inside.read().await }
-            })
-            .put(move || {
-                let inside = writes.clone();
-                async move { inside.write().await }
-            })
-            .delete(|| async { "deleted, unlocked" }),
-        )
-        .layer(
-            LockLayer::new(locker.clone(), key::path_param("id"))
-                .methods([Method::PUT])
-                .shared_for([Method::GET])
-                .no_wait(),
-        );
+    let layer = LockLayer::new(locker.clone(), key::path_param("id"))
+        .methods([Method::PUT])
+        .shared_for([Method::GET])
+        .no_wait();
+    let app = documents(layer, Arc::default());
     let addr = serve(app).await;
     let url = format!("http://{addr}/documents/9");
     let writer = locker
@@ -197,20 +183,15 @@ async fn methods_outside_the_table_pass_through_and_shared_ones_still_exclude_wr
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn permits_bound_the_handlers_of_a_key_running_at_once() {
     let locker = Locker::in_memory();
-    let (now, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let exports = Arc::new(Concurrency::default());
     let app = {
-        let (now, most) = (now.clone(), most.clone());
+        let exports = exports.clone();
         Router::new()
             .route(
                 "/exports/{tenant}",
                 get(move || {
-                    let (now, most) = (now.clone(), most.clone());
-                    async move {
-                        let inside = now.fetch_add(1, Ordering::SeqCst) + 1;
-                        most.fetch_max(inside, Ordering::SeqCst);
-                        tokio::time::sleep(Duration::from_millis(40)).await;
-                        now.fetch_sub(1, Ordering::SeqCst);
-                    }
+                    let exports = exports.clone();
+                    async move { exports.run(Duration::from_millis(40)).await }
                 }),
             )
             .layer(
@@ -231,11 +212,7 @@ async fn permits_bound_the_handlers_of_a_key_running_at_once() {
         statuses.iter().all(|status| *status == StatusCode::OK),
         "{statuses:?}"
     );
-    assert_eq!(
-        most.load(Ordering::SeqCst),
-        3,
-        "most exports of one tenant at once"
-    );
+    assert_eq!(exports.most(), 3, "most exports of one tenant at once");
 }
 
 /// Reads of a document, shared.

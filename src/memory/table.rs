@@ -91,9 +91,12 @@ impl<T: Stamp> Entry<T> {
 
     /// Whether a request for a lease of `kind` may join the live holders.
     fn admits(&self, kind: LeaseKind, now: T) -> Admits {
-        let left = |held: &Held<T>| now.until(held.expires_at);
-        let last_left = self.holders.iter().map(left).max();
-        let first_left = self.holders.iter().map(left).min();
+        // How long until the last holder leaves (or, `first`, the first):
+        // read only for a refusal, never on a grant.
+        let left = |first: bool| {
+            let lefts = self.holders.iter().map(|held| now.until(held.expires_at));
+            if first { lefts.min() } else { lefts.max() }
+        };
         let claimed = self
             .claimed_until
             .filter(|until| *until > now && kind != LeaseKind::Exclusive)
@@ -105,7 +108,7 @@ impl<T: Stamp> Entry<T> {
             {
                 Admits::Mismatch(stored)
             }
-            _ if claimed.is_some() => Admits::No(claimed.max(last_left)),
+            _ if claimed.is_some() => Admits::No(claimed.max(left(false))),
             _ if empty => Admits::Yes,
             (LeaseKind::Shared, LeaseKind::Shared) => Admits::Yes,
             (LeaseKind::Counted { permits }, LeaseKind::Counted { .. })
@@ -114,8 +117,8 @@ impl<T: Stamp> Entry<T> {
                 Admits::Yes
             }
             // A full count frees a place when its first holder leaves.
-            (LeaseKind::Counted { .. }, LeaseKind::Counted { .. }) => Admits::No(first_left),
-            _ => Admits::No(last_left),
+            (LeaseKind::Counted { .. }, LeaseKind::Counted { .. }) => Admits::No(left(true)),
+            _ => Admits::No(left(false)),
         }
     }
 }

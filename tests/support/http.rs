@@ -3,7 +3,11 @@
 use std::{
     future::Future,
     net::SocketAddr,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
 };
 
 use axum::{
@@ -51,4 +55,26 @@ pub fn one_stream() -> (
         }) as std::pin::Pin<Box<dyn Future<Output = Body> + Send>>
     };
     (tx, handler)
+}
+
+/// Counts the handlers running at once, and the most seen.
+#[derive(Debug, Default)]
+pub struct Concurrency {
+    now: AtomicUsize,
+    most: AtomicUsize,
+}
+
+impl Concurrency {
+    /// A handler's run: counted in, `hold` long, counted out.
+    pub async fn run(&self, hold: Duration) {
+        let inside = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most.fetch_max(inside, Ordering::SeqCst);
+        tokio::time::sleep(hold).await;
+        self.now.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// The most handlers that ran at once.
+    pub fn most(&self) -> usize {
+        self.most.load(Ordering::SeqCst)
+    }
 }
