@@ -18,11 +18,11 @@
 //! The Redis and NATS figures for the first two are in the `redis` and
 //! `nats` benches.
 
-#[path = "common/interleave.rs"]
-mod interleave;
 #[allow(dead_code)]
 #[path = "../tests/support/http.rs"]
 mod http_support;
+#[path = "common/interleave.rs"]
+mod interleave;
 
 use std::{
     net::SocketAddr,

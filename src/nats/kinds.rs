@@ -24,8 +24,8 @@ use crate::{
 /// less often than a contended writer tries.
 const CLAIM_RENEWAL: Duration = Duration::from_millis(250);
 
-/// How many entries one check reads past (expired ones it removes, claims
-/// a writer ignores) before it counts the key as contended.
+/// How many entries one check reads past (expired ones it removes) before
+/// it counts the key as contended.
 const SCAN_LIMIT: usize = 64;
 
 /// Whether another holder stands in the way, as a read found it.
@@ -231,22 +231,14 @@ impl NatsBackend {
         self.live_at(&claim).await
     }
 
-    /// The first live lease among the entries matching `filter`, passing
-    /// over those `skip` names.
-    async fn first_live(
-        &self,
-        filter: &str,
-        mut skip: impl FnMut(&Stored) -> bool,
-    ) -> Result<Holder, LockError> {
+    /// The first live lease among the entries matching `filter`.
+    async fn first_live(&self, filter: &str) -> Result<Holder, LockError> {
         let mut from = 1;
         for _ in 0..SCAN_LIMIT {
             let Some(stored) = self.inner.leader.first(filter, from).await? else {
                 return Ok(Holder::Gone);
             };
             from = stored.revision + 1;
-            if skip(&stored) {
-                continue;
-            }
             if let running @ Holder::Running(_) = self.live(Some(stored)).await? {
                 return Ok(running);
             }
@@ -278,16 +270,15 @@ impl NatsBackend {
     }
 
     /// What stands in the way of the writer that has just created `key`
-    /// (encoded): shared holders and counted ones. Claims are passed over:
-    /// they only keep shared and counted requests out.
+    /// (encoded): shared holders and counted ones. The filter does not
+    /// reach the claim (`K.w` has one token fewer than `K.*.>` needs):
+    /// claims only keep shared and counted requests out.
     pub(super) async fn writer_conflict(&self, key: &str) -> Result<Holder, LockError> {
         if !self.inner.exact_delete {
             // No shared or counted lease can be taken on such a bucket.
             return Ok(Holder::Gone);
         }
-        let claim = key::claim(key);
-        self.first_live(&format!("{key}.*.>"), |stored| stored.key == claim)
-            .await
+        self.first_live(&format!("{key}.*.>")).await
     }
 
     /// The writer of `key` was granted: its claim, if it made one, is over.
@@ -394,7 +385,7 @@ impl NatsBackend {
         let (writer, claimed, counted) = tokio::try_join!(
             self.live_at(&key),
             self.claim_on(request, &key),
-            self.first_live(&slots, |_| false),
+            self.first_live(&slots),
         )?;
         if let Holder::Running(remaining) = writer.and(claimed).and(counted) {
             self.withdraw(request, &key, &entry, revision).await?;
@@ -509,7 +500,7 @@ impl NatsBackend {
         let all_slots = format!("{key}.p.>");
         let (writer, shared, listed) = tokio::try_join!(
             self.live_at(key),
-            self.first_live(&readers, |_| false),
+            self.first_live(&readers),
             self.inner.leader.keys(&all_slots),
         )?;
         let others: Vec<(String, u32)> = listed
