@@ -5,6 +5,7 @@
 //! [`conformance_suite!`] with it; each check then runs as its own test.
 #![allow(dead_code)]
 
+pub mod adversary;
 pub mod counting;
 pub mod election;
 pub mod overlap;
@@ -24,6 +25,9 @@ use tower_lock::{
     backend::{Lease, LeaseKind, Token},
 };
 
+// Not every test binary runs the adversary's checks.
+#[allow(unused_imports)]
+pub use adversary::*;
 pub use counting::Counting;
 // Not every test binary runs the election checks.
 #[allow(unused_imports)]
@@ -59,6 +63,17 @@ pub trait Harness: Send + Sync + 'static {
     /// `locker`'s process crashed (a check played it): it is not asked what
     /// it left behind.
     fn crashed(&self, _locker: &Locker) {}
+
+    /// Plays a principal who may publish on the store's server but holds
+    /// nothing: sends forged messages about `key` on every channel or
+    /// subject the store's backends listen to (release announcements, grant
+    /// and change notices, slot hints), with payloads chosen to make a
+    /// waiter grant, create or delete something, and replays of messages
+    /// the backends sent. Returns how many it sent: 0 for a store that
+    /// nobody outside the process can write to.
+    fn forge(&self, _key: &str) -> impl std::future::Future<Output = usize> + Send {
+        async { 0 }
+    }
 }
 
 /// A harness that keeps every locker it made, so that after a check each
@@ -111,6 +126,10 @@ impl<H: Harness> Harness for Tracked<H> {
     fn crashed(&self, locker: &Locker) {
         let mut made = self.made.lock().expect("lockers");
         made.retain(|kept| !Arc::ptr_eq(kept.backend(), locker.backend()));
+    }
+
+    async fn forge(&self, key: &str) -> usize {
+        self.inner.forge(key).await
     }
 }
 
@@ -190,6 +209,8 @@ macro_rules! conformance_suite {
             a_crashed_leader_is_replaced_after_its_ttl,
             election_names_never_meet_lock_keys,
             a_job_that_resigns_ends_its_run,
+            another_token_with_the_holders_revision_changes_nothing,
+            forged_messages_grant_create_and_delete_nothing,
         );
     };
     ($make:expr) => {
@@ -204,6 +225,8 @@ macro_rules! conformance_suite {
             abandoned_shared_and_counted_leases_expire_after_their_ttl,
             dropped_shared_and_counted_futures_leave_nothing,
             shared_and_counted_leases_renew_and_report_loss,
+            another_token_with_a_shared_or_counted_holders_revision_changes_nothing,
+            a_switch_between_kinds_is_woken,
         );
     };
     (@tests $make:expr; $($name:ident),* $(,)?) => {
@@ -260,11 +283,36 @@ async fn waiter_at_its_longest_step(
     Arc<Counting>,
     tokio::task::JoinHandle<Result<tower_lock::LockGuard, LockError>>,
 ) {
+    kind_waiter_at_its_longest_step(store, k, LeaseKind::Exclusive).await
+}
+
+/// Takes `k` on `locker` with a lease of `kind`.
+pub async fn acquire_kind(
+    locker: &Locker,
+    k: &str,
+    kind: LeaseKind,
+) -> Result<tower_lock::LockGuard, LockError> {
+    match kind {
+        LeaseKind::Shared => locker.acquire_shared(k, LONG).await,
+        LeaseKind::Counted { permits } => locker.acquire_permit(k, permits, LONG).await,
+        _ => locker.acquire(k, LONG).await,
+    }
+}
+
+/// [`waiter_at_its_longest_step`] for a lease of `kind`.
+async fn kind_waiter_at_its_longest_step(
+    store: Arc<dyn tower_lock::backend::Backend>,
+    k: &str,
+    kind: LeaseKind,
+) -> (
+    Arc<Counting>,
+    tokio::task::JoinHandle<Result<tower_lock::LockGuard, LockError>>,
+) {
     let counting = Counting::new(store);
     let waiter = Locker::from_arc(counting.clone());
     let task = tokio::spawn({
         let k = k.to_owned();
-        async move { waiter.acquire(&k, LONG).await }
+        async move { acquire_kind(&waiter, &k, kind).await }
     });
     // 5 ms doubling reaches 500 ms after about 0.6 s.
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -295,8 +343,21 @@ pub async fn assert_hand_off_is_woken(
     store: Arc<dyn tower_lock::backend::Backend>,
     k: &str,
 ) {
-    let held = holder.acquire(k, LONG).await.expect("acquire");
-    let (counting, waiter) = waiter_at_its_longest_step(store, k).await;
+    assert_kind_hand_off_is_woken(holder, LeaseKind::Exclusive, store, LeaseKind::Exclusive, k)
+        .await;
+}
+
+/// [`assert_hand_off_is_woken`] from a holder of `held_kind` to a waiter of
+/// `waiter_kind`.
+pub async fn assert_kind_hand_off_is_woken(
+    holder: &Locker,
+    held_kind: LeaseKind,
+    store: Arc<dyn tower_lock::backend::Backend>,
+    waiter_kind: LeaseKind,
+    k: &str,
+) {
+    let held = acquire_kind(holder, k, held_kind).await.expect("acquire");
+    let (counting, waiter) = kind_waiter_at_its_longest_step(store, k, waiter_kind).await;
     counting.until_tries(counting.tries() + 1).await;
     held.release().await.expect("release");
     let guard = tokio::time::timeout(PROMPT, waiter)
