@@ -18,6 +18,25 @@ use crate::LockError;
 /// arrive between [`MIN_TTL`](crate::MIN_TTL) and
 /// [`MAX_TTL`](crate::MAX_TTL).
 ///
+/// # Who may write what
+///
+/// Two rules hold against anyone who can reach the store's server, not only
+/// against holders that crashed or lag:
+///
+/// - **The token is the authority.** Every release, extend, claim removal
+///   and give-up checks `lease.token` against what the store holds for
+///   `key` itself, never a revision, sequence or position alone: those are
+///   visible to whoever watches the store, and a store that was re-created
+///   numbers from 1 again, so another holder's entry may sit at the very
+///   revision an old lease names. A lease whose token does not hold the key
+///   changes nothing, whatever its fence and revision.
+/// - **Messages only wake.** Nothing that a pub/sub message or announcement
+///   carries may grant, create or delete anything: anyone who may publish
+///   on the server may send any payload on any channel or subject the
+///   backend listens to. A woken waiter decides from what the store itself
+///   answers; the only exception is a grant that the store hands over
+///   together with proof that only the store and that waiter can compute.
+///
 /// Five primitives are required. A store inside the process may also answer
 /// [`try_acquire_now`](Self::try_acquire_now) and
 /// [`release_now`](Self::release_now) on the spot; their defaults ("this
@@ -63,8 +82,9 @@ pub trait Backend: fmt::Debug + Send + Sync + 'static {
     /// Restarts the lease of `lease` on `key` at `ttl` from now.
     ///
     /// Returns the lease's new revision, or `None` when the lease is no
-    /// longer held by `lease.token` (expired or taken over); in that case
-    /// nothing is changed.
+    /// longer held by `lease.token` (expired or taken over, or never held:
+    /// a `lease` that names the holder's revision with another token); in
+    /// that case nothing is changed.
     async fn extend(
         &self,
         key: &str,
@@ -76,7 +96,8 @@ pub trait Backend: fmt::Debug + Send + Sync + 'static {
     /// waiters.
     ///
     /// Returns `false`, changing nothing that belongs to anyone else, when
-    /// the lease was no longer held.
+    /// the lease was no longer held by `lease.token`, whatever its revision
+    /// and fence.
     ///
     /// A lease whose fence and revision are 0 stands for a grant whose
     /// answer was lost: release the key if it is held by `lease.token`,
@@ -93,6 +114,10 @@ pub trait Backend: fmt::Debug + Send + Sync + 'static {
     /// happens afterwards has to wake the subscription. A backend that can
     /// not deliver wake-ups may return [`Subscription::never`]; waiters then
     /// fall back to their backoff timer.
+    ///
+    /// A wake-up only tells the waiter to try again: whatever arrives over
+    /// the network to cause one (see [who may write what](Self#who-may-write-what))
+    /// must not be trusted for more.
     ///
     /// A waiter holds its subscription for as long as it waits. A store that
     /// keeps state for waiters (a queue) learns that one gave up through
