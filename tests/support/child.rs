@@ -64,6 +64,11 @@ impl ChildProcess {
         line[prefix.len()..].trim().to_owned()
     }
 
+    /// Every line the child said since the last call, without waiting.
+    pub fn drain(&self) -> Vec<String> {
+        self.lines.try_iter().collect()
+    }
+
     /// Sends the child one line on its stdin.
     pub fn tell(&mut self, line: &str) {
         writeln!(self.stdin, "{line}").expect("tell the child");

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The fault harness for as long as asked: random histories under a nemesis,
+# checked by the oracle, on one backend.
+#   scripts/soak.sh [--minutes N] [--backend memory|memory-bus|redis|nats] [--seed S]
+# Prints a line per history and a SUMMARY line at the end; exits non-zero
+# when any history broke the model (its seed is on its line).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+minutes=20 backend=memory seed=1000
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --minutes) minutes="$2"; shift 2 ;;
+    --backend) backend="$2"; shift 2 ;;
+    --seed) seed="$2"; shift 2 ;;
+    *) echo "usage: $0 [--minutes N] [--backend B] [--seed S]" >&2; exit 2 ;;
+  esac
+done
+SOAK_MINUTES="$minutes" SOAK_BACKEND="$backend" SOAK_SEED="$seed" \
+  cargo test --release --all-features --test faults -- --ignored --exact soak --nocapture
