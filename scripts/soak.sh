@@ -16,4 +16,4 @@ while [ $# -gt 0 ]; do
   esac
 done
 SOAK_MINUTES="$minutes" SOAK_BACKEND="$backend" SOAK_SEED="$seed" \
-  cargo test --release --all-features --test faults -- --ignored --exact soak --nocapture
+  cargo test --all-features --test faults -- --ignored --exact soak --nocapture
