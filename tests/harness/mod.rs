@@ -109,8 +109,8 @@ pub async fn child_main(spec: &str) {
         tasks: 3,
         recorder: Recorder::Stdout,
     };
-    let ops = worker.run(renewing, plain).await;
-    println!("{}done {ops}", crate::support::child::MARK);
+    let (ops, stuck) = worker.run(renewing, plain).await;
+    println!("{}done {ops} {stuck}", crate::support::child::MARK);
 }
 
 /// Runs one history of `run_for` on `target` from `seed`, then checks it.
@@ -216,16 +216,30 @@ pub async fn history<T: Target>(target: &T, seed: u64, run_for: Duration) -> Rep
         report.log.push(what);
     }
 
-    report.ops = local.await.expect("the workload");
+    let (ops, stuck) = local.await.expect("the workload");
+    report.ops = ops;
+    if stuck > 0 {
+        report.violations.push(format!(
+            "liveness: {stuck} tasks of this process stuck in an operation"
+        ));
+    }
     let mut events = recorder.events();
-    let deadline = Instant::now() + run_for + Duration::from_secs(20);
+    let deadline = Instant::now() + run_for + ttl * 10 + Duration::from_secs(30);
     for child in &children {
         loop {
             let lines = child.process.drain();
             let done = lines.iter().any(|line| line.starts_with("done"));
             for line in lines {
-                if let Some(ops) = line.strip_prefix("done ") {
-                    report.ops += ops.parse::<usize>().unwrap_or(0);
+                if let Some(done) = line.strip_prefix("done ") {
+                    let mut counts = done.split(' ').map(|n| n.parse::<usize>().unwrap_or(0));
+                    report.ops += counts.next().unwrap_or(0);
+                    let stuck = counts.next().unwrap_or(0);
+                    if stuck > 0 {
+                        report.violations.push(format!(
+                            "liveness: {stuck} tasks of child {} stuck in an operation",
+                            child.name
+                        ));
+                    }
                 }
                 events.extend(Event::parse(&line));
             }

@@ -178,15 +178,17 @@ fn forged_payloads(keys: &Keys, names: &[String]) -> Vec<Vec<u8>> {
     }
     for name in names {
         payloads.push(name.as_bytes().to_vec());
+        // Slots past the count, slots of another count, names that are no
+        // slot: each would be a grant if a hint were trusted.
+        let permits = super::workload::PERMITS;
         for suffix in [
-            ".p.1.evil",
-            ".p.2.0",
-            ".p.2.1",
-            ".p.2.9",
-            ".r.x",
-            ".w",
-            ":0",
-            ":1",
+            ".r.x".to_owned(),
+            ".w".to_owned(),
+            ":0".to_owned(),
+            format!(".p.{permits}.evil"),
+            format!(".p.{}.0", permits + 1),
+            format!(".p.{permits}.{permits}"),
+            format!(".p.{permits}.{}", permits + 7),
         ] {
             payloads.push(format!("{name}{suffix}").into_bytes());
         }
@@ -312,6 +314,8 @@ mod redis_target {
                                 .query_async(&mut conn)
                                 .await;
                             sent += usize::from(published.is_ok());
+                            // One at a time: a waiter acts on each before the next.
+                            tokio::time::sleep(Duration::from_millis(1)).await;
                         }
                     }
                     format!("forge {sent} on {} channels", channels.len())
@@ -429,6 +433,9 @@ mod nats_target {
                             let payload = bytes::Bytes::from(payload.clone());
                             sent +=
                                 usize::from(client.publish(subject.clone(), payload).await.is_ok());
+                            // One at a time: a waiter acts on each before the next.
+                            let _ = client.flush().await;
+                            tokio::time::sleep(Duration::from_millis(1)).await;
                         }
                     }
                     let _ = client.flush().await;

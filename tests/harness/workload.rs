@@ -58,7 +58,9 @@ pub struct Worker {
 impl Worker {
     /// Runs the workload on two lockers over `renewing` and `plain` (one
     /// renews its leases, one does not), `tasks` tasks at once.
-    pub async fn run(&self, renewing: Locker, plain: Locker) -> usize {
+    /// Returns how many operations it started, and how many tasks were
+    /// stuck in one long after the others ended.
+    pub async fn run(&self, renewing: Locker, plain: Locker) -> (usize, usize) {
         let renewing = renewing.auto_renew(true);
         let plain = plain.auto_renew(false);
         let until = tokio::time::Instant::now() + self.run_for;
@@ -78,11 +80,20 @@ impl Worker {
                 tokio::spawn(task.run(until))
             })
             .collect();
-        let mut ops = 0;
-        for task in tasks {
-            ops += task.await.unwrap_or(0);
+        // A task still in an operation this long after the last one began
+        // is stuck (a deadlock, a lost wake-up with no timer behind it).
+        let stuck_after = until + self.ttl * 10 + Duration::from_secs(10);
+        let (mut ops, mut stuck) = (0, 0);
+        for mut task in tasks {
+            match tokio::time::timeout_at(stuck_after, &mut task).await {
+                Ok(done) => ops += done.unwrap_or(0),
+                Err(_) => {
+                    task.abort();
+                    stuck += 1;
+                }
+            }
         }
-        ops
+        (ops, stuck)
     }
 }
 
