@@ -7,6 +7,7 @@
 
 pub mod checker;
 pub mod history;
+pub mod proxy;
 pub mod target;
 pub mod workload;
 

@@ -25,6 +25,9 @@ pub enum Fault {
     LoseState,
     /// Forged messages on every channel or subject the backends listen to.
     Forge,
+    /// The in-process lockers' link to the store turns slow, blackholed or
+    /// half-open a while, or every connection is reset.
+    Link,
 }
 
 impl Fault {
@@ -103,6 +106,22 @@ fn stall(rng: &mut fastrand::Rng, ttl: Duration) -> impl Future<Output = String>
             .expect("stall");
         format!("stall {pause:?}")
     }
+}
+
+/// Disturbs `proxy`'s link a while: latency, a blackhole, a half-open
+/// link, or a reset of every connection.
+async fn disturb(proxy: &super::proxy::Proxy, rng: &mut fastrand::Rng, ttl: Duration) -> String {
+    use super::proxy::Mode;
+    let mode = [Mode::Slow, Mode::Blackhole, Mode::HalfOpen, Mode::Pass][rng.usize(0..4)];
+    if mode == Mode::Pass {
+        proxy.reset();
+        return "link reset".into();
+    }
+    let lasts = ttl.mul_f64(0.2 + rng.f64() * 1.3);
+    proxy.set(mode);
+    tokio::time::sleep(lasts).await;
+    proxy.set(Mode::Pass);
+    format!("link {mode:?} {lasts:?}")
 }
 
 /// One in-memory table, shared by every locker of the process.
@@ -203,7 +222,7 @@ pub use self::redis_target::Redis;
 mod redis_target {
     use std::sync::Mutex;
 
-    use super::*;
+    use super::{super::proxy::Proxy, *};
     use crate::{
         conformance::Harness,
         redis_support::{Deployment, RedisHarness, server_args},
@@ -214,10 +233,15 @@ mod redis_target {
     pub struct Redis {
         server: Mutex<ServerProcess>,
         dir: tempfile::TempDir,
+        /// Its lockers reach the server through the proxy; it counts
+        /// entries on the server itself.
         harness: RedisHarness,
+        proxy: Proxy,
     }
 
     impl Redis {
+        /// Starts the server, and the proxy in front of it (inside a tokio
+        /// runtime).
         pub fn start() -> Redis {
             let (port, dir) = (free_port(), tempfile::tempdir().expect("dir"));
             let server = ServerProcess::start(
@@ -225,11 +249,16 @@ mod redis_target {
                 server_args(port, dir.path()),
                 port,
             );
-            let url = format!("redis://127.0.0.1:{port}/");
+            let proxy = Proxy::start(port);
+            let (url, proxied) = (
+                format!("redis://127.0.0.1:{port}/"),
+                format!("redis://127.0.0.1:{}/", proxy.port),
+            );
             Redis {
                 server: Mutex::new(server),
                 dir,
-                harness: RedisHarness::new(Deployment::Standalone(url.clone()), vec![url]),
+                harness: RedisHarness::new(Deployment::Standalone(proxied), vec![url]),
+                proxy,
             }
         }
 
@@ -257,7 +286,12 @@ mod redis_target {
         }
 
         fn faults(&self) -> Vec<Fault> {
-            vec![Fault::PauseStore, Fault::LoseState, Fault::Forge]
+            vec![
+                Fault::PauseStore,
+                Fault::LoseState,
+                Fault::Forge,
+                Fault::Link,
+            ]
         }
 
         async fn inject(
@@ -269,6 +303,7 @@ mod redis_target {
         ) -> String {
             let _ = &self.dir;
             match fault {
+                Fault::Link => disturb(&self.proxy, rng, ttl).await,
                 Fault::PauseStore => {
                     let pause = ttl.mul_f64(0.2 + rng.f64());
                     self.server.lock().expect("server").pause();
@@ -352,7 +387,7 @@ mod nats_target {
 
     use futures_util::TryStreamExt;
 
-    use super::*;
+    use super::{super::proxy::Proxy, *};
     use crate::support::ServerProcess;
 
     const BUCKET: &str = "locks";
@@ -361,13 +396,18 @@ mod nats_target {
     pub struct Nats {
         server: Mutex<ServerProcess>,
         port: u16,
+        /// The in-process lockers' way to the server.
+        proxy: Proxy,
     }
 
     impl Nats {
+        /// Starts the server, and the proxy in front of it (inside a tokio
+        /// runtime).
         pub fn start() -> Nats {
             let server = crate::support::nats::server();
             Nats {
                 port: server.port,
+                proxy: Proxy::start(server.port),
                 server: Mutex::new(server),
             }
         }
@@ -383,7 +423,7 @@ mod nats_target {
         }
 
         async fn locker(&self) -> Locker {
-            Locker::new(nats_backend(self.port, BUCKET).await)
+            Locker::new(nats_backend(self.proxy.port, BUCKET).await)
         }
 
         fn child_spec(&self) -> Option<String> {
@@ -391,7 +431,12 @@ mod nats_target {
         }
 
         fn faults(&self) -> Vec<Fault> {
-            vec![Fault::PauseStore, Fault::LoseState, Fault::Forge]
+            vec![
+                Fault::PauseStore,
+                Fault::LoseState,
+                Fault::Forge,
+                Fault::Link,
+            ]
         }
 
         async fn inject(
@@ -402,6 +447,7 @@ mod nats_target {
             ttl: Duration,
         ) -> String {
             match fault {
+                Fault::Link => disturb(&self.proxy, rng, ttl).await,
                 Fault::PauseStore => {
                     let pause = ttl.mul_f64(0.2 + rng.f64());
                     self.server.lock().expect("server").pause();
