@@ -52,7 +52,25 @@ async fn memory_bus_histories_keep_the_model() {
 #[cfg(feature = "redis")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_histories_keep_the_model() {
-    short_run(target::Redis::start(), &[5, 6, 7]).await;
+    short_run(target::Redis::standalone(), &[5, 6, 7]).await;
+}
+
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_histories_keep_the_model() {
+    let cluster = tokio::task::spawn_blocking(target::Redis::cluster)
+        .await
+        .expect("cluster");
+    short_run(cluster, &[11]).await;
+}
+
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_sentinel_histories_keep_the_model() {
+    let group = tokio::task::spawn_blocking(target::Redis::sentinel)
+        .await
+        .expect("sentinel");
+    short_run(group, &[12]).await;
 }
 
 #[cfg(feature = "nats")]
@@ -89,10 +107,18 @@ async fn soak() {
         "memory" => soak_on(target::Memory(Default::default()), seed, until).await,
         "memory-bus" => soak_on(target::Bus::default(), seed, until).await,
         #[cfg(feature = "redis")]
-        "redis" => soak_on(target::Redis::start(), seed, until).await,
+        "redis" => soak_on(target::Redis::standalone(), seed, until).await,
+        #[cfg(feature = "redis")]
+        "redis-cluster" => soak_on(target::Redis::cluster(), seed, until).await,
+        #[cfg(feature = "redis")]
+        "redis-sentinel" => soak_on(target::Redis::sentinel(), seed, until).await,
         #[cfg(feature = "nats")]
         "nats" => soak_on(target::Nats::start(), seed, until).await,
-        other => panic!("no backend {other:?}: memory, memory-bus, redis, nats"),
+        #[cfg(feature = "nats")]
+        "nats-r3" => soak_on(target::Nats::cluster().await, seed, until).await,
+        other => panic!(
+            "no backend {other:?}: memory, memory-bus, redis, redis-cluster, redis-sentinel, nats, nats-r3"
+        ),
     };
     assert_eq!(summary, 0, "violations found: see the lines above");
 }
@@ -121,4 +147,10 @@ async fn soak_on<T: target::Target>(target: T, first: u64, until: std::time::Ins
         target.name()
     );
     violations
+}
+
+#[cfg(feature = "nats")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_r3_histories_keep_the_model() {
+    short_run(target::Nats::cluster().await, &[13]).await;
 }

@@ -25,6 +25,9 @@ pub enum Fault {
     LoseState,
     /// Forged messages on every channel or subject the backends listen to.
     Forge,
+    /// Kill one node of a replicated store, and start it again a while
+    /// later.
+    KillNode,
     /// The in-process lockers' link to the store turns slow, blackholed or
     /// half-open a while, or every connection is reset.
     Link,
@@ -88,10 +91,45 @@ pub async fn connect(spec: &str) -> Locker {
             .await
             .expect("connect to Redis"),
         ),
+        #[cfg(feature = "redis")]
+        ["redis-cluster", urls, prefix] => {
+            let urls: Vec<&str> = urls.split(',').collect();
+            let client = redis::cluster::ClusterClient::new(urls).expect("cluster client");
+            Locker::new(
+                tower_lock::redis::RedisBackend::builder(tower_lock::redis::RedisClient::from(
+                    client,
+                ))
+                .prefix(prefix.to_owned())
+                .build()
+                .await
+                .expect("connect to the Cluster"),
+            )
+        }
+        #[cfg(feature = "redis")]
+        ["redis-sentinel", url, prefix] => {
+            let client = redis::sentinel::SentinelClient::build(
+                vec![url.to_owned()],
+                crate::redis_support::MASTER_NAME.to_owned(),
+                None,
+                redis::sentinel::SentinelServerType::Master,
+            )
+            .expect("sentinel client");
+            Locker::new(
+                tower_lock::redis::RedisBackend::builder(tower_lock::redis::RedisClient::from(
+                    client,
+                ))
+                .prefix(prefix.to_owned())
+                .build()
+                .await
+                .expect("connect through Sentinel"),
+            )
+        }
         #[cfg(feature = "nats")]
-        ["nats", port, bucket] => {
-            let port: u16 = port.parse().expect("port");
-            Locker::new(nats_backend(port, bucket).await)
+        ["nats", ports, bucket, replicas] => {
+            let ports: Vec<u16> = ports.split(',').map(|p| p.parse().expect("port")).collect();
+            let replicas = replicas.parse().expect("replicas");
+            let backend = nats_backend_on(&ports, bucket, replicas).await;
+            Locker::new(backend.expect("open the bucket"))
         }
         _ => panic!("no store for the spec {spec:?}"),
     }
@@ -225,24 +263,29 @@ mod redis_target {
     use super::{super::proxy::Proxy, *};
     use crate::{
         conformance::Harness,
-        redis_support::{Deployment, RedisHarness, server_args},
+        redis_support::{Cluster, Deployment, RedisHarness, SentinelGroup, server_args},
         support::{ServerProcess, free_port},
     };
 
-    /// A standalone redis-server of the history's own, without persistence.
+    /// A Redis deployment of the history's own, without persistence.
     pub struct Redis {
-        server: Mutex<ServerProcess>,
-        dir: tempfile::TempDir,
-        /// Its lockers reach the server through the proxy; it counts
-        /// entries on the server itself.
+        name: &'static str,
+        /// Its lockers' backends; it counts entries on `nodes` directly.
         harness: RedisHarness,
-        proxy: Proxy,
+        /// Every master, reached directly.
+        nodes: Vec<String>,
+        /// How a child process reaches it.
+        spec: String,
+        /// A standalone server (restartable), and the proxy in front of it.
+        standalone: Option<(Mutex<ServerProcess>, Proxy, tempfile::TempDir)>,
+        /// The Cluster or Sentinel group, kept running.
+        _deployment: Option<Box<dyn Send + Sync>>,
     }
 
     impl Redis {
-        /// Starts the server, and the proxy in front of it (inside a tokio
-        /// runtime).
-        pub fn start() -> Redis {
+        /// A standalone server, and a proxy in front of it for the
+        /// in-process lockers (inside a tokio runtime).
+        pub fn standalone() -> Redis {
             let (port, dir) = (free_port(), tempfile::tempdir().expect("dir"));
             let server = ServerProcess::start(
                 crate::redis_support::REDIS_SERVER,
@@ -250,31 +293,106 @@ mod redis_target {
                 port,
             );
             let proxy = Proxy::start(port);
-            let (url, proxied) = (
-                format!("redis://127.0.0.1:{port}/"),
-                format!("redis://127.0.0.1:{}/", proxy.port),
-            );
+            let url = format!("redis://127.0.0.1:{port}/");
+            let proxied = format!("redis://127.0.0.1:{}/", proxy.port);
+            let harness = RedisHarness::new(Deployment::Standalone(proxied), vec![url.clone()]);
             Redis {
-                server: Mutex::new(server),
-                dir,
-                harness: RedisHarness::new(Deployment::Standalone(proxied), vec![url]),
-                proxy,
+                name: "redis",
+                spec: format!("redis {url} {}", harness.prefix),
+                harness,
+                nodes: vec![url],
+                standalone: Some((Mutex::new(server), proxy, dir)),
+                _deployment: None,
             }
         }
 
-        fn url(&self) -> &str {
-            &self.harness.scan[0]
+        /// Three masters.
+        pub fn cluster() -> Redis {
+            let cluster = Cluster::start();
+            let urls = cluster.urls();
+            let harness = RedisHarness::new(Deployment::Cluster(urls.clone()), urls.clone());
+            Redis {
+                name: "redis-cluster",
+                spec: format!("redis-cluster {} {}", urls.join(","), harness.prefix),
+                harness,
+                nodes: urls,
+                standalone: None,
+                _deployment: Some(Box::new(cluster)),
+            }
         }
 
-        async fn connection(&self) -> Option<redis::aio::MultiplexedConnection> {
-            let client = redis::Client::open(self.url()).ok()?;
+        /// A master watched by a Sentinel.
+        pub fn sentinel() -> Redis {
+            let group = SentinelGroup::start();
+            let sentinel = group.sentinel.url();
+            let harness = RedisHarness::new(
+                Deployment::Sentinel {
+                    sentinel: sentinel.clone(),
+                },
+                vec![group.master.url()],
+            );
+            Redis {
+                name: "redis-sentinel",
+                spec: format!("redis-sentinel {sentinel} {}", harness.prefix),
+                nodes: vec![group.master.url()],
+                harness,
+                standalone: None,
+                _deployment: Some(Box::new(group)),
+            }
+        }
+
+        async fn connection(url: &str) -> Option<redis::aio::MultiplexedConnection> {
+            let client = redis::Client::open(url).ok()?;
             client.get_multiplexed_async_connection().await.ok()
+        }
+
+        async fn on_a_node(&self, rng: &mut fastrand::Rng, command: redis::Cmd) -> String {
+            let url = &self.nodes[rng.usize(0..self.nodes.len())];
+            if let Some(mut conn) = Redis::connection(url).await {
+                let _: Result<redis::Value, _> = command.query_async(&mut conn).await;
+            }
+            url.clone()
+        }
+
+        async fn forge(&self, keys: &Keys) -> String {
+            let names: Vec<String> = keys
+                .locks()
+                .iter()
+                .chain([&keys.election])
+                .map(|k| format!("{}{k}", self.harness.prefix))
+                .collect();
+            let payloads = forged_payloads(keys, &names);
+            let mut sent = 0;
+            for url in &self.nodes {
+                let Some(mut conn) = Redis::connection(url).await else {
+                    continue;
+                };
+                let channels: Vec<Vec<u8>> = redis::cmd("PUBSUB")
+                    .arg("CHANNELS")
+                    .arg("*")
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap_or_default();
+                for channel in &channels {
+                    for payload in &payloads {
+                        let published: Result<i64, _> = redis::cmd("PUBLISH")
+                            .arg(channel)
+                            .arg(payload)
+                            .query_async(&mut conn)
+                            .await;
+                        sent += usize::from(published.is_ok());
+                        // One at a time: a waiter acts on each before the next.
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                }
+            }
+            format!("forge {sent}")
         }
     }
 
     impl Target for Redis {
         fn name(&self) -> String {
-            "redis".into()
+            self.name.into()
         }
 
         async fn locker(&self) -> Locker {
@@ -282,16 +400,15 @@ mod redis_target {
         }
 
         fn child_spec(&self) -> Option<String> {
-            Some(format!("redis {} {}", self.url(), self.harness.prefix))
+            Some(self.spec.clone())
         }
 
         fn faults(&self) -> Vec<Fault> {
-            vec![
-                Fault::PauseStore,
-                Fault::LoseState,
-                Fault::Forge,
-                Fault::Link,
-            ]
+            let mut faults = vec![Fault::PauseStore, Fault::LoseState, Fault::Forge];
+            if self.standalone.is_some() {
+                faults.push(Fault::Link);
+            }
+            faults
         }
 
         async fn inject(
@@ -301,60 +418,37 @@ mod redis_target {
             rng: &mut fastrand::Rng,
             ttl: Duration,
         ) -> String {
-            let _ = &self.dir;
-            match fault {
-                Fault::Link => disturb(&self.proxy, rng, ttl).await,
-                Fault::PauseStore => {
-                    let pause = ttl.mul_f64(0.2 + rng.f64());
-                    self.server.lock().expect("server").pause();
+            let pause = ttl.mul_f64(0.2 + rng.f64());
+            match (fault, &self.standalone) {
+                (Fault::Link, Some((_, proxy, _))) => disturb(proxy, rng, ttl).await,
+                (Fault::PauseStore, Some((server, ..))) => {
+                    server.lock().expect("server").pause();
                     tokio::time::sleep(pause).await;
-                    self.server.lock().expect("server").resume();
+                    server.lock().expect("server").resume();
                     format!("pause-store {pause:?}")
                 }
-                Fault::LoseState if rng.bool() => {
-                    if let Ok(mut server) = self.server.lock() {
+                // A node that answers nobody a while (its clients wait).
+                (Fault::PauseStore, None) => {
+                    let mut pause_clients = redis::cmd("CLIENT");
+                    pause_clients
+                        .arg("PAUSE")
+                        .arg(pause.as_millis() as u64)
+                        .arg("ALL");
+                    let node = self.on_a_node(rng, pause_clients).await;
+                    tokio::time::sleep(pause).await;
+                    format!("client-pause {node} {pause:?}")
+                }
+                (Fault::LoseState, Some((server, ..))) if rng.bool() => {
+                    if let Ok(mut server) = server.lock() {
                         server.restart();
                     }
                     "restart".into()
                 }
-                Fault::LoseState => {
-                    if let Some(mut conn) = self.connection().await {
-                        let _: Result<(), _> = redis::cmd("FLUSHALL").query_async(&mut conn).await;
-                    }
-                    "flushall".into()
+                (Fault::LoseState, _) => {
+                    let node = self.on_a_node(rng, redis::cmd("FLUSHALL")).await;
+                    format!("flushall {node}")
                 }
-                _ => {
-                    let Some(mut conn) = self.connection().await else {
-                        return "forge (no connection)".into();
-                    };
-                    let channels: Vec<Vec<u8>> = redis::cmd("PUBSUB")
-                        .arg("CHANNELS")
-                        .arg("*")
-                        .query_async(&mut conn)
-                        .await
-                        .unwrap_or_default();
-                    let names: Vec<String> = keys
-                        .locks()
-                        .iter()
-                        .chain([&keys.election])
-                        .map(|k| format!("{}{k}", self.harness.prefix))
-                        .collect();
-                    let payloads = forged_payloads(keys, &names);
-                    let mut sent = 0;
-                    for channel in &channels {
-                        for payload in &payloads {
-                            let published: Result<i64, _> = redis::cmd("PUBLISH")
-                                .arg(channel)
-                                .arg(payload)
-                                .query_async(&mut conn)
-                                .await;
-                            sent += usize::from(published.is_ok());
-                            // One at a time: a waiter acts on each before the next.
-                            tokio::time::sleep(Duration::from_millis(1)).await;
-                        }
-                    }
-                    format!("forge {sent} on {} channels", channels.len())
-                }
+                _ => self.forge(keys).await,
             }
         }
 
@@ -369,13 +463,20 @@ mod redis_target {
 }
 
 #[cfg(feature = "nats")]
-async fn nats_backend(port: u16, bucket: &str) -> tower_lock::nats::NatsBackend {
-    let js = async_nats::jetstream::new(crate::support::nats::connect(&[port]).await);
+async fn nats_backend_on(
+    ports: &[u16],
+    bucket: &str,
+    replicas: usize,
+) -> Result<tower_lock::nats::NatsBackend, tower_lock::LockError> {
+    let js = crate::support::nats::jetstream(
+        crate::support::nats::connect(ports).await,
+        Duration::from_secs(2),
+    );
     tower_lock::nats::NatsBackend::builder(js, bucket)
+        .replicas(replicas)
         .request_timeout(Duration::from_secs(2))
         .build()
         .await
-        .expect("open the bucket")
 }
 
 #[cfg(feature = "nats")]
@@ -392,51 +493,119 @@ mod nats_target {
 
     const BUCKET: &str = "locks";
 
-    /// A JetStream server of the history's own.
+    /// JetStream servers of the history's own: one (behind a proxy for the
+    /// in-process lockers) or three with an R3 bucket.
     pub struct Nats {
-        server: Mutex<ServerProcess>,
-        port: u16,
-        /// The in-process lockers' way to the server.
-        proxy: Proxy,
+        servers: Mutex<Vec<ServerProcess>>,
+        ports: Vec<u16>,
+        proxy: Option<Proxy>,
     }
 
     impl Nats {
-        /// Starts the server, and the proxy in front of it (inside a tokio
+        /// One server, and the proxy in front of it (inside a tokio
         /// runtime).
         pub fn start() -> Nats {
             let server = crate::support::nats::server();
             Nats {
-                port: server.port,
-                proxy: Proxy::start(server.port),
-                server: Mutex::new(server),
+                ports: vec![server.port],
+                proxy: Some(Proxy::start(server.port)),
+                servers: Mutex::new(vec![server]),
             }
         }
 
+        /// Three clustered servers; the bucket is replicated on all three.
+        pub async fn cluster() -> Nats {
+            let servers = tokio::task::spawn_blocking(crate::support::nats::cluster)
+                .await
+                .expect("start the cluster");
+            let nats = Nats {
+                ports: servers.iter().map(|s| s.port).collect(),
+                proxy: None,
+                servers: Mutex::new(servers),
+            };
+            // Right after start-up the cluster may still elect its leader.
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            while nats.open(&nats.ports).await.is_err() {
+                assert!(std::time::Instant::now() < deadline, "no R3 bucket");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            nats
+        }
+
+        fn replicas(&self) -> usize {
+            self.ports.len()
+        }
+
+        async fn open(
+            &self,
+            ports: &[u16],
+        ) -> Result<tower_lock::nats::NatsBackend, tower_lock::LockError> {
+            nats_backend_on(ports, BUCKET, self.replicas()).await
+        }
+
         async fn client(&self) -> async_nats::Client {
-            crate::support::nats::connect(&[self.port]).await
+            crate::support::nats::connect(&self.ports).await
+        }
+
+        async fn forge(&self, keys: &Keys) -> String {
+            let client = self.client().await;
+            let names: Vec<String> = keys
+                .locks()
+                .iter()
+                .chain([&keys.election])
+                .map(|k| tower_lock::nats::encode_key(k))
+                .collect();
+            let payloads = forged_payloads(keys, &names);
+            let mut sent = 0;
+            for name in &names {
+                let subject = format!("tower-lock.{BUCKET}.released.{name}");
+                for payload in &payloads {
+                    let payload = bytes::Bytes::from(payload.clone());
+                    sent += usize::from(client.publish(subject.clone(), payload).await.is_ok());
+                    // One at a time: a waiter acts on each before the next.
+                    let _ = client.flush().await;
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+            format!("forge {sent}")
         }
     }
 
     impl Target for Nats {
         fn name(&self) -> String {
-            "nats".into()
+            if self.replicas() == 1 {
+                "nats"
+            } else {
+                "nats-r3"
+            }
+            .into()
         }
 
         async fn locker(&self) -> Locker {
-            Locker::new(nats_backend(self.proxy.port, BUCKET).await)
+            let ports = match &self.proxy {
+                Some(proxy) => vec![proxy.port],
+                None => self.ports.clone(),
+            };
+            Locker::new(self.open(&ports).await.expect("open the bucket"))
         }
 
         fn child_spec(&self) -> Option<String> {
-            Some(format!("nats {} {BUCKET}", self.port))
+            let ports: Vec<String> = self.ports.iter().map(u16::to_string).collect();
+            Some(format!(
+                "nats {} {BUCKET} {}",
+                ports.join(","),
+                self.replicas()
+            ))
         }
 
         fn faults(&self) -> Vec<Fault> {
-            vec![
-                Fault::PauseStore,
-                Fault::LoseState,
-                Fault::Forge,
-                Fault::Link,
-            ]
+            let mut faults = vec![Fault::PauseStore, Fault::LoseState, Fault::Forge];
+            faults.push(if self.proxy.is_some() {
+                Fault::Link
+            } else {
+                Fault::KillNode
+            });
+            faults
         }
 
         async fn inject(
@@ -446,47 +615,40 @@ mod nats_target {
             rng: &mut fastrand::Rng,
             ttl: Duration,
         ) -> String {
-            match fault {
-                Fault::Link => disturb(&self.proxy, rng, ttl).await,
-                Fault::PauseStore => {
-                    let pause = ttl.mul_f64(0.2 + rng.f64());
-                    self.server.lock().expect("server").pause();
+            let node = rng.usize(0..self.ports.len());
+            let pause = ttl.mul_f64(0.2 + rng.f64());
+            match (fault, &self.proxy) {
+                (Fault::Link, Some(proxy)) => disturb(proxy, rng, ttl).await,
+                (Fault::PauseStore, _) => {
+                    self.servers.lock().expect("servers")[node].pause();
                     tokio::time::sleep(pause).await;
-                    self.server.lock().expect("server").resume();
-                    format!("pause-store {pause:?}")
+                    self.servers.lock().expect("servers")[node].resume();
+                    format!("pause node {node} {pause:?}")
                 }
-                Fault::LoseState => {
+                // The others keep a quorum; it comes back with its store.
+                (Fault::KillNode, _) => {
+                    self.servers.lock().expect("servers")[node].kill();
+                    tokio::time::sleep(pause * 2).await;
+                    let servers = std::mem::take(&mut *self.servers.lock().expect("servers"));
+                    let servers = tokio::task::spawn_blocking(move || {
+                        let mut servers = servers;
+                        servers[node].restart();
+                        servers
+                    })
+                    .await
+                    .expect("restart");
+                    *self.servers.lock().expect("servers") = servers;
+                    format!("kill node {node} {:?}", pause * 2)
+                }
+                (Fault::LoseState, _) => {
                     let js = async_nats::jetstream::new(self.client().await);
                     let deleted = js.delete_key_value(BUCKET).await.is_ok();
-                    // The backends of this process and the children find the
-                    // bucket gone; one made now creates it again.
-                    let _ = nats_backend(self.port, BUCKET).await;
-                    format!("recreate-bucket (deleted: {deleted})")
+                    // The backends find the bucket gone; one made now
+                    // creates it again.
+                    let created = self.open(&self.ports).await.is_ok();
+                    format!("recreate-bucket (deleted: {deleted}, created: {created})")
                 }
-                _ => {
-                    let client = self.client().await;
-                    let names: Vec<String> = keys
-                        .locks()
-                        .iter()
-                        .chain([&keys.election])
-                        .map(|k| tower_lock::nats::encode_key(k))
-                        .collect();
-                    let payloads = forged_payloads(keys, &names);
-                    let mut sent = 0;
-                    for name in &names {
-                        let subject = format!("tower-lock.{BUCKET}.released.{name}");
-                        for payload in &payloads {
-                            let payload = bytes::Bytes::from(payload.clone());
-                            sent +=
-                                usize::from(client.publish(subject.clone(), payload).await.is_ok());
-                            // One at a time: a waiter acts on each before the next.
-                            let _ = client.flush().await;
-                            tokio::time::sleep(Duration::from_millis(1)).await;
-                        }
-                    }
-                    let _ = client.flush().await;
-                    format!("forge {sent}")
-                }
+                _ => self.forge(keys).await,
             }
         }
 
@@ -505,7 +667,8 @@ mod nats_target {
         }
 
         fn recovery(&self) -> Duration {
-            Duration::from_secs(2)
+            // A new stream leader on the cluster.
+            Duration::from_secs(if self.replicas() == 1 { 2 } else { 6 })
         }
     }
 }
