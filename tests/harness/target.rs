@@ -109,7 +109,7 @@ pub async fn connect(spec: &str) -> Locker {
         ["redis-sentinel", url, prefix] => {
             let client = redis::sentinel::SentinelClient::build(
                 vec![url.to_owned()],
-                crate::redis_support::MASTER_NAME.to_owned(),
+                crate::redis_support::MASTER_NAME,
                 None,
                 redis::sentinel::SentinelServerType::Master,
             )
