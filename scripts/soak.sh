@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The fault harness for as long as asked: random histories under a nemesis,
 # checked by the oracle, on one backend.
-#   scripts/soak.sh [--minutes N] [--backend memory|memory-bus|redis|nats] [--seed S]
+#   scripts/soak.sh [--minutes N] [--backend B] [--seed S] [--stop-at-first]
+# B: memory, memory-bus, redis, redis-sentinel, redis-cluster, nats, nats-r3.
 # Prints a line per history and a SUMMARY line at the end; exits non-zero
 # when any history broke the model (its seed is on its line).
 set -euo pipefail
@@ -12,6 +13,7 @@ while [ $# -gt 0 ]; do
     --minutes) minutes="$2"; shift 2 ;;
     --backend) backend="$2"; shift 2 ;;
     --seed) seed="$2"; shift 2 ;;
+    --stop-at-first) export SOAK_STOP_AT_FIRST=1; shift ;;
     *) echo "usage: $0 [--minutes N] [--backend B] [--seed S]" >&2; exit 2 ;;
   esac
 done

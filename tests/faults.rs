@@ -128,6 +128,9 @@ async fn soak_on<T: target::Target>(target: T, first: u64, until: std::time::Ins
     let mut faults = std::collections::BTreeMap::<String, usize>::new();
     let mut longest = Duration::ZERO;
     let mut seed = first;
+    let started = std::time::Instant::now();
+    // To time how long the harness takes to find a broken mechanism.
+    let stop_at_first = std::env::var_os("SOAK_STOP_AT_FIRST").is_some();
     while std::time::Instant::now() < until {
         let report = harness::history(&target, seed, Duration::from_secs(8)).await;
         histories += 1;
@@ -138,8 +141,11 @@ async fn soak_on<T: target::Target>(target: T, first: u64, until: std::time::Ins
         for (kind, n) in &report.faults {
             *faults.entry(kind.clone()).or_default() += n;
         }
-        println!("[{histories}] {report}");
+        println!("[{histories} at {:.0?}] {report}", started.elapsed());
         seed += 1;
+        if stop_at_first && violations > 0 {
+            break;
+        }
     }
     println!(
         "SUMMARY {}: {histories} histories (seeds {first}..{seed}), {ops} operations, {holdings} holdings, \
