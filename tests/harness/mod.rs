@@ -341,8 +341,9 @@ async fn liveness<T: Target>(target: &T, keys: &Keys, ttl: Duration, report: &mu
             break;
         }
         if Instant::now() > deadline {
+            let names = target.stored_names().await;
             report.violations.push(format!(
-                "leak: {stored} entries left once every key was had and given back"
+                "leak: {stored} entries left once every key was had and given back {names:?}"
             ));
             break;
         }

@@ -28,6 +28,9 @@ pub enum Fault {
     /// Kill one node of a replicated store, and start it again a while
     /// later.
     KillNode,
+    /// A replica is promoted in the master's place (Sentinel's `FAILOVER`):
+    /// what had not reached it is lost.
+    Failover,
     /// The in-process lockers' link to the store turns slow, blackholed or
     /// half-open a while, or every connection is reset.
     Link,
@@ -37,7 +40,7 @@ impl Fault {
     /// Faults after which plain leases are protected by their fences alone
     /// (DESIGN semantic 13).
     pub fn loses_writes(self) -> bool {
-        self == Fault::LoseState
+        matches!(self, Fault::LoseState | Fault::Failover)
     }
 }
 
@@ -69,6 +72,11 @@ pub trait Target: Send + Sync + 'static {
 
     /// How many lock entries the store holds.
     fn stored_locks(&self) -> impl Future<Output = usize> + Send;
+
+    /// What those entries are, where the store can say.
+    fn stored_names(&self) -> impl Future<Output = Vec<String>> + Send {
+        async { Vec::new() }
+    }
 
     /// How long the store may take to serve again after a fault, beyond
     /// the ttl and the hold-back (a restart, a failover).
@@ -220,6 +228,27 @@ impl Target for Bus {
     }
 }
 
+/// The last messages the backends sent, kept to be sent again.
+#[derive(Clone, Default)]
+struct Replays(Arc<std::sync::Mutex<std::collections::VecDeque<Message>>>);
+
+/// A channel or subject, and what was sent on it.
+type Message = (String, Vec<u8>);
+
+impl Replays {
+    fn keep(&self, channel: String, payload: Vec<u8>) {
+        let mut kept = self.0.lock().expect("replays");
+        if kept.len() == 64 {
+            kept.pop_front();
+        }
+        kept.push_back((channel, payload));
+    }
+
+    fn all(&self) -> Vec<Message> {
+        self.0.lock().expect("replays").iter().cloned().collect()
+    }
+}
+
 /// Payloads a publisher who holds nothing sends: empty, garbage, huge,
 /// not UTF-8, and every name of the history's entries it can guess.
 fn forged_payloads(keys: &Keys, names: &[String]) -> Vec<Vec<u8>> {
@@ -263,7 +292,9 @@ mod redis_target {
     use super::{super::proxy::Proxy, *};
     use crate::{
         conformance::Harness,
-        redis_support::{Cluster, Deployment, RedisHarness, SentinelGroup, server_args},
+        redis_support::{
+            Cluster, Deployment, MASTER_NAME, RedisHarness, SentinelGroup, Tied, cli, server_args,
+        },
         support::{ServerProcess, free_port},
     };
 
@@ -278,6 +309,10 @@ mod redis_target {
         spec: String,
         /// A standalone server (restartable), and the proxy in front of it.
         standalone: Option<(Mutex<ServerProcess>, Proxy, tempfile::TempDir)>,
+        /// The Sentinel's port, for failovers.
+        sentinel: Option<u16>,
+        replays: Replays,
+        listening: std::sync::atomic::AtomicBool,
         /// The Cluster or Sentinel group, kept running.
         _deployment: Option<Box<dyn Send + Sync>>,
     }
@@ -302,6 +337,9 @@ mod redis_target {
                 harness,
                 nodes: vec![url],
                 standalone: Some((Mutex::new(server), proxy, dir)),
+                replays: Replays::default(),
+                listening: Default::default(),
+                sentinel: None,
                 _deployment: None,
             }
         }
@@ -317,13 +355,36 @@ mod redis_target {
                 harness,
                 nodes: urls,
                 standalone: None,
+                replays: Replays::default(),
+                listening: Default::default(),
+                sentinel: None,
                 _deployment: Some(Box::new(cluster)),
             }
         }
 
-        /// A master watched by a Sentinel.
+        /// A master and its replica, watched by a Sentinel.
         pub fn sentinel() -> Redis {
-            let group = SentinelGroup::start();
+            let master = Tied::start(free_port(), Vec::new());
+            let replica = Tied::start(
+                free_port(),
+                vec![
+                    "--replicaof".into(),
+                    "127.0.0.1".into(),
+                    master.port.to_string(),
+                ],
+            );
+            let group = SentinelGroup::watch(master, 2000);
+            // Sentinel learns of the replica from the master's INFO.
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            while !cli(group.sentinel.port, &["sentinel", "replicas", MASTER_NAME])
+                .contains(&replica.port.to_string())
+            {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "sentinel never saw the replica"
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
             let sentinel = group.sentinel.url();
             let harness = RedisHarness::new(
                 Deployment::Sentinel {
@@ -337,7 +398,10 @@ mod redis_target {
                 nodes: vec![group.master.url()],
                 harness,
                 standalone: None,
-                _deployment: Some(Box::new(group)),
+                replays: Replays::default(),
+                listening: Default::default(),
+                sentinel: Some(group.sentinel.port),
+                _deployment: Some(Box::new((group, replica))),
             }
         }
 
@@ -354,7 +418,46 @@ mod redis_target {
             url.clone()
         }
 
+        /// Records what the backends publish on every node, to replay it.
+        async fn listen(&self) {
+            for url in &self.nodes {
+                let Ok(client) = redis::Client::open(url.as_str()) else {
+                    continue;
+                };
+                let Ok(mut pubsub) = client.get_async_pubsub().await else {
+                    continue;
+                };
+                if pubsub.psubscribe("*").await.is_err() {
+                    continue;
+                }
+                let replays = self.replays.clone();
+                tokio::spawn(async move {
+                    let mut messages = pubsub.into_on_message();
+                    while let Some(message) = futures_util::StreamExt::next(&mut messages).await {
+                        replays.keep(
+                            message.get_channel_name().to_owned(),
+                            message.get_payload_bytes().to_vec(),
+                        );
+                    }
+                });
+            }
+        }
+
         async fn forge(&self, keys: &Keys) -> String {
+            let mut sent = 0;
+            for url in &self.nodes {
+                let Some(mut conn) = Redis::connection(url).await else {
+                    continue;
+                };
+                for (channel, payload) in self.replays.all() {
+                    let published: Result<i64, _> = redis::cmd("PUBLISH")
+                        .arg(channel)
+                        .arg(payload)
+                        .query_async(&mut conn)
+                        .await;
+                    sent += usize::from(published.is_ok());
+                }
+            }
             let names: Vec<String> = keys
                 .locks()
                 .iter()
@@ -362,7 +465,6 @@ mod redis_target {
                 .map(|k| format!("{}{k}", self.harness.prefix))
                 .collect();
             let payloads = forged_payloads(keys, &names);
-            let mut sent = 0;
             for url in &self.nodes {
                 let Some(mut conn) = Redis::connection(url).await else {
                     continue;
@@ -396,6 +498,12 @@ mod redis_target {
         }
 
         async fn locker(&self) -> Locker {
+            if !self
+                .listening
+                .swap(true, std::sync::atomic::Ordering::SeqCst)
+            {
+                self.listen().await;
+            }
             self.harness.locker().await
         }
 
@@ -407,6 +515,9 @@ mod redis_target {
             let mut faults = vec![Fault::PauseStore, Fault::LoseState, Fault::Forge];
             if self.standalone.is_some() {
                 faults.push(Fault::Link);
+            }
+            if self.sentinel.is_some() {
+                faults.push(Fault::Failover);
             }
             faults
         }
@@ -447,6 +558,19 @@ mod redis_target {
                 (Fault::LoseState, _) => {
                     let node = self.on_a_node(rng, redis::cmd("FLUSHALL")).await;
                     format!("flushall {node}")
+                }
+                (Fault::Failover, _) => {
+                    let Some(port) = self.sentinel else {
+                        return "no failover".into();
+                    };
+                    let answer = tokio::task::spawn_blocking(move || {
+                        cli(port, &["sentinel", "failover", MASTER_NAME])
+                    })
+                    .await
+                    .unwrap_or_default();
+                    // Let the promotion happen before the next fault.
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    format!("failover: {}", answer.trim())
                 }
                 _ => self.forge(keys).await,
             }
@@ -499,6 +623,8 @@ mod nats_target {
         servers: Mutex<Vec<ServerProcess>>,
         ports: Vec<u16>,
         proxy: Option<Proxy>,
+        replays: Replays,
+        listening: std::sync::atomic::AtomicBool,
     }
 
     impl Nats {
@@ -510,6 +636,8 @@ mod nats_target {
                 ports: vec![server.port],
                 proxy: Some(Proxy::start(server.port)),
                 servers: Mutex::new(vec![server]),
+                replays: Replays::default(),
+                listening: Default::default(),
             }
         }
 
@@ -522,6 +650,8 @@ mod nats_target {
                 ports: servers.iter().map(|s| s.port).collect(),
                 proxy: None,
                 servers: Mutex::new(servers),
+                replays: Replays::default(),
+                listening: Default::default(),
             };
             // Right after start-up the cluster may still elect its leader.
             let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -547,8 +677,27 @@ mod nats_target {
             crate::support::nats::connect(&self.ports).await
         }
 
+        /// Records what the backends announce, to replay it.
+        async fn listen(&self) {
+            let client = self.client().await;
+            let Ok(mut announcements) = client.subscribe("tower-lock.>").await else {
+                return;
+            };
+            let replays = self.replays.clone();
+            tokio::spawn(async move {
+                let _client = client;
+                while let Some(message) = futures_util::StreamExt::next(&mut announcements).await {
+                    replays.keep(message.subject.to_string(), message.payload.to_vec());
+                }
+            });
+        }
+
         async fn forge(&self, keys: &Keys) -> String {
             let client = self.client().await;
+            let mut sent = 0;
+            for (subject, payload) in self.replays.all() {
+                sent += usize::from(client.publish(subject, payload.into()).await.is_ok());
+            }
             let names: Vec<String> = keys
                 .locks()
                 .iter()
@@ -556,7 +705,6 @@ mod nats_target {
                 .map(|k| tower_lock::nats::encode_key(k))
                 .collect();
             let payloads = forged_payloads(keys, &names);
-            let mut sent = 0;
             for name in &names {
                 let subject = format!("tower-lock.{BUCKET}.released.{name}");
                 for payload in &payloads {
@@ -582,6 +730,12 @@ mod nats_target {
         }
 
         async fn locker(&self) -> Locker {
+            if !self
+                .listening
+                .swap(true, std::sync::atomic::Ordering::SeqCst)
+            {
+                self.listen().await;
+            }
             let ports = match &self.proxy {
                 Some(proxy) => vec![proxy.port],
                 None => self.ports.clone(),
@@ -653,16 +807,17 @@ mod nats_target {
         }
 
         async fn stored_locks(&self) -> usize {
+            self.stored_names().await.len()
+        }
+
+        async fn stored_names(&self) -> Vec<String> {
             let js = async_nats::jetstream::new(self.client().await);
             let Ok(store) = js.get_key_value(BUCKET).await else {
-                return 0;
+                return Vec::new();
             };
             match store.keys().await {
-                Ok(keys) => keys
-                    .try_collect::<Vec<_>>()
-                    .await
-                    .map_or(0, |keys| keys.len()),
-                Err(_) => 0,
+                Ok(keys) => keys.try_collect::<Vec<_>>().await.unwrap_or_default(),
+                Err(_) => Vec::new(),
             }
         }
 
