@@ -195,11 +195,56 @@ impl Target for Memory {
     }
 }
 
-/// Nodes on one bus, a node per locker.
+/// Nodes on one bus, a node per locker, each behind a link the nemesis
+/// can cut.
 #[derive(Default)]
 pub struct Bus {
     bus: tower_lock::bus::LocalBus,
-    nodes: std::sync::Mutex<Vec<MemoryBackend>>,
+    nodes: std::sync::Mutex<Vec<(MemoryBackend, Partitionable)>>,
+}
+
+/// A node's way to the bus. While cut, what the node publishes and what the
+/// bus sends it wait, as over a partitioned network that heals: the node
+/// decides nothing meanwhile, and learns what it missed once it heals.
+#[derive(Clone, Debug)]
+pub struct Partitionable {
+    bus: tower_lock::bus::LocalBus,
+    cut: Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+impl Partitionable {
+    async fn healed(cut: &mut tokio::sync::watch::Receiver<bool>) {
+        let _ = cut.wait_for(|cut| !cut).await;
+    }
+}
+
+#[async_trait::async_trait]
+impl tower_lock::bus::Bus for Partitionable {
+    async fn publish(
+        &self,
+        command: tower_lock::bus::Command,
+    ) -> Result<(), tower_lock::LockError> {
+        Partitionable::healed(&mut self.cut.subscribe()).await;
+        self.bus.publish(command).await
+    }
+
+    fn subscribe(&self) -> tower_lock::bus::Feed {
+        let mut feed = self.bus.subscribe();
+        let (tx, events) = tokio::sync::mpsc::unbounded_channel();
+        let mut cut = self.cut.subscribe();
+        tokio::spawn(async move {
+            while let Some(event) = feed.events.recv().await {
+                Partitionable::healed(&mut cut).await;
+                if tx.send(event).is_err() {
+                    return;
+                }
+            }
+        });
+        tower_lock::bus::Feed {
+            snapshot: feed.snapshot,
+            events,
+        }
+    }
 }
 
 impl Target for Bus {
@@ -208,21 +253,48 @@ impl Target for Bus {
     }
 
     async fn locker(&self) -> Locker {
-        let node = MemoryBackend::with_bus(self.bus.clone());
-        self.nodes.lock().expect("nodes").push(node.clone());
+        let link = Partitionable {
+            bus: self.bus.clone(),
+            cut: Arc::new(tokio::sync::watch::Sender::new(false)),
+        };
+        let node = MemoryBackend::with_bus(link.clone());
+        self.nodes.lock().expect("nodes").push((node.clone(), link));
         Locker::new(node)
     }
 
     fn faults(&self) -> Vec<Fault> {
-        vec![Fault::Stall]
+        vec![Fault::Stall, Fault::Link]
     }
 
-    async fn inject(&self, _: Fault, _: &Keys, rng: &mut fastrand::Rng, ttl: Duration) -> String {
-        stall(rng, ttl).await
+    async fn inject(
+        &self,
+        fault: Fault,
+        _: &Keys,
+        rng: &mut fastrand::Rng,
+        ttl: Duration,
+    ) -> String {
+        if fault == Fault::Stall {
+            return stall(rng, ttl).await;
+        }
+        let link = {
+            let nodes = self.nodes.lock().expect("nodes");
+            nodes[rng.usize(0..nodes.len())].1.clone()
+        };
+        let lasts = ttl.mul_f64(0.2 + rng.f64() * 1.8);
+        link.cut.send_replace(true);
+        tokio::time::sleep(lasts).await;
+        link.cut.send_replace(false);
+        format!("partition a node {lasts:?}")
     }
 
     async fn stored_locks(&self) -> usize {
-        let nodes = self.nodes.lock().expect("nodes").clone();
+        let nodes: Vec<MemoryBackend> = self
+            .nodes
+            .lock()
+            .expect("nodes")
+            .iter()
+            .map(|(node, _)| node.clone())
+            .collect();
         // Nodes apply the bus's events on their own tasks: one may lag.
         nodes.iter().map(MemoryBackend::len).max().unwrap_or(0)
     }
