@@ -96,7 +96,7 @@ async fn failover(url: &str, run: usize) -> Duration {
 async fn resign_seen(url: &str, sample: usize) -> (Duration, Duration, Duration) {
     let name = format!("resign-{sample}");
     let observer = election(locker(url).await, &name);
-    let mut leader = observer.observe();
+    let mut leader = observer.observe().await.expect("observe");
     let leadership = election(locker(url).await, &name)
         .campaign("leader")
         .await

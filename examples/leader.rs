@@ -147,7 +147,7 @@ async fn main() -> anyhow::Result<()> {
     let start = Instant::now();
     // The observer is a process of its own too: it only watches.
     let observer = election(locker(&backend, &bus).await?);
-    let mut leader = observer.observe();
+    let mut leader = observer.observe().await?;
     let printer = {
         let mut leader = leader.clone();
         tokio::spawn(async move {

@@ -142,7 +142,7 @@ async fn a_killed_leader_is_replaced(url: &str) {
     let leader = Candidate::start(url, name, TTL);
     let term = leader.leads();
     let observer = election(locker(url).await, name, TTL);
-    let mut rx = observer.observe();
+    let mut rx = observer.observe().await.expect("observe");
     seen(&mut rx, PROMPT, "the child lead", is_child).await;
     let heir = election(locker(url).await, name, TTL);
     let campaign = tokio::spawn(async move { heir.campaign("heir").await });
@@ -208,7 +208,7 @@ async fn a_resignation_is_seen_at_once(url: &str) {
     let mut leader = Candidate::start(url, name, LONG);
     leader.leads();
     let observer = election(locker(url).await, name, LONG);
-    let mut rx = observer.observe();
+    let mut rx = observer.observe().await.expect("observe");
     seen(&mut rx, PROMPT, "the child lead", is_child).await;
     let asked = Instant::now();
     leader.0.tell("resign");

@@ -2,8 +2,8 @@
 //!
 //! An [`Election`] is a named lease on any backend. [`campaign`] waits
 //! until this candidate leads and returns its [`Leadership`], whose
-//! [`term`] is a fence; [`observe`] reports every change of leader to
-//! anyone, leaderless spells included; [`run_while_leader`] is the
+//! [`term`] is a fence; [`observe`] keeps anyone up to date with who
+//! leads, leaderless spells included; [`run_while_leader`] is the
 //! scheduled-job case in one call.
 //!
 //! ```
@@ -18,7 +18,8 @@
 //!     .renew_deadline(Duration::from_secs(10))
 //!     .renew_every(Duration::from_secs(2));
 //!
-//! let mut leader = election.observe(); // a tokio watch of Option<Leader>
+//! let mut leader = election.observe().await?; // a tokio watch of Option<Leader>
+//! assert!(leader.borrow().is_none()); // read from the store: nobody leads yet
 //! let leadership = election.campaign("node-a").await?;
 //! leader.wait_for(|now| now.is_some()).await.unwrap();
 //! assert_eq!(leader.borrow().as_ref().map(|l| l.term), Some(leadership.term()));
@@ -306,27 +307,52 @@ impl Election {
         Ok(holding.map(Leader::of))
     }
 
-    /// Watches who leads: the receiver reports every change (a new leader,
-    /// a new id, and `None` when the leader resigned or its lease ran out),
-    /// starting with `None` until the first read.
+    /// Watches who leads, from a first read of the store on: the receiver
+    /// starts with who leads now (`None`: nobody), and then holds the
+    /// latest leader this process has read (a new leader, a new id, and
+    /// `None` once the leader resigned or its lease ran out).
+    ///
+    /// A [`watch`] channel keeps only the latest value: a receiver that
+    /// looks less often than the leader changes sees the newest state, not
+    /// each one in between ([`changed`](watch::Receiver::changed) resolves
+    /// once for any number of changes since it last looked). Compare
+    /// [`Leader::term`]s to tell that the leadership changed hands.
     ///
     /// One task per election and process reads the store after each
     /// wake-up the backend sends for the election (a grant, a release) and
     /// when the leader's lease may have run out; it stops when the last
-    /// receiver is dropped. Outside a tokio runtime, or for an election
-    /// whose name is invalid, the receiver holds `None` and never changes.
-    pub fn observe(&self) -> watch::Receiver<Option<Leader>> {
-        let mut observer = crate::sync::lock(&self.observer);
-        if let Some(sender) = observer.as_ref().filter(|sender| !sender.is_closed()) {
-            return sender.subscribe();
+    /// receiver is dropped. Receivers of one election in one process share
+    /// it, and a receiver taken while it runs starts with its latest read.
+    ///
+    /// # Errors
+    ///
+    /// [`LockError::InvalidKey`] for a bad election name;
+    /// [`LockError::Unavailable`] when the first read fails (later failures
+    /// are retried, the receiver keeping the last leader read);
+    /// [`LockError::InvalidSetting`] outside a tokio runtime, where nothing
+    /// could keep the receiver up to date.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: a dropped call leaves no task behind.
+    pub async fn observe(&self) -> Result<watch::Receiver<Option<Leader>>, LockError> {
+        let key = election_key(&self.name)?;
+        if let Some(receiver) = running(&crate::sync::lock(&self.observer)) {
+            return Ok(receiver);
         }
-        let (sender, receiver) = watch::channel(None);
-        let (Ok(key), Ok(runtime)) = (
-            election_key(&self.name),
-            tokio::runtime::Handle::try_current(),
-        ) else {
-            return receiver;
-        };
+        let runtime =
+            tokio::runtime::Handle::try_current().map_err(|_| LockError::InvalidSetting {
+                setting: "runtime",
+                reason: "Election::observe needs a tokio runtime to keep the leader up to date"
+                    .into(),
+            })?;
+        let now = self.leader().await?;
+        let mut observer = crate::sync::lock(&self.observer);
+        // Another call may have started the task while this one read.
+        if let Some(receiver) = running(&observer) {
+            return Ok(receiver);
+        }
+        let (sender, receiver) = watch::channel(now);
         runtime.spawn(observer::run(
             self.locker.backend().clone(),
             key,
@@ -334,7 +360,7 @@ impl Election {
             sender.clone(),
         ));
         *observer = Some(sender);
-        receiver
+        Ok(receiver)
     }
 
     /// Leads whenever it can, running `job` while it leads: campaigns as
@@ -411,6 +437,16 @@ impl Election {
             }
         }
     }
+}
+
+/// A receiver of an election's observer task, if one runs.
+fn running(
+    observer: &Option<watch::Sender<Option<Leader>>>,
+) -> Option<watch::Receiver<Option<Leader>>> {
+    observer
+        .as_ref()
+        .filter(|sender| !sender.is_closed())
+        .map(watch::Sender::subscribe)
 }
 
 /// Candidate ids are stored with the lease: not empty (the stores read an

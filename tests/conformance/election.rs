@@ -167,9 +167,9 @@ pub async fn observers_see_every_change_of_leader<H: Harness>(h: &H) {
     assert_eq!(observer.name(), name);
     assert!(format!("{observer:?}").contains(&name));
     // An observer that went away leaves nothing a later one would share.
-    drop(observer.observe());
+    drop(observer.observe().await.expect("observe"));
     tokio::time::sleep(Duration::from_millis(50)).await;
-    let mut rx = observer.observe();
+    let mut rx = observer.observe().await.expect("observe");
     assert_eq!(observer.leader().await.expect("leader"), None);
     let mut first = a.campaign("node-a").await.expect("campaign");
     let term = first.term();
@@ -196,6 +196,45 @@ pub async fn observers_see_every_change_of_leader<H: Harness>(h: &H) {
     assert!(second.term() > term, "terms must rise");
     second.resign().await.expect("resign");
     seen(&mut rx, PROMPT, "no leader", Option::is_none).await;
+}
+
+/// A receiver starts from what the store says, never from a guess: with
+/// nobody leading it holds `None` because the store said so, and with a
+/// leader it names that leader before any change.
+pub async fn an_observer_starts_from_a_read_of_the_store<H: Harness>(h: &H) {
+    let name = key("observed-first");
+    let observer = quick(h.locker().await, &name);
+    let nobody = observer.observe().await.expect("observe");
+    assert_eq!(*nobody.borrow(), None);
+    drop(nobody);
+    let leadership = quick(h.locker().await, &name)
+        .campaign("node-a")
+        .await
+        .expect("campaign");
+    // A new observer (the last receiver went, and with it the task): its
+    // first value is the leader, read before it was handed out.
+    let fresh = quick(h.locker().await, &name);
+    let rx = fresh.observe().await.expect("observe");
+    let first = rx
+        .borrow()
+        .clone()
+        .expect("the leader is there from the first value");
+    assert_eq!(
+        (first.id.as_str(), first.term),
+        ("node-a", leadership.term())
+    );
+    // A second receiver of the running observer starts from its latest read.
+    let again = fresh.observe().await.expect("observe");
+    assert_eq!(
+        again.borrow().as_ref().map(|l| l.term),
+        Some(leadership.term())
+    );
+    leadership.resign().await.expect("resign");
+    let invalid = Election::new(h.locker().await, "");
+    assert!(matches!(
+        invalid.observe().await,
+        Err(LockError::InvalidKey { .. })
+    ));
 }
 
 pub async fn a_crashed_leader_is_replaced_after_its_ttl<H: Harness>(h: &H) {
@@ -230,7 +269,7 @@ pub async fn a_crashed_leader_is_replaced_after_its_ttl<H: Harness>(h: &H) {
             .expect("the leader thread")
     });
     let observer = quick(h.locker().await, &name);
-    let mut rx = observer.observe();
+    let mut rx = observer.observe().await.expect("observe");
     let next = quick(h.locker().await, &name);
     let leadership = tokio::time::timeout(ttl + PROMPT, next.campaign("heir"))
         .await

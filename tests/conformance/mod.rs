@@ -206,6 +206,7 @@ macro_rules! conformance_suite {
             a_valued_grant_wakes_subscribers_and_a_plain_one_does_not,
             one_candidate_leads_at_a_time_with_rising_terms,
             observers_see_every_change_of_leader,
+            an_observer_starts_from_a_read_of_the_store,
             a_crashed_leader_is_replaced_after_its_ttl,
             election_names_never_meet_lock_keys,
             a_job_that_resigns_ends_its_run,
