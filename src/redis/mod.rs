@@ -226,7 +226,7 @@ pub use self::client::RedisClient;
 use self::{
     client::Conn,
     keys::KeySpace,
-    notify::{Handover, Listener, Notifier},
+    notify::{Handover, Joined, Listener, Notifier},
 };
 use crate::{
     LockError,
@@ -277,7 +277,7 @@ impl Inner {
     /// Takes this backend out of `key`'s queue, in the background, unless
     /// another of its waiters still waits for the key.
     fn withdraw(&self, key: String) {
-        if self.registry.is_watched(&key) {
+        if self.registry.is_watched(&key) || !self.store.joined.has(&key) {
             return;
         }
         // Without a runtime, the entry stays until a release pops it, and a
@@ -310,6 +310,10 @@ struct Store {
     loss: Arc<StateLoss>,
     /// Wake-ups held for the next waiter to subscribe to a key.
     handover: Arc<Handover>,
+    /// The keys whose queue this backend may be in.
+    joined: Arc<Joined>,
+    /// The key of the store's epoch (see [`scripts::EPOCH`]).
+    epoch: String,
 }
 
 impl Store {
@@ -336,6 +340,47 @@ impl Store {
             .arg(self.retention)
             .arg(millis(WRITER_CLAIM));
         invocation
+    }
+
+    /// The script of a try for `request`; `proven`: the store is known to
+    /// have kept its state for at least the request's ttl (see
+    /// [`scripts::EPOCH`]).
+    fn acquire(&self, request: &AcquireRequest<'_>, proven: bool) -> ScriptInvocation<'static> {
+        let flag = |set: bool| if set { "1" } else { "0" };
+        let mut invocation = match request.kind {
+            LeaseKind::Exclusive => self.invocation(&scripts::ACQUIRE, request.key),
+            LeaseKind::Shared | LeaseKind::Counted { .. } => {
+                self.invocation(&scripts::ACQUIRE_SHARED, request.key)
+            }
+        };
+        invocation
+            .arg(request.token.to_string())
+            .arg(millis(request.ttl))
+            .arg(flag(request.waiting))
+            .arg(flag(request.queued_behind));
+        match request.kind {
+            LeaseKind::Exclusive => invocation
+                .arg(request.value.unwrap_or(""))
+                .arg(&self.changed)
+                .arg(flag(proven)),
+            LeaseKind::Shared => invocation.arg("s").arg(0),
+            LeaseKind::Counted { permits } => invocation.arg("c").arg(permits),
+        };
+        invocation
+    }
+
+    /// How much longer a lease with a value and `ttl`, on a key with no
+    /// counter, must wait: until the store's epoch is `ttl` old.
+    async fn epoch_hold_back(&self, ttl: Duration) -> Result<Duration, LockError> {
+        let mut invocation = scripts::EPOCH.prepare_invoke();
+        invocation.key(&self.epoch);
+        let reply: Vec<i64> = self.run(&invocation).await?;
+        let [since, now] = reply[..] else {
+            return Ok(ttl);
+        };
+        let until = since.saturating_add(i64::try_from(millis(ttl)).unwrap_or(i64::MAX));
+        let left = u64::try_from(until.saturating_sub(now)).unwrap_or(0);
+        Ok(Duration::from_millis(left))
     }
 
     /// Runs `invocation` on the command connection.
@@ -384,9 +429,10 @@ impl Store {
     fn withdraw(self, runtime: &tokio::runtime::Handle, key: String) {
         runtime.spawn(async move {
             let invocation = self.invocation(&scripts::WITHDRAW, &key);
-            if let Err(err) = self.run::<i64>(&invocation).await {
+            match self.run::<i64>(&invocation).await {
+                Ok(_) => self.joined.left(&key),
                 // The turn lapses after its grace instead.
-                tracing::debug!(?key, error = %err, "could not leave the waiter queue");
+                Err(err) => tracing::debug!(?key, error = %err, "could not leave the waiter queue"),
             }
         });
     }
@@ -626,6 +672,7 @@ impl RedisBackendBuilder {
         let keys = KeySpace::new(self.prefix);
         let id = Token::new().to_string();
         let turns = format!("{}released:", keys.prefix());
+        let epoch = format!("{}epoch", keys.prefix());
         let store = Store {
             channel: format!("{turns}{id}"),
             changed: format!("{}changed", keys.prefix()),
@@ -636,6 +683,8 @@ impl RedisBackendBuilder {
             retention: millis(self.retention),
             loss: Arc::default(),
             handover: Arc::default(),
+            joined: Arc::default(),
+            epoch,
         };
         let registry = WakeRegistry::default();
         let notifier = Notifier::start(Listener {
@@ -763,33 +812,41 @@ impl Backend for RedisBackend {
             });
         }
         let store = &self.inner.store;
-        let flag = |set: bool| if set { "1" } else { "0" };
         // Only a waiting caller (subscribed to the key's wake-ups before it
         // tried) joins the queue: a turn that comes for a key nobody here
         // watches is passed on.
-        let mut invocation = match request.kind {
-            LeaseKind::Exclusive => store.invocation(&scripts::ACQUIRE, request.key),
-            LeaseKind::Shared | LeaseKind::Counted { .. } => {
-                store.invocation(&scripts::ACQUIRE_SHARED, request.key)
+        let ticket = request.waiting.then(|| store.joined.joining(request.key));
+        let mut reply: Vec<i64> = store.run(&store.acquire(request, false)).await?;
+        if reply.first() == Some(&4) {
+            let left = store.epoch_hold_back(request.ttl).await?;
+            if !left.is_zero() {
+                if let Some(ticket) = ticket {
+                    ticket.settle(false);
+                }
+                return Ok(Attempt::Busy {
+                    remaining: Some(left),
+                });
             }
-        };
-        invocation
-            .arg(request.token.to_string())
-            .arg(millis(request.ttl))
-            .arg(flag(request.waiting))
-            .arg(flag(request.queued_behind));
-        match request.kind {
-            LeaseKind::Exclusive => invocation
-                .arg(request.value.unwrap_or(""))
-                .arg(&store.changed),
-            LeaseKind::Shared => invocation.arg("s").arg(0),
-            LeaseKind::Counted { permits } => invocation.arg("c").arg(permits),
-        };
-        let reply: Vec<i64> = store.run(&invocation).await?;
+            reply = store.run(&store.acquire(request, true)).await?;
+        }
         let (outcome, value) = match reply[..] {
             [outcome, value, ..] => (outcome, value),
             _ => (0, -1),
         };
+        if let Some(ticket) = ticket {
+            // A grant leaves its backend in the queue only for the waiters
+            // behind it: an exclusive one always, a shared or counted one
+            // unless it wakes the next of them at once.
+            let queued = match outcome {
+                1 => {
+                    request.queued_behind
+                        && (request.kind == LeaseKind::Exclusive || reply.get(2) != Some(&1))
+                }
+                2 => true,
+                _ => false,
+            };
+            ticket.settle(queued);
+        }
         if outcome == 1 {
             // Any turn this backend had on the key went to this grant (an
             // exclusive grant leaves none; a shared or counted one says), so

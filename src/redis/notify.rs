@@ -201,9 +201,11 @@ impl Listener {
             return;
         }
         // Nobody here waits for the key just now: give the next waiter that
-        // moment before passing the turn on.
+        // moment before passing the turn on. Only a backend that queued for
+        // the key has a turn to pass on: a message about any other key
+        // (forged, or a replay) writes nothing.
         runtime.clone().spawn(async move {
-            if !claimed.await {
+            if !claimed.await && store.joined.has(&key) {
                 store.withdraw(&runtime, key);
             }
         });
@@ -257,6 +259,91 @@ impl Handover {
     pub(crate) fn claim(&self, key: &str) -> bool {
         let held = &mut *crate::sync::lock(&self.held);
         !held.is_empty() && held.remove(key).is_some()
+    }
+}
+
+/// The keys whose queue this backend may be in: it sent a waiting try (or
+/// one is on its way), and has not left since.
+///
+/// A message is no evidence of anything, so only this decides whether a
+/// turn that nobody here picks up, or a waiter that gives up, is worth the
+/// `WITHDRAW` script: a forged turn for a key this backend never queued for
+/// writes nothing. Entries go when the backend leaves the queue (a grant
+/// that took it out, a withdrawal), so they last as long as a wait does.
+#[derive(Debug, Default)]
+pub(crate) struct Joined {
+    keys: Mutex<HashMap<String, Membership>>,
+}
+
+#[derive(Debug, Default)]
+struct Membership {
+    /// Waiting tries sent and not yet answered.
+    in_flight: u32,
+    /// The last answer (or a lost one) may have left the backend queued.
+    queued: bool,
+}
+
+impl Joined {
+    /// A waiting try on `key` is about to be sent; settle what it did with
+    /// [`JoinTicket::settle`]. A ticket dropped unsettled (the try failed,
+    /// or was cancelled) counts as joined: it may have been.
+    pub(crate) fn joining(self: &Arc<Self>, key: &str) -> JoinTicket {
+        let mut keys = crate::sync::lock(&self.keys);
+        keys.entry(key.to_owned()).or_default().in_flight += 1;
+        JoinTicket {
+            joined: Arc::clone(self),
+            key: Some(key.to_owned()),
+        }
+    }
+
+    /// Whether this backend may be in `key`'s queue.
+    pub(crate) fn has(&self, key: &str) -> bool {
+        crate::sync::lock(&self.keys).contains_key(key)
+    }
+
+    /// The backend left `key`'s queue (a withdrawal ran), unless a try now
+    /// on its way joins it again.
+    pub(crate) fn left(&self, key: &str) {
+        self.set(key, false, false);
+    }
+
+    fn set(&self, key: &str, answered: bool, queued: bool) {
+        let mut keys = crate::sync::lock(&self.keys);
+        let Some(membership) = keys.get_mut(key) else {
+            return;
+        };
+        if answered {
+            membership.in_flight = membership.in_flight.saturating_sub(1);
+        }
+        membership.queued = queued;
+        if membership.in_flight == 0 && !membership.queued {
+            keys.remove(key);
+        }
+    }
+}
+
+/// One waiting try in flight; see [`Joined::joining`].
+#[derive(Debug)]
+pub(crate) struct JoinTicket {
+    joined: Arc<Joined>,
+    key: Option<String>,
+}
+
+impl JoinTicket {
+    /// The try was answered: `queued` says whether the backend is now in
+    /// the key's queue.
+    pub(crate) fn settle(mut self, queued: bool) {
+        if let Some(key) = self.key.take() {
+            self.joined.set(&key, true, queued);
+        }
+    }
+}
+
+impl Drop for JoinTicket {
+    fn drop(&mut self) {
+        if let Some(key) = self.key.take() {
+            self.joined.set(&key, true, true);
+        }
     }
 }
 
