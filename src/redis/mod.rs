@@ -163,9 +163,15 @@
 //! check runs at construction: a server reconfigured later, or a Sentinel
 //! failover to a differently configured replica, is not seen.
 //!
-//! Each request has a deadline ([`DEFAULT_REQUEST_TIMEOUT`], 5 s;
+//! Each request has one deadline, the backend's
+//! ([`DEFAULT_REQUEST_TIMEOUT`], 5 s;
 //! [`RedisBackendBuilder::request_timeout`]): a hung connection or a
-//! paused server fails the request with [`LockError::Unavailable`].
+//! paused server fails the request with [`LockError::Unavailable`] at it,
+//! and a slow one that answers before it succeeds. It also bounds the
+//! wake-up connection's subscribe and liveness ping, and replaces redis-rs's
+//! own shorter timeouts (500 ms for a response, 1 s to connect) on the
+//! connections the backend makes. A user-built Cluster client may carry an
+//! overall timeout that cannot be replaced: see [`RedisClient::Cluster`].
 //!
 //! Redis replicates asynchronously, so a failover can also lose a held
 //! lock, as with any single-Redis lock. A backend whose pub/sub connection

@@ -75,7 +75,11 @@ impl Listener {
         // Warn once per outage, not at every retry.
         let mut warned = false;
         loop {
-            match self.subscribe().await {
+            // The one deadline bounds the wake-up connection's requests too.
+            let deadline = self.store.conn.deadline();
+            let subscribed = tokio::time::timeout(deadline, self.subscribe()).await;
+            let subscribed = subscribed.unwrap_or_else(|_| Err(super::client::timed_out(deadline)));
+            match subscribed {
                 Ok(pubsub) => {
                     pause = RECONNECT_START;
                     if std::mem::replace(&mut connected_before, true) {
@@ -155,6 +159,7 @@ impl Listener {
         let (mut sink, mut messages) = pubsub.split();
         let mut ping = tokio::time::interval(PING_EVERY);
         ping.tick().await;
+        let deadline = self.store.conn.deadline();
         loop {
             tokio::select! {
                 message = messages.next() => {
@@ -162,7 +167,7 @@ impl Listener {
                     self.deliver(message.get_channel_name(), message.get_payload_bytes());
                 }
                 _ = ping.tick() => {
-                    let alive = tokio::time::timeout(PING_EVERY, sink.ping::<()>()).await;
+                    let alive = tokio::time::timeout(deadline, sink.ping::<()>()).await;
                     if !matches!(alive, Ok(Ok(()))) {
                         return;
                     }
