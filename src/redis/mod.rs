@@ -827,7 +827,7 @@ impl Backend for RedisBackend {
             let left = store.epoch_hold_back(request.ttl).await?;
             if !left.is_zero() {
                 if let Some(ticket) = ticket {
-                    ticket.settle(false);
+                    ticket.settle(None);
                 }
                 return Ok(Attempt::Busy {
                     remaining: Some(left),
@@ -851,7 +851,7 @@ impl Backend for RedisBackend {
                 2 => true,
                 _ => false,
             };
-            ticket.settle(queued);
+            ticket.settle(Some(queued));
         }
         if outcome == 1 {
             // Any turn this backend had on the key went to this grant (an

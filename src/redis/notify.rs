@@ -309,10 +309,12 @@ impl Joined {
     /// The backend left `key`'s queue (a withdrawal ran), unless a try now
     /// on its way joins it again.
     pub(crate) fn left(&self, key: &str) {
-        self.set(key, false, false);
+        self.set(key, false, Some(false));
     }
 
-    fn set(&self, key: &str, answered: bool, queued: bool) {
+    /// `queued`: what the backend's place in the queue now is (`None`: as
+    /// before).
+    fn set(&self, key: &str, answered: bool, queued: Option<bool>) {
         let mut keys = crate::sync::lock(&self.keys);
         let Some(membership) = keys.get_mut(key) else {
             return;
@@ -320,7 +322,9 @@ impl Joined {
         if answered {
             membership.in_flight = membership.in_flight.saturating_sub(1);
         }
-        membership.queued = queued;
+        if let Some(queued) = queued {
+            membership.queued = queued;
+        }
         if membership.in_flight == 0 && !membership.queued {
             keys.remove(key);
         }
@@ -336,8 +340,8 @@ pub(crate) struct JoinTicket {
 
 impl JoinTicket {
     /// The try was answered: `queued` says whether the backend is now in
-    /// the key's queue.
-    pub(crate) fn settle(mut self, queued: bool) {
+    /// the key's queue, or (`None`) that the try did not touch the queue.
+    pub(crate) fn settle(mut self, queued: Option<bool>) {
         if let Some(key) = self.key.take() {
             self.joined.set(&key, true, queued);
         }
@@ -347,7 +351,7 @@ impl JoinTicket {
 impl Drop for JoinTicket {
     fn drop(&mut self) {
         if let Some(key) = self.key.take() {
-            self.joined.set(&key, true, true);
+            self.joined.set(&key, true, Some(true));
         }
     }
 }
