@@ -39,7 +39,14 @@ async fn scripts_run(url: &str) -> u64 {
         .expect("INFO");
     info.lines()
         .filter(|line| line.starts_with("cmdstat_eval:") || line.starts_with("cmdstat_evalsha:"))
-        .filter_map(|line| line.split("calls=").nth(1)?.split(',').next()?.parse::<u64>().ok())
+        .filter_map(|line| {
+            line.split("calls=")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
         .sum()
 }
 
@@ -97,24 +104,39 @@ async fn a_holders_retry_keeps_a_waiting_writers_claim() {
     let claim = format!("{}:claim", holder.redis_key(key));
     let token = Token::new();
     let request = AcquireRequest::new(key, token, LONG);
-    let held = lease(token, holder.try_acquire(&request).await.expect("try"), LeaseKind::Exclusive);
+    let held = lease(
+        token,
+        holder.try_acquire(&request).await.expect("try"),
+        LeaseKind::Exclusive,
+    );
     let _waiting = writer.subscribe(key).await.expect("subscribe");
     let refused = writer
         .try_acquire(&AcquireRequest::new(key, Token::new(), LONG).waiting(true))
         .await
         .expect("try");
     assert!(matches!(refused, Attempt::Queued { .. }), "{refused:?}");
-    let writer_id = writer.release_channel().rsplit(':').next().expect("id").to_owned();
+    let writer_id = writer
+        .release_channel()
+        .rsplit(':')
+        .next()
+        .expect("id")
+        .to_owned();
     let mut conn = admin(&server.url()).await;
     let claimed = |conn: &mut redis::aio::MultiplexedConnection| {
         let (mut conn, claim) = (conn.clone(), claim.clone());
         async move {
-            let value: Option<String> =
-                redis::cmd("GET").arg(claim).query_async(&mut conn).await.expect("GET");
+            let value: Option<String> = redis::cmd("GET")
+                .arg(claim)
+                .query_async(&mut conn)
+                .await
+                .expect("GET");
             value
         }
     };
-    assert_eq!(claimed(&mut conn).await.as_deref(), Some(writer_id.as_str()));
+    assert_eq!(
+        claimed(&mut conn).await.as_deref(),
+        Some(writer_id.as_str())
+    );
     let again = holder.try_acquire(&request).await.expect("retry");
     assert!(matches!(again, Attempt::Acquired { fence, .. } if fence == held.fence));
     assert_eq!(
@@ -137,7 +159,11 @@ async fn a_holders_retry_keeps_a_waiting_writers_claim() {
         .await
         .expect("try");
     let granted = lease(token, granted, LeaseKind::Exclusive);
-    assert_eq!(claimed(&mut conn).await, None, "the writer's grant ends its claim");
+    assert_eq!(
+        claimed(&mut conn).await,
+        None,
+        "the writer's grant ends its claim"
+    );
     writer.release(key, &granted).await.expect("release");
 }
 
@@ -154,7 +180,9 @@ async fn a_counted_turn_a_writer_drops_goes_to_the_next_counted_waiter() {
     let take = |backend: &RedisBackend, waiting: bool| {
         let (backend, token) = (backend.clone(), Token::new());
         async move {
-            let request = AcquireRequest::new(key, token, LONG).kind(two).waiting(waiting);
+            let request = AcquireRequest::new(key, token, LONG)
+                .kind(two)
+                .waiting(waiting);
             (token, backend.try_acquire(&request).await.expect("try"))
         }
     };
@@ -229,20 +257,29 @@ async fn one_deadline_governs_every_request() {
         .await
         .expect("a request answered within the deadline fails")
         .expect("free");
-    assert!(started.elapsed() >= Duration::from_millis(1000), "the server was not slowed");
+    assert!(
+        started.elapsed() >= Duration::from_millis(1000),
+        "the server was not slowed"
+    );
     slowed.await.expect("sleep");
     guard.release().await.expect("release");
 
     let stalled = sleep("4.5");
     tokio::time::sleep(Duration::from_millis(100)).await;
     let started = Instant::now();
-    let err = locker.try_lock("stalled", LONG).await.expect_err("past the deadline");
+    let err = locker
+        .try_lock("stalled", LONG)
+        .await
+        .expect_err("past the deadline");
     let took = started.elapsed();
     assert!(matches!(err, LockError::Unavailable { .. }), "{err}");
     assert!(
         took >= deadline - Duration::from_millis(200),
         "failed after {took:?}, before the deadline of {deadline:?}"
     );
-    assert!(took < deadline + Duration::from_secs(1), "failed after {took:?}");
+    assert!(
+        took < deadline + Duration::from_secs(1),
+        "failed after {took:?}"
+    );
     stalled.await.expect("sleep");
 }

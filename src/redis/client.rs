@@ -291,7 +291,8 @@ impl SentinelConn {
             client.get_connection_info().redis_settings().db(),
             Ordering::Relaxed,
         );
-        let conn = ConnectionManager::new_with_config(client, manager_config(self.deadline)).await?;
+        let conn =
+            ConnectionManager::new_with_config(client, manager_config(self.deadline)).await?;
         *crate::sync::lock(&self.current) = Some(conn.clone());
         Ok(conn)
     }

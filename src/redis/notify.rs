@@ -10,6 +10,12 @@
 //! wake-up anyway retries on its backoff timer. A reconnect (not the first
 //! connect) also counts as a possible loss of the server's state: the
 //! server may have restarted, or failed over, without the keys.
+//!
+//! Anyone who may publish on the server may send anything on these
+//! channels, so a message only wakes: it names a key whose waiters then
+//! try, and the scripts decide from what Redis holds. The one write a
+//! message may lead to, passing on a turn nobody here picks up, happens
+//! only for a key this backend queued for ([`Joined`]).
 
 use std::{
     collections::HashMap,
@@ -181,7 +187,8 @@ impl Listener {
     /// Wakes the waiters a message is for. A key event (an expiry, a
     /// deletion) wakes every waiter of the key; a turn (the lock key, on
     /// this backend's own channel) those waiting here, and a turn that
-    /// nobody here waits for any longer is passed on at once.
+    /// nobody here picks up is passed on, if this backend queued for the
+    /// key. Anything else (not a lock key of this prefix) is dropped.
     fn deliver(&self, channel: &str, payload: &[u8]) {
         let Some(key) = self.store.keys.user_key(payload) else {
             return;

@@ -425,9 +425,13 @@ impl crate::conformance::Harness for RedisHarness {
             lock.clone().into_bytes(),
             backend.redis_key(&format!("{key}-other")).into_bytes(),
             backend
-                .redis_key(&format!("nobody-waits-{}", tower_lock::backend::Token::new()))
+                .redis_key(&format!(
+                    "nobody-waits-{}",
+                    tower_lock::backend::Token::new()
+                ))
                 .into_bytes(),
-            lock.replacen(backend.prefix(), "lock:other:", 1).into_bytes(),
+            lock.replacen(backend.prefix(), "lock:other:", 1)
+                .into_bytes(),
             format!("{lock}:queue").into_bytes(),
             format!("{lock} {}", ids[0]).into_bytes(),
             tagged(&[0xff, 0xfe, 0x00]),
