@@ -222,9 +222,11 @@
 //! candidate of an election uses the same ttl. What remains undetectable:
 //! a lease lost while the store kept both its epoch and the key's fence
 //! counter — a Sentinel or Cluster failover to a replica that lagged
-//! behind the last grant or renewal, seen only by the backends whose
-//! wake-up connection was on the failed master (in a Cluster, one node of
-//! all), a restore from an older snapshot, or the lock deleted by hand.
+//! behind the last grant or renewal, and a restart that restored an older
+//! snapshot or an append-only file missing the last writes, each seen only
+//! by the backends whose wake-up connection was reset by it (in a Cluster,
+//! only those on the failed node; never a backend started after it), or
+//! the lock deleted by hand.
 //! There a candidate can win while the old leader counts on its lease
 //! until its next renewal fails.
 //!
@@ -484,11 +486,13 @@ impl Store {
     fn withdraw(self, runtime: &tokio::runtime::Handle, key: String) {
         runtime.spawn(async move {
             let invocation = self.invocation(&scripts::WITHDRAW, &key);
-            match self.run::<i64>(&invocation).await {
-                Ok(_) => self.joined.left(&key),
-                // The turn lapses after its grace instead.
-                Err(err) => tracing::debug!(?key, error = %err, "could not leave the waiter queue"),
+            if let Err(err) = self.run::<i64>(&invocation).await {
+                // The turn lapses after its grace instead, and the queue
+                // expires after the retention.
+                tracing::debug!(?key, error = %err, "could not leave the waiter queue");
             }
+            // Forgotten either way, so the map holds only keys waited for.
+            self.joined.left(&key);
         });
     }
 }
