@@ -225,8 +225,9 @@
 //! behind the last grant or renewal, and a restart that restored an older
 //! snapshot or an append-only file missing the last writes, each seen only
 //! by the backends whose wake-up connection was reset by it (in a Cluster,
-//! only those on the failed node; never a backend started after it), or
-//! the lock deleted by hand.
+//! only those on the failed node; never a backend started after it); in a
+//! Cluster, also a `FLUSHALL` or a restart of a node other than the one
+//! that serves the epoch's slot; and the lock deleted by hand.
 //! There a candidate can win while the old leader counts on its lease
 //! until its next renewal fails.
 //!
