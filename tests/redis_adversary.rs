@@ -283,3 +283,35 @@ async fn one_deadline_governs_every_request() {
     );
     stalled.await.expect("sleep");
 }
+
+/// A writer that gives up its wait ends its claim with its withdrawal:
+/// readers are not kept out for the rest of the claim's second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_that_gives_up_ends_its_claim() {
+    let (server, h) = own(&[]);
+    let holder = tower_lock::Locker::new(h.backend().await);
+    let writer = tower_lock::Locker::new(h.backend().await);
+    let key = "given-up";
+    let claim = format!("{}:claim", h.backend().await.redis_key(key));
+    let held = holder.acquire_shared(key, LONG).await.expect("shared");
+    let waited = tokio::time::timeout(Duration::from_millis(200), writer.acquire(key, LONG)).await;
+    assert!(waited.is_err(), "the writer got in past a reader");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let exists: bool = redis::cmd("EXISTS")
+        .arg(&claim)
+        .query_async(&mut admin(&server.url()).await)
+        .await
+        .expect("EXISTS");
+    assert!(
+        !exists,
+        "the claim of a writer that gave up kept readers out"
+    );
+    let reader = tower_lock::Locker::new(h.backend().await);
+    let shared = reader
+        .try_lock_shared(key, LONG)
+        .await
+        .expect("try")
+        .expect("a reader is let in once the writer gave up");
+    shared.release().await.expect("release");
+    held.release().await.expect("release");
+}

@@ -578,7 +578,8 @@ return {2, unpack(ids)}
 /// already given to it: the lock reserved as `next:<id>`, or its place
 /// among the turns of a shared or counted key (a freed permit goes to the
 /// next counted waiter; a key left with no holder and no turn is handed on
-/// as by a release). Returns 1 when it passed a turn on, else 0.
+/// as by a release), and ends its own writer's claim. Returns 1 when it
+/// passed a turn on, else 0.
 pub(crate) static WITHDRAW: LazyLock<Script> = LazyLock::new(|| {
     Script::new(with_base!(
         lib!(),
@@ -587,6 +588,11 @@ for _, entry in ipairs(redis.call('LRANGE', queue, 0, -1)) do
   if parse(entry) == me then
     redis.call('LREM', queue, 0, entry)
   end
+end
+-- No writer of this backend waits any longer: its claim would keep
+-- readers out for nothing.
+if redis.call('GET', claim) == me then
+  redis.call('DEL', claim)
 end
 local current = redis.call('GET', lock)
 if current == 'next:' .. me then
