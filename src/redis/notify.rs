@@ -376,7 +376,35 @@ fn key_events_enabled(flags: &str) -> (bool, bool) {
 
 #[cfg(test)]
 mod tests {
-    use super::key_events_enabled;
+    use std::sync::Arc;
+
+    use super::{Joined, key_events_enabled};
+
+    #[test]
+    fn a_key_is_joined_from_its_waiting_try_until_the_backend_leaves() {
+        let joined = Arc::new(Joined::default());
+        assert!(!joined.has("k"), "a key never tried is not joined");
+        let ticket = joined.joining("k");
+        assert!(joined.has("k"), "a try on its way may join");
+        ticket.settle(Some(true));
+        assert!(joined.has("k"));
+        // A held-back try leaves the place as it was.
+        joined.joining("k").settle(None);
+        assert!(joined.has("k"));
+        joined.joining("k").settle(Some(false));
+        assert!(!joined.has("k"), "a grant that took it out");
+        drop(joined.joining("k"));
+        assert!(joined.has("k"), "a lost answer may have joined");
+        joined.left("k");
+        assert!(!joined.has("k"), "a withdrawal");
+        // A withdrawal while another try is on its way keeps the key until
+        // that try's answer says where the backend is.
+        let ticket = joined.joining("k");
+        joined.left("k");
+        assert!(joined.has("k"));
+        ticket.settle(Some(false));
+        assert!(!joined.has("k"));
+    }
 
     #[test]
     fn flags_are_read_as_redis_documents_them() {
