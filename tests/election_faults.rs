@@ -38,7 +38,11 @@ fn redis_server() -> ServerProcess {
     let mut args = server_args(port, dir.path());
     // ServerProcess runs in its own temp dir: write there, not in `dir`.
     args.truncate(args.len() - 2);
-    ServerProcess::start(REDIS_SERVER, args, port)
+    let server = ServerProcess::start(REDIS_SERVER, args, port);
+    // An established store: on a fresh one, a first election waits a ttl
+    // for the store's epoch (a restart or a FLUSHALL here makes it fresh).
+    redis_support::cli(port, &["SET", "lock:epoch", "0"]);
+    server
 }
 
 fn url_of(server: &ServerProcess, scheme: &str) -> String {
@@ -418,13 +422,13 @@ async fn nats_a_stalled_leader_stops_before_another_leads() {
 async fn redis_a_proclaim_on_a_lost_lease_fails_and_takes_nothing() {
     let server = redis_server();
     let url = url_of(&server, "redis");
-    let election = election(locker(&url).await, "flushed", LONG);
-    let mut leadership = election.campaign("first").await.expect("campaign");
     let mut conn = redis::Client::open(url.as_str())
         .expect("url")
         .get_multiplexed_async_connection()
         .await
         .expect("connect");
+    let election = election(locker(&url).await, "flushed", LONG);
+    let mut leadership = election.campaign("first").await.expect("campaign");
     let _: () = redis::cmd("FLUSHALL")
         .query_async(&mut conn)
         .await
@@ -438,4 +442,89 @@ async fn redis_a_proclaim_on_a_lost_lease_fails_and_takes_nothing() {
         None,
         "the fresh grant was kept"
     );
+}
+
+/// An election whose leader renews seldom: after its lease is lost without
+/// a sign, it would go on believing for up to `renew_every`.
+fn slow_renewing(locker: Locker, name: &str) -> Election {
+    Election::new(locker, name)
+        .ttl(Duration::from_secs(2))
+        .renew_deadline(Duration::from_millis(1200))
+        .renew_every(Duration::from_millis(900))
+}
+
+/// Campaigns as `id` with a fresh backend, and checks, while it is held
+/// back, that no one is reported as leader, and at its win, that `old`
+/// already counts itself lost.
+async fn the_next_leader_waits_for_the_old_one(
+    url: &str,
+    name: &str,
+    old: &tower_lock::election::Leadership,
+) {
+    let next = slow_renewing(locker(url).await, name);
+    let started = Instant::now();
+    let campaign = tokio::spawn({
+        let next = next.clone();
+        async move { next.campaign("next").await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    if !campaign.is_finished() {
+        assert_eq!(
+            next.leader().await.expect("leader"),
+            None,
+            "a held-back candidate was reported as leader"
+        );
+    }
+    let leadership = tokio::time::timeout(Duration::from_secs(2) + PROMPT, campaign)
+        .await
+        .expect("no leader within one ttl and the bound")
+        .expect("task")
+        .expect("campaign");
+    assert!(
+        old.is_lost(),
+        "a new leader won after {:?} while the old one still led",
+        started.elapsed()
+    );
+    leadership.resign().await.expect("resign");
+}
+
+/// FLUSHALL under a leader, with nothing to show it: the leader's process
+/// saw no disconnect. A candidate of another backend is held back until
+/// the old leader has counted its lease lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_a_flush_under_a_leader_holds_the_next_one_back() {
+    let server = redis_server();
+    let url = url_of(&server, "redis");
+    let leader = slow_renewing(locker(&url).await, "flushed-leader");
+    let old = leader.campaign("old").await.expect("campaign");
+    let mut conn = redis::Client::open(url.as_str())
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let _: () = redis::cmd("FLUSHALL")
+        .query_async(&mut conn)
+        .await
+        .expect("FLUSHALL");
+    the_next_leader_waits_for_the_old_one(&url, "flushed-leader", &old).await;
+}
+
+/// Redis restarted without persistence under a leader; a process started
+/// right after (here, a backend built after) never saw the server go: its
+/// first campaign is held back until the old leader has counted itself
+/// lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_a_backend_built_after_a_restart_holds_its_first_leader_back() {
+    let mut server = redis_server();
+    let url = url_of(&server, "redis");
+    let leader = slow_renewing(locker(&url).await, "restarted-leader");
+    let old = leader.campaign("old").await.expect("campaign");
+    let server = tokio::task::spawn_blocking(move || {
+        server.restart();
+        server
+    })
+    .await
+    .expect("restart");
+    the_next_leader_waits_for_the_old_one(&url, "restarted-leader", &old).await;
+    drop(server);
 }

@@ -114,3 +114,81 @@ async fn a_failover_is_followed_without_help() -> anyhow::Result<()> {
     drop(held);
     Ok(())
 }
+
+/// Through Sentinel too, a master slowed to between redis-rs's own 500 ms
+/// response timeout and the backend's deadline answers in time, and one
+/// slowed past the deadline fails the request at the deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_deadline_governs_requests_through_sentinel() -> anyhow::Result<()> {
+    use std::time::{Duration, Instant};
+
+    use redis_support::Tied;
+    use tower_lock::{LockError, Locker, redis::RedisBackend};
+
+    let master = Tied::start(
+        support::free_port(),
+        vec!["--enable-debug-command".into(), "yes".into()],
+    );
+    let group = SentinelGroup::watch(master, 10_000);
+    let deadline = Duration::from_secs(3);
+    let backend = RedisBackend::builder(group.client())
+        .request_timeout(deadline)
+        .build()
+        .await?;
+    let locker = Locker::new(backend);
+    let url = group.master.url();
+    let sleep = |seconds: &'static str| {
+        let url = url.clone();
+        tokio::spawn(async move {
+            // A connection of redis-rs's own would give up at 500 ms.
+            let config = redis::AsyncConnectionConfig::new().set_response_timeout(None);
+            let mut conn = redis::Client::open(url.as_str())?
+                .get_multiplexed_async_connection_with_config(&config)
+                .await?;
+            redis::cmd("DEBUG")
+                .arg("SLEEP")
+                .arg(seconds)
+                .query_async::<()>(&mut conn)
+                .await
+        })
+    };
+    // The backend's master connection is open before the server sleeps.
+    locker
+        .try_lock("warm", Duration::from_secs(30))
+        .await?
+        .expect("free")
+        .release()
+        .await?;
+    let slowed = sleep("1.5");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = Instant::now();
+    let guard = locker
+        .try_lock("slow", Duration::from_secs(30))
+        .await?
+        .expect("free");
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "the server was not slowed"
+    );
+    slowed.await??;
+    guard.release().await?;
+    let stalled = sleep("4.5");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = Instant::now();
+    let err = locker
+        .try_lock("stalled", Duration::from_secs(30))
+        .await
+        .expect_err("past the deadline");
+    let took = started.elapsed();
+    assert!(matches!(err, LockError::Unavailable { .. }), "{err}");
+    assert!(
+        took >= deadline - Duration::from_millis(200),
+        "failed after {took:?}"
+    );
+    assert!(
+        took < deadline + Duration::from_secs(1),
+        "failed after {took:?}"
+    );
+    stalled.await??;
+    Ok(())
+}

@@ -12,8 +12,8 @@ use std::{
 
 use redis::{
     Client, Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, RedisResult, ServerErrorKind, Value,
-    aio::{ConnectionLike, ConnectionManager, PubSub},
-    cluster::ClusterClient,
+    aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig, PubSub},
+    cluster::{ClusterClient, ClusterConfig},
     cluster_async::ClusterConnection,
     sentinel::SentinelClient,
 };
@@ -39,6 +39,14 @@ pub enum RedisClient {
     /// [`ConnectionManager`], which reconnects by itself).
     Standalone(Client),
     /// A Redis Cluster (commands routed by slot; wake-ups from one node).
+    ///
+    /// The backend sets its connections' response and connection timeouts
+    /// to its request deadline, but redis-rs cannot read or replace the
+    /// overall timeout of a client built with
+    /// `ClusterClientBuilder::response_timeout` or `overall_response_timeout`:
+    /// set those no shorter than the backend's
+    /// [`request_timeout`](super::RedisBackendBuilder::request_timeout), or
+    /// requests fail at them instead, or leave them unset.
     Cluster(ClusterClient),
     /// The master of a Sentinel-monitored group, looked up again after a
     /// failover or a dropped connection.
@@ -96,7 +104,7 @@ impl Conn {
         client: RedisClient,
         deadline: Duration,
     ) -> RedisResult<(Conn, PubSubSource)> {
-        let connecting = tokio::time::timeout(deadline, Link::connect(client));
+        let connecting = tokio::time::timeout(deadline, Link::connect(client, deadline));
         let (link, source) = connecting.await.map_err(|_| timed_out(deadline))??;
         Ok((Conn { link, deadline }, source))
     }
@@ -109,6 +117,11 @@ impl Conn {
         }
     }
 
+    /// How long any one request may go unanswered.
+    pub(crate) fn deadline(&self) -> Duration {
+        self.deadline
+    }
+
     pub(crate) fn is_cluster(&self) -> bool {
         matches!(self.link, Link::Cluster(_))
     }
@@ -116,25 +129,39 @@ impl Conn {
 
 /// The error of a request that had no answer by its deadline: an I/O
 /// timeout, so that callers treat its outcome as unknown.
-fn timed_out(deadline: Duration) -> RedisError {
+pub(crate) fn timed_out(deadline: Duration) -> RedisError {
     RedisError::from(std::io::Error::new(
         std::io::ErrorKind::TimedOut,
         format!("no answer from Redis within {deadline:?}"),
     ))
 }
 
+/// A `ConnectionManager` whose own timeouts are the backend's deadline:
+/// redis-rs's defaults (500 ms for a response, 1 s to connect) would fail
+/// requests long before it under load.
+fn manager_config(deadline: Duration) -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new()
+        .set_response_timeout(Some(deadline))
+        .set_connection_timeout(Some(deadline))
+}
+
 impl Link {
-    async fn connect(client: RedisClient) -> RedisResult<(Link, PubSubSource)> {
+    async fn connect(client: RedisClient, deadline: Duration) -> RedisResult<(Link, PubSubSource)> {
         match client {
             RedisClient::Standalone(client) => {
-                let manager = ConnectionManager::new(client.clone()).await?;
+                let manager =
+                    ConnectionManager::new_with_config(client.clone(), manager_config(deadline))
+                        .await?;
                 Ok((
                     Link::Standalone(manager),
                     PubSubSource::Client(Box::new(client)),
                 ))
             }
             RedisClient::Cluster(client) => {
-                let conn = client.get_async_connection().await?;
+                let config = ClusterConfig::new()
+                    .set_response_timeout(deadline)
+                    .set_connection_timeout(deadline);
+                let conn = client.get_async_connection_with_config(config).await?;
                 let source = PubSubSource::Cluster {
                     conn: conn.clone(),
                     attempts: Arc::new(AtomicUsize::new(0)),
@@ -146,6 +173,7 @@ impl Link {
                     sentinel: tokio::sync::Mutex::new(client),
                     current: Mutex::new(None),
                     db: AtomicI64::new(0),
+                    deadline,
                 });
                 sentinel.manager().await?;
                 Ok((
@@ -238,6 +266,7 @@ pub(crate) struct SentinelConn {
     /// `None` until connected, and after an error that says the master moved.
     current: Mutex<Option<ConnectionManager>>,
     db: AtomicI64,
+    deadline: Duration,
 }
 
 impl SentinelConn {
@@ -262,7 +291,8 @@ impl SentinelConn {
             client.get_connection_info().redis_settings().db(),
             Ordering::Relaxed,
         );
-        let conn = ConnectionManager::new(client).await?;
+        let conn =
+            ConnectionManager::new_with_config(client, manager_config(self.deadline)).await?;
         *crate::sync::lock(&self.current) = Some(conn.clone());
         Ok(conn)
     }

@@ -33,7 +33,9 @@
 //!   its grace.
 //! - **Release** and **extend** are scripts that act only while the stored
 //!   token is the caller's: nobody can free or prolong another holder's
-//!   lock. With nobody queued, release deletes the key.
+//!   lock, whatever fence or revision they name (the fence is no
+//!   credential: a release or extend checks the token alone). With nobody
+//!   queued, release deletes the key.
 //! - **Wake-ups** come over one pub/sub connection per backend, shared by all
 //!   waiters: the backend's turn channel, the `<prefix>changed` channel
 //!   (where the scripts publish grants and releases of leases with a value,
@@ -45,6 +47,16 @@
 //!   (classic pub/sub is broadcast), but key events are per node and come
 //!   only from the node the wake-up connection is on; expiries elsewhere are
 //!   found by that capped timer.
+//! - **A message only wakes.** Anyone who may publish on the server can
+//!   send any payload on any of these channels. A message wakes the
+//!   waiters of the key it names, which then try, and the scripts decide
+//!   from what Redis holds: a turn is the lock holding `next:<backend id>`,
+//!   not the message that says so. No message makes the backend write: a
+//!   turn that nobody here picks up is passed on (the `WITHDRAW` script)
+//!   only for a key this backend has queued for, so a forged or replayed
+//!   turn for any other key costs nothing but a wake-up. Payloads that are
+//!   not a lock key of the backend's prefix (other keys, other prefixes,
+//!   bytes that are not UTF-8) are dropped.
 //! - **Where a wake-up is lost** (the pub/sub connection is down, an ACL
 //!   denies the channel) the turn lapses after its grace and waiters find
 //!   the lock free on their timers (a queued waiter checks back at least
@@ -73,8 +85,10 @@
 //!   increase over every kind. A retry with a live holder's own token is
 //!   granted again with its fence.
 //! - **Writers are not starved**: a waiting exclusive try refused by any
-//!   holder sets `lock:{K}:claim` for one second (each refused try renews
-//!   it; an exclusive grant deletes it). While it lives, new shared and
+//!   holder sets `lock:{K}:claim` to its backend's id for one second (each
+//!   refused try renews it). Only that backend's grant deletes it: another
+//!   writer's grant, or a holder's retry with its own token, leaves a
+//!   waiting writer's claim in place. While it lives, new shared and
 //!   counted tries are refused, except those whose backend was given a
 //!   turn (below): they queued ahead of that writer.
 //! - **Woken**: shared and counted waiters join the same queue as exclusive
@@ -86,9 +100,11 @@
 //!   250 ms grace, and one message each on their backend's turn channel),
 //!   so all the readers queued before a writer get in together and those
 //!   behind it wait for it. A released permit gives a turn to the next
-//!   queued counted waiter only, and a turn keeps its permit for it. A
-//!   grant whose locker has more waiters behind it lets the next of them
-//!   in at once when one more lease of the kind is free.
+//!   queued counted waiter only, and a turn keeps its permit for it; a
+//!   writer of that backend that meets the turn instead drops it, and the
+//!   permit goes to the next queued counted waiter at once. A grant whose
+//!   locker has more waiters behind it lets the next of them in at once
+//!   when one more lease of the kind is free.
 //! - **Refused**: a counted request whose count differs from the marker's,
 //!   while the key has holders, gets [`LockError::PermitsMismatch`] and
 //!   changes nothing (the caller's own queue entry aside). Another kind of
@@ -145,7 +161,10 @@
 //! about 50 more for each further one). A key held shared or counted has a
 //! marker (88 bytes) and its holders and their fences (a sorted set and a
 //! hash: 136 bytes each with one holder, 50 more each for every further
-//! one), and a waiting writer adds its claim (120 bytes). Nothing outlives the key's last lease or waiter by more than the
+//! one), and a waiting writer adds its claim (120 bytes). Elections add one
+//! key per prefix, `<prefix>epoch`, which never expires (see [Elections
+//! after a state loss](#elections-after-a-state-loss)). Nothing else
+//! outlives the key's last lease or waiter by more than the
 //! retention: the counter expires as above, the queue expires with the
 //! holder's lease plus the retention after its last join (Redis also drops
 //! a list when its last entry is popped), the holders expire with the last
@@ -163,15 +182,54 @@
 //! check runs at construction: a server reconfigured later, or a Sentinel
 //! failover to a differently configured replica, is not seen.
 //!
-//! Each request has a deadline ([`DEFAULT_REQUEST_TIMEOUT`], 5 s;
+//! Each request has one deadline, the backend's
+//! ([`DEFAULT_REQUEST_TIMEOUT`], 5 s;
 //! [`RedisBackendBuilder::request_timeout`]): a hung connection or a
-//! paused server fails the request with [`LockError::Unavailable`].
+//! paused server fails the request with [`LockError::Unavailable`] at it,
+//! and a slow one that answers before it succeeds. It also bounds the
+//! wake-up connection's subscribe and liveness ping, and replaces redis-rs's
+//! own shorter timeouts (500 ms for a response, 1 s to connect) on the
+//! connections the backend makes. A user-built Cluster client may carry an
+//! overall timeout that cannot be replaced: see [`RedisClient::Cluster`].
+//!
+//! # Elections after a state loss
 //!
 //! Redis replicates asynchronously, so a failover can also lose a held
-//! lock, as with any single-Redis lock. A backend whose pub/sub connection
-//! was reset (a restart, a failover) grants no lease with a value (an
-//! election's) for one ttl afterwards: a leader whose lease the server lost
-//! counts on it until its next renewal fails.
+//! lock, as with any single-Redis lock; a restart without persistence or a
+//! `FLUSHALL` loses every one. A plain lock's holder is then protected by
+//! its fence alone. An election's leader acts on its leadership itself,
+//! and counts on a lost lease until its next renewal fails (up to its
+//! renewal interval), so a lease with a value (an election's) is held
+//! back, answered as busy and reported by [`Backend::holder`] (and so by
+//! `Election::observe`) as no leader, until every leader whose lease was
+//! lost has counted it lost:
+//!
+//! - **by a backend whose pub/sub connection was reset** (a restart, a
+//!   failover): for one ttl after it noticed;
+//! - **by the store's epoch**, for any backend: a lease with a value on a
+//!   key with no fence counter (a first election, one unused for longer
+//!   than the retention, or one whose counter was lost) is granted only
+//!   once the key `<prefix>epoch` is one ttl old by the server's clock.
+//!   That key has no expiry and is written when absent, so a `FLUSHALL`, or
+//!   a restart that lost every key, writes it again and starts the wait;
+//!   a backend started right after a restart, which saw no disconnect, is
+//!   held back by it too. The first election of a new store (or of a new
+//!   prefix) pays this once, up to one ttl; a key whose counter lives pays
+//!   nothing, and neither does any request without a value. The check is
+//!   one more request, on the grant of a key with no counter only.
+//!
+//! Both count the ttl of the request held back: they assume every
+//! candidate of an election uses the same ttl. What remains undetectable:
+//! a lease lost while the store kept both its epoch and the key's fence
+//! counter — a Sentinel or Cluster failover to a replica that lagged
+//! behind the last grant or renewal, and a restart that restored an older
+//! snapshot or an append-only file missing the last writes, each seen only
+//! by the backends whose wake-up connection was reset by it (in a Cluster,
+//! only those on the failed node; never a backend started after it); in a
+//! Cluster, also a `FLUSHALL` or a restart of a node other than the one
+//! that serves the epoch's slot; and the lock deleted by hand.
+//! There a candidate can win while the old leader counts on its lease
+//! until its next renewal fails.
 //!
 //! # Examples
 //!
@@ -226,7 +284,7 @@ pub use self::client::RedisClient;
 use self::{
     client::Conn,
     keys::KeySpace,
-    notify::{Handover, Listener, Notifier},
+    notify::{Handover, Joined, Listener, Notifier},
 };
 use crate::{
     LockError,
@@ -277,7 +335,7 @@ impl Inner {
     /// Takes this backend out of `key`'s queue, in the background, unless
     /// another of its waiters still waits for the key.
     fn withdraw(&self, key: String) {
-        if self.registry.is_watched(&key) {
+        if self.registry.is_watched(&key) || !self.store.joined.has(&key) {
             return;
         }
         // Without a runtime, the entry stays until a release pops it, and a
@@ -310,6 +368,10 @@ struct Store {
     loss: Arc<StateLoss>,
     /// Wake-ups held for the next waiter to subscribe to a key.
     handover: Arc<Handover>,
+    /// The keys whose queue this backend may be in.
+    joined: Arc<Joined>,
+    /// The key of the store's epoch (see [`scripts::EPOCH`]).
+    epoch: String,
 }
 
 impl Store {
@@ -336,6 +398,47 @@ impl Store {
             .arg(self.retention)
             .arg(millis(WRITER_CLAIM));
         invocation
+    }
+
+    /// The script of a try for `request`; `proven`: the store is known to
+    /// have kept its state for at least the request's ttl (see
+    /// [`scripts::EPOCH`]).
+    fn acquire(&self, request: &AcquireRequest<'_>, proven: bool) -> ScriptInvocation<'static> {
+        let flag = |set: bool| if set { "1" } else { "0" };
+        let mut invocation = match request.kind {
+            LeaseKind::Exclusive => self.invocation(&scripts::ACQUIRE, request.key),
+            LeaseKind::Shared | LeaseKind::Counted { .. } => {
+                self.invocation(&scripts::ACQUIRE_SHARED, request.key)
+            }
+        };
+        invocation
+            .arg(request.token.to_string())
+            .arg(millis(request.ttl))
+            .arg(flag(request.waiting))
+            .arg(flag(request.queued_behind));
+        match request.kind {
+            LeaseKind::Exclusive => invocation
+                .arg(request.value.unwrap_or(""))
+                .arg(&self.changed)
+                .arg(flag(proven)),
+            LeaseKind::Shared => invocation.arg("s").arg(0),
+            LeaseKind::Counted { permits } => invocation.arg("c").arg(permits),
+        };
+        invocation
+    }
+
+    /// How much longer a lease with a value and `ttl`, on a key with no
+    /// counter, must wait: until the store's epoch is `ttl` old.
+    async fn epoch_hold_back(&self, ttl: Duration) -> Result<Duration, LockError> {
+        let mut invocation = scripts::EPOCH.prepare_invoke();
+        invocation.key(&self.epoch);
+        let reply: Vec<i64> = self.run(&invocation).await?;
+        let [since, now] = reply[..] else {
+            return Ok(ttl);
+        };
+        let until = since.saturating_add(i64::try_from(millis(ttl)).unwrap_or(i64::MAX));
+        let left = u64::try_from(until.saturating_sub(now)).unwrap_or(0);
+        Ok(Duration::from_millis(left))
     }
 
     /// Runs `invocation` on the command connection.
@@ -385,9 +488,12 @@ impl Store {
         runtime.spawn(async move {
             let invocation = self.invocation(&scripts::WITHDRAW, &key);
             if let Err(err) = self.run::<i64>(&invocation).await {
-                // The turn lapses after its grace instead.
+                // The turn lapses after its grace instead, and the queue
+                // expires after the retention.
                 tracing::debug!(?key, error = %err, "could not leave the waiter queue");
             }
+            // Forgotten either way, so the map holds only keys waited for.
+            self.joined.left(&key);
         });
     }
 }
@@ -500,8 +606,8 @@ impl RedisBackend {
     }
 
     /// A `SCAN MATCH` pattern covering every key this backend writes (locks,
-    /// fence counters, queues, claims and holders); tell locks from the
-    /// rest with [`is_lock_key`](Self::is_lock_key).
+    /// fence counters, queues, claims and holders, and the store's epoch);
+    /// tell locks from the rest with [`is_lock_key`](Self::is_lock_key).
     pub fn key_pattern(&self) -> String {
         self.inner.store.keys.scan_pattern()
     }
@@ -626,6 +732,7 @@ impl RedisBackendBuilder {
         let keys = KeySpace::new(self.prefix);
         let id = Token::new().to_string();
         let turns = format!("{}released:", keys.prefix());
+        let epoch = format!("{}epoch", keys.prefix());
         let store = Store {
             channel: format!("{turns}{id}"),
             changed: format!("{}changed", keys.prefix()),
@@ -636,6 +743,8 @@ impl RedisBackendBuilder {
             retention: millis(self.retention),
             loss: Arc::default(),
             handover: Arc::default(),
+            joined: Arc::default(),
+            epoch,
         };
         let registry = WakeRegistry::default();
         let notifier = Notifier::start(Listener {
@@ -763,33 +872,41 @@ impl Backend for RedisBackend {
             });
         }
         let store = &self.inner.store;
-        let flag = |set: bool| if set { "1" } else { "0" };
         // Only a waiting caller (subscribed to the key's wake-ups before it
         // tried) joins the queue: a turn that comes for a key nobody here
         // watches is passed on.
-        let mut invocation = match request.kind {
-            LeaseKind::Exclusive => store.invocation(&scripts::ACQUIRE, request.key),
-            LeaseKind::Shared | LeaseKind::Counted { .. } => {
-                store.invocation(&scripts::ACQUIRE_SHARED, request.key)
+        let ticket = request.waiting.then(|| store.joined.joining(request.key));
+        let mut reply: Vec<i64> = store.run(&store.acquire(request, false)).await?;
+        if reply.first() == Some(&4) {
+            let left = store.epoch_hold_back(request.ttl).await?;
+            if !left.is_zero() {
+                if let Some(ticket) = ticket {
+                    ticket.settle(None);
+                }
+                return Ok(Attempt::Busy {
+                    remaining: Some(left),
+                });
             }
-        };
-        invocation
-            .arg(request.token.to_string())
-            .arg(millis(request.ttl))
-            .arg(flag(request.waiting))
-            .arg(flag(request.queued_behind));
-        match request.kind {
-            LeaseKind::Exclusive => invocation
-                .arg(request.value.unwrap_or(""))
-                .arg(&store.changed),
-            LeaseKind::Shared => invocation.arg("s").arg(0),
-            LeaseKind::Counted { permits } => invocation.arg("c").arg(permits),
-        };
-        let reply: Vec<i64> = store.run(&invocation).await?;
+            reply = store.run(&store.acquire(request, true)).await?;
+        }
         let (outcome, value) = match reply[..] {
             [outcome, value, ..] => (outcome, value),
             _ => (0, -1),
         };
+        if let Some(ticket) = ticket {
+            // A grant leaves its backend in the queue only for the waiters
+            // behind it: an exclusive one always, a shared or counted one
+            // unless it wakes the next of them at once.
+            let queued = match outcome {
+                1 => {
+                    request.queued_behind
+                        && (request.kind == LeaseKind::Exclusive || reply.get(2) != Some(&1))
+                }
+                2 => true,
+                _ => false,
+            };
+            ticket.settle(Some(queued));
+        }
         if outcome == 1 {
             // Any turn this backend had on the key went to this grant (an
             // exclusive grant leaves none; a shared or counted one says), so

@@ -10,6 +10,12 @@
 //! wake-up anyway retries on its backoff timer. A reconnect (not the first
 //! connect) also counts as a possible loss of the server's state: the
 //! server may have restarted, or failed over, without the keys.
+//!
+//! Anyone who may publish on the server may send anything on these
+//! channels, so a message only wakes: it names a key whose waiters then
+//! try, and the scripts decide from what Redis holds. The one write a
+//! message may lead to, passing on a turn nobody here picks up, happens
+//! only for a key this backend queued for ([`Joined`]).
 
 use std::{
     collections::HashMap,
@@ -75,7 +81,11 @@ impl Listener {
         // Warn once per outage, not at every retry.
         let mut warned = false;
         loop {
-            match self.subscribe().await {
+            // The one deadline bounds the wake-up connection's requests too.
+            let deadline = self.store.conn.deadline();
+            let subscribed = tokio::time::timeout(deadline, self.subscribe()).await;
+            let subscribed = subscribed.unwrap_or_else(|_| Err(super::client::timed_out(deadline)));
+            match subscribed {
                 Ok(pubsub) => {
                     pause = RECONNECT_START;
                     if std::mem::replace(&mut connected_before, true) {
@@ -155,6 +165,7 @@ impl Listener {
         let (mut sink, mut messages) = pubsub.split();
         let mut ping = tokio::time::interval(PING_EVERY);
         ping.tick().await;
+        let deadline = self.store.conn.deadline();
         loop {
             tokio::select! {
                 message = messages.next() => {
@@ -162,7 +173,7 @@ impl Listener {
                     self.deliver(message.get_channel_name(), message.get_payload_bytes());
                 }
                 _ = ping.tick() => {
-                    let alive = tokio::time::timeout(PING_EVERY, sink.ping::<()>()).await;
+                    let alive = tokio::time::timeout(deadline, sink.ping::<()>()).await;
                     if !matches!(alive, Ok(Ok(()))) {
                         return;
                     }
@@ -176,7 +187,8 @@ impl Listener {
     /// Wakes the waiters a message is for. A key event (an expiry, a
     /// deletion) wakes every waiter of the key; a turn (the lock key, on
     /// this backend's own channel) those waiting here, and a turn that
-    /// nobody here waits for any longer is passed on at once.
+    /// nobody here picks up is passed on, if this backend queued for the
+    /// key. Anything else (not a lock key of this prefix) is dropped.
     fn deliver(&self, channel: &str, payload: &[u8]) {
         let Some(key) = self.store.keys.user_key(payload) else {
             return;
@@ -201,9 +213,11 @@ impl Listener {
             return;
         }
         // Nobody here waits for the key just now: give the next waiter that
-        // moment before passing the turn on.
+        // moment before passing the turn on. Only a backend that queued for
+        // the key has a turn to pass on: a message about any other key
+        // (forged, or a replay) writes nothing.
         runtime.clone().spawn(async move {
-            if !claimed.await {
+            if !claimed.await && store.joined.has(&key) {
                 store.withdraw(&runtime, key);
             }
         });
@@ -260,6 +274,95 @@ impl Handover {
     }
 }
 
+/// The keys whose queue this backend may be in: it sent a waiting try (or
+/// one is on its way), and has not left since.
+///
+/// A message is no evidence of anything, so only this decides whether a
+/// turn that nobody here picks up, or a waiter that gives up, is worth the
+/// `WITHDRAW` script: a forged turn for a key this backend never queued for
+/// writes nothing. Entries go when the backend leaves the queue (a grant
+/// that took it out, a withdrawal), so they last as long as a wait does.
+#[derive(Debug, Default)]
+pub(crate) struct Joined {
+    keys: Mutex<HashMap<String, Membership>>,
+}
+
+#[derive(Debug, Default)]
+struct Membership {
+    /// Waiting tries sent and not yet answered.
+    in_flight: u32,
+    /// The last answer (or a lost one) may have left the backend queued.
+    queued: bool,
+}
+
+impl Joined {
+    /// A waiting try on `key` is about to be sent; settle what it did with
+    /// [`JoinTicket::settle`]. A ticket dropped unsettled (the try failed,
+    /// or was cancelled) counts as joined: it may have been.
+    pub(crate) fn joining(self: &Arc<Self>, key: &str) -> JoinTicket {
+        let mut keys = crate::sync::lock(&self.keys);
+        keys.entry(key.to_owned()).or_default().in_flight += 1;
+        JoinTicket {
+            joined: Arc::clone(self),
+            key: Some(key.to_owned()),
+        }
+    }
+
+    /// Whether this backend may be in `key`'s queue.
+    pub(crate) fn has(&self, key: &str) -> bool {
+        crate::sync::lock(&self.keys).contains_key(key)
+    }
+
+    /// The backend left `key`'s queue (a withdrawal ran), unless a try now
+    /// on its way joins it again.
+    pub(crate) fn left(&self, key: &str) {
+        self.set(key, false, Some(false));
+    }
+
+    /// `queued`: what the backend's place in the queue now is (`None`: as
+    /// before).
+    fn set(&self, key: &str, answered: bool, queued: Option<bool>) {
+        let mut keys = crate::sync::lock(&self.keys);
+        let Some(membership) = keys.get_mut(key) else {
+            return;
+        };
+        if answered {
+            membership.in_flight = membership.in_flight.saturating_sub(1);
+        }
+        if let Some(queued) = queued {
+            membership.queued = queued;
+        }
+        if membership.in_flight == 0 && !membership.queued {
+            keys.remove(key);
+        }
+    }
+}
+
+/// One waiting try in flight; see [`Joined::joining`].
+#[derive(Debug)]
+pub(crate) struct JoinTicket {
+    joined: Arc<Joined>,
+    key: Option<String>,
+}
+
+impl JoinTicket {
+    /// The try was answered: `queued` says whether the backend is now in
+    /// the key's queue, or (`None`) that the try did not touch the queue.
+    pub(crate) fn settle(mut self, queued: Option<bool>) {
+        if let Some(key) = self.key.take() {
+            self.joined.set(&key, true, queued);
+        }
+    }
+}
+
+impl Drop for JoinTicket {
+    fn drop(&mut self) {
+        if let Some(key) = self.key.take() {
+            self.joined.set(&key, true, Some(true));
+        }
+    }
+}
+
 /// Which of (`expired`, `del`) key events the server publishes, from its
 /// `notify-keyspace-events` flags: `E` turns key events on, `x` expiries,
 /// `g` generic commands such as `DEL`, and `A` stands for all classes.
@@ -273,7 +376,35 @@ fn key_events_enabled(flags: &str) -> (bool, bool) {
 
 #[cfg(test)]
 mod tests {
-    use super::key_events_enabled;
+    use std::sync::Arc;
+
+    use super::{Joined, key_events_enabled};
+
+    #[test]
+    fn a_key_is_joined_from_its_waiting_try_until_the_backend_leaves() {
+        let joined = Arc::new(Joined::default());
+        assert!(!joined.has("k"), "a key never tried is not joined");
+        let ticket = joined.joining("k");
+        assert!(joined.has("k"), "a try on its way may join");
+        ticket.settle(Some(true));
+        assert!(joined.has("k"));
+        // A held-back try leaves the place as it was.
+        joined.joining("k").settle(None);
+        assert!(joined.has("k"));
+        joined.joining("k").settle(Some(false));
+        assert!(!joined.has("k"), "a grant that took it out");
+        drop(joined.joining("k"));
+        assert!(joined.has("k"), "a lost answer may have joined");
+        joined.left("k");
+        assert!(!joined.has("k"), "a withdrawal");
+        // A withdrawal while another try is on its way keeps the key until
+        // that try's answer says where the backend is.
+        let ticket = joined.joining("k");
+        joined.left("k");
+        assert!(joined.has("k"));
+        ticket.settle(Some(false));
+        assert!(!joined.has("k"));
+    }
 
     #[test]
     fn flags_are_read_as_redis_documents_them() {

@@ -190,9 +190,14 @@ end
 /// when the caller will wait, `ARGV[9]` `1` when others of the caller's
 /// process wait behind it, `ARGV[10]` the value stored with the lease
 /// (empty for none), `ARGV[11]` the channel that hears of grants of leases
-/// with a value. Returns `{1, fence}` when taken, `{0, pttl}` when busy and
-/// `{2, pttl}` when busy and the caller is queued (`pttl` is -1 when the
-/// holder's key has no expiry).
+/// with a value, `ARGV[12]` `1` when the backend has proven that a lease
+/// with a value may be granted on a key with no counter (see below).
+/// Returns `{1, fence}` when taken, `{0, pttl}` when busy, `{2, pttl}` when
+/// busy and the caller is queued (`pttl` is -1 when the holder's key has no
+/// expiry), and `{4, 0}`, changing nothing beyond a turn the caller's
+/// backend dropped, when a lease with a value could be granted but the
+/// key has no counter and `ARGV[12]` is not `1`: the store may have lost a
+/// leader's lease along with the counter (see [`EPOCH`]).
 ///
 /// A lock that a release handed to the caller's backend holds
 /// `next:<backend id>` for a short grace; only that backend may take it.
@@ -203,11 +208,13 @@ end
 ///
 /// A grant of a lease with a value is published on `ARGV[11]`, so
 /// observers of an election hear of a new leader; plain locks publish
-/// nothing when taken. A grant ends any writer's claim; a refused waiting
-/// try claims the key (for shared and counted requests) for `ARGV[5]` ms.
-/// A turn given to this backend's shared or counted waiters and met by its
-/// writer instead (the next of its waiters is one) is dropped, and taken if
-/// nobody else holds the key.
+/// nothing when taken. A grant ends its own backend's claim, never
+/// another writer's (that one still waits), and a retry with the holder's
+/// token ends none; a refused waiting try claims the key (for shared and
+/// counted requests) for `ARGV[5]` ms. A turn given to this backend's
+/// shared or counted waiters and met by its writer instead (the next of
+/// its waiters is one) is dropped, and taken if nobody else holds the key;
+/// otherwise a permit it kept goes to the next queued counted waiter.
 ///
 /// The fence is the server's clock in microseconds (`TIME`), or one more
 /// than the counter's last value when that is not below it (a clock that
@@ -226,6 +233,7 @@ end
 /// backends that died while queued go too.
 pub(crate) static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(with_base!(
+        lib!(),
         r"
 local token, ttl = ARGV[6], ARGV[7]
 local current = redis.call('GET', lock)
@@ -234,19 +242,39 @@ local own = held_by(current, token)
 local free = current == false or current == turn or own
 if not free and ARGV[8] == '1' and is_marker(current) and redis.call('ZREM', turns, me) == 1 then
   local now = clock()
-  free = redis.call('ZCOUNT', holders, '(' .. int(now), '+inf') == 0
-    and redis.call('ZCOUNT', turns, '(' .. int(now), '+inf') == 0
+  purge(now)
+  local left = redis.call('ZCARD', holders) + redis.call('ZCARD', turns)
+  free = left == 0
   if free then
     redis.call('DEL', holders, fences, turns)
+  else
+    -- The turn kept a permit for this backend's counted waiters; the
+    -- writer does not take it, so the next queued counted waiter does,
+    -- at once rather than on its backoff timer.
+    if current ~= 'shared' then
+      local permits = tonumber(string.sub(current, 9))
+      admit(now, 'c', permits, permits - left)
+    end
+    keep_until(last_end())
   end
 end
 if free then
+  local last = tonumber(redis.call('GET', fence_key))
+  -- A lease with a value on a key with no counter: the store may have lost
+  -- a leader's lease with it, so the backend must first prove it did not.
+  if ARGV[10] ~= '' and not own and not last and ARGV[12] ~= '1' then
+    return {4, 0}
+  end
   local stored = token
   if ARGV[10] ~= '' then
     stored = token .. ' ' .. ARGV[10]
   end
   redis.call('SET', lock, stored, 'PX', ttl)
-  redis.call('DEL', claim)
+  -- Only the claim's own writer ends it: another writer still waiting
+  -- keeps new readers out, and a holder's retry is no writer's grant.
+  if not own and redis.call('GET', claim) == me then
+    redis.call('DEL', claim)
+  end
   if ARGV[9] == '1' then
     redis.call('LREM', queue, 0, me)
     redis.call('RPUSH', queue, me)
@@ -254,7 +282,6 @@ if free then
   elseif current ~= turn and ARGV[8] == '1' then
     redis.call('LREM', queue, 0, me)
   end
-  local last = tonumber(redis.call('GET', fence_key))
   local fence = last
   if not (own and last) then
     local now = redis.call('TIME')
@@ -551,7 +578,8 @@ return {2, unpack(ids)}
 /// already given to it: the lock reserved as `next:<id>`, or its place
 /// among the turns of a shared or counted key (a freed permit goes to the
 /// next counted waiter; a key left with no holder and no turn is handed on
-/// as by a release). Returns 1 when it passed a turn on, else 0.
+/// as by a release), and ends its own writer's claim. Returns 1 when it
+/// passed a turn on, else 0.
 pub(crate) static WITHDRAW: LazyLock<Script> = LazyLock::new(|| {
     Script::new(with_base!(
         lib!(),
@@ -560,6 +588,11 @@ for _, entry in ipairs(redis.call('LRANGE', queue, 0, -1)) do
   if parse(entry) == me then
     redis.call('LREM', queue, 0, entry)
   end
+end
+-- No writer of this backend waits any longer: its claim would keep
+-- readers out for nothing.
+if redis.call('GET', claim) == me then
+  redis.call('DEL', claim)
 end
 local current = redis.call('GET', lock)
 if current == 'next:' .. me then
@@ -608,4 +641,26 @@ end
 return reply
 "
     ))
+});
+
+/// The store's epoch, `KEYS[1]` (`<prefix>epoch`, no expiry): the server
+/// time in ms since which the store is known not to have lost its state,
+/// written when absent (a first use, or a `FLUSHALL` or a restart that lost
+/// every key since). Returns `{epoch, now}` in ms of the server's clock.
+/// A lease with a value on a key with no counter is granted only once the
+/// epoch is one ttl old: a leader whose lease the store lost with the
+/// epoch counts it lost by then.
+pub(crate) static EPOCH: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local since = tonumber(redis.call('GET', KEYS[1]))
+if not since then
+  since = now
+  redis.call('SET', KEYS[1], string.format('%d', now))
+end
+return {since, now}
+",
+    )
 });

@@ -260,12 +260,18 @@ impl Deployment {
 /// The conformance harness: every locker gets its own backend (its own
 /// connections); every harness its own prefix, so tests sharing a server
 /// never see each other's keys.
+///
+/// Each prefix's store counts as established: the suite's elections (with
+/// ttls of 30 s) run on servers the tests have just started, where a first
+/// election would otherwise wait one ttl for the store's epoch (see the
+/// Redis module docs); the tests of that hold-back make their own stores.
 pub struct RedisHarness {
     pub deployment: Deployment,
     /// Standalone servers whose keys `stored_locks` scans (each master of a
     /// Cluster; the master of a Sentinel group).
     pub scan: Vec<String>,
     pub prefix: String,
+    established: tokio::sync::OnceCell<()>,
 }
 
 impl RedisHarness {
@@ -275,16 +281,53 @@ impl RedisHarness {
             deployment,
             scan,
             prefix: format!("lock:t{}:", NEXT.fetch_add(1, Ordering::Relaxed)),
+            established: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    /// The key of the prefix's epoch.
+    pub fn epoch_key(&self) -> String {
+        format!("{}epoch", self.prefix)
+    }
+
+    /// Runs `cmd` on the deployment: routed by key on a Cluster, on the
+    /// master otherwise.
+    pub async fn command<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> T {
+        match &self.deployment {
+            Deployment::Cluster(urls) => {
+                let client = ClusterClient::new(urls.clone()).expect("cluster");
+                let mut conn = client.get_async_connection().await.expect("connect");
+                cmd.query_async(&mut conn).await.expect("command")
+            }
+            _ => {
+                let mut conn = admin(&self.scan[0]).await;
+                cmd.query_async(&mut conn).await.expect("command")
+            }
         }
     }
 
     pub async fn backend(&self) -> RedisBackend {
+        self.established
+            .get_or_init(|| async {
+                let mut set = redis::cmd("SET");
+                set.arg(self.epoch_key()).arg(0).arg("NX");
+                let _: Option<String> = self.command(&set).await;
+            })
+            .await;
         RedisBackend::builder(self.deployment.client())
             .prefix(self.prefix.clone())
             .build()
             .await
             .expect("connect to the test's Redis")
     }
+}
+
+pub async fn admin(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url)
+        .expect("client")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect")
 }
 
 /// Every key under `pattern` on the standalone server at `url`.
@@ -329,11 +372,100 @@ impl crate::conformance::Harness for RedisHarness {
         let mut left = Vec::new();
         for url in &self.scan {
             for key in scan_keys(url, &backend.key_pattern()).await {
-                if !backend.is_lock_key(&key) && !key.ends_with(b":fence") {
+                if !backend.is_lock_key(&key)
+                    && !key.ends_with(b":fence")
+                    && key != self.epoch_key().as_bytes()
+                {
                     left.push(String::from_utf8_lossy(&key).into_owned());
                 }
             }
         }
         left
+    }
+
+    /// Every channel a backend of the prefix listens to (as the servers
+    /// list them, plus the key event channels and a turn channel of a
+    /// backend nobody runs), with what the scripts publish (the lock key:
+    /// replays of a release's or a grant's message), lock keys of other
+    /// keys, of a key nobody waits for and under another prefix, queue
+    /// entries and lock values naming backends, huge and non-UTF-8
+    /// payloads; each but the huge ones sent twice.
+    async fn forge(&self, key: &str) -> usize {
+        let backend = self.backend().await;
+        let lock = backend.redis_key(key);
+        let mut channels = std::collections::BTreeSet::new();
+        let pattern = format!("{}*", backend.prefix());
+        for url in &self.scan {
+            let mut conn = admin(url).await;
+            let listed: Vec<String> = redis::cmd("PUBSUB")
+                .arg("CHANNELS")
+                .arg(&pattern)
+                .query_async(&mut conn)
+                .await
+                .expect("PUBSUB CHANNELS");
+            channels.extend(listed);
+        }
+        let released = format!("{}released:", backend.prefix());
+        let ids: Vec<String> = channels
+            .iter()
+            .filter_map(|channel| channel.strip_prefix(&released).map(str::to_owned))
+            .collect();
+        assert!(!ids.is_empty(), "no backend listens on {released}*");
+        channels.insert(format!("{released}{}", tower_lock::backend::Token::new()));
+        channels.insert(format!("{}changed", backend.prefix()));
+        channels.insert("__keyevent@0__:expired".to_owned());
+        channels.insert("__keyevent@0__:del".to_owned());
+        let tagged = |bytes: &[u8]| {
+            let mut payload = format!("{}{{", backend.prefix()).into_bytes();
+            payload.extend_from_slice(bytes);
+            payload.push(b'}');
+            payload
+        };
+        let mut payloads: Vec<Vec<u8>> = vec![
+            lock.clone().into_bytes(),
+            backend.redis_key(&format!("{key}-other")).into_bytes(),
+            backend
+                .redis_key(&format!(
+                    "nobody-waits-{}",
+                    tower_lock::backend::Token::new()
+                ))
+                .into_bytes(),
+            lock.replacen(backend.prefix(), "lock:other:", 1)
+                .into_bytes(),
+            format!("{lock}:queue").into_bytes(),
+            format!("{lock} {}", ids[0]).into_bytes(),
+            tagged(&[0xff, 0xfe, 0x00]),
+            tagged(b"%FF%FE"),
+            b"shared".to_vec(),
+            b"permits:1".to_vec(),
+            Vec::new(),
+        ];
+        for id in &ids {
+            payloads.push(format!("next:{id}").into_bytes());
+            payloads.push(format!("{id}:c:1").into_bytes());
+            payloads.push(format!("{id}:s").into_bytes());
+        }
+        let huge = [
+            backend.redis_key(&"x".repeat(256 * 1024)).into_bytes(),
+            vec![0xff; 256 * 1024],
+        ];
+        let mut pipe = redis::pipe();
+        let mut sent = 0;
+        for channel in &channels {
+            for payload in &payloads {
+                for _ in 0..2 {
+                    pipe.cmd("PUBLISH").arg(channel).arg(payload).ignore();
+                    sent += 1;
+                }
+            }
+            for payload in &huge {
+                pipe.cmd("PUBLISH").arg(channel).arg(payload).ignore();
+                sent += 1;
+            }
+        }
+        // Classic pub/sub reaches every node of a Cluster from any one.
+        let mut conn = admin(&self.scan[0]).await;
+        let () = pipe.query_async(&mut conn).await.expect("PUBLISH");
+        sent
     }
 }
