@@ -266,7 +266,8 @@ mod tests {
 
     fn locked<B: Body>(body: B, guard: crate::LockGuard) -> LockBody<B> {
         let guard = Holding::One(guard);
-        LockBody::locked(body, guard, Hold::new(Duration::from_secs(600)), None)
+        let hold = Hold::new(Duration::from_secs(600), &guard);
+        LockBody::locked(body, guard, hold, None)
     }
 
     const TTL: Duration = Duration::from_secs(30);
