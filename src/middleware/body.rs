@@ -323,6 +323,44 @@ mod tests {
         drop(next);
     }
 
+    /// An endless body that never has to wait.
+    fn always_ready() -> impl Body<Data = Bytes, Error = std::io::Error> {
+        let chunks =
+            futures_util::stream::repeat_with(|| Ok(Frame::data(Bytes::from_static(b"x"))));
+        StreamBody::new(chunks)
+    }
+
+    fn rejection(error: BoxError) -> LockRejection {
+        *error.downcast::<LockRejection>().expect("a rejection")
+    }
+
+    #[tokio::test]
+    async fn an_always_ready_body_is_cut_at_its_first_poll_after_the_lease_is_over() {
+        let locker = Locker::in_memory();
+        let guard = locker.acquire("k", TTL).await.expect("lock");
+        let mut body = locked(always_ready(), guard);
+        body.frame().await.expect("frame").expect("data");
+        locker.release("k").await.expect("release");
+        let cut = body.frame().await.expect("frame").expect_err("cut");
+        assert!(matches!(rejection(cut), LockRejection::Lost { .. }));
+        assert!(!body.holds_lock());
+        assert!(body.frame().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn an_always_ready_body_is_cut_at_its_first_poll_past_max_hold() {
+        let locker = Locker::in_memory();
+        let guard = Holding::One(locker.acquire("k", TTL).await.expect("lock"));
+        let hold = Hold::new(Duration::from_millis(50), &guard);
+        let mut body = LockBody::locked(always_ready(), guard, hold, None);
+        body.frame().await.expect("frame").expect("data");
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        let cut = body.frame().await.expect("frame").expect_err("cut");
+        assert!(matches!(rejection(cut), LockRejection::HeldTooLong { .. }));
+        assert!(!body.holds_lock());
+        assert!(locker.try_lock("k", TTL).await.expect("try").is_some());
+    }
+
     #[tokio::test]
     async fn errors_release() {
         let locker = Locker::in_memory();

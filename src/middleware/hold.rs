@@ -133,3 +133,39 @@ pub(crate) fn poll_stop(
         false => hold.poll_ended(holding),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Locker, memory::MemoryBackend};
+
+    #[tokio::test]
+    async fn leases_renew_until_the_longest_hold_and_then_run_out() {
+        const TTL: Duration = Duration::from_millis(300);
+        const MAX_HOLD: Duration = Duration::from_millis(900);
+        let memory = MemoryBackend::new();
+        let mine = Locker::new(memory.clone()).auto_renew(true);
+        let other = Locker::new(memory);
+        let holding = Holding::One(mine.acquire("k", TTL).await.expect("lock"));
+        let start = Instant::now();
+        let mut hold = Hold::new(MAX_HOLD, &holding);
+        // Twice the ttl in: only renewal kept the lease.
+        tokio::time::sleep(2 * TTL).await;
+        assert!(other.try_lock("k", TTL).await.expect("try").is_none());
+        assert!(hold.poll_ended(&holding).is_pending());
+        // Nobody looks at the hold again: the lease runs out on its own.
+        let theirs = tokio::time::timeout_at(start + MAX_HOLD + TTL + TTL, async {
+            loop {
+                if let Some(guard) = other.try_lock("k", TTL).await.expect("try") {
+                    return guard;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("renewed past the longest hold");
+        assert!(holding.is_lost_at(Instant::now()));
+        assert!(hold.poll_ended(&holding).is_ready());
+        drop(theirs);
+    }
+}
