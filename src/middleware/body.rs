@@ -31,9 +31,12 @@ pin_project! {
     ///
     /// A body still streaming when its lease is lost, or when the layer's
     /// `max_hold` passes, ends with an error (a
-    /// [`LockRejection`](super::LockRejection)) and releases the key: hyper
-    /// then resets the stream or closes the connection, so the client
-    /// cannot mistake a cut body for a whole one.
+    /// [`LockRejection`](super::LockRejection)) at its next poll, however
+    /// ready the inner body is, and releases the key: hyper then resets the
+    /// stream or closes the connection, so the client cannot mistake a cut
+    /// body for a whole one. A body nobody polls (its client stopped
+    /// reading) keeps the key at most `max_hold` plus one ttl: the lease is
+    /// not renewed past `max_hold`.
     pub struct LockBody<B> {
         #[pin]
         kind: Kind<B>,
