@@ -151,6 +151,7 @@ impl Shared {
 
     /// One renewal, when it is due; schedules the next.
     async fn renew(self: Arc<Self>, record: Arc<Record>) {
+        // Due before its end was set (at the grant), or run late.
         if record.renews_past(Instant::now()) {
             return;
         }

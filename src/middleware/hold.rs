@@ -21,7 +21,8 @@ use super::{LockRejection, held::Holding};
 
 type Watch = Pin<Box<dyn Future<Output = Ended> + Send>>;
 
-/// A longest hold too long for the clock: about thirty years.
+/// What stands in for a longest hold past the clock's range: about
+/// thirty years.
 const FOREVER: Duration = Duration::from_secs(30 * 365 * 24 * 60 * 60);
 
 /// Watches one request's lease while its handler and body run.
