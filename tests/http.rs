@@ -964,6 +964,20 @@ async fn a_client_that_never_reads_keeps_the_key_at_most_max_hold_and_one_ttl() 
 }
 
 #[tokio::test]
+async fn a_max_hold_past_the_clocks_range_never_stops_a_request() {
+    let locker = Locker::in_memory();
+    let layer = LockLayer::new(locker.clone(), key::header("x-key")).max_hold(Duration::MAX);
+    let app = Router::new()
+        .route("/", post(|| async { "done" }))
+        .layer(layer);
+    let addr = serve(app).await;
+    let response = post_key(addr, "k").await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.text().await.expect("body"), "done");
+    eventually("the key is released", || locker.held_count() == 0).await;
+}
+
+#[tokio::test]
 async fn a_handler_past_max_hold_is_stopped_with_503() {
     let stops = Arc::new(Stops::default());
     let locker = Locker::in_memory();
