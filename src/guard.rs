@@ -3,7 +3,7 @@
 use std::{fmt, future::Future, sync::Arc, time::Duration};
 
 use smol_str::SmolStr;
-use tokio::runtime::Handle;
+use tokio::{runtime::Handle, time::Instant};
 
 use crate::{LockError, lease::Record, metrics::Started, owner::Owner};
 
@@ -116,6 +116,19 @@ impl LockGuard {
     /// [fence](Self::fence) where that matters.
     pub fn is_lost(&self) -> bool {
         self.parts.as_ref().is_none_or(|p| p.record.is_lost())
+    }
+
+    /// [`is_lost`](Self::is_lost) at `now`.
+    pub(crate) fn is_lost_at(&self, now: Instant) -> bool {
+        self.parts.as_ref().is_none_or(|p| p.record.is_lost_at(now))
+    }
+
+    /// Stops renewing the lease after `until` (see
+    /// [`Record::renew_until`]).
+    pub(crate) fn renew_until(&self, until: Instant) {
+        if let Some(p) = &self.parts {
+            p.record.renew_until(until);
+        }
     }
 
     /// Resolves when the lease is over: the store refused a renewal, the

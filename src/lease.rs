@@ -91,6 +91,10 @@ struct Busy {
     changed: Notify,
     /// Where the lease waits in the renewal schedule, if it does.
     renewal: Mutex<Option<RenewalSlot>>,
+    /// Set when renewal must stop at an instant (a request's longest
+    /// hold): its holder may stop looking, so the lease must run out on its
+    /// own.
+    renews_until: OnceLock<Instant>,
 }
 
 const IDLE: u8 = 0;
@@ -211,6 +215,12 @@ impl Record {
     /// Over, or past the holder's deadline.
     pub(crate) fn is_lost(&self) -> bool {
         self.is_over() || self.remaining().is_zero()
+    }
+
+    /// [`is_lost`](Self::is_lost) at `now`, for a caller that checks
+    /// several things against one reading of the clock.
+    pub(crate) fn is_lost_at(&self, now: Instant) -> bool {
+        self.is_over() || *crate::sync::lock(&self.deadline) <= now
     }
 
     /// Marks the lease as no longer to be counted on.
@@ -399,6 +409,26 @@ impl Record {
         }
         *current = Some(slot);
         true
+    }
+
+    /// Renews the lease no more after `until`, whoever holds it: the lease
+    /// then runs out one ttl after its last renewal at the latest. Only the
+    /// first end set counts; a lease that does not renew has none to set.
+    pub(crate) fn renew_until(&self, until: Instant) {
+        // Scheduled at the grant, before the holder can get here: a lease
+        // not marked now never renews.
+        if self.renews.load(Ordering::SeqCst) {
+            let _ = self.busy().renews_until.set(until);
+        }
+    }
+
+    /// Whether renewing at `at` would go past the end set by
+    /// [`renew_until`](Self::renew_until).
+    pub(crate) fn renews_past(&self, at: Instant) -> bool {
+        self.busy
+            .get()
+            .and_then(|busy| busy.renews_until.get())
+            .is_some_and(|until| at > *until)
     }
 
     /// Takes the lease's place in the renewal schedule, if it has one.

@@ -7,6 +7,10 @@
 //! entry in a time-ordered map, removed again at release. The scheduler
 //! sleeps until the earliest entry is due and is woken only when a new entry
 //! is due before that; each due renewal runs as a task of its own.
+//!
+//! A lease may have an end to its renewal (a request's longest hold, whose
+//! holder may never look at the lease again): the scheduler renews it no
+//! more after that instant and lets it run out, with no timer of its own.
 
 use std::{
     collections::BTreeMap,
@@ -147,6 +151,10 @@ impl Shared {
 
     /// One renewal, when it is due; schedules the next.
     async fn renew(self: Arc<Self>, record: Arc<Record>) {
+        // Due before its end was set (at the grant), or run late.
+        if record.renews_past(Instant::now()) {
+            return;
+        }
         let every = record.renew_every();
         let extended = record.extend(&*self.backend, record.ttl()).await;
         // Released meanwhile is no failure.
@@ -168,6 +176,9 @@ impl Shared {
                 Instant::now() + (every.min(left) / 2).max(RETRY_MIN)
             }
         };
+        if record.renews_past(next) {
+            return;
+        }
         self.insert(&record, next);
     }
 }

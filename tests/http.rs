@@ -12,7 +12,7 @@ use std::{
     net::SocketAddr,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -830,6 +830,151 @@ async fn a_body_held_past_max_hold_is_cut_and_the_key_released() {
         "a cut body read as whole"
     );
     drop(tx);
+}
+
+/// An endless body that is always ready (an export from memory, a file in
+/// the page cache): 16 KiB chunks, counted as they are made.
+fn endless_body(made: Arc<AtomicUsize>) -> Body {
+    static CHUNK: [u8; 16 * 1024] = [b'x'; 16 * 1024];
+    Body::from_stream(futures_util::stream::repeat_with(move || {
+        made.fetch_add(1, Ordering::SeqCst);
+        Ok::<_, std::io::Error>(Bytes::from_static(&CHUNK))
+    }))
+}
+
+/// Serves [`endless_body`] on `GET /` behind `layer`.
+async fn endless_app(layer: LockLayer<key::Header>, made: Arc<AtomicUsize>) -> SocketAddr {
+    let handler = move || {
+        let made = made.clone();
+        async move { endless_body(made) }
+    };
+    serve(Router::new().route("/", get(handler)).layer(layer)).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_always_ready_body_is_cut_once_its_lease_is_lost() {
+    // What may still arrive once the key has passed on: what the sockets
+    // and the client's buffers held when the body was cut. An uncut body
+    // sends that many bytes on loopback in a few milliseconds.
+    const IN_FLIGHT: u64 = 16 << 20;
+    let memory = tower_lock::memory::MemoryBackend::new();
+    // Renewals never answer: the request counts its lease lost at 270 ms,
+    // and the store frees the key at 300 ms.
+    let locker = Locker::new(StalledRenewals(memory.clone()));
+    let other = Locker::new(memory);
+    let layer =
+        LockLayer::new(locker.clone(), key::header("x-key")).ttl(Duration::from_millis(300));
+    let made = Arc::new(AtomicUsize::new(0));
+    let addr = endless_app(layer, made.clone()).await;
+    let mut response = client()
+        .get(format!("http://{addr}/"))
+        .header("x-key", "k")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), StatusCode::OK);
+    let received = Arc::new(AtomicU64::new(0));
+    let reader = tokio::spawn({
+        let received = received.clone();
+        async move {
+            loop {
+                match response.chunk().await {
+                    Ok(Some(chunk)) => received.fetch_add(chunk.len() as u64, Ordering::SeqCst),
+                    Ok(None) => return Ok(()),
+                    Err(cut) => return Err(cut),
+                };
+            }
+        }
+    });
+    let theirs = tokio::time::timeout(LIVENESS, other.acquire("k", TTL))
+        .await
+        .expect("the key never passed on")
+        .expect("acquire");
+    let (made_then, received_then) = (made.load(Ordering::SeqCst), received.load(Ordering::SeqCst));
+    let ended = tokio::time::timeout(Duration::from_secs(2), reader).await;
+    let received_after = received.load(Ordering::SeqCst) - received_then;
+    let made_after = made.load(Ordering::SeqCst) - made_then;
+    let Ok(ended) = ended else {
+        panic!(
+            "still streaming 2 s after another locker took the key: {received_after} bytes since, {made_after} chunks made"
+        );
+    };
+    assert!(ended.expect("reader").is_err(), "a cut body read as whole");
+    assert_eq!(
+        made_after, 0,
+        "chunks made while another locker held the key"
+    );
+    assert!(
+        received_after <= IN_FLIGHT,
+        "{received_after} bytes arrived after another locker took the key"
+    );
+    assert!(!theirs.is_lost());
+    eventually("the lease is given back", || locker.held_count() == 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_keeps_the_key_at_most_max_hold_and_one_ttl() {
+    const MAX_HOLD: Duration = Duration::from_millis(400);
+    const LEASE: Duration = Duration::from_millis(400);
+    const MARGIN: Duration = Duration::from_millis(600);
+    let memory = tower_lock::memory::MemoryBackend::new();
+    let (locker, other) = (Locker::new(memory.clone()), Locker::new(memory));
+    let layer = LockLayer::new(locker.clone(), key::header("x-key"))
+        .ttl(LEASE)
+        .max_hold(MAX_HOLD);
+    let made = Arc::new(AtomicUsize::new(0));
+    let addr = endless_app(layer, made.clone()).await;
+    let start = tokio::time::Instant::now();
+    let mut connection = TcpStream::connect(addr).await.expect("connect");
+    connection
+        .write_all(b"GET / HTTP/1.1\r\nhost: test\r\nx-key: k\r\n\r\n")
+        .await
+        .expect("write");
+    eventually("the body streams", || made.load(Ordering::SeqCst) > 0).await;
+    assert!(
+        other.try_lock("k", TTL).await.expect("try").is_none(),
+        "the request does not hold its key"
+    );
+    // The client reads nothing: once the sockets are full, hyper polls the
+    // body no more, and only the lease running out frees the key.
+    let freed = tokio::time::timeout_at(start + MAX_HOLD + LEASE + MARGIN, async {
+        loop {
+            if let Some(guard) = other.try_lock("k", TTL).await.expect("try") {
+                return guard;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("a client that never reads kept the key past max_hold plus one ttl");
+    assert_eq!(
+        locker.held_count(),
+        1,
+        "the body was polled and released: the lease did not run out on its own"
+    );
+    // Read again, the body is cut at its next poll and the connection ends.
+    let mut sink = vec![0u8; 64 * 1024];
+    let drained = tokio::time::timeout(LIVENESS, async {
+        while let Ok(1..) = connection.read(&mut sink).await {}
+    })
+    .await;
+    assert!(drained.is_ok(), "the body was not cut once read again");
+    eventually("the lease is given back", || locker.held_count() == 0).await;
+    assert!(!freed.is_lost());
+}
+
+#[tokio::test]
+async fn a_max_hold_past_the_clocks_range_never_stops_a_request() {
+    let locker = Locker::in_memory();
+    let layer = LockLayer::new(locker.clone(), key::header("x-key")).max_hold(Duration::MAX);
+    let app = Router::new()
+        .route("/", post(|| async { "done" }))
+        .layer(layer);
+    let addr = serve(app).await;
+    let response = post_key(addr, "k").await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.text().await.expect("body"), "done");
+    eventually("the key is released", || locker.held_count() == 0).await;
 }
 
 #[tokio::test]

@@ -31,9 +31,12 @@ pin_project! {
     ///
     /// A body still streaming when its lease is lost, or when the layer's
     /// `max_hold` passes, ends with an error (a
-    /// [`LockRejection`](super::LockRejection)) and releases the key: hyper
-    /// then resets the stream or closes the connection, so the client
-    /// cannot mistake a cut body for a whole one.
+    /// [`LockRejection`](super::LockRejection)) at its next poll, however
+    /// ready the inner body is, and releases the key: hyper then resets the
+    /// stream or closes the connection, so the client cannot mistake a cut
+    /// body for a whole one. A body nobody polls (its client stopped
+    /// reading) keeps the key at most `max_hold` plus one ttl: the lease is
+    /// not renewed past `max_hold`.
     pub struct LockBody<B> {
         #[pin]
         kind: Kind<B>,
@@ -266,7 +269,8 @@ mod tests {
 
     fn locked<B: Body>(body: B, guard: crate::LockGuard) -> LockBody<B> {
         let guard = Holding::One(guard);
-        LockBody::locked(body, guard, Hold::new(Duration::from_secs(600)), None)
+        let hold = Hold::new(Duration::from_secs(600), &guard);
+        LockBody::locked(body, guard, hold, None)
     }
 
     const TTL: Duration = Duration::from_secs(30);
@@ -320,6 +324,44 @@ mod tests {
             .expect("a dropped body releases")
             .expect("lock");
         drop(next);
+    }
+
+    /// An endless body that never has to wait.
+    fn always_ready() -> impl Body<Data = Bytes, Error = std::io::Error> {
+        let chunks =
+            futures_util::stream::repeat_with(|| Ok(Frame::data(Bytes::from_static(b"x"))));
+        StreamBody::new(chunks)
+    }
+
+    fn rejection(error: BoxError) -> LockRejection {
+        *error.downcast::<LockRejection>().expect("a rejection")
+    }
+
+    #[tokio::test]
+    async fn an_always_ready_body_is_cut_at_its_first_poll_after_the_lease_is_over() {
+        let locker = Locker::in_memory();
+        let guard = locker.acquire("k", TTL).await.expect("lock");
+        let mut body = locked(always_ready(), guard);
+        body.frame().await.expect("frame").expect("data");
+        locker.release("k").await.expect("release");
+        let cut = body.frame().await.expect("frame").expect_err("cut");
+        assert!(matches!(rejection(cut), LockRejection::Lost { .. }));
+        assert!(!body.holds_lock());
+        assert!(body.frame().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn an_always_ready_body_is_cut_at_its_first_poll_past_max_hold() {
+        let locker = Locker::in_memory();
+        let guard = Holding::One(locker.acquire("k", TTL).await.expect("lock"));
+        let hold = Hold::new(Duration::from_millis(50), &guard);
+        let mut body = LockBody::locked(always_ready(), guard, hold, None);
+        body.frame().await.expect("frame").expect("data");
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        let cut = body.frame().await.expect("frame").expect_err("cut");
+        assert!(matches!(rejection(cut), LockRejection::HeldTooLong { .. }));
+        assert!(!body.holds_lock());
+        assert!(locker.try_lock("k", TTL).await.expect("try").is_some());
     }
 
     #[tokio::test]

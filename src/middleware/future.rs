@@ -206,7 +206,7 @@ where
                             panic!("ResponseFuture polled after completion");
                         };
                         request.extensions_mut().insert(HeldLock::new(&guard));
-                        let hold = Hold::new(*this.max_hold);
+                        let hold = Hold::new(*this.max_hold, &guard);
                         state.set(State::Readying {
                             service,
                             request: Some(request),

@@ -4,6 +4,7 @@
 use std::{fmt, future::Future, sync::Arc};
 
 use smol_str::SmolStr;
+use tokio::time::Instant;
 
 use crate::{LockGuard, LockSet, lease::Record};
 
@@ -159,6 +160,25 @@ impl Holding {
         match self {
             Holding::One(guard) => guard.fence(),
             Holding::Set(set) => set.fences().next().map_or(0, |(_, fence)| fence),
+        }
+    }
+
+    /// Whether any lease held is over at `now`.
+    pub(crate) fn is_lost_at(&self, now: Instant) -> bool {
+        self.guards().iter().any(|guard| guard.is_lost_at(now))
+    }
+
+    /// Renews no lease held after `until`.
+    pub(crate) fn renew_until(&self, until: Instant) {
+        for guard in self.guards() {
+            guard.renew_until(until);
+        }
+    }
+
+    fn guards(&self) -> &[LockGuard] {
+        match self {
+            Holding::One(guard) => std::slice::from_ref(guard),
+            Holding::Set(set) => set.guards(),
         }
     }
 

@@ -1,8 +1,12 @@
 //! How long a request may keep its lock: until its lease is lost, or its
 //! longest hold has passed, whichever comes first.
 //!
-//! The watch is armed only once the handler or the body has to wait: a
-//! request that is answered in one go never arms a timer.
+//! Both are checked on every poll of what runs under the lock: a body that
+//! is always ready never waits, so a watch alone would never see them. The
+//! watch that wakes a waiting handler or body is armed only once it has to
+//! wait: a request that is answered in one go never arms a timer. And since
+//! nothing may poll at all (hyper stops polling the body of a client that
+//! does not read), the lease is renewed no longer than the longest hold.
 
 use std::{
     future::Future,
@@ -16,6 +20,10 @@ use tokio::time::Instant;
 use super::{LockRejection, held::Holding};
 
 type Watch = Pin<Box<dyn Future<Output = Ended> + Send>>;
+
+/// What stands in for a longest hold past the clock's range: about
+/// thirty years.
+const FOREVER: Duration = Duration::from_secs(30 * 365 * 24 * 60 * 60);
 
 /// Watches one request's lease while its handler and body run.
 pub(crate) struct Hold {
@@ -32,29 +40,31 @@ enum Ended {
 }
 
 impl Hold {
-    /// The hold of a lock taken just now.
-    pub(crate) fn new(max_hold: Duration) -> Self {
+    /// The hold of what `holding` took just now: its leases renew until
+    /// `max_hold` from now, and no longer.
+    pub(crate) fn new(max_hold: Duration, holding: &Holding) -> Self {
+        let now = Instant::now();
+        let deadline = now.checked_add(max_hold).unwrap_or_else(|| now + FOREVER);
+        holding.renew_until(deadline);
         Hold {
-            deadline: Instant::now() + max_hold,
+            deadline,
             max_hold,
             watch: None,
         }
     }
 
     /// Before polling what runs under `holding`: ready once the request
-    /// must stop, if the watch is armed.
-    pub(crate) fn poll_ended(
-        &mut self,
-        holding: &Holding,
-        cx: &mut Context<'_>,
-    ) -> Poll<LockRejection> {
-        match self.watch.as_mut() {
-            Some(watch) => watch
-                .as_mut()
-                .poll(cx)
-                .map(|ended| self.rejection(holding, ended)),
-            None => Poll::Pending,
-        }
+    /// must stop.
+    pub(crate) fn poll_ended(&mut self, holding: &Holding) -> Poll<LockRejection> {
+        let now = Instant::now();
+        let ended = if holding.is_lost_at(now) {
+            Ended::Lost
+        } else if now >= self.deadline {
+            Ended::HeldTooLong
+        } else {
+            return Poll::Pending;
+        };
+        Poll::Ready(self.rejection(holding, ended))
     }
 
     /// After what runs under `holding` said it has to wait: arms the watch
@@ -64,17 +74,19 @@ impl Hold {
         holding: &Holding,
         cx: &mut Context<'_>,
     ) -> Poll<LockRejection> {
-        if self.watch.is_none() {
-            let (lost, deadline) = (holding.lost(), self.deadline);
-            self.watch = Some(Box::pin(async move {
+        let deadline = self.deadline;
+        let watch = self.watch.get_or_insert_with(|| {
+            let lost = holding.lost();
+            Box::pin(async move {
                 tokio::select! {
                     biased;
                     () = lost => Ended::Lost,
                     () = tokio::time::sleep_until(deadline) => Ended::HeldTooLong,
                 }
-            }));
-        }
-        self.poll_ended(holding, cx)
+            })
+        });
+        let ended = std::task::ready!(watch.as_mut().poll(cx));
+        Poll::Ready(self.rejection(holding, ended))
     }
 
     /// Why the request stops; logged here, with the key and fence.
@@ -119,6 +131,42 @@ pub(crate) fn poll_stop(
     };
     match arm {
         true => hold.poll_armed(holding, cx),
-        false => hold.poll_ended(holding, cx),
+        false => hold.poll_ended(holding),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Locker, memory::MemoryBackend};
+
+    #[tokio::test]
+    async fn leases_renew_until_the_longest_hold_and_then_run_out() {
+        const TTL: Duration = Duration::from_millis(300);
+        const MAX_HOLD: Duration = Duration::from_millis(900);
+        let memory = MemoryBackend::new();
+        let mine = Locker::new(memory.clone()).auto_renew(true);
+        let other = Locker::new(memory);
+        let holding = Holding::One(mine.acquire("k", TTL).await.expect("lock"));
+        let start = Instant::now();
+        let mut hold = Hold::new(MAX_HOLD, &holding);
+        // Twice the ttl in: only renewal kept the lease.
+        tokio::time::sleep(2 * TTL).await;
+        assert!(other.try_lock("k", TTL).await.expect("try").is_none());
+        assert!(hold.poll_ended(&holding).is_pending());
+        // Nobody looks at the hold again: the lease runs out on its own.
+        let theirs = tokio::time::timeout_at(start + MAX_HOLD + TTL + TTL, async {
+            loop {
+                if let Some(guard) = other.try_lock("k", TTL).await.expect("try") {
+                    return guard;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("renewed past the longest hold");
+        assert!(holding.is_lost_at(Instant::now()));
+        assert!(hold.poll_ended(&holding).is_ready());
+        drop(theirs);
     }
 }

@@ -64,7 +64,7 @@ pub(crate) type RejectionHook = Arc<dyn Fn(LockRejection) -> Response<Refusal> +
 /// | has a key extractor that cannot work where the layer is (a path parameter outside routing) | `500`, and an error log once per layer |
 /// | waits past [`wait_timeout`](Self::wait_timeout) | `423` (or [`busy_status`](Self::busy_status)), with `Retry-After` |
 /// | finds the store unreachable | `503` |
-/// | loses its lease while it runs, or holds its key past [`max_hold`](Self::max_hold) | the handler is dropped (it stops at its next await): `503` before the response head; after it, the body ends with an error |
+/// | loses its lease while it runs, or holds its key past [`max_hold`](Self::max_hold) | the handler is dropped (it stops at its next await): `503` before the response head; after it, the body ends with an error at its next poll |
 ///
 /// Methods outside [`methods`](Self::methods), when set, pass through
 /// unlocked, by that explicit choice.
@@ -259,9 +259,15 @@ impl<K> LockLayer<K> {
 
     /// The longest a request, its handler and its response body together,
     /// holds its key. Default: 2 minutes ([`DEFAULT_MAX_HOLD`]). Past it
-    /// the handler is stopped (`503`) or the body cut, and the key is
-    /// released, so a client that stops reading a streamed response cannot
-    /// keep the key for as long as its connection lives.
+    /// the handler is stopped (`503`), or the body is cut at its next poll
+    /// however ready it is, and the key is released.
+    ///
+    /// The request's lease is not renewed past `max_hold` either, so a body
+    /// that nobody polls (hyper stops polling the body of a client that
+    /// does not read) keeps the key at most `max_hold` plus one
+    /// [`ttl`](Self::ttl), when the lease runs out in the store: a client
+    /// that stops reading cannot keep the key for as long as its connection
+    /// lives.
     ///
     /// # Panics
     ///
@@ -413,9 +419,9 @@ impl<K> LockLayer<K> {
     ///
     /// # Warning
     ///
-    /// With renewal on, a handler that hangs holds its key until it returns
-    /// or its client goes away. Bound handlers with a timeout layer inside
-    /// this one.
+    /// With renewal on, a handler that hangs holds its key until it returns,
+    /// its client goes away or [`max_hold`](Self::max_hold) passes. Bound
+    /// handlers more tightly with a timeout layer inside this one.
     pub fn auto_renew(mut self, enabled: bool) -> Self {
         self.config.auto_renew = enabled;
         self

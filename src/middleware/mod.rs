@@ -13,8 +13,9 @@
 //!   request holds none of the inner service's capacity: its readiness is
 //!   awaited only once the lock is held.
 //! - **Lease**: renewed while the request runs
-//!   ([`auto_renew`](LockLayer::auto_renew)), so a slow handler keeps its
-//!   lock; a crashed replica's locks end after the [`ttl`](LockLayer::ttl).
+//!   ([`auto_renew`](LockLayer::auto_renew)) up to
+//!   [`max_hold`](LockLayer::max_hold), so a slow handler keeps its lock; a
+//!   crashed replica's locks end after the [`ttl`](LockLayer::ttl).
 //! - **Cancellation**: a client that disconnects while its request waits
 //!   leaves no lock and no waiter behind. A handler that panics (behind
 //!   tower-http's `CatchPanicLayer`) releases its lock.
@@ -35,7 +36,7 @@
 //!   or a request holding its key past [`max_hold`](LockLayer::max_hold)
 //!   (2 minutes by default): the handler's future is dropped and the client
 //!   gets `503`, or, once the response head is out, the body ends with an
-//!   error. A warning is logged with the key and fence.
+//!   error at its next poll. A warning is logged with the key and fence.
 //!
 //! Only methods left out by [`methods`](LockLayer::methods) pass through by
 //! design. What remains: a lock deleted from under a live lease is noticed
