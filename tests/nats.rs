@@ -1031,3 +1031,134 @@ async fn shared_and_counted_leases_are_refused_on_a_bucket_that_forbids_deletes(
 }
 
 const LONG: Duration = Duration::from_secs(30);
+
+/// Two tasks of one backend take one key in turn, one as a writer and one
+/// as a reader: every switch between kinds is a wake-up, not a backoff step.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_and_writers_of_one_backend_hand_over_by_wake_up() {
+    let server = nats::server();
+    let locker = Locker::new(backend(server.port).await);
+    let turns = Arc::new(tokio::sync::Mutex::new(0u32));
+    let started = Instant::now();
+    let tasks: Vec<_> = [false, true]
+        .into_iter()
+        .map(|shared| {
+            let (locker, turns) = (locker.clone(), turns.clone());
+            tokio::spawn(async move {
+                for _ in 0..20 {
+                    let ttl = Duration::from_secs(30);
+                    let guard = if shared {
+                        locker.acquire_shared("k", ttl).await
+                    } else {
+                        locker.acquire("k", ttl).await
+                    };
+                    let guard = guard.expect("acquire");
+                    *turns.lock().await += 1;
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    guard.release().await.expect("release");
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("task");
+    }
+    let took = started.elapsed();
+    eprintln!("40 sections in {took:?}");
+    assert!(took < Duration::from_secs(2), "40 sections took {took:?}");
+}
+
+/// Takes `key` straight from `backend`'s store, for the tests that need the
+/// lease itself.
+async fn take(backend: &NatsBackend, key: &str) -> tower_lock::backend::Lease {
+    use tower_lock::backend::{AcquireRequest, Attempt, Backend, Lease, LeaseKind, Token};
+    let token = Token::new();
+    let request = AcquireRequest::new(key, token, Duration::from_secs(30));
+    match backend.try_acquire(&request).await.expect("try") {
+        Attempt::Acquired { fence, revision } => Lease {
+            token,
+            fence,
+            revision,
+            kind: LeaseKind::Exclusive,
+        },
+        other => panic!("{key:?} is free, yet: {other:?}"),
+    }
+}
+
+/// Deletes the bucket's stream, and opens a new backend, which creates it
+/// again: its sequences start at 1 again.
+async fn recreate_bucket(port: u16) -> NatsBackend {
+    let js = async_nats::jetstream::new(nats::connect(&[port]).await);
+    js.delete_stream(format!("KV_{BUCKET}"))
+        .await
+        .expect("delete the bucket");
+    backend(port).await
+}
+
+/// A holder from before a re-creation of the bucket releases its key `a`
+/// at its revision, where the new bucket holds `b`'s lease: `b` keeps it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_across_a_re_creation_spares_another_keys_lease() {
+    use tower_lock::backend::Backend;
+    let server = nats::server();
+    let old = backend(server.port).await;
+    let a = take(&old, "a").await;
+    let new = recreate_bucket(server.port).await;
+    let b = take(&new, "b").await;
+    assert_eq!(
+        a.revision, b.revision,
+        "both are their stream's first message"
+    );
+    assert!(
+        !old.release("a", &a).await.expect("release"),
+        "the old holder's release reported that it released something"
+    );
+    let holding = new.holder("b").await.expect("holder").expect("b is held");
+    assert_eq!(holding.token, b.token, "b's lease was deleted");
+    let third = Locker::new(backend(server.port).await);
+    assert!(
+        third
+            .try_lock("b", Duration::from_secs(30))
+            .await
+            .expect("try")
+            .is_none(),
+        "a third locker took b while its holder held it"
+    );
+    assert!(new.release("b", &b).await.expect("release"));
+}
+
+/// A holder from before a re-creation renews its key, which a new holder
+/// took in the new bucket at the same revision: the old one has lost, and
+/// the new one keeps its lease untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_across_a_re_creation_at_the_same_revision_is_lost() {
+    use tower_lock::backend::Backend;
+    let server = nats::server();
+    let old = backend(server.port).await;
+    let before = take(&old, "k").await;
+    let new = recreate_bucket(server.port).await;
+    let after = take(&new, "k").await;
+    assert_eq!(
+        before.revision, after.revision,
+        "both are their stream's first message"
+    );
+    assert_eq!(
+        old.extend("k", &before, Duration::from_secs(30))
+            .await
+            .expect("extend"),
+        None,
+        "the old holder's renewal took the new holder's lease"
+    );
+    let holding = new.holder("k").await.expect("holder").expect("k is held");
+    assert_eq!((holding.token, holding.fence), (after.token, after.fence));
+    let renewed = new
+        .extend("k", &after, Duration::from_secs(30))
+        .await
+        .expect("extend");
+    let revision = renewed.expect("the new holder's lease still renews");
+    assert!(
+        new.release("k", &tower_lock::backend::Lease { revision, ..after })
+            .await
+            .expect("release")
+    );
+}

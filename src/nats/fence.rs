@@ -61,7 +61,6 @@ impl Fences {
         }
     }
 
-    /// The fence of a lease written at `revision`.
     /// Notes a revision of the stream, written or watched: sequences of
     /// one stream only grow, so a lower one than seen before is a new
     /// stream.
@@ -71,8 +70,28 @@ impl Fences {
         }
     }
 
+    /// The fence of a lease written at `revision`.
     pub(crate) async fn fence(&self, stream: &Stream, revision: u64) -> Result<u64, LockError> {
         self.saw(revision);
+        self.refresh(stream, revision).await?;
+        Ok(self.of(revision))
+    }
+
+    /// The creation time of the stream, read again first if it may have
+    /// been created again since it was last read: what a write on a
+    /// holder's behalf proves it is still the holder's stream by.
+    pub(crate) async fn created(&self, stream: &Stream) -> Result<u64, LockError> {
+        self.refresh(stream, 0).await?;
+        Ok(self.base())
+    }
+
+    /// The creation time of the stream as last read.
+    pub(crate) fn base(&self) -> u64 {
+        self.created.load(Ordering::Acquire)
+    }
+
+    /// Reads the stream's creation time again if it is suspect.
+    async fn refresh(&self, stream: &Stream, revision: u64) -> Result<(), LockError> {
         if self.suspect.swap(false, Ordering::AcqRel) {
             let info = match stream.get_info().await {
                 Ok(info) => info,
@@ -88,23 +107,23 @@ impl Fences {
             self.highest
                 .store(info.state.last_sequence.max(revision), Ordering::Release);
         }
-        Ok(self.of(revision))
+        Ok(())
     }
 
     /// The fence of the lease at `revision`, as far as this backend knows
     /// the stream (for reports of who holds a key, which grant nothing).
     pub(crate) fn of(&self, revision: u64) -> u64 {
-        self.created.load(Ordering::Acquire) + revision
+        self.base() + revision
     }
 
-    /// The stream may have been deleted and created again (its watch
-    /// failed): read its creation time again before the next fence.
     /// How long `request` must wait, after the stream was found new (see
     /// `StateLoss::holds_back`).
     pub(crate) fn holds_back(&self, request: &AcquireRequest<'_>) -> Option<Duration> {
         self.loss.holds_back(request)
     }
 
+    /// The stream may have been deleted and created again (its watch
+    /// failed): read its creation time again before the next fence.
     pub(crate) fn suspect(&self) {
         self.suspect.store(true, Ordering::Release);
     }

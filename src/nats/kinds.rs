@@ -61,14 +61,9 @@ pub(super) struct Claims {
 enum Claim {
     /// On its way to the server; `cancelled` once its waiters were served
     /// or gave up meanwhile, so that its writer removes it at once.
-    Writing {
-        cancelled: bool,
-        at: Instant,
-    },
-    Written {
-        revision: u64,
-        at: Instant,
-    },
+    Writing { cancelled: bool, at: Instant },
+    /// Written with `token`, the one its removal must find there.
+    Written { token: Token, at: Instant },
 }
 
 impl Claims {
@@ -99,16 +94,16 @@ impl Claims {
         true
     }
 
-    /// The claim of `key` was written at `revision`: `false` when it is no
+    /// The claim of `key` was written with `token`: `false` when it is no
     /// longer wanted and must be removed.
-    fn written(&self, key: &str, revision: u64) -> bool {
+    fn written(&self, key: &str, token: Token) -> bool {
         let mut claims = self.lock();
         match claims.get(key).copied() {
             Some(Claim::Writing {
                 cancelled: false,
                 at,
             }) => {
-                claims.insert(key.to_owned(), Claim::Written { revision, at });
+                claims.insert(key.to_owned(), Claim::Written { token, at });
                 true
             }
             Some(Claim::Writing {
@@ -121,19 +116,19 @@ impl Claims {
         }
     }
 
-    /// Ends the claim of `key`: its revision when it is written, for its
+    /// Ends the claim of `key`: its token when it is written, for its
     /// removal; one still being written is removed by its writer.
-    fn take(&self, key: &str) -> Option<u64> {
+    fn take(&self, key: &str) -> Option<Token> {
         let mut claims = self.lock();
         match claims.get_mut(key) {
             Some(Claim::Writing { cancelled, .. }) => {
                 *cancelled = true;
                 None
             }
-            Some(Claim::Written { revision, .. }) => {
-                let revision = *revision;
+            Some(Claim::Written { token, .. }) => {
+                let token = *token;
                 claims.remove(key);
-                Some(revision)
+                Some(token)
             }
             None => None,
         }
@@ -199,7 +194,7 @@ impl NatsBackend {
         match self
             .inner
             .seen
-            .judge(&stored.key, stored.revision, lease.ttl)
+            .judge(&stored.key, stored.revision, lease.token, lease.ttl)
         {
             Verdict::Running(left) => Ok(Holder::Running(Some(left))),
             Verdict::Expired => {
@@ -258,11 +253,10 @@ impl NatsBackend {
         request: &AcquireRequest<'_>,
         key: &str,
         entry: &str,
-        revision: u64,
     ) -> Result<(), LockError> {
-        if self.remove(revision).await?.is_ok() {
-            self.inner.seen.forget(entry);
-        }
+        // Proven ours first: a re-created bucket may hold somebody else's
+        // entry at the revision our write got.
+        self.remove_held(entry, request.token).await?;
         if !request.waiting {
             self.announce(key, false).await;
         }
@@ -285,12 +279,13 @@ impl NatsBackend {
     /// Removed in the background: the grant need not wait for it, and the
     /// key is held meanwhile anyway.
     pub(super) fn end_claim(&self, key: &str) {
-        let Some(revision) = self.inner.claims.take(key) else {
+        let Some(token) = self.inner.claims.take(key) else {
             return;
         };
         let (backend, key) = (self.clone(), key.to_owned());
         self.in_background(async move {
-            match backend.remove(revision).await {
+            // Another writer's claim in its place stands.
+            match backend.remove_held(&key::claim(&key), token).await {
                 Ok(_) => backend.inner.seen.forget(&key::claim(&key)),
                 Err(err) => tracing::debug!(%key, error = %err, "claim not removed; it lapses"),
             }
@@ -328,11 +323,11 @@ impl NatsBackend {
         }
         .encode();
         match self.inner.store.put(key::claim(key), value).await {
-            Ok(revision) => {
+            Ok(_) => {
                 // Its waiters may have been served or have given up while
                 // it was on its way.
-                if !self.inner.claims.written(key, revision) {
-                    if let Ok(Ok(())) = self.remove(revision).await {
+                if !self.inner.claims.written(key, token) {
+                    if let Ok(true) = self.remove_held(&key::claim(key), token).await {
                         self.announce(key, false).await;
                     }
                     return;
@@ -349,14 +344,14 @@ impl NatsBackend {
         if self.inner.wakeups.is_watched(key) {
             return;
         }
-        let Some(revision) = self.inner.claims.take(key) else {
+        let Some(token) = self.inner.claims.take(key) else {
             return;
         };
         let (backend, key) = (self.clone(), key.to_owned());
         self.in_background(async move {
-            match backend.remove(revision).await {
-                Ok(Ok(())) => backend.announce(&key, false).await,
-                Ok(Err(Conflict)) => {}
+            match backend.remove_held(&key::claim(&key), token).await {
+                Ok(true) => backend.announce(&key, false).await,
+                Ok(false) => {}
                 Err(err) => tracing::debug!(%key, error = %err, "claim not removed; it lapses"),
             }
         });
@@ -388,7 +383,7 @@ impl NatsBackend {
             self.first_live(&slots),
         )?;
         if let Holder::Running(remaining) = writer.and(claimed).and(counted) {
-            self.withdraw(request, &key, &entry, revision).await?;
+            self.withdraw(request, &key, &entry).await?;
             return Ok(Attempt::Busy { remaining });
         }
         self.granted(&entry, request, sent_at + request.ttl, revision, None)
@@ -513,11 +508,11 @@ impl NatsBackend {
             })
             .collect();
         if let Err(err) = self.refuse_mismatch(request.key, permits, &others).await {
-            self.withdraw(request, key, entry, revision).await?;
+            self.withdraw(request, key, entry).await?;
             return Err(err);
         }
         if let Holder::Running(remaining) = writer.and(shared) {
-            self.withdraw(request, key, entry, revision).await?;
+            self.withdraw(request, key, entry).await?;
             return Ok(Attempt::Busy { remaining });
         }
         self.granted(entry, request, sent_at + request.ttl, revision, None)

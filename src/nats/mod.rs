@@ -605,30 +605,50 @@ impl NatsBackend {
         store.entry(key).await.map_err(LockError::unavailable)
     }
 
-    /// The key's current entry: `Some(revision)` when it still carries
-    /// `token`'s lease.
-    async fn revision_held_by(&self, key: &str, token: Token) -> Result<Option<u64>, LockError> {
-        Ok(self.entry(key).await?.and_then(|entry| {
-            let ours = entry.operation == Operation::Put
-                && LeaseValue::decode(&entry.value).is_some_and(|lease| lease.token == token);
-            ours.then_some(entry.revision)
+    /// The revision of `key`'s last message when it carries `token`'s
+    /// lease, as the stream leader has it: the proof every delete and
+    /// compare-and-set of a lease makes first. A stream sequence or a
+    /// revision alone proves nothing: a re-created bucket numbers from 1
+    /// again, and anyone watching the bucket sees them.
+    async fn held_by(&self, key: &str, token: Token) -> Result<Option<u64>, LockError> {
+        let stored = self.inner.leader.last(key).await?;
+        Ok(stored.and_then(|stored| {
+            self.inner.fences.saw(stored.revision);
+            let ours = !stored.marker
+                && LeaseValue::decode(&stored.value).is_some_and(|lease| lease.token == token);
+            ours.then_some(stored.revision)
         }))
     }
 
-    /// Frees `key` held at `revision`; `Conflict` when that lease is no
-    /// longer stored.
-    async fn free(&self, key: &str, revision: u64) -> Result<Result<(), Conflict>, LockError> {
-        if self.inner.exact_delete {
-            let removed = self.remove(revision).await?;
-            if removed.is_ok() {
-                // What this backend saw of the key is over.
-                self.inner.seen.forget(key);
+    /// Removes `token`'s message at `key`, once proven there
+    /// ([`held_by`](Self::held_by)): `false` when the key does not carry
+    /// it (any more). Which revision the caller last knew does not matter:
+    /// a renewal whose answer was lost moves it on, and the token decides.
+    async fn remove_held(&self, key: &str, token: Token) -> Result<bool, LockError> {
+        for _ in 0..ROUNDS {
+            let Some(revision) = self.held_by(key, token).await? else {
+                return Ok(false);
+            };
+            if self.inner.exact_delete {
+                if self.remove(revision).await?.is_ok() {
+                    // What this backend saw of the key is over.
+                    self.inner.seen.forget(key);
+                    return Ok(true);
+                }
+            } else if let Ok(marker) = self.mark_deleted(key, revision).await? {
+                self.inner.seen.free(key, marker);
+                return Ok(true);
             }
-            return Ok(removed);
         }
-        Ok(self.mark_deleted(key, revision).await?.map(|marker| {
-            self.inner.seen.free(key, marker);
-        }))
+        Ok(false)
+    }
+
+    /// Whether the stream is still the one `own` was granted in (by its
+    /// creation time): a lease of a deleted bucket is lost, whatever the
+    /// new one holds at its key.
+    async fn same_stream(&self, own: &Own) -> Result<bool, LockError> {
+        let created = self.inner.fences.created(&self.inner.store.stream).await?;
+        Ok(created == own.created)
     }
 
     /// Tells waiters everywhere that `key` was released. The stream's
@@ -700,16 +720,17 @@ impl NatsBackend {
         let of_revision = fences.fence(stream, revision).await?;
         // This very grant may be the one that showed the stream is new.
         if let Some(left) = fences.holds_back(request) {
-            if let Err(err) = self.free(key, revision).await {
+            if let Err(err) = self.remove_held(key, request.token).await {
                 tracing::debug!(%key, error = %err, "could not give back a grant held back");
             }
             return Ok(Attempt::Busy {
                 remaining: Some(left),
             });
         }
+        let created = fences.base();
         self.inner
             .own
-            .granted(key, request.token, deadline, request.value);
+            .granted(key, request.token, deadline, request.value, created);
         if request.value.is_some() {
             self.announce(key, false).await;
         }
@@ -739,7 +760,7 @@ impl NatsBackend {
                 // Shared and counted holders write entries of their own:
                 // whoever of them wrote before us is found now.
                 if let Holder::Running(remaining) = self.writer_conflict(&key).await? {
-                    self.withdraw(request, &key, &key, revision).await?;
+                    self.withdraw(request, &key, &key).await?;
                     return Ok(Attempt::Busy { remaining });
                 }
                 // Others of this process wait behind: their claim stands.
@@ -790,7 +811,7 @@ impl NatsBackend {
                         }
                         continue;
                     }
-                    match seen.judge(&key, entry.revision, lease.ttl) {
+                    match seen.judge(&key, entry.revision, lease.token, lease.ttl) {
                         Verdict::Running(remaining) => {
                             return Ok(Attempt::Busy {
                                 remaining: Some(remaining),
@@ -826,33 +847,41 @@ impl NatsBackend {
     ) -> Result<Option<u64>, LockError> {
         // A lease that ran out on our own clock may be being taken over
         // right now: renewing it could race the takeover.
-        let Some(stored) = self.inner.own.running(entry, lease.token) else {
+        let Some(own) = self.inner.own.running(entry, lease.token) else {
             return Ok(None);
         };
+        if !self.same_stream(&own).await? {
+            self.inner.own.forget(entry, lease.token);
+            return Ok(None);
+        }
         // The fence is written, so that the holder's stays what it was
         // granted while the revision moves on.
         let value = LeaseValue {
             token: lease.token,
             ttl,
             fence: lease.fence,
-            value: stored.as_deref().map(Cow::Borrowed),
+            value: own.value.as_deref().map(Cow::Borrowed),
         }
         .encode();
         let sent_at = Instant::now();
-        let mut expected = lease.revision;
         for _ in 0..ROUNDS {
+            // The revision to write at is the one that carries our token
+            // now: another holder's lease can sit at the revision we knew
+            // (a re-created bucket), and a renewal whose reply was lost
+            // may have moved ours on.
+            let Some(expected) = self.held_by(entry, lease.token).await? else {
+                break;
+            };
             if let Ok(revision) = self.put(entry, value.clone(), expected).await? {
                 let deadline = sent_at + ttl;
-                self.inner
-                    .own
-                    .granted(entry, lease.token, deadline, stored.as_deref());
+                self.inner.own.granted(
+                    entry,
+                    lease.token,
+                    deadline,
+                    own.value.as_deref(),
+                    own.created,
+                );
                 return Ok(Some(revision));
-            }
-            // A renewal whose reply was lost may have moved the revision on
-            // while the lease stayed ours.
-            match self.revision_held_by(entry, lease.token).await? {
-                Some(revision) => expected = revision,
-                None => break,
             }
         }
         self.inner.own.forget(entry, lease.token);
@@ -860,40 +889,28 @@ impl NatsBackend {
     }
 
     /// Releases the lease `lease` holds at the bucket key `entry` (of the
-    /// lock `key`), last known at `revision`.
+    /// lock `key`): by its token, whatever revision the caller knew.
     async fn release_entry(
         &self,
         key: &str,
         entry: &str,
         lease: &Lease,
-        mut revision: u64,
     ) -> Result<bool, LockError> {
+        let own = self.inner.own.forget(entry, lease.token);
+        if let Some(own) = &own
+            && !self.same_stream(own).await?
+        {
+            return Ok(false);
+        }
+        if !self.remove_held(entry, lease.token).await? {
+            return Ok(false);
+        }
         // An election's leader often resigns on its way out.
-        let valued = self
-            .inner
-            .own
-            .forget(entry, lease.token)
-            .is_some_and(|own| own.value.is_some());
-        // No revision known (a grant whose answer was lost): by token.
-        if revision == 0 {
-            match self.revision_held_by(entry, lease.token).await? {
-                Some(current) => revision = current,
-                None => return Ok(false),
-            }
-        }
-        for _ in 0..ROUNDS {
-            if self.free(entry, revision).await?.is_ok() {
-                let slot = matches!(key::Entry::of(entry), Some(key::Entry::Slot { .. }));
-                self.announce_entry(key, valued, slot.then_some(entry))
-                    .await;
-                return Ok(true);
-            }
-            match self.revision_held_by(entry, lease.token).await? {
-                Some(current) => revision = current,
-                None => return Ok(false),
-            }
-        }
-        Ok(false)
+        let valued = own.is_some_and(|own| own.value.is_some());
+        let slot = matches!(key::Entry::of(entry), Some(key::Entry::Slot { .. }));
+        self.announce_entry(key, valued, slot.then_some(entry))
+            .await;
+        Ok(true)
     }
 }
 
@@ -942,23 +959,19 @@ impl Backend for NatsBackend {
 
     async fn release(&self, key: &str, lease: &Lease) -> Result<bool, LockError> {
         let key = key::encode(key);
-        let mut revision = lease.revision;
         let entry = match lease.kind {
             LeaseKind::Shared => key::reader(&key, lease.token),
             LeaseKind::Counted { .. } => match self.inner.own.counted_entry(&key, lease.token) {
                 Some(entry) => entry,
                 // A grant whose answer was lost: found by its token.
                 None => match self.find_counted(&key, lease.token).await? {
-                    Some((entry, current)) => {
-                        revision = current;
-                        entry
-                    }
+                    Some((entry, _)) => entry,
                     None => return Ok(false),
                 },
             },
             LeaseKind::Exclusive => key.clone(),
         };
-        self.release_entry(&key, &entry, lease, revision).await
+        self.release_entry(&key, &entry, lease).await
     }
 
     async fn subscribe(&self, key: &str) -> Result<Subscription, LockError> {
@@ -990,7 +1003,11 @@ impl Backend for NatsBackend {
             )));
         };
         Ok(
-            match self.inner.seen.judge(&key, entry.revision, lease.ttl) {
+            match self
+                .inner
+                .seen
+                .judge(&key, entry.revision, lease.token, lease.ttl)
+            {
                 Verdict::Running(remaining) => {
                     let fence = lease.fence_at(entry.revision, |at| self.inner.fences.of(at));
                     let value = lease.value.map(Cow::into_owned);
@@ -1010,15 +1027,24 @@ struct OwnLeases {
 }
 
 /// One lease this backend holds: renewals rewrite its value as it is.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 struct Own {
     token: Token,
     deadline: Instant,
     value: Option<Arc<str>>,
+    /// The creation time of the stream it was granted in (its fence base).
+    created: u64,
 }
 
 impl OwnLeases {
-    fn granted(&self, key: &str, token: Token, deadline: Instant, value: Option<&str>) {
+    fn granted(
+        &self,
+        key: &str,
+        token: Token,
+        deadline: Instant,
+        value: Option<&str>,
+        created: u64,
+    ) {
         let mut leases = self.lock();
         if leases.len() >= 4096 {
             // Guards that were leaked never release: drop what ran out.
@@ -1032,16 +1058,17 @@ impl OwnLeases {
                 token,
                 deadline,
                 value,
+                created,
             },
         );
     }
 
-    /// The value stored with `token`'s lease on `key`, while it runs.
-    fn running(&self, key: &str, token: Token) -> Option<Option<Arc<str>>> {
+    /// `token`'s lease on `key`, while it runs.
+    fn running(&self, key: &str, token: Token) -> Option<Own> {
         self.lock()
             .get(key)
             .filter(|own| own.token == token && own.deadline > Instant::now())
-            .map(|own| own.value.clone())
+            .cloned()
     }
 
     /// The slot `token` holds a counted lease of `key` with.

@@ -138,7 +138,10 @@ impl Sources {
                 self.wakeups.notify(lock);
             }
             Operation::Put => match LeaseValue::decode(&entry.value) {
-                Some(lease) => self.seen.held(&entry.key, entry.revision, lease.ttl),
+                Some(lease) => {
+                    self.seen
+                        .held(&entry.key, entry.revision, lease.token, lease.ttl);
+                }
                 None => self.wakeups.notify(lock),
             },
         }
