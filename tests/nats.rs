@@ -24,15 +24,22 @@ const BUCKET: &str = "locks";
 pub struct Nats {
     server: ServerProcess,
     store: async_nats::jetstream::kv::Store,
+    /// Plays an outsider who may publish on the server.
+    forger: async_nats::Client,
+    recorder: nats::Recorder,
 }
 
 impl Nats {
     async fn start() -> Self {
         let server = nats::server();
         let backend = backend(server.port).await;
+        let forger = nats::connect(&[server.port]).await;
+        let recorder = nats::Recorder::start(&forger, BUCKET).await;
         Nats {
             store: backend.store().clone(),
             server,
+            forger,
+            recorder,
         }
     }
 }
@@ -131,6 +138,10 @@ impl conformance::Harness for Nats {
 
     fn measures_from_first_sight(&self) -> bool {
         true
+    }
+
+    async fn forge(&self, key: &str) -> usize {
+        nats::forge(&self.forger, BUCKET, key, &self.recorder).await
     }
 }
 
@@ -1161,4 +1172,53 @@ async fn a_renewal_across_a_re_creation_at_the_same_revision_is_lost() {
             .await
             .expect("release")
     );
+}
+
+/// The announcement of a counted release names a slot; a forged one named
+/// `k.p.1.evil`, a slot outside the key's one permit, and a waiter created
+/// it and was let in while the permit was held. A hint only ever picks
+/// among the slots the waiter would try anyway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_slot_hint_lets_no_waiter_past_a_held_permit() {
+    let server = nats::server();
+    let holder = Locker::new(backend(server.port).await);
+    let store = holder.backend().clone();
+    let ttl = Duration::from_secs(30);
+    let permit = holder.acquire_permit("k", 1, ttl).await.expect("permit");
+    let waiter = Locker::new(backend(server.port).await);
+    let waiting = tokio::spawn(async move { waiter.acquire_permit("k", 1, ttl).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let nats_store = async_nats::jetstream::new(nats::connect(&[server.port]).await)
+        .get_key_value(BUCKET)
+        .await
+        .expect("bucket");
+    let before = stored_keys(&nats_store).await;
+    let client = nats::connect(&[server.port]).await;
+    for hint in ["k.p.1.evil", "k.p.1.1", "k.p.1.+0", "k.p.01.0", "k.p.2.1"] {
+        let subject = format!("tower-lock.{BUCKET}.released.k");
+        client
+            .publish(subject, bytes::Bytes::from(hint))
+            .await
+            .expect("publish");
+        client.flush().await.expect("flush");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !waiting.is_finished(),
+        "a forged slot hint let a waiter in while the only permit was held"
+    );
+    assert_eq!(
+        stored_keys(&nats_store).await,
+        before,
+        "a hint created an entry"
+    );
+    drop(store);
+    permit.release().await.expect("release");
+    let next = tokio::time::timeout(Duration::from_secs(3), waiting)
+        .await
+        .expect("the real release wakes the waiter")
+        .expect("task")
+        .expect("permit");
+    next.release().await.expect("release");
 }

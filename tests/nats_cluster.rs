@@ -141,6 +141,9 @@ async fn bucket_placement(ports: &[u16]) -> (usize, usize) {
 struct Cluster {
     _nodes: Vec<support::ServerProcess>,
     ports: Vec<u16>,
+    /// Plays an outsider who may publish on the servers.
+    forger: async_nats::Client,
+    recorder: nats::Recorder,
 }
 
 impl Cluster {
@@ -148,10 +151,14 @@ impl Cluster {
         let nodes = tokio::task::spawn_blocking(nats::cluster)
             .await
             .expect("start the cluster");
-        let ports = nodes.iter().map(|n| n.port).collect();
+        let ports: Vec<u16> = nodes.iter().map(|n| n.port).collect();
+        let forger = nats::connect(&ports).await;
+        let recorder = nats::Recorder::start(&forger, "locks").await;
         Cluster {
             _nodes: nodes,
             ports,
+            forger,
+            recorder,
         }
     }
 }
@@ -208,6 +215,10 @@ impl conformance::Harness for Cluster {
     fn measures_from_first_sight(&self) -> bool {
         true
     }
+
+    async fn forge(&self, key: &str) -> usize {
+        nats::forge(&self.forger, "locks", key, &self.recorder).await
+    }
 }
 
 // The election checks, and those of shared and counted locks (32 tasks
@@ -223,4 +234,8 @@ crate::conformance_suite!(@tests Cluster::start();
     permits_are_never_exceeded_and_are_all_used,
     another_permit_count_is_refused_naming_both,
     abandoned_shared_and_counted_leases_expire_after_their_ttl,
+    another_token_with_the_holders_revision_changes_nothing,
+    another_token_with_a_shared_or_counted_holders_revision_changes_nothing,
+    forged_messages_grant_create_and_delete_nothing,
+    a_switch_between_kinds_is_woken,
 );

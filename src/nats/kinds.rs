@@ -141,6 +141,12 @@ impl Claims {
 
 /// The slot each lock's last release announcement named, per encoded lock
 /// key: where this backend's next waiter for it tries first.
+///
+/// Anyone may publish an announcement, so a hint is only ever a slot name
+/// this backend would have tried anyway: one of the lock's own slots, of
+/// a count and an index below it as [`key::slot`] writes them. The waiter
+/// still takes it only by creating it empty, for its own count, and then
+/// checks as after any other create.
 #[derive(Debug, Default)]
 pub(super) struct Freed {
     slots: Mutex<HashMap<String, String>>,
@@ -148,7 +154,7 @@ pub(super) struct Freed {
 
 impl Freed {
     pub(super) fn note(&self, key: &str, entry: &str) {
-        if Entry::of(entry).is_none() || key::lock_of(entry) != key {
+        if !matches!(Entry::of(entry), Some(Entry::Slot { .. })) || key::lock_of(entry) != key {
             return;
         }
         let mut slots = crate::sync::lock(&self.slots);
@@ -158,8 +164,12 @@ impl Freed {
         slots.insert(key.to_owned(), entry.to_owned());
     }
 
-    fn take(&self, key: &str) -> Option<String> {
-        crate::sync::lock(&self.slots).remove(key)
+    /// The slot named last for `key`, if it is one of `permits`.
+    fn take(&self, key: &str, permits: u32) -> Option<String> {
+        let entry = crate::sync::lock(&self.slots).remove(key)?;
+        let index = entry.rsplit('.').next()?.parse().ok()?;
+        let slot = key::slot(key, permits, index);
+        (index < permits && slot == entry).then_some(slot)
     }
 }
 
@@ -450,9 +460,9 @@ impl NatsBackend {
     }
 
     /// A waiting counted try first tries the slot the last release
-    /// announcement named: the winner of the slot saves the listing, and
-    /// the others learn it is taken from one failed create, without a read.
-    /// `None` when there is no such slot.
+    /// announcement named: the winner of the slot saves the listing. `None`
+    /// when there is no such slot, or somebody else took it: the try then
+    /// goes on as if there had been no hint, since a hint is anyone's word.
     async fn try_freed_slot(
         &self,
         request: &AcquireRequest<'_>,
@@ -462,22 +472,17 @@ impl NatsBackend {
         if !request.waiting {
             return Ok(None);
         }
-        let Some(entry) = self.inner.freed.take(key) else {
+        let Some(entry) = self.inner.freed.take(key, permits) else {
             return Ok(None);
         };
-        if Entry::of(&entry) != Some(Entry::Slot { permits }) {
-            return Ok(None);
-        }
         let sent_at = Instant::now();
-        let attempt = match self.put(&entry, self.fresh_value(request), 0).await? {
-            Ok(revision) => {
-                self.check_counted(request, permits, key, &entry, revision, sent_at)
-                    .await?
-            }
-            // Somebody else took it: most likely every slot is taken again.
-            Err(Conflict) => Attempt::Busy { remaining: None },
-        };
-        Ok(Some(attempt))
+        match self.put(&entry, self.fresh_value(request), 0).await? {
+            Ok(revision) => self
+                .check_counted(request, permits, key, &entry, revision, sent_at)
+                .await
+                .map(Some),
+            Err(Conflict) => Ok(None),
+        }
     }
 
     /// The checks after `request` created the slot `entry` of `key`: no

@@ -80,8 +80,11 @@ impl Sources {
                         // they measured of a lease stays as it was.
                         if let Some(key) = message.subject.strip_prefix(self.released_prefix.as_str()) {
                             // The slot a counted holder freed: a hint where
-                            // to try first, which a create on it decides.
+                            // to try first among the slots it would try
+                            // anyway (see `Freed`), never longer than a
+                            // slot name can be.
                             if !message.payload.is_empty()
+                                && message.payload.len() <= key.len() + 32
                                 && self.wakeups.is_watched(key)
                                 && let Ok(entry) = std::str::from_utf8(&message.payload)
                             {
