@@ -116,6 +116,14 @@ impl Claims {
         }
     }
 
+    /// The token this backend's claim of `key` was written with.
+    fn written_by(&self, key: &str) -> Option<Token> {
+        match self.lock().get(key) {
+            Some(Claim::Written { token, .. }) => Some(*token),
+            _ => None,
+        }
+    }
+
     /// Ends the claim of `key`: its token when it is written, for its
     /// removal; one still being written is removed by its writer.
     fn take(&self, key: &str) -> Option<Token> {
@@ -230,10 +238,28 @@ impl NatsBackend {
     /// only ever delays, so this read decides nothing about exclusion.
     async fn claim_on(&self, request: &AcquireRequest<'_>, key: &str) -> Result<Holder, LockError> {
         let claim = key::claim(key);
-        if request.waiting && self.inner.seen.running(&claim).is_none() {
+        let ours = self.inner.claims.written_by(key);
+        if request.waiting && ours.is_none() && self.inner.seen.running(&claim).is_none() {
             return Ok(Holder::Gone);
         }
-        self.live_at(&claim).await
+        let stored = self.inner.leader.last(&claim).await?;
+        // This backend's own claim: the writer it was made for has had its
+        // turn, since a locker queues its waiters in order and this try
+        // comes from the head of its queue (a writer of this process still
+        // waiting claims again when it is next refused). Standing, it would
+        // keep this very reader out, and with it everyone, until it lapses.
+        if let (Some(token), Some(stored)) = (ours, &stored)
+            && !stored.marker
+            && LeaseValue::decode(&stored.value).is_some_and(|lease| lease.token == token)
+        {
+            self.end_claim(key, true);
+            return Ok(Holder::Gone);
+        }
+        if stored.is_none() {
+            // Removed by its writer (a delete the watch does not report).
+            self.inner.seen.forget(&claim);
+        }
+        self.live(stored).await
     }
 
     /// The first live lease among the entries matching `filter`.
@@ -288,7 +314,10 @@ impl NatsBackend {
     /// The writer of `key` was granted: its claim, if it made one, is over.
     /// Removed in the background: the grant need not wait for it, and the
     /// key is held meanwhile anyway.
-    pub(super) fn end_claim(&self, key: &str) {
+    ///
+    /// `announce`: wake the waiters of the key everywhere once it is gone,
+    /// for whom it is the last thing in the way.
+    pub(super) fn end_claim(&self, key: &str, announce: bool) {
         let Some(token) = self.inner.claims.take(key) else {
             return;
         };
@@ -296,7 +325,12 @@ impl NatsBackend {
         self.in_background(async move {
             // Another writer's claim in its place stands.
             match backend.remove_held(&key::claim(&key), token).await {
-                Ok(_) => backend.inner.seen.forget(&key::claim(&key)),
+                Ok(removed) => {
+                    backend.inner.seen.forget(&key::claim(&key));
+                    if removed && announce {
+                        backend.announce(&key, false).await;
+                    }
+                }
                 Err(err) => tracing::debug!(%key, error = %err, "claim not removed; it lapses"),
             }
         });
@@ -376,6 +410,15 @@ impl NatsBackend {
         self.check_kinds()?;
         let key = key::encode(request.key);
         let entry = key::reader(&key, request.token);
+        // A waiting reader that knows of a claim reads it before it writes:
+        // its entry, written and withdrawn, would turn away the very writer
+        // the claim is for, who would then wait a backoff step for nothing.
+        let claim_first = request.waiting
+            && (self.inner.claims.written_by(&key).is_some()
+                || self.inner.seen.running(&key::claim(&key)).is_some());
+        if claim_first && let Holder::Running(remaining) = self.claim_on(request, &key).await? {
+            return Ok(Attempt::Busy { remaining });
+        }
         let value = self.fresh_value(request);
         let sent_at = Instant::now();
         let revision = match self.put(&entry, value, 0).await? {
@@ -387,11 +430,14 @@ impl NatsBackend {
             }
         };
         let slots = format!("{key}.p.>");
-        let (writer, claimed, counted) = tokio::try_join!(
-            self.live_at(&key),
-            self.claim_on(request, &key),
-            self.first_live(&slots),
-        )?;
+        let claimed = async {
+            if claim_first {
+                return Ok(Holder::Gone);
+            }
+            self.claim_on(request, &key).await
+        };
+        let (writer, claimed, counted) =
+            tokio::try_join!(self.live_at(&key), claimed, self.first_live(&slots))?;
         if let Holder::Running(remaining) = writer.and(claimed).and(counted) {
             self.withdraw(request, &key, &entry).await?;
             return Ok(Attempt::Busy { remaining });

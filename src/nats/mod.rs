@@ -765,7 +765,7 @@ impl NatsBackend {
                 }
                 // Others of this process wait behind: their claim stands.
                 if !request.queued_behind {
-                    self.end_claim(&key);
+                    self.end_claim(&key, false);
                 }
                 return self
                     .granted(&key, request, sent_at + ttl, revision, None)
