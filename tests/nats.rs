@@ -1260,3 +1260,35 @@ async fn mixed_readers_and_writers_over_several_backends_keep_the_key_busy() {
     eprintln!("640 mixed sections in {took:?}");
     assert!(took < Duration::from_secs(30), "640 sections took {took:?}");
 }
+
+/// A writer that crashed while it waited leaves its claim (`k.w`); a key
+/// that is afterwards only locked exclusively loses it within about one
+/// claim period of its next release.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_writers_claim_goes_after_the_next_exclusive_use() {
+    let server = nats::server();
+    let locker = Locker::new(backend(server.port).await);
+    let store = locker.backend().clone();
+    let nats_store = async_nats::jetstream::new(nats::connect(&[server.port]).await)
+        .get_key_value(BUCKET)
+        .await
+        .expect("bucket");
+    // What a waiting writer writes, one second long, never removed.
+    let claim = format!("v1 {} 1000", uuid::Uuid::new_v4());
+    nats_store
+        .put("k.w", bytes::Bytes::from(claim))
+        .await
+        .expect("a crashed writer's claim");
+    drop(store);
+    let guard = locker.acquire("k", Duration::from_secs(30)).await;
+    guard.expect("acquire").release().await.expect("release");
+    let released = Instant::now();
+    while stored_keys(&nats_store).await.contains(&"k.w".to_owned()) {
+        assert!(
+            released.elapsed() < Duration::from_secs(3),
+            "the crashed writer's claim outlived a claim period after the key's use"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(stored_keys(&nats_store).await.is_empty());
+}

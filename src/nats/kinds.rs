@@ -54,6 +54,9 @@ impl Holder {
 #[derive(Debug, Default)]
 pub(super) struct Claims {
     claims: Mutex<HashMap<String, Claim>>,
+    /// The keys whose claim, left by somebody else, this backend looks at
+    /// again once it has stood for a claim period (see `sweep_claim`).
+    sweeps: Mutex<std::collections::HashSet<String>>,
 }
 
 /// One claim of this backend, and when it was (last) written.
@@ -333,6 +336,41 @@ impl NatsBackend {
                 }
                 Err(err) => tracing::debug!(%key, error = %err, "claim not removed; it lapses"),
             }
+        });
+    }
+
+    /// After an exclusive release of `key` (encoded), what its claim read
+    /// found: a claim left by a writer that crashed while it waited, which
+    /// nothing on the exclusive path would remove otherwise. It goes once
+    /// it has stood unchanged for a whole claim period since this backend
+    /// first saw it: removed now if that is already so, else looked at
+    /// again in the background when the period ends (one look per key at a
+    /// time). A live writer's claim is renewed meanwhile, and stays.
+    pub(super) fn sweep_claim(&self, key: &str, stored: Stored) {
+        let ours = self.inner.claims.written_by(key);
+        let lease = LeaseValue::decode(&stored.value);
+        if stored.marker || lease.is_none_or(|lease| Some(lease.token) == ours) {
+            return;
+        }
+        {
+            let mut sweeps = crate::sync::lock(&self.inner.claims.sweeps);
+            if sweeps.len() >= 4096 || !sweeps.insert(key.to_owned()) {
+                return;
+            }
+        }
+        let (backend, key) = (self.clone(), key.to_owned());
+        self.in_background(async move {
+            // The first look measures from now (or removes it), the second
+            // removes what stood unchanged since.
+            if let Ok(Holder::Running(Some(left))) = backend.live(Some(stored)).await {
+                tokio::time::sleep(left + Duration::from_millis(10)).await;
+                if let Ok(found) = backend.inner.leader.last(&key::claim(&key)).await
+                    && let Err(err) = backend.live(found).await
+                {
+                    tracing::debug!(%key, error = %err, "left claim not removed");
+                }
+            }
+            crate::sync::lock(&backend.inner.claims.sweeps).remove(&key);
         });
     }
 

@@ -902,8 +902,21 @@ impl NatsBackend {
         {
             return Ok(false);
         }
-        if !self.remove_held(entry, lease.token).await? {
+        // The claim is read beside the proof, on an exclusive release only:
+        // a crashed writer's claim is found without a read on the grant path.
+        let claim = (entry == key && self.inner.exact_delete).then(|| key::claim(key));
+        let claim_read = async {
+            match &claim {
+                Some(claim) => self.inner.leader.last(claim).await.ok().flatten(),
+                None => None,
+            }
+        };
+        let (removed, claim) = tokio::join!(self.remove_held(entry, lease.token), claim_read);
+        if !removed? {
             return Ok(false);
+        }
+        if let Some(claim) = claim {
+            self.sweep_claim(key, claim);
         }
         // An election's leader often resigns on its way out.
         let valued = own.is_some_and(|own| own.value.is_some());
