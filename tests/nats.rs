@@ -19,25 +19,52 @@ use tower_lock::{LockError, Locker, nats::NatsBackend};
 
 const BUCKET: &str = "locks";
 
-/// One nats-server per test; every locker gets its own connection and
-/// backend (and so its own watch).
+/// A bucket and the server it is on; every locker gets its own connection
+/// and backend (and so its own watch).
 pub struct Nats {
-    server: ServerProcess,
+    /// The test's own server; `None` on the one the process shares.
+    _server: Option<ServerProcess>,
+    port: u16,
+    bucket: String,
     store: async_nats::jetstream::kv::Store,
     /// Plays an outsider who may publish on the server.
     forger: async_nats::Client,
     recorder: nats::Recorder,
 }
 
+/// More than the conformance checks this file runs.
+const AGED_BUCKETS: usize = 64;
+
 impl Nats {
+    /// A server of the test's own, with the bucket [`BUCKET`] just created.
     async fn start() -> Self {
         let server = nats::server();
-        let backend = backend(server.port).await;
-        let forger = nats::connect(&[server.port]).await;
-        let recorder = nats::Recorder::start(&forger, BUCKET).await;
+        let port = server.port;
+        Self::open(Some(server), port, BUCKET.to_owned()).await
+    }
+
+    /// The conformance checks' store: a bucket of its own on a server the
+    /// test process shares ([`nats::AgedBuckets`]), older than the checks'
+    /// longest ttl, so that leases with a value are not held back.
+    async fn aged() -> Self {
+        static AGED: std::sync::OnceLock<nats::AgedBuckets> = std::sync::OnceLock::new();
+        let aged = AGED.get_or_init(|| {
+            let server = nats::lasting_server();
+            nats::AgedBuckets::new(vec![server], AGED_BUCKETS, 1, Duration::from_secs(31))
+        });
+        let bucket = aged.take().await;
+        Self::open(None, aged.ports[0], bucket).await
+    }
+
+    async fn open(server: Option<ServerProcess>, port: u16, bucket: String) -> Self {
+        let backend = backend_in(port, &bucket).await;
+        let forger = nats::connect(&[port]).await;
+        let recorder = nats::Recorder::start(&forger, &bucket).await;
         Nats {
+            _server: server,
+            port,
             store: backend.store().clone(),
-            server,
+            bucket,
             forger,
             recorder,
         }
@@ -45,8 +72,12 @@ impl Nats {
 }
 
 async fn backend(port: u16) -> NatsBackend {
+    backend_in(port, BUCKET).await
+}
+
+async fn backend_in(port: u16, bucket: &str) -> NatsBackend {
     let js = async_nats::jetstream::new(nats::connect(&[port]).await);
-    NatsBackend::builder(js, BUCKET)
+    NatsBackend::builder(js, bucket)
         .request_timeout(Duration::from_secs(2))
         .build()
         .await
@@ -125,7 +156,7 @@ async fn claims_left(store: &async_nats::jetstream::kv::Store) -> Vec<String> {
 
 impl conformance::Harness for Nats {
     async fn locker(&self) -> Locker {
-        Locker::new(backend(self.server.port).await)
+        Locker::new(backend_in(self.port, &self.bucket).await)
     }
 
     async fn stored_locks(&self) -> usize {
@@ -141,11 +172,11 @@ impl conformance::Harness for Nats {
     }
 
     async fn forge(&self, key: &str) -> usize {
-        nats::forge(&self.forger, BUCKET, key, &self.recorder).await
+        nats::forge(&self.forger, &self.bucket, key, &self.recorder).await
     }
 }
 
-conformance_suite!(Nats::start());
+conformance_suite!(Nats::aged());
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_creators_of_one_bucket_all_succeed() {
@@ -856,7 +887,7 @@ async fn killed_shared_and_counted_holders_free_their_place_after_their_ttl() {
     let child = support::child::ChildProcess::start(
         "kinds_child",
         KINDS_ENV,
-        format!("{} doc {}", nats.server.port, ttl.as_millis()),
+        format!("{} doc {}", nats.port, ttl.as_millis()),
     );
     let fences = child.expect_line("held");
     let (shared, permit) = ("doc:shared", "doc:permit");
@@ -950,7 +981,7 @@ async fn shared_and_counted_holders_are_entries_under_the_lock_key() {
             .is_none()
     );
     // Nobody holds the key exclusively.
-    let probe = backend(nats.server.port).await;
+    let probe = backend(nats.port).await;
     assert_eq!(
         tower_lock::backend::Backend::holder(&probe, "doc:1")
             .await
@@ -1291,4 +1322,61 @@ async fn a_crashed_writers_claim_goes_after_the_next_exclusive_use() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(stored_keys(&nats_store).await.is_empty());
+}
+
+/// A process that never saw the old bucket starts right after it was
+/// created again: its candidate waits until the new stream is one ttl old
+/// (by then the old leader's renewals have failed), and is not reported as
+/// leader meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_valued_grant_on_a_re_created_bucket_waits_out_one_ttl() {
+    use tower_lock::backend::{AcquireRequest, Attempt, Backend, Token};
+    let server = nats::server();
+    let ttl = Duration::from_millis(1500);
+    let old = backend(server.port).await;
+    // The first bucket is young too: its first leader waits as well.
+    let leader = Token::new();
+    let request = AcquireRequest::new("e", leader, ttl).value(Some("node-a"));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match old.try_acquire(&request).await.expect("try") {
+            Attempt::Acquired { .. } => break,
+            Attempt::Busy { remaining } => {
+                assert!(remaining.is_some_and(|left| left <= ttl), "{remaining:?}");
+                assert!(Instant::now() < deadline, "the first leader never got in");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    let fresh = recreate_bucket(server.port).await;
+    let recreated = Instant::now();
+    let candidate = Token::new();
+    let request = AcquireRequest::new("e", candidate, ttl).value(Some("node-b"));
+    let granted = loop {
+        match fresh.try_acquire(&request).await.expect("try") {
+            Attempt::Acquired { .. } => break recreated.elapsed(),
+            Attempt::Busy { remaining } => {
+                let left = remaining.expect("a hold-back says how long");
+                assert!(left <= ttl, "{left:?}");
+                assert_eq!(
+                    fresh.holder("e").await.expect("holder"),
+                    None,
+                    "a held-back candidate was reported as leader"
+                );
+                tokio::time::sleep(left.min(Duration::from_millis(100))).await;
+            }
+            other => panic!("{other:?}"),
+        }
+    };
+    assert!(
+        granted >= ttl - Duration::from_millis(100),
+        "a candidate on a bucket {granted:?} old won while the old leader could still act"
+    );
+    // Plain leases are not held back: their fences protect them.
+    let plain = fresh
+        .try_acquire(&AcquireRequest::new("plain", Token::new(), ttl))
+        .await
+        .expect("try");
+    assert!(matches!(plain, Attempt::Acquired { .. }), "{plain:?}");
 }

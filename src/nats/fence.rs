@@ -26,9 +26,14 @@
 //! back leases with a value for one ttl (see `StateLoss`).
 
 use std::{
-    sync::atomic::{AtomicBool, AtomicU64, Ordering},
+    sync::{
+        Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
+
+use tokio::time::Instant;
 
 use async_nats::jetstream::stream::{Info, Stream};
 
@@ -49,6 +54,10 @@ pub(crate) struct Fences {
     suspect: AtomicBool,
     /// Noticed when the creation time changes.
     loss: StateLoss,
+    /// What this backend knows of the server's clock: at the instant, it
+    /// read at least this many microseconds since the epoch (a message's
+    /// time). `None` until it read one, and again for a new stream.
+    clock: Mutex<Option<(u64, Instant)>>,
 }
 
 impl Fences {
@@ -58,7 +67,27 @@ impl Fences {
             highest: AtomicU64::new(info.state.last_sequence),
             suspect: AtomicBool::new(false),
             loss: StateLoss::default(),
+            clock: Mutex::new(None),
         }
+    }
+
+    /// The server stored a message at `time` (microseconds since the
+    /// epoch, on its clock): its clock reads at least that now.
+    pub(crate) fn server_read(&self, time: u64) {
+        let now = Instant::now();
+        let mut clock = crate::sync::lock(&self.clock);
+        let known = clock.map(|(at_least, since)| at_least + elapsed_micros(since, now));
+        if known.is_none_or(|known| known < time) {
+            *clock = Some((time, now));
+        }
+    }
+
+    /// At least how old the stream is, on the server's clock, from the
+    /// last server time read; `None` when none was read for this stream.
+    pub(crate) fn stream_age(&self) -> Option<Duration> {
+        let (at_least, since) = (*crate::sync::lock(&self.clock))?;
+        let now = at_least + elapsed_micros(since, Instant::now());
+        Some(Duration::from_micros(now.saturating_sub(self.base())))
     }
 
     /// Notes a revision of the stream, written or watched: sequences of
@@ -103,6 +132,9 @@ impl Fences {
             let created = created_micros(&info);
             if self.created.swap(created, Ordering::AcqRel) != created {
                 self.loss.notice();
+                // What was read of the server's clock was read through the
+                // old stream's messages: the new one's age is unknown.
+                *crate::sync::lock(&self.clock) = None;
             }
             self.highest
                 .store(info.state.last_sequence.max(revision), Ordering::Release);
@@ -132,9 +164,16 @@ impl Fences {
 fn created_micros(info: &Info) -> u64 {
     // Through `SystemTime`, which async-nats's date type converts to
     // whichever time crate it was built with.
-    SystemTime::from(info.created)
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |since| {
-            u64::try_from(since.as_micros()).unwrap_or(u64::MAX)
-        })
+    micros(SystemTime::from(info.created))
+}
+
+fn elapsed_micros(since: Instant, now: Instant) -> u64 {
+    u64::try_from(now.saturating_duration_since(since).as_micros()).unwrap_or(u64::MAX)
+}
+
+/// `time` in microseconds since the Unix epoch (0 before it).
+pub(crate) fn micros(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH).map_or(0, |since| {
+        u64::try_from(since.as_micros()).unwrap_or(u64::MAX)
+    })
 }

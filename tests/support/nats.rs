@@ -238,3 +238,156 @@ pub async fn forge(
     let _ = client.flush().await;
     sent
 }
+
+/// A nats-server that lives as long as the test process, shared by its
+/// tests: a shell stays beside it and kills it (and removes its store) when
+/// the process exits, however it exits, since its stdin closes then.
+pub struct Lasting {
+    pub port: u16,
+    _stdin: std::process::ChildStdin,
+}
+
+fn lasting(args: Vec<String>, port: u16) -> Lasting {
+    let dir = tempfile::tempdir().expect("temp dir").keep();
+    let quoted: Vec<String> = std::iter::once(program().to_owned())
+        .chain(args)
+        .map(|arg| format!("'{arg}'"))
+        .collect();
+    let script = format!(
+        "cd '{dir}' && {server} >server.log 2>&1 & pid=$!; read _; kill $pid; wait $pid; \
+         rm -rf '{dir}'",
+        dir = dir.display(),
+        server = quoted.join(" "),
+    );
+    let mut shell = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("start sh");
+    let stdin = shell.stdin.take().expect("the shell's stdin");
+    super::wait_for_port(port, Duration::from_secs(15));
+    Lasting {
+        port,
+        _stdin: stdin,
+    }
+}
+
+/// [`server`], for the whole test process.
+pub fn lasting_server() -> Lasting {
+    let port = free_port();
+    let args = [
+        "-js",
+        "-a",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+        "-sd",
+        "store",
+    ];
+    lasting(args.map(String::from).to_vec(), port)
+}
+
+/// [`cluster`], for the whole test process.
+pub fn lasting_cluster() -> Vec<Lasting> {
+    let client_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let route_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let routes = route_ports
+        .iter()
+        .map(|p| format!("nats://127.0.0.1:{p}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    (0..3)
+        .map(|n| {
+            let args = [
+                "-js".to_owned(),
+                "-a".to_owned(),
+                "127.0.0.1".to_owned(),
+                "-p".to_owned(),
+                client_ports[n].to_string(),
+                "-sd".to_owned(),
+                "store".to_owned(),
+                "-n".to_owned(),
+                format!("node-{n}"),
+                "--cluster_name".to_owned(),
+                "locks".to_owned(),
+                "--cluster".to_owned(),
+                format!("nats://127.0.0.1:{}", route_ports[n]),
+                "--routes".to_owned(),
+                routes.clone(),
+            ];
+            lasting(args.to_vec(), client_ports[n])
+        })
+        .collect()
+}
+
+/// Buckets older than the conformance checks' longest ttl, one per check,
+/// on servers shared by the test process.
+///
+/// On a stream younger than a lease's ttl, a lease with a value waits out
+/// the rest of it (the bucket may have been created again while leaders of
+/// the old one still act): the election checks, with their 30 s leases,
+/// would wait as long on a bucket created for them.
+pub struct AgedBuckets {
+    pub ports: Vec<u16>,
+    _servers: Vec<Lasting>,
+    names: std::sync::Mutex<std::vec::IntoIter<String>>,
+    ready: std::time::Instant,
+}
+
+impl AgedBuckets {
+    /// Creates `count` buckets of `replicas` on `servers`, old enough
+    /// `age` after the last one was made.
+    pub fn new(servers: Vec<Lasting>, count: usize, replicas: usize, age: Duration) -> Self {
+        let ports: Vec<u16> = servers.iter().map(|s| s.port).collect();
+        let names: Vec<String> = (0..count).map(|n| format!("aged-{n}")).collect();
+        let made = {
+            let (ports, names) = (ports.clone(), names.clone());
+            std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("runtime");
+                runtime.block_on(async move {
+                    let js = jetstream(connect(&ports).await, Duration::from_secs(2));
+                    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+                    for name in &names {
+                        let built = loop {
+                            let built = tower_lock::nats::NatsBackend::builder(js.clone(), name)
+                                .replicas(replicas)
+                                .build()
+                                .await;
+                            match built {
+                                Ok(backend) => break backend,
+                                Err(err) => {
+                                    assert!(
+                                        std::time::Instant::now() < deadline,
+                                        "bucket {name}: {err}"
+                                    );
+                                    tokio::time::sleep(Duration::from_millis(250)).await;
+                                }
+                            }
+                        };
+                        drop(built);
+                    }
+                });
+            })
+        };
+        made.join().expect("create the buckets");
+        AgedBuckets {
+            ports,
+            _servers: servers,
+            names: std::sync::Mutex::new(names.into_iter()),
+            ready: std::time::Instant::now() + age,
+        }
+    }
+
+    /// A bucket nobody else uses, once it is old enough.
+    pub async fn take(&self) -> String {
+        let name = self.names.lock().expect("names").next();
+        let name = name.expect("more checks than aged buckets: raise their count");
+        let ready = tokio::time::Instant::from_std(self.ready);
+        tokio::time::sleep_until(ready).await;
+        name
+    }
+}
