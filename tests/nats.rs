@@ -1271,7 +1271,10 @@ async fn mixed_readers_and_writers_over_several_backends_keep_the_key_busy() {
             tokio::spawn(async move {
                 for _ in 0..20 {
                     let ttl = Duration::from_secs(30);
-                    let write = tower_lock::backend::Token::new().as_uuid().as_u128() % 5 == 0;
+                    let write = tower_lock::backend::Token::new()
+                        .as_uuid()
+                        .as_u128()
+                        .is_multiple_of(5);
                     let guard = if write {
                         locker.acquire("k", ttl).await
                     } else {

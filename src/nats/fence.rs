@@ -23,7 +23,14 @@
 //! fails), and then reads the new creation time before it hands out a
 //! fence. A new creation time also means the old stream's leases are gone
 //! while their holders may still count on them: the backend then holds
-//! back leases with a value for one ttl (see `StateLoss`).
+//! back leases with a value for one ttl (see `StateLoss`). A backend that
+//! never saw the old stream cannot notice that; it holds them back while
+//! the stream is younger than their ttl instead, reading the stream's age
+//! on the server's clock ([`Fences::server_read`], [`Fences::stream_age`]).
+//!
+//! The creation time is also what a write on a holder's behalf proves its
+//! stream by: a lease granted in a stream that is no longer the bucket's
+//! is lost, whatever the new stream holds at its key.
 
 use std::{
     sync::{

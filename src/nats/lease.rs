@@ -8,7 +8,9 @@
 //! it learns only from the write; renewals write it, so that the holder's
 //! fence stays what it was granted while the revision moves on. A waiter never compares the
 //! entry's timestamp with its own clock: it notes *when it first saw* the
-//! entry's revision on its own monotonic clock, and only once a whole lease
+//! entry's revision (with the holder's token: a re-created bucket numbers
+//! from 1 again, so another holder may come at a revision seen before) on
+//! its own monotonic clock, and only once a whole lease
 //! length has passed since then does it take the key over, by removing
 //! exactly that revision (or, on a bucket with delete markers, by a
 //! compare-and-set on it). The holder's own deadline started before the

@@ -36,15 +36,16 @@
 //!   see [Fences](#fences). A key that already holds the caller's token is
 //!   granted again (renewed at its revision, with the same fence): a retry
 //!   of a try whose answer was lost, or a leader storing a new id.
-//! - **Release** deletes exactly the holder's message, by its revision, so
-//!   it can never remove a newer holder, and leaves the key with no message
-//!   at all: nothing stays behind in the bucket.
-//! - **Extend** rewrites the lease at the holder's revision, with its fence
-//!   and value, and returns the new revision. It refuses (the lease is lost) once the lease ran out on this
-//!   backend's own clock, so it never races a takeover.
-//! - When a reply was lost and the revision moved on, release and extend
-//!   check that the key still carries the holder's token before they retry
-//!   at its current revision.
+//! - **Release** first reads the key from the stream leader, then deletes
+//!   exactly that message, by its sequence, if it carries the holder's
+//!   token: it can never remove another holder, and leaves the key with no
+//!   message at all, so nothing stays behind in the bucket. See
+//!   [The token is the authority](#the-token-is-the-authority).
+//! - **Extend** reads the key the same way, then rewrites the lease at the
+//!   revision that carries the holder's token, with its fence and value,
+//!   and returns the new revision. It refuses (the lease is lost) once the
+//!   lease ran out on this backend's own clock, so it never races a
+//!   takeover, and once the stream is not the one it was granted in.
 //! - **Wake-ups**: a release announces itself on the plain NATS subject
 //!   `tower-lock.<bucket>.released.<key>`, as does a grant of a lease with
 //!   a value (an election's new leader); each backend subscribes once and
@@ -53,10 +54,13 @@
 //!   resigns as its process exits. A lost announcement costs one backoff step.
 //!   One watch over the bucket per backend records new leases (so waiters
 //!   measure them from when they appeared) and, after it fails and is
-//!   re-established, wakes every waiter. An announcement only wakes: the
-//!   waiter reads the key again, and what it measured of a lease stands, so
-//!   whoever may publish on that subject can never keep an abandoned lock
-//!   from being reclaimed.
+//!   re-established, wakes every waiter. An announcement only wakes:
+//!   nothing it carries grants, creates or deletes anything. The waiter
+//!   reads the key again and decides from what the store answers, and what
+//!   it measured of a lease stands, so whoever may publish on that subject
+//!   can never let a waiter in, nor keep an abandoned lock from being
+//!   reclaimed. (A counted release's announcement names the freed slot; see
+//!   [Writer claims](#writer-claims) for how little that hint may do.)
 //!
 //! Why creates on empty keys and exact deletes: on a replicated bucket,
 //! nats-server before 2.9.21 checks a write's expected revision only on the
@@ -101,10 +105,12 @@
 //!   `K.r.>`, and the list of `K.p.>` again, for holders of another count.
 //!
 //! An entry found whose lease ran out (measured from first sight for a
-//! whole ttl, as for the exclusive lock) is removed by its sequence and
-//! counts as absent. Renewal rewrites a holder's own entry at its revision,
-//! and release deletes it by sequence, then announces the release on the
-//! lock key's subject. [`Backend::holder`] reports exclusive leases only: a
+//! whole ttl, as for the exclusive lock: the same holder's token at the
+//! same revision all along) is removed by the sequence of the read that
+//! found it, and counts as absent. Renewal rewrites a holder's own entry
+//! at the revision that carries its token, and release deletes it by the
+//! sequence a read just found its token at, then announces the release on
+//! the lock key's subject. [`Backend::holder`] reports exclusive leases only: a
 //! key held shared or counted reports `None`.
 //!
 //! ## Why no two incompatible holders meet
@@ -164,10 +170,26 @@
 //!   of its process wait behind it, for whom it stands; a backend that
 //!   gives up waiting for the key withdraws it. Another backend's grant
 //!   does not end it: it lapses within its second.
-//! - The claim of a crashed process stays in the bucket, keeping nobody out
-//!   after its second, until a shared or counted request finds it and
-//!   removes it, or the bucket's `max_age` drops it: like a crashed holder's
-//!   entry.
+//! - A shared or counted try of the claiming writer's own backend passes
+//!   the claim and ends it (waking the key's waiters once it is gone): a
+//!   locker queues its waiters in order, so the writer it was made for has
+//!   had its turn, and a writer of that process still waiting claims again
+//!   when it is next refused. Otherwise a reader queued behind its own
+//!   process's writer would wait out that writer's claim, and with it every
+//!   reader elsewhere. (Two lockers over one backend count as one process
+//!   here: a reader of one passes the claim of the other's writer once.)
+//! - A waiting reader that knows of a live claim (from its watch, or its
+//!   own) reads it before writing its entry, and answers busy without a
+//!   write while it stands: an entry written and withdrawn would turn away
+//!   the very writer the claim is for.
+//! - The claim of a crashed process keeps nobody out after its second, and
+//!   goes within about one more second after the key is next used: an
+//!   exclusive release reads the key's claim beside its proof (no read on
+//!   the grant path), and a claim that stood unchanged for a whole second
+//!   since that backend first saw it is removed (at once, or when the
+//!   second ends, looked at again in the background); a shared or counted
+//!   request removes it likewise. A writer ends only a claim that carries
+//!   its own token: another writer's claim in its place stands.
 //!
 //! A refused one-off try announces its withdrawal, waking those its entry
 //! may have turned away meanwhile; a waiting try withdraws silently, since
@@ -175,8 +197,13 @@
 //! long as they wait, and the holders they met wake them when they leave.
 //!
 //! A counted release names its slot in its announcement; a waiting counted
-//! try of a backend that heard it tries that slot first (a create on it
-//! decides), and answers busy, without a read, if somebody else took it.
+//! try of a backend that heard it tries that slot first, by a create on an
+//! empty key as for any slot. Anyone may publish an announcement, so the
+//! hint is used only when it is one of the lock's own slots of the
+//! waiter's count, spelled as this crate spells slots
+//! (`K.p.<permits>.<slot>`, `slot` below `permits`, plain decimals): it can
+//! only change which free slot is tried first. When that slot is taken the
+//! try goes on as if there had been no hint.
 //!
 //! A counted request whose token holds a slot is granted again (same fence)
 //! when this backend granted it; a release by token (the answer of a grant
@@ -220,10 +247,55 @@
 //! lives through the deletion reads the new creation time when a write gets
 //! a lower revision than one it got before, or when its watch is
 //! re-established; until then, if the new bucket has already taken more
-//! writes than the old one ever did, its fences can be lower. Having seen
-//! a new bucket, it grants no lease with a value (an election's) for one
-//! ttl: leaders of the old bucket may still count on their leases until
-//! their next renewal fails.
+//! writes than the old one ever did, its fences can be lower (and its
+//! writes on holders' behalf are still proven by token; see [The token is
+//! the authority](#the-token-is-the-authority) for the one window left).
+//!
+//! Leases with a value (an election's) are held back after a re-creation:
+//! leaders of the old bucket may still count on their leases until their
+//! next renewal fails. A backend that saw a new bucket grants none for one
+//! ttl from then; and every backend grants none while the stream is
+//! younger than the lease's ttl, answering busy for the rest of it, so
+//! that a process started right after a re-creation, or one that never saw
+//! the old bucket, does not let a candidate win while the old leader
+//! acts. Meanwhile nothing is written, so [`Backend::holder`] reports no
+//! such candidate. The stream's age is read on the server's clock alone:
+//! its creation time against the time the server stored a message this
+//! backend writes for the purpose (at `=.clock`, which no lock key can
+//! be, removed at once), once per stream, then carried on this backend's
+//! monotonic clock. The cost: the first leader of a bucket created for it
+//! waits one ttl. What stays undetectable: a bucket re-created more than
+//! one ttl before the candidate's try while an old leader still believes
+//! it leads (its renewals have failed for longer than a ttl by then, so
+//! its own renew deadline has ended that belief first, unless its process
+//! or clock was stopped); a server clock that stepped forward between the
+//! creation and that message (the stream then reads as older than it is);
+//! and plain leases, which are protected by their fences alone.
+//!
+//! # The token is the authority
+//!
+//! `STREAM.MSG.DELETE` takes a sequence and nothing else, and a
+//! compare-and-set at a revision checks only the key's last sequence; a
+//! re-created bucket numbers its messages from 1 again, so another
+//! holder's entry (of the same key, or of another) can sit at the sequence
+//! or revision a holder from before the re-creation knows. Every delete
+//! and compare-and-set of a lease this backend makes (a release, a
+//! renewal, the withdrawal of a refused try, the removal of a claim, the
+//! lost-answer release of a lease known only by its token) first reads the
+//! key from the stream leader and writes only at the sequence that carries
+//! the holder's token there; a lease this backend granted is also checked
+//! against the creation time of the stream it was granted in (read again
+//! when the stream may be new, see [Fences](#fences)). Another token with
+//! the holder's revision, the revision of a deleted bucket, or a forged
+//! lease changes nothing and answers not held or lost. An expired entry's
+//! removal deletes the sequence of the read that found it, after judging
+//! that very holder's token at that revision expired.
+//!
+//! What remains: a bucket deleted and created again between the proving
+//! read and the write (one round trip), with another entry written at that
+//! sequence meanwhile, could still be deleted or overwritten. This is the
+//! only window, beside the fence's clock assumption above. The proof costs
+//! a release and a renewal one read each (see the NATS bench).
 //!
 //! # The bucket
 //!
@@ -233,7 +305,9 @@
 //! later. The `max_age` is the longest lease the backend accepts, and how
 //! long an entry left by a crashed holder stays when nobody waits for its
 //! key (nobody else removes it: 2.9 has no per-key expiry). A released key
-//! leaves no message at all.
+//! leaves no message at all, and a crashed waiting writer's claim goes
+//! within about a second after the key is next used (see [Writer
+//! claims](#writer-claims)).
 //!
 //! An existing bucket is checked first, and refused with
 //! [`LockError::Misconfigured`] naming the setting when its stream could

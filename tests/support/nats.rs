@@ -161,7 +161,7 @@ pub async fn forge(
         k.clone(),
         format!("{k}.w"),
         format!("{k}.r.{token}"),
-        format!("other.p.1.0"),
+        "other.p.1.0".to_owned(),
         format!("{k}x.p.1.0"),
         format!("v1 {token} 1"),
         format!("{k}.p.1.0 ").repeat(1 << 16),
@@ -244,7 +244,9 @@ pub async fn forge(
 /// the process exits, however it exits, since its stdin closes then.
 pub struct Lasting {
     pub port: u16,
-    _stdin: std::process::ChildStdin,
+    /// Never waited for: it ends after the test process, which holds the
+    /// other end of its stdin.
+    _shell: std::process::Child,
 }
 
 fn lasting(args: Vec<String>, port: u16) -> Lasting {
@@ -259,17 +261,16 @@ fn lasting(args: Vec<String>, port: u16) -> Lasting {
         dir = dir.display(),
         server = quoted.join(" "),
     );
-    let mut shell = std::process::Command::new("sh")
+    let shell = std::process::Command::new("sh")
         .arg("-c")
         .arg(script)
         .stdin(std::process::Stdio::piped())
         .spawn()
         .expect("start sh");
-    let stdin = shell.stdin.take().expect("the shell's stdin");
     super::wait_for_port(port, Duration::from_secs(15));
     Lasting {
         port,
-        _stdin: stdin,
+        _shell: shell,
     }
 }
 
