@@ -84,8 +84,10 @@ impl LeaseValue<'_> {
 /// The last state of a key this backend saw, per (encoded) key.
 #[derive(Clone, Copy, Debug)]
 enum Seen {
-    /// A delete or purge marker at this revision: the next `create` expects it.
-    Free { revision: u64 },
+    /// A delete or purge marker at this revision; `written`: this backend
+    /// wrote it and the store acknowledged it, so the next `create` expects
+    /// it (a marker only heard of through the watch is never relied on).
+    Free { revision: u64, written: bool },
     /// `token`'s lease at this revision, first seen at `since`. The token
     /// is part of what was seen: a re-created bucket numbers from 1 again,
     /// so another holder's lease may come at a revision seen before.
@@ -102,7 +104,7 @@ impl Seen {
     /// holder's lease at the same revision.
     fn same(&self, other: &Seen) -> bool {
         match (*self, *other) {
-            (Seen::Free { revision: a }, Seen::Free { revision: b }) => a == b,
+            (Seen::Free { revision: a, .. }, Seen::Free { revision: b, .. }) => a == b,
             (
                 Seen::Held {
                     revision: a,
@@ -121,7 +123,7 @@ impl Seen {
 
     fn revision(&self) -> u64 {
         match *self {
-            Seen::Free { revision } | Seen::Held { revision, .. } => revision,
+            Seen::Free { revision, .. } | Seen::Held { revision, .. } => revision,
         }
     }
 }
@@ -151,14 +153,34 @@ impl SeenKeys {
     /// known, else 0 (no message at all).
     pub(crate) fn expected_free_revision(&self, key: &str) -> u64 {
         match self.lock().get(key) {
-            Some(Seen::Free { revision }) => *revision,
+            Some(Seen::Free {
+                revision,
+                written: true,
+            }) => *revision,
             _ => 0,
         }
     }
 
-    /// Notes a delete or purge marker.
+    /// Notes the delete marker this backend wrote.
     pub(crate) fn free(&self, key: &str, revision: u64) {
-        self.record(key, Seen::Free { revision });
+        self.record(
+            key,
+            Seen::Free {
+                revision,
+                written: true,
+            },
+        );
+    }
+
+    /// Notes a delete or purge marker the watch reported.
+    pub(crate) fn ended(&self, key: &str, revision: u64) {
+        self.record(
+            key,
+            Seen::Free {
+                revision,
+                written: false,
+            },
+        );
     }
 
     /// Forgets `key` (we hold it now, or nobody waits for it).
@@ -251,7 +273,13 @@ impl SeenKeys {
         match keys.get_mut(key) {
             // Events may arrive after a newer read: never go back in time,
             // and never restart the measurement of a revision already seen.
-            Some(old) if old.revision() > seen.revision() || old.same(&seen) => {}
+            // One revision holds one message: at an equal revision, only
+            // another holder's lease (a re-created bucket) replaces one.
+            Some(old)
+                if old.revision() > seen.revision()
+                    || (old.revision() == seen.revision()
+                        && !matches!((*old, seen), (Seen::Held { .. }, Seen::Held { .. })))
+                    || old.same(&seen) => {}
             Some(old) => *old = seen,
             None => {
                 Self::make_room(&mut keys, now);

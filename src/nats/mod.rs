@@ -297,6 +297,14 @@
 //! only window, beside the fence's clock assumption above. The proof costs
 //! a release and a renewal one read each (see the NATS bench).
 //!
+//! The watch's events come on an inbox of this backend's, which anyone
+//! who learns its name may publish on too: they only wake waiters and
+//! start measurements. A delete marker the watch reports is never the
+//! revision of a compare-and-set (only one this backend wrote and the
+//! store acknowledged is), so a forged event grants and deletes nothing;
+//! it can at most make a waiter measure an abandoned lease afresh, which
+//! delays a takeover.
+//!
 //! # The bucket
 //!
 //! [`NatsBackend::new`] creates the bucket when it is absent (file storage,

@@ -136,8 +136,12 @@ impl Sources {
             return;
         }
         match entry.operation {
+            // Recorded as the key's end, never as the revision the next
+            // create would be a compare-and-set on: an event is nothing the
+            // store answered to this backend (anyone who learns the watch's
+            // inbox can send one).
             Operation::Delete | Operation::Purge => {
-                self.seen.free(&entry.key, entry.revision);
+                self.seen.ended(&entry.key, entry.revision);
                 self.wakeups.notify(lock);
             }
             Operation::Put => match LeaseValue::decode(&entry.value) {
