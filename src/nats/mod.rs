@@ -700,7 +700,8 @@ impl NatsBackend {
     async fn held_by(&self, key: &str, token: Token) -> Result<Option<u64>, LockError> {
         let stored = self.inner.leader.last(key).await?;
         Ok(stored.and_then(|stored| {
-            self.inner.fences.saw(stored.revision);
+            // Not `Fences::saw`: a stored lease's revision is below later
+            // writes of the stream, and would make the stream look new.
             let ours = !stored.marker
                 && LeaseValue::decode(&stored.value).is_some_and(|lease| lease.token == token);
             ours.then_some(stored.revision)
