@@ -262,8 +262,9 @@
 //! such candidate. The stream's age is read on the server's clock alone:
 //! its creation time against the time the server stored a message this
 //! backend writes for the purpose (at `=.clock`, which no lock key can
-//! be, removed at once), once per stream, then carried on this backend's
-//! monotonic clock. The cost: the first leader of a bucket created for it
+//! be, removed at once; on a bucket that forbids deleting messages its
+//! delete marker stays, one message in all), once per stream, then carried
+//! on this backend's monotonic clock. The cost: the first leader of a bucket created for it
 //! waits one ttl. What stays undetectable: a bucket re-created more than
 //! one ttl before the candidate's try while an old leader still believes
 //! it leads (its renewals have failed for longer than a ttl by then, so
