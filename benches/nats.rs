@@ -9,6 +9,9 @@
 //! - `wakeup`: release → acquisition by a waiter in another `Locker`,
 //!   against one KV `put` round trip (one write and its ack, the cost of a store round trip) (criterion reports means; the
 //!   printed `wakeup:` line gives the medians of 200 hand-offs).
+//! - `switch` (printed): the same hand-off between kinds (an exclusive
+//!   holder to a shared waiter, and back), in the same alternating rounds
+//!   as the `wakeup:` line, as medians and against the writer hand-off.
 //! - `NATS uncontended acquire+release, interleaved` (printed): the locker
 //!   and the same operations by hand in alternating rounds; the ratio to
 //!   quote.
@@ -427,31 +430,41 @@ mod serde_json_free {
 }
 
 /// Medians of `rounds` hand-offs (release → acquisition by a waiter in
-/// another Locker) and of as many KV put round trips, in one run.
+/// another Locker): writer to writer, and the switches between kinds
+/// (writer to reader, reader to writer), with as many KV put round trips,
+/// all in alternating rounds.
 fn wakeup_medians(rounds: usize) {
     let s = setup();
-    let (handoffs, updates) = s.rt.block_on(async {
+    let [writers, to_reader, to_writer, updates] = s.rt.block_on(async {
         let (a, b) = (locker(s.port).await, locker(s.port).await);
         let js = async_nats::jetstream::new(support::nats::connect(&[s.port]).await);
         let store = js.get_key_value("bench").await.expect("bucket");
-        let mut handoffs = Vec::new();
-        let mut updates = Vec::new();
+        let mut times: [Vec<Duration>; 4] = Default::default();
         for _ in 0..rounds {
-            handoffs.push(handoff(&a, &b).await);
+            times[0].push(handoff(&a, &b).await);
+            times[1].push(kind_handoff(&a, &b, false, true).await);
+            times[2].push(kind_handoff(&a, &b, true, false).await);
             let sent = Instant::now();
             store.put("rtt", "x".into()).await.expect("put");
-            updates.push(sent.elapsed());
+            times[3].push(sent.elapsed());
         }
-        (handoffs, updates)
+        times
     });
     let median = |mut v: Vec<Duration>| {
         v.sort();
         v[v.len() / 2]
     };
-    let (handoff, update) = (median(handoffs), median(updates));
+    let (handoff, update) = (median(writers), median(updates));
     println!(
         "wakeup: median release->acquire {handoff:?} | median KV put round trip (one write and its ack) {update:?} | ratio {:.2}x",
         handoff.as_secs_f64() / update.as_secs_f64()
+    );
+    let (to_reader, to_writer) = (median(to_reader), median(to_writer));
+    println!(
+        "switch: median exclusive->shared {to_reader:?} ({:.2}x the writer hand-off) | \
+         shared->exclusive {to_writer:?} ({:.2}x)",
+        to_reader.as_secs_f64() / handoff.as_secs_f64(),
+        to_writer.as_secs_f64() / handoff.as_secs_f64(),
     );
 }
 
@@ -472,11 +485,27 @@ fn main() {
 /// One hand-off: `a` holds, `b` waits, `a` releases; the time from the
 /// release call to `b` holding the lock.
 async fn handoff(a: &Locker, b: &Locker) -> Duration {
-    let held = a.acquire("wakeup", TTL).await.expect("acquire");
-    let waiter = tokio::spawn({
-        let b = b.clone();
+    kind_handoff(a, b, false, false).await
+}
+
+/// [`handoff`] with a shared lease on either side (`true`) or an exclusive
+/// one: a switch between kinds when they differ.
+async fn kind_handoff(a: &Locker, b: &Locker, held_shared: bool, waits_shared: bool) -> Duration {
+    let take = |locker: &Locker, shared: bool| {
+        let locker = locker.clone();
         async move {
-            let guard = b.acquire("wakeup", TTL).await.expect("acquire");
+            if shared {
+                locker.acquire_shared("wakeup", TTL).await
+            } else {
+                locker.acquire("wakeup", TTL).await
+            }
+        }
+    };
+    let held = take(a, held_shared).await.expect("acquire");
+    let waiter = tokio::spawn({
+        let waiting = take(b, waits_shared);
+        async move {
+            let guard = waiting.await.expect("acquire");
             (guard, Instant::now())
         }
     });

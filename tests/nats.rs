@@ -19,27 +19,65 @@ use tower_lock::{LockError, Locker, nats::NatsBackend};
 
 const BUCKET: &str = "locks";
 
-/// One nats-server per test; every locker gets its own connection and
-/// backend (and so its own watch).
+/// A bucket and the server it is on; every locker gets its own connection
+/// and backend (and so its own watch).
 pub struct Nats {
-    server: ServerProcess,
+    /// The test's own server; `None` on the one the process shares.
+    _server: Option<ServerProcess>,
+    port: u16,
+    bucket: String,
     store: async_nats::jetstream::kv::Store,
+    /// Plays an outsider who may publish on the server.
+    forger: async_nats::Client,
+    recorder: nats::Recorder,
 }
 
+/// More than the conformance checks this file runs.
+const AGED_BUCKETS: usize = 64;
+
 impl Nats {
+    /// A server of the test's own, with the bucket [`BUCKET`] just created.
     async fn start() -> Self {
         let server = nats::server();
-        let backend = backend(server.port).await;
+        let port = server.port;
+        Self::open(Some(server), port, BUCKET.to_owned()).await
+    }
+
+    /// The conformance checks' store: a bucket of its own on a server the
+    /// test process shares ([`nats::AgedBuckets`]), older than the checks'
+    /// longest ttl, so that leases with a value are not held back.
+    async fn aged() -> Self {
+        static AGED: std::sync::OnceLock<nats::AgedBuckets> = std::sync::OnceLock::new();
+        let aged = AGED.get_or_init(|| {
+            let server = nats::lasting_server();
+            nats::AgedBuckets::new(vec![server], AGED_BUCKETS, 1, Duration::from_secs(31))
+        });
+        let bucket = aged.take().await;
+        Self::open(None, aged.ports[0], bucket).await
+    }
+
+    async fn open(server: Option<ServerProcess>, port: u16, bucket: String) -> Self {
+        let backend = backend_in(port, &bucket).await;
+        let forger = nats::connect(&[port]).await;
+        let recorder = nats::Recorder::start(&forger, &bucket).await;
         Nats {
+            _server: server,
+            port,
             store: backend.store().clone(),
-            server,
+            bucket,
+            forger,
+            recorder,
         }
     }
 }
 
 async fn backend(port: u16) -> NatsBackend {
+    backend_in(port, BUCKET).await
+}
+
+async fn backend_in(port: u16, bucket: &str) -> NatsBackend {
     let js = async_nats::jetstream::new(nats::connect(&[port]).await);
-    NatsBackend::builder(js, BUCKET)
+    NatsBackend::builder(js, bucket)
         .request_timeout(Duration::from_secs(2))
         .build()
         .await
@@ -118,7 +156,7 @@ async fn claims_left(store: &async_nats::jetstream::kv::Store) -> Vec<String> {
 
 impl conformance::Harness for Nats {
     async fn locker(&self) -> Locker {
-        Locker::new(backend(self.server.port).await)
+        Locker::new(backend_in(self.port, &self.bucket).await)
     }
 
     async fn stored_locks(&self) -> usize {
@@ -132,9 +170,13 @@ impl conformance::Harness for Nats {
     fn measures_from_first_sight(&self) -> bool {
         true
     }
+
+    async fn forge(&self, key: &str) -> usize {
+        nats::forge(&self.forger, &self.bucket, key, &self.recorder).await
+    }
 }
 
-conformance_suite!(Nats::start());
+conformance_suite!(Nats::aged());
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_creators_of_one_bucket_all_succeed() {
@@ -845,7 +887,7 @@ async fn killed_shared_and_counted_holders_free_their_place_after_their_ttl() {
     let child = support::child::ChildProcess::start(
         "kinds_child",
         KINDS_ENV,
-        format!("{} doc {}", nats.server.port, ttl.as_millis()),
+        format!("{} doc {}", nats.port, ttl.as_millis()),
     );
     let fences = child.expect_line("held");
     let (shared, permit) = ("doc:shared", "doc:permit");
@@ -939,7 +981,7 @@ async fn shared_and_counted_holders_are_entries_under_the_lock_key() {
             .is_none()
     );
     // Nobody holds the key exclusively.
-    let probe = backend(nats.server.port).await;
+    let probe = backend(nats.port).await;
     assert_eq!(
         tower_lock::backend::Backend::holder(&probe, "doc:1")
             .await
@@ -1031,3 +1073,313 @@ async fn shared_and_counted_leases_are_refused_on_a_bucket_that_forbids_deletes(
 }
 
 const LONG: Duration = Duration::from_secs(30);
+
+/// Two tasks of one backend take one key in turn, one as a writer and one
+/// as a reader: every switch between kinds is a wake-up, not a backoff step.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_and_writers_of_one_backend_hand_over_by_wake_up() {
+    let server = nats::server();
+    let locker = Locker::new(backend(server.port).await);
+    let turns = Arc::new(tokio::sync::Mutex::new(0u32));
+    let started = Instant::now();
+    let tasks: Vec<_> = [false, true]
+        .into_iter()
+        .map(|shared| {
+            let (locker, turns) = (locker.clone(), turns.clone());
+            tokio::spawn(async move {
+                for _ in 0..20 {
+                    let ttl = Duration::from_secs(30);
+                    let guard = if shared {
+                        locker.acquire_shared("k", ttl).await
+                    } else {
+                        locker.acquire("k", ttl).await
+                    };
+                    let guard = guard.expect("acquire");
+                    *turns.lock().await += 1;
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    guard.release().await.expect("release");
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("task");
+    }
+    let took = started.elapsed();
+    eprintln!("40 sections in {took:?}");
+    assert!(took < Duration::from_secs(2), "40 sections took {took:?}");
+}
+
+/// Takes `key` straight from `backend`'s store, for the tests that need the
+/// lease itself.
+async fn take(backend: &NatsBackend, key: &str) -> tower_lock::backend::Lease {
+    use tower_lock::backend::{AcquireRequest, Attempt, Backend, Lease, LeaseKind, Token};
+    let token = Token::new();
+    let request = AcquireRequest::new(key, token, Duration::from_secs(30));
+    match backend.try_acquire(&request).await.expect("try") {
+        Attempt::Acquired { fence, revision } => Lease {
+            token,
+            fence,
+            revision,
+            kind: LeaseKind::Exclusive,
+        },
+        other => panic!("{key:?} is free, yet: {other:?}"),
+    }
+}
+
+/// Deletes the bucket's stream, and opens a new backend, which creates it
+/// again: its sequences start at 1 again.
+async fn recreate_bucket(port: u16) -> NatsBackend {
+    let js = async_nats::jetstream::new(nats::connect(&[port]).await);
+    js.delete_stream(format!("KV_{BUCKET}"))
+        .await
+        .expect("delete the bucket");
+    backend(port).await
+}
+
+/// A holder from before a re-creation of the bucket releases its key `a`
+/// at its revision, where the new bucket holds `b`'s lease: `b` keeps it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_across_a_re_creation_spares_another_keys_lease() {
+    use tower_lock::backend::Backend;
+    let server = nats::server();
+    let old = backend(server.port).await;
+    let a = take(&old, "a").await;
+    let new = recreate_bucket(server.port).await;
+    let b = take(&new, "b").await;
+    assert_eq!(
+        a.revision, b.revision,
+        "both are their stream's first message"
+    );
+    assert!(
+        !old.release("a", &a).await.expect("release"),
+        "the old holder's release reported that it released something"
+    );
+    let holding = new.holder("b").await.expect("holder").expect("b is held");
+    assert_eq!(holding.token, b.token, "b's lease was deleted");
+    let third = Locker::new(backend(server.port).await);
+    assert!(
+        third
+            .try_lock("b", Duration::from_secs(30))
+            .await
+            .expect("try")
+            .is_none(),
+        "a third locker took b while its holder held it"
+    );
+    assert!(new.release("b", &b).await.expect("release"));
+}
+
+/// A holder from before a re-creation renews its key, which a new holder
+/// took in the new bucket at the same revision: the old one has lost, and
+/// the new one keeps its lease untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_across_a_re_creation_at_the_same_revision_is_lost() {
+    use tower_lock::backend::Backend;
+    let server = nats::server();
+    let old = backend(server.port).await;
+    let before = take(&old, "k").await;
+    let new = recreate_bucket(server.port).await;
+    let after = take(&new, "k").await;
+    assert_eq!(
+        before.revision, after.revision,
+        "both are their stream's first message"
+    );
+    assert_eq!(
+        old.extend("k", &before, Duration::from_secs(30))
+            .await
+            .expect("extend"),
+        None,
+        "the old holder's renewal took the new holder's lease"
+    );
+    let holding = new.holder("k").await.expect("holder").expect("k is held");
+    assert_eq!((holding.token, holding.fence), (after.token, after.fence));
+    let renewed = new
+        .extend("k", &after, Duration::from_secs(30))
+        .await
+        .expect("extend");
+    let revision = renewed.expect("the new holder's lease still renews");
+    assert!(
+        new.release("k", &tower_lock::backend::Lease { revision, ..after })
+            .await
+            .expect("release")
+    );
+}
+
+/// The announcement of a counted release names a slot; a forged one named
+/// `k.p.1.evil`, a slot outside the key's one permit, and a waiter created
+/// it and was let in while the permit was held. A hint only ever picks
+/// among the slots the waiter would try anyway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_slot_hint_lets_no_waiter_past_a_held_permit() {
+    let server = nats::server();
+    let holder = Locker::new(backend(server.port).await);
+    let store = holder.backend().clone();
+    let ttl = Duration::from_secs(30);
+    let permit = holder.acquire_permit("k", 1, ttl).await.expect("permit");
+    let waiter = Locker::new(backend(server.port).await);
+    let waiting = tokio::spawn(async move { waiter.acquire_permit("k", 1, ttl).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let nats_store = async_nats::jetstream::new(nats::connect(&[server.port]).await)
+        .get_key_value(BUCKET)
+        .await
+        .expect("bucket");
+    let before = stored_keys(&nats_store).await;
+    let client = nats::connect(&[server.port]).await;
+    for hint in ["k.p.1.evil", "k.p.1.1", "k.p.1.+0", "k.p.01.0", "k.p.2.1"] {
+        let subject = format!("tower-lock.{BUCKET}.released.k");
+        client
+            .publish(subject, bytes::Bytes::from(hint))
+            .await
+            .expect("publish");
+        client.flush().await.expect("flush");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !waiting.is_finished(),
+        "a forged slot hint let a waiter in while the only permit was held"
+    );
+    assert_eq!(
+        stored_keys(&nats_store).await,
+        before,
+        "a hint created an entry"
+    );
+    drop(store);
+    permit.release().await.expect("release");
+    let next = tokio::time::timeout(Duration::from_secs(3), waiting)
+        .await
+        .expect("the real release wakes the waiter")
+        .expect("task")
+        .expect("permit");
+    next.release().await.expect("release");
+}
+
+/// 32 tasks over 4 backends take one key, a write one time in five and a
+/// read otherwise: the key is never left idle while they wait, so all 640
+/// sections finish in a fraction of what backoff steps would take.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mixed_readers_and_writers_over_several_backends_keep_the_key_busy() {
+    let server = nats::server();
+    let mut lockers = Vec::new();
+    for _ in 0..4 {
+        lockers.push(Locker::new(backend(server.port).await));
+    }
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..32)
+        .map(|task| {
+            let locker = lockers[task % lockers.len()].clone();
+            tokio::spawn(async move {
+                for _ in 0..20 {
+                    let ttl = Duration::from_secs(30);
+                    let write = tower_lock::backend::Token::new()
+                        .as_uuid()
+                        .as_u128()
+                        .is_multiple_of(5);
+                    let guard = if write {
+                        locker.acquire("k", ttl).await
+                    } else {
+                        locker.acquire_shared("k", ttl).await
+                    };
+                    let guard = guard.expect("acquire");
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    guard.release().await.expect("release");
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("task");
+    }
+    let took = started.elapsed();
+    eprintln!("640 mixed sections in {took:?}");
+    assert!(took < Duration::from_secs(30), "640 sections took {took:?}");
+}
+
+/// A writer that crashed while it waited leaves its claim (`k.w`); a key
+/// that is afterwards only locked exclusively loses it within about one
+/// claim period of its next release.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_writers_claim_goes_after_the_next_exclusive_use() {
+    let server = nats::server();
+    let locker = Locker::new(backend(server.port).await);
+    let store = locker.backend().clone();
+    let nats_store = async_nats::jetstream::new(nats::connect(&[server.port]).await)
+        .get_key_value(BUCKET)
+        .await
+        .expect("bucket");
+    // What a waiting writer writes, one second long, never removed.
+    let claim = format!("v1 {} 1000", uuid::Uuid::new_v4());
+    nats_store
+        .put("k.w", bytes::Bytes::from(claim))
+        .await
+        .expect("a crashed writer's claim");
+    drop(store);
+    let guard = locker.acquire("k", Duration::from_secs(30)).await;
+    guard.expect("acquire").release().await.expect("release");
+    let released = Instant::now();
+    while stored_keys(&nats_store).await.contains(&"k.w".to_owned()) {
+        assert!(
+            released.elapsed() < Duration::from_secs(3),
+            "the crashed writer's claim outlived a claim period after the key's use"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(stored_keys(&nats_store).await.is_empty());
+}
+
+/// A process that never saw the old bucket starts right after it was
+/// created again: its candidate waits until the new stream is one ttl old
+/// (by then the old leader's renewals have failed), and is not reported as
+/// leader meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_valued_grant_on_a_re_created_bucket_waits_out_one_ttl() {
+    use tower_lock::backend::{AcquireRequest, Attempt, Backend, Token};
+    let server = nats::server();
+    let ttl = Duration::from_millis(1500);
+    let old = backend(server.port).await;
+    // The first bucket is young too: its first leader waits as well.
+    let leader = Token::new();
+    let request = AcquireRequest::new("e", leader, ttl).value(Some("node-a"));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match old.try_acquire(&request).await.expect("try") {
+            Attempt::Acquired { .. } => break,
+            Attempt::Busy { remaining } => {
+                assert!(remaining.is_some_and(|left| left <= ttl), "{remaining:?}");
+                assert!(Instant::now() < deadline, "the first leader never got in");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    let fresh = recreate_bucket(server.port).await;
+    let recreated = Instant::now();
+    let candidate = Token::new();
+    let request = AcquireRequest::new("e", candidate, ttl).value(Some("node-b"));
+    let granted = loop {
+        match fresh.try_acquire(&request).await.expect("try") {
+            Attempt::Acquired { .. } => break recreated.elapsed(),
+            Attempt::Busy { remaining } => {
+                let left = remaining.expect("a hold-back says how long");
+                assert!(left <= ttl, "{left:?}");
+                assert_eq!(
+                    fresh.holder("e").await.expect("holder"),
+                    None,
+                    "a held-back candidate was reported as leader"
+                );
+                tokio::time::sleep(left.min(Duration::from_millis(100))).await;
+            }
+            other => panic!("{other:?}"),
+        }
+    };
+    assert!(
+        granted >= ttl - Duration::from_millis(100),
+        "a candidate on a bucket {granted:?} old won while the old leader could still act"
+    );
+    // Plain leases are not held back: their fences protect them.
+    let plain = fresh
+        .try_acquire(&AcquireRequest::new("plain", Token::new(), ttl))
+        .await
+        .expect("try");
+    assert!(matches!(plain, Attempt::Acquired { .. }), "{plain:?}");
+}

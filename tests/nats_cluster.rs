@@ -17,12 +17,16 @@ use support::nats;
 use tower_lock::{Locker, nats::NatsBackend};
 
 async fn r3_backend(ports: &[u16]) -> NatsBackend {
+    r3_backend_in(ports, "locks").await
+}
+
+async fn r3_backend_in(ports: &[u16], bucket: &str) -> NatsBackend {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let js = nats::jetstream(nats::connect(ports).await, Duration::from_secs(2));
         // Right after start-up the cluster may still be electing its
         // JetStream leader.
-        match NatsBackend::builder(js, "locks").replicas(3).build().await {
+        match NatsBackend::builder(js, bucket).replicas(3).build().await {
             Ok(backend) => return backend,
             Err(err) => {
                 assert!(Instant::now() < deadline, "no R3 bucket: {err}");
@@ -136,33 +140,50 @@ async fn bucket_placement(ports: &[u16]) -> (usize, usize) {
     (info.config.num_replicas, leader)
 }
 
-/// An R3 bucket on a three-node cluster of its own; every locker connects
+/// An R3 bucket of its own on a three-node cluster the test process shares,
+/// older than the checks' longest ttl ([`nats::AgedBuckets`]: leases with
+/// a value wait until their stream is one ttl old); every locker connects
 /// to all three nodes.
 struct Cluster {
-    _nodes: Vec<support::ServerProcess>,
     ports: Vec<u16>,
+    bucket: String,
+    /// Plays an outsider who may publish on the servers.
+    forger: async_nats::Client,
+    recorder: nats::Recorder,
 }
+
+/// More than the conformance checks this file runs.
+const AGED_BUCKETS: usize = 24;
 
 impl Cluster {
     async fn start() -> Self {
-        let nodes = tokio::task::spawn_blocking(nats::cluster)
-            .await
-            .expect("start the cluster");
-        let ports = nodes.iter().map(|n| n.port).collect();
+        static AGED: std::sync::OnceLock<nats::AgedBuckets> = std::sync::OnceLock::new();
+        let aged = AGED.get_or_init(|| {
+            let nodes = nats::lasting_cluster();
+            nats::AgedBuckets::new(nodes, AGED_BUCKETS, 3, Duration::from_secs(31))
+        });
+        let bucket = aged.take().await;
+        let ports = aged.ports.clone();
+        let forger = nats::connect(&ports).await;
+        let recorder = nats::Recorder::start(&forger, &bucket).await;
         Cluster {
-            _nodes: nodes,
             ports,
+            bucket,
+            forger,
+            recorder,
         }
     }
-}
 
-impl Cluster {
     /// The bucket's keys with a message, from the stream leader's state.
     async fn keys(&self) -> Vec<String> {
         let js = async_nats::jetstream::new(nats::connect(&self.ports).await);
-        let stream = js.get_stream("KV_locks").await.expect("bucket stream");
+        let stream = js
+            .get_stream(format!("KV_{}", self.bucket))
+            .await
+            .expect("bucket stream");
+        let prefix = format!("$KV.{}.", self.bucket);
         let subjects = stream
-            .info_with_subjects("$KV.locks.>")
+            .info_with_subjects(format!("{prefix}>"))
             .await
             .expect("stream info");
         let subjects: Vec<(String, usize)> = futures_util::TryStreamExt::try_collect(subjects)
@@ -171,7 +192,7 @@ impl Cluster {
         // `info_with_subjects` asks for a second page, which may repeat some.
         let mut keys: Vec<String> = subjects
             .into_iter()
-            .filter_map(|(subject, _)| subject.strip_prefix("$KV.locks.").map(str::to_owned))
+            .filter_map(|(subject, _)| subject.strip_prefix(&prefix).map(str::to_owned))
             .collect();
         keys.sort();
         keys.dedup();
@@ -186,7 +207,7 @@ fn is_claim(key: &str) -> bool {
 
 impl conformance::Harness for Cluster {
     async fn locker(&self) -> Locker {
-        Locker::new(r3_backend(&self.ports).await)
+        Locker::new(r3_backend_in(&self.ports, &self.bucket).await)
     }
 
     async fn stored_locks(&self) -> usize {
@@ -208,6 +229,10 @@ impl conformance::Harness for Cluster {
     fn measures_from_first_sight(&self) -> bool {
         true
     }
+
+    async fn forge(&self, key: &str) -> usize {
+        nats::forge(&self.forger, &self.bucket, key, &self.recorder).await
+    }
 }
 
 // The election checks, and those of shared and counted locks (32 tasks
@@ -223,4 +248,8 @@ crate::conformance_suite!(@tests Cluster::start();
     permits_are_never_exceeded_and_are_all_used,
     another_permit_count_is_refused_naming_both,
     abandoned_shared_and_counted_leases_expire_after_their_ttl,
+    another_token_with_the_holders_revision_changes_nothing,
+    another_token_with_a_shared_or_counted_holders_revision_changes_nothing,
+    forged_messages_grant_create_and_delete_nothing,
+    a_switch_between_kinds_is_woken,
 );

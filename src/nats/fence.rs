@@ -23,12 +23,24 @@
 //! fails), and then reads the new creation time before it hands out a
 //! fence. A new creation time also means the old stream's leases are gone
 //! while their holders may still count on them: the backend then holds
-//! back leases with a value for one ttl (see `StateLoss`).
+//! back leases with a value for one ttl (see `StateLoss`). A backend that
+//! never saw the old stream cannot notice that; it holds them back while
+//! the stream is younger than their ttl instead, reading the stream's age
+//! on the server's clock ([`Fences::server_read`], [`Fences::stream_age`]).
+//!
+//! The creation time is also what a write on a holder's behalf proves its
+//! stream by: a lease granted in a stream that is no longer the bucket's
+//! is lost, whatever the new stream holds at its key.
 
 use std::{
-    sync::atomic::{AtomicBool, AtomicU64, Ordering},
+    sync::{
+        Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
+
+use tokio::time::Instant;
 
 use async_nats::jetstream::stream::{Info, Stream};
 
@@ -49,6 +61,10 @@ pub(crate) struct Fences {
     suspect: AtomicBool,
     /// Noticed when the creation time changes.
     loss: StateLoss,
+    /// What this backend knows of the server's clock: at the instant, it
+    /// read at least this many microseconds since the epoch (a message's
+    /// time). `None` until it read one, and again for a new stream.
+    clock: Mutex<Option<(u64, Instant)>>,
 }
 
 impl Fences {
@@ -58,10 +74,29 @@ impl Fences {
             highest: AtomicU64::new(info.state.last_sequence),
             suspect: AtomicBool::new(false),
             loss: StateLoss::default(),
+            clock: Mutex::new(None),
         }
     }
 
-    /// The fence of a lease written at `revision`.
+    /// The server stored a message at `time` (microseconds since the
+    /// epoch, on its clock): its clock reads at least that now.
+    pub(crate) fn server_read(&self, time: u64) {
+        let now = Instant::now();
+        let mut clock = crate::sync::lock(&self.clock);
+        let known = clock.map(|(at_least, since)| at_least + elapsed_micros(since, now));
+        if known.is_none_or(|known| known < time) {
+            *clock = Some((time, now));
+        }
+    }
+
+    /// At least how old the stream is, on the server's clock, from the
+    /// last server time read; `None` when none was read for this stream.
+    pub(crate) fn stream_age(&self) -> Option<Duration> {
+        let (at_least, since) = (*crate::sync::lock(&self.clock))?;
+        let now = at_least + elapsed_micros(since, Instant::now());
+        Some(Duration::from_micros(now.saturating_sub(self.base())))
+    }
+
     /// Notes a revision of the stream, written or watched: sequences of
     /// one stream only grow, so a lower one than seen before is a new
     /// stream.
@@ -71,8 +106,28 @@ impl Fences {
         }
     }
 
+    /// The fence of a lease written at `revision`.
     pub(crate) async fn fence(&self, stream: &Stream, revision: u64) -> Result<u64, LockError> {
         self.saw(revision);
+        self.refresh(stream, revision).await?;
+        Ok(self.of(revision))
+    }
+
+    /// The creation time of the stream, read again first if it may have
+    /// been created again since it was last read: what a write on a
+    /// holder's behalf proves it is still the holder's stream by.
+    pub(crate) async fn created(&self, stream: &Stream) -> Result<u64, LockError> {
+        self.refresh(stream, 0).await?;
+        Ok(self.base())
+    }
+
+    /// The creation time of the stream as last read.
+    pub(crate) fn base(&self) -> u64 {
+        self.created.load(Ordering::Acquire)
+    }
+
+    /// Reads the stream's creation time again if it is suspect.
+    async fn refresh(&self, stream: &Stream, revision: u64) -> Result<(), LockError> {
         if self.suspect.swap(false, Ordering::AcqRel) {
             let info = match stream.get_info().await {
                 Ok(info) => info,
@@ -84,27 +139,30 @@ impl Fences {
             let created = created_micros(&info);
             if self.created.swap(created, Ordering::AcqRel) != created {
                 self.loss.notice();
+                // What was read of the server's clock was read through the
+                // old stream's messages: the new one's age is unknown.
+                *crate::sync::lock(&self.clock) = None;
             }
             self.highest
                 .store(info.state.last_sequence.max(revision), Ordering::Release);
         }
-        Ok(self.of(revision))
+        Ok(())
     }
 
     /// The fence of the lease at `revision`, as far as this backend knows
     /// the stream (for reports of who holds a key, which grant nothing).
     pub(crate) fn of(&self, revision: u64) -> u64 {
-        self.created.load(Ordering::Acquire) + revision
+        self.base() + revision
     }
 
-    /// The stream may have been deleted and created again (its watch
-    /// failed): read its creation time again before the next fence.
     /// How long `request` must wait, after the stream was found new (see
     /// `StateLoss::holds_back`).
     pub(crate) fn holds_back(&self, request: &AcquireRequest<'_>) -> Option<Duration> {
         self.loss.holds_back(request)
     }
 
+    /// The stream may have been deleted and created again (its watch
+    /// failed): read its creation time again before the next fence.
     pub(crate) fn suspect(&self) {
         self.suspect.store(true, Ordering::Release);
     }
@@ -113,9 +171,16 @@ impl Fences {
 fn created_micros(info: &Info) -> u64 {
     // Through `SystemTime`, which async-nats's date type converts to
     // whichever time crate it was built with.
-    SystemTime::from(info.created)
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |since| {
-            u64::try_from(since.as_micros()).unwrap_or(u64::MAX)
-        })
+    micros(SystemTime::from(info.created))
+}
+
+fn elapsed_micros(since: Instant, now: Instant) -> u64 {
+    u64::try_from(now.saturating_duration_since(since).as_micros()).unwrap_or(u64::MAX)
+}
+
+/// `time` in microseconds since the Unix epoch (0 before it).
+pub(crate) fn micros(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH).map_or(0, |since| {
+        u64::try_from(since.as_micros()).unwrap_or(u64::MAX)
+    })
 }

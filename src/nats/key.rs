@@ -55,12 +55,20 @@ impl Entry {
         match parts[..] {
             ["w"] => Some(Entry::Claim),
             ["r", _] => Some(Entry::Reader),
-            ["p", permits, _] => Some(Entry::Slot {
-                permits: permits.parse().ok()?,
-            }),
+            ["p", permits, slot] => {
+                let permits = canonical(permits)?;
+                (canonical(slot)? < permits).then_some(Entry::Slot { permits })
+            }
             _ => None,
         }
     }
+}
+
+/// A number as [`slot`] writes it: decimal digits, no sign, no leading
+/// zero. Anything else names no slot, so that no two names stand for one.
+fn canonical(number: &str) -> Option<u32> {
+    let parsed: u32 = number.parse().ok()?;
+    (parsed.to_string() == number).then_some(parsed)
 }
 
 /// The lock key an entry belongs to: the part before the first `.`.
@@ -190,7 +198,22 @@ mod tests {
             assert_eq!(lock_of(&entry), key);
             assert_eq!(decode(&entry), None, "{entry:?}");
         }
-        for foreign in ["a.x.y", "a.p", "a.p.x.1", "a.r.t.u", "a.w.1", "a.r"] {
+        for foreign in [
+            "a.x.y",
+            "a.p",
+            "a.p.x.1",
+            "a.r.t.u",
+            "a.w.1",
+            "a.r",
+            "a.p.1.evil",
+            "a.p.1.1",
+            "a.p.1.+0",
+            "a.p.+1.0",
+            "a.p.01.0",
+            "a.p.2.00",
+            "a.p.0.0",
+            "a.p.2.-1",
+        ] {
             assert_eq!(Entry::of(foreign), None, "{foreign:?}");
         }
     }

@@ -54,6 +54,9 @@ impl Holder {
 #[derive(Debug, Default)]
 pub(super) struct Claims {
     claims: Mutex<HashMap<String, Claim>>,
+    /// The keys whose claim, left by somebody else, this backend looks at
+    /// again once it has stood for a claim period (see `sweep_claim`).
+    sweeps: Mutex<std::collections::HashSet<String>>,
 }
 
 /// One claim of this backend, and when it was (last) written.
@@ -61,14 +64,9 @@ pub(super) struct Claims {
 enum Claim {
     /// On its way to the server; `cancelled` once its waiters were served
     /// or gave up meanwhile, so that its writer removes it at once.
-    Writing {
-        cancelled: bool,
-        at: Instant,
-    },
-    Written {
-        revision: u64,
-        at: Instant,
-    },
+    Writing { cancelled: bool, at: Instant },
+    /// Written with `token`, the one its removal must find there.
+    Written { token: Token, at: Instant },
 }
 
 impl Claims {
@@ -99,16 +97,16 @@ impl Claims {
         true
     }
 
-    /// The claim of `key` was written at `revision`: `false` when it is no
+    /// The claim of `key` was written with `token`: `false` when it is no
     /// longer wanted and must be removed.
-    fn written(&self, key: &str, revision: u64) -> bool {
+    fn written(&self, key: &str, token: Token) -> bool {
         let mut claims = self.lock();
         match claims.get(key).copied() {
             Some(Claim::Writing {
                 cancelled: false,
                 at,
             }) => {
-                claims.insert(key.to_owned(), Claim::Written { revision, at });
+                claims.insert(key.to_owned(), Claim::Written { token, at });
                 true
             }
             Some(Claim::Writing {
@@ -121,19 +119,27 @@ impl Claims {
         }
     }
 
-    /// Ends the claim of `key`: its revision when it is written, for its
+    /// The token this backend's claim of `key` was written with.
+    fn written_by(&self, key: &str) -> Option<Token> {
+        match self.lock().get(key) {
+            Some(Claim::Written { token, .. }) => Some(*token),
+            _ => None,
+        }
+    }
+
+    /// Ends the claim of `key`: its token when it is written, for its
     /// removal; one still being written is removed by its writer.
-    fn take(&self, key: &str) -> Option<u64> {
+    fn take(&self, key: &str) -> Option<Token> {
         let mut claims = self.lock();
         match claims.get_mut(key) {
             Some(Claim::Writing { cancelled, .. }) => {
                 *cancelled = true;
                 None
             }
-            Some(Claim::Written { revision, .. }) => {
-                let revision = *revision;
+            Some(Claim::Written { token, .. }) => {
+                let token = *token;
                 claims.remove(key);
-                Some(revision)
+                Some(token)
             }
             None => None,
         }
@@ -146,6 +152,12 @@ impl Claims {
 
 /// The slot each lock's last release announcement named, per encoded lock
 /// key: where this backend's next waiter for it tries first.
+///
+/// Anyone may publish an announcement, so a hint is only ever a slot name
+/// this backend would have tried anyway: one of the lock's own slots, of
+/// a count and an index below it as [`key::slot`] writes them. The waiter
+/// still takes it only by creating it empty, for its own count, and then
+/// checks as after any other create.
 #[derive(Debug, Default)]
 pub(super) struct Freed {
     slots: Mutex<HashMap<String, String>>,
@@ -153,7 +165,7 @@ pub(super) struct Freed {
 
 impl Freed {
     pub(super) fn note(&self, key: &str, entry: &str) {
-        if Entry::of(entry).is_none() || key::lock_of(entry) != key {
+        if !matches!(Entry::of(entry), Some(Entry::Slot { .. })) || key::lock_of(entry) != key {
             return;
         }
         let mut slots = crate::sync::lock(&self.slots);
@@ -163,8 +175,12 @@ impl Freed {
         slots.insert(key.to_owned(), entry.to_owned());
     }
 
-    fn take(&self, key: &str) -> Option<String> {
-        crate::sync::lock(&self.slots).remove(key)
+    /// The slot named last for `key`, if it is one of `permits`.
+    fn take(&self, key: &str, permits: u32) -> Option<String> {
+        let entry = crate::sync::lock(&self.slots).remove(key)?;
+        let index = entry.rsplit('.').next()?.parse().ok()?;
+        let slot = key::slot(key, permits, index);
+        (index < permits && slot == entry).then_some(slot)
     }
 }
 
@@ -199,7 +215,7 @@ impl NatsBackend {
         match self
             .inner
             .seen
-            .judge(&stored.key, stored.revision, lease.ttl)
+            .judge(&stored.key, stored.revision, lease.token, lease.ttl)
         {
             Verdict::Running(left) => Ok(Holder::Running(Some(left))),
             Verdict::Expired => {
@@ -225,10 +241,28 @@ impl NatsBackend {
     /// only ever delays, so this read decides nothing about exclusion.
     async fn claim_on(&self, request: &AcquireRequest<'_>, key: &str) -> Result<Holder, LockError> {
         let claim = key::claim(key);
-        if request.waiting && self.inner.seen.running(&claim).is_none() {
+        let ours = self.inner.claims.written_by(key);
+        if request.waiting && ours.is_none() && self.inner.seen.running(&claim).is_none() {
             return Ok(Holder::Gone);
         }
-        self.live_at(&claim).await
+        let stored = self.inner.leader.last(&claim).await?;
+        // This backend's own claim: the writer it was made for has had its
+        // turn, since a locker queues its waiters in order and this try
+        // comes from the head of its queue (a writer of this process still
+        // waiting claims again when it is next refused). Standing, it would
+        // keep this very reader out, and with it everyone, until it lapses.
+        if let (Some(token), Some(stored)) = (ours, &stored)
+            && !stored.marker
+            && LeaseValue::decode(&stored.value).is_some_and(|lease| lease.token == token)
+        {
+            self.end_claim(key, true);
+            return Ok(Holder::Gone);
+        }
+        if stored.is_none() {
+            // Removed by its writer (a delete the watch does not report).
+            self.inner.seen.forget(&claim);
+        }
+        self.live(stored).await
     }
 
     /// The first live lease among the entries matching `filter`.
@@ -258,11 +292,10 @@ impl NatsBackend {
         request: &AcquireRequest<'_>,
         key: &str,
         entry: &str,
-        revision: u64,
     ) -> Result<(), LockError> {
-        if self.remove(revision).await?.is_ok() {
-            self.inner.seen.forget(entry);
-        }
+        // Proven ours first: a re-created bucket may hold somebody else's
+        // entry at the revision our write got.
+        self.remove_held(entry, request.token).await?;
         if !request.waiting {
             self.announce(key, false).await;
         }
@@ -284,16 +317,60 @@ impl NatsBackend {
     /// The writer of `key` was granted: its claim, if it made one, is over.
     /// Removed in the background: the grant need not wait for it, and the
     /// key is held meanwhile anyway.
-    pub(super) fn end_claim(&self, key: &str) {
-        let Some(revision) = self.inner.claims.take(key) else {
+    ///
+    /// `announce`: wake the waiters of the key everywhere once it is gone,
+    /// for whom it is the last thing in the way.
+    pub(super) fn end_claim(&self, key: &str, announce: bool) {
+        let Some(token) = self.inner.claims.take(key) else {
             return;
         };
         let (backend, key) = (self.clone(), key.to_owned());
         self.in_background(async move {
-            match backend.remove(revision).await {
-                Ok(_) => backend.inner.seen.forget(&key::claim(&key)),
+            // Another writer's claim in its place stands.
+            match backend.remove_held(&key::claim(&key), token).await {
+                Ok(removed) => {
+                    backend.inner.seen.forget(&key::claim(&key));
+                    if removed && announce {
+                        backend.announce(&key, false).await;
+                    }
+                }
                 Err(err) => tracing::debug!(%key, error = %err, "claim not removed; it lapses"),
             }
+        });
+    }
+
+    /// After an exclusive release of `key` (encoded), what its claim read
+    /// found: a claim left by a writer that crashed while it waited, which
+    /// nothing on the exclusive path would remove otherwise. It goes once
+    /// it has stood unchanged for a whole claim period since this backend
+    /// first saw it: removed now if that is already so, else looked at
+    /// again in the background when the period ends (one look per key at a
+    /// time). A live writer's claim is renewed meanwhile, and stays.
+    pub(super) fn sweep_claim(&self, key: &str, stored: Stored) {
+        let ours = self.inner.claims.written_by(key);
+        let lease = LeaseValue::decode(&stored.value);
+        if stored.marker || lease.is_none_or(|lease| Some(lease.token) == ours) {
+            return;
+        }
+        {
+            let mut sweeps = crate::sync::lock(&self.inner.claims.sweeps);
+            if sweeps.len() >= 4096 || !sweeps.insert(key.to_owned()) {
+                return;
+            }
+        }
+        let (backend, key) = (self.clone(), key.to_owned());
+        self.in_background(async move {
+            // The first look measures from now (or removes it), the second
+            // removes what stood unchanged since.
+            if let Ok(Holder::Running(Some(left))) = backend.live(Some(stored)).await {
+                tokio::time::sleep(left + Duration::from_millis(10)).await;
+                if let Ok(found) = backend.inner.leader.last(&key::claim(&key)).await
+                    && let Err(err) = backend.live(found).await
+                {
+                    tracing::debug!(%key, error = %err, "left claim not removed");
+                }
+            }
+            crate::sync::lock(&backend.inner.claims.sweeps).remove(&key);
         });
     }
 
@@ -328,11 +405,11 @@ impl NatsBackend {
         }
         .encode();
         match self.inner.store.put(key::claim(key), value).await {
-            Ok(revision) => {
+            Ok(_) => {
                 // Its waiters may have been served or have given up while
                 // it was on its way.
-                if !self.inner.claims.written(key, revision) {
-                    if let Ok(Ok(())) = self.remove(revision).await {
+                if !self.inner.claims.written(key, token) {
+                    if let Ok(true) = self.remove_held(&key::claim(key), token).await {
                         self.announce(key, false).await;
                     }
                     return;
@@ -349,14 +426,14 @@ impl NatsBackend {
         if self.inner.wakeups.is_watched(key) {
             return;
         }
-        let Some(revision) = self.inner.claims.take(key) else {
+        let Some(token) = self.inner.claims.take(key) else {
             return;
         };
         let (backend, key) = (self.clone(), key.to_owned());
         self.in_background(async move {
-            match backend.remove(revision).await {
-                Ok(Ok(())) => backend.announce(&key, false).await,
-                Ok(Err(Conflict)) => {}
+            match backend.remove_held(&key::claim(&key), token).await {
+                Ok(true) => backend.announce(&key, false).await,
+                Ok(false) => {}
                 Err(err) => tracing::debug!(%key, error = %err, "claim not removed; it lapses"),
             }
         });
@@ -371,6 +448,15 @@ impl NatsBackend {
         self.check_kinds()?;
         let key = key::encode(request.key);
         let entry = key::reader(&key, request.token);
+        // A waiting reader that knows of a claim reads it before it writes:
+        // its entry, written and withdrawn, would turn away the very writer
+        // the claim is for, who would then wait a backoff step for nothing.
+        let claim_first = request.waiting
+            && (self.inner.claims.written_by(&key).is_some()
+                || self.inner.seen.running(&key::claim(&key)).is_some());
+        if claim_first && let Holder::Running(remaining) = self.claim_on(request, &key).await? {
+            return Ok(Attempt::Busy { remaining });
+        }
         let value = self.fresh_value(request);
         let sent_at = Instant::now();
         let revision = match self.put(&entry, value, 0).await? {
@@ -382,13 +468,16 @@ impl NatsBackend {
             }
         };
         let slots = format!("{key}.p.>");
-        let (writer, claimed, counted) = tokio::try_join!(
-            self.live_at(&key),
-            self.claim_on(request, &key),
-            self.first_live(&slots),
-        )?;
+        let claimed = async {
+            if claim_first {
+                return Ok(Holder::Gone);
+            }
+            self.claim_on(request, &key).await
+        };
+        let (writer, claimed, counted) =
+            tokio::try_join!(self.live_at(&key), claimed, self.first_live(&slots))?;
         if let Holder::Running(remaining) = writer.and(claimed).and(counted) {
-            self.withdraw(request, &key, &entry, revision).await?;
+            self.withdraw(request, &key, &entry).await?;
             return Ok(Attempt::Busy { remaining });
         }
         self.granted(&entry, request, sent_at + request.ttl, revision, None)
@@ -455,9 +544,9 @@ impl NatsBackend {
     }
 
     /// A waiting counted try first tries the slot the last release
-    /// announcement named: the winner of the slot saves the listing, and
-    /// the others learn it is taken from one failed create, without a read.
-    /// `None` when there is no such slot.
+    /// announcement named: the winner of the slot saves the listing. `None`
+    /// when there is no such slot, or somebody else took it: the try then
+    /// goes on as if there had been no hint, since a hint is anyone's word.
     async fn try_freed_slot(
         &self,
         request: &AcquireRequest<'_>,
@@ -467,22 +556,17 @@ impl NatsBackend {
         if !request.waiting {
             return Ok(None);
         }
-        let Some(entry) = self.inner.freed.take(key) else {
+        let Some(entry) = self.inner.freed.take(key, permits) else {
             return Ok(None);
         };
-        if Entry::of(&entry) != Some(Entry::Slot { permits }) {
-            return Ok(None);
-        }
         let sent_at = Instant::now();
-        let attempt = match self.put(&entry, self.fresh_value(request), 0).await? {
-            Ok(revision) => {
-                self.check_counted(request, permits, key, &entry, revision, sent_at)
-                    .await?
-            }
-            // Somebody else took it: most likely every slot is taken again.
-            Err(Conflict) => Attempt::Busy { remaining: None },
-        };
-        Ok(Some(attempt))
+        match self.put(&entry, self.fresh_value(request), 0).await? {
+            Ok(revision) => self
+                .check_counted(request, permits, key, &entry, revision, sent_at)
+                .await
+                .map(Some),
+            Err(Conflict) => Ok(None),
+        }
     }
 
     /// The checks after `request` created the slot `entry` of `key`: no
@@ -513,11 +597,11 @@ impl NatsBackend {
             })
             .collect();
         if let Err(err) = self.refuse_mismatch(request.key, permits, &others).await {
-            self.withdraw(request, key, entry, revision).await?;
+            self.withdraw(request, key, entry).await?;
             return Err(err);
         }
         if let Holder::Running(remaining) = writer.and(shared) {
-            self.withdraw(request, key, entry, revision).await?;
+            self.withdraw(request, key, entry).await?;
             return Ok(Attempt::Busy { remaining });
         }
         self.granted(entry, request, sent_at + request.ttl, revision, None)

@@ -28,6 +28,9 @@ pub(crate) struct Stored {
     pub(crate) value: Bytes,
     /// Whether it is a delete or purge marker rather than a value.
     pub(crate) marker: bool,
+    /// When the server stored it, on the server's clock, in microseconds
+    /// since the Unix epoch.
+    pub(crate) time: u64,
 }
 
 /// The leader's reads of one bucket's stream.
@@ -121,11 +124,13 @@ impl Leader {
         let Some(key) = message.subject.as_str().strip_prefix(&self.prefix) else {
             return Ok(None);
         };
+        let time = super::fence::micros(std::time::SystemTime::from(message.time));
         Ok(Some(Stored {
             key: key.to_owned(),
             revision: message.sequence,
             value: message.payload,
             marker,
+            time,
         }))
     }
 }

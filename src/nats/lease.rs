@@ -8,7 +8,9 @@
 //! it learns only from the write; renewals write it, so that the holder's
 //! fence stays what it was granted while the revision moves on. A waiter never compares the
 //! entry's timestamp with its own clock: it notes *when it first saw* the
-//! entry's revision on its own monotonic clock, and only once a whole lease
+//! entry's revision (with the holder's token: a re-created bucket numbers
+//! from 1 again, so another holder may come at a revision seen before) on
+//! its own monotonic clock, and only once a whole lease
 //! length has passed since then does it take the key over, by removing
 //! exactly that revision (or, on a bucket with delete markers, by a
 //! compare-and-set on it). The holder's own deadline started before the
@@ -82,20 +84,46 @@ impl LeaseValue<'_> {
 /// The last state of a key this backend saw, per (encoded) key.
 #[derive(Clone, Copy, Debug)]
 enum Seen {
-    /// A delete or purge marker at this revision: the next `create` expects it.
-    Free { revision: u64 },
-    /// Somebody's lease at this revision, first seen at `since`.
+    /// A delete or purge marker at this revision; `written`: this backend
+    /// wrote it and the store acknowledged it, so the next `create` expects
+    /// it (a marker only heard of through the watch is never relied on).
+    Free { revision: u64, written: bool },
+    /// `token`'s lease at this revision, first seen at `since`. The token
+    /// is part of what was seen: a re-created bucket numbers from 1 again,
+    /// so another holder's lease may come at a revision seen before.
     Held {
         revision: u64,
+        token: Token,
         since: Instant,
         ttl: Duration,
     },
 }
 
 impl Seen {
+    /// Whether both are the same sighting: the same marker, or the same
+    /// holder's lease at the same revision.
+    fn same(&self, other: &Seen) -> bool {
+        match (*self, *other) {
+            (Seen::Free { revision: a, .. }, Seen::Free { revision: b, .. }) => a == b,
+            (
+                Seen::Held {
+                    revision: a,
+                    token: t,
+                    ..
+                },
+                Seen::Held {
+                    revision: b,
+                    token: u,
+                    ..
+                },
+            ) => a == b && t == u,
+            _ => false,
+        }
+    }
+
     fn revision(&self) -> u64 {
         match *self {
-            Seen::Free { revision } | Seen::Held { revision, .. } => revision,
+            Seen::Free { revision, .. } | Seen::Held { revision, .. } => revision,
         }
     }
 }
@@ -125,14 +153,34 @@ impl SeenKeys {
     /// known, else 0 (no message at all).
     pub(crate) fn expected_free_revision(&self, key: &str) -> u64 {
         match self.lock().get(key) {
-            Some(Seen::Free { revision }) => *revision,
+            Some(Seen::Free {
+                revision,
+                written: true,
+            }) => *revision,
             _ => 0,
         }
     }
 
-    /// Notes a delete or purge marker.
+    /// Notes the delete marker this backend wrote.
     pub(crate) fn free(&self, key: &str, revision: u64) {
-        self.record(key, Seen::Free { revision });
+        self.record(
+            key,
+            Seen::Free {
+                revision,
+                written: true,
+            },
+        );
+    }
+
+    /// Notes a delete or purge marker the watch reported.
+    pub(crate) fn ended(&self, key: &str, revision: u64) {
+        self.record(
+            key,
+            Seen::Free {
+                revision,
+                written: false,
+            },
+        );
     }
 
     /// Forgets `key` (we hold it now, or nobody waits for it).
@@ -140,36 +188,39 @@ impl SeenKeys {
         self.lock().remove(key);
     }
 
-    /// Notes a lease at `revision` seen now, keeping the earlier sighting
-    /// if this revision was already seen.
-    pub(crate) fn held(&self, key: &str, revision: u64, ttl: Duration) {
+    /// Notes `token`'s lease at `revision` seen now, keeping the earlier
+    /// sighting if this lease was already seen.
+    pub(crate) fn held(&self, key: &str, revision: u64, token: Token, ttl: Duration) {
         self.record(
             key,
             Seen::Held {
                 revision,
+                token,
                 since: Instant::now(),
                 ttl,
             },
         );
     }
 
-    /// Judges the lease at `revision` (seen just now) by how long this
+    /// Judges `token`'s lease at `revision` (seen just now) by how long this
     /// backend has been seeing it.
-    pub(crate) fn judge(&self, key: &str, revision: u64, ttl: Duration) -> Verdict {
+    pub(crate) fn judge(&self, key: &str, revision: u64, token: Token, ttl: Duration) -> Verdict {
         let now = Instant::now();
         let mut keys = self.lock();
         let since = match keys.get(key) {
             Some(Seen::Held {
                 revision: seen,
+                token: seen_token,
                 since,
                 ..
-            }) if *seen == revision => *since,
+            }) if *seen == revision && *seen_token == token => *since,
             // A stale read (direct get may answer from a lagging replica)
             // must not restart the measurement of the newer lease we saw.
             Some(Seen::Held {
                 revision: seen,
                 since,
                 ttl: seen_ttl,
+                ..
             }) if *seen > revision => {
                 let elapsed = now.saturating_duration_since(*since);
                 return match seen_ttl.checked_sub(elapsed) {
@@ -183,6 +234,7 @@ impl SeenKeys {
                     key.to_owned(),
                     Seen::Held {
                         revision,
+                        token,
                         since: now,
                         ttl,
                     },
@@ -221,7 +273,13 @@ impl SeenKeys {
         match keys.get_mut(key) {
             // Events may arrive after a newer read: never go back in time,
             // and never restart the measurement of a revision already seen.
-            Some(old) if old.revision() >= seen.revision() => {}
+            // One revision holds one message: at an equal revision, only
+            // another holder's lease (a re-created bucket) replaces one.
+            Some(old)
+                if old.revision() > seen.revision()
+                    || (old.revision() == seen.revision()
+                        && !matches!((*old, seen), (Seen::Held { .. }, Seen::Held { .. })))
+                    || old.same(&seen) => {}
             Some(old) => *old = seen,
             None => {
                 Self::make_room(&mut keys, now);
@@ -253,6 +311,10 @@ impl SeenKeys {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn token(n: u128) -> Token {
+        Token::from(Uuid::from_u128(n))
+    }
 
     #[test]
     fn values_round_trip() {
@@ -325,31 +387,47 @@ mod tests {
     async fn a_lease_expires_one_ttl_after_it_was_first_seen() {
         let seen = SeenKeys::default();
         let ttl = Duration::from_millis(100);
-        assert_eq!(seen.judge("k", 7, ttl), Verdict::Running(ttl));
+        assert_eq!(seen.judge("k", 7, token(7), ttl), Verdict::Running(ttl));
         tokio::time::advance(Duration::from_millis(60)).await;
         assert_eq!(
-            seen.judge("k", 7, ttl),
+            seen.judge("k", 7, token(7), ttl),
             Verdict::Running(Duration::from_millis(40))
         );
         tokio::time::advance(Duration::from_millis(40)).await;
-        assert_eq!(seen.judge("k", 7, ttl), Verdict::Expired);
+        assert_eq!(seen.judge("k", 7, token(7), ttl), Verdict::Expired);
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_new_revision_restarts_the_measurement() {
         let seen = SeenKeys::default();
         let ttl = Duration::from_millis(100);
-        seen.judge("k", 7, ttl);
+        seen.judge("k", 7, token(7), ttl);
         tokio::time::advance(ttl).await;
         // Renewed (or taken over) meanwhile: a full ttl again.
-        assert_eq!(seen.judge("k", 9, ttl), Verdict::Running(ttl));
+        assert_eq!(seen.judge("k", 9, token(7), ttl), Verdict::Running(ttl));
         // A late event for the old revision changes nothing.
-        seen.held("k", 7, ttl);
+        seen.held("k", 7, token(7), ttl);
         tokio::time::advance(Duration::from_millis(50)).await;
         assert_eq!(
-            seen.judge("k", 9, ttl),
+            seen.judge("k", 9, token(7), ttl),
             Verdict::Running(Duration::from_millis(50))
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn another_holder_at_a_revision_seen_before_is_measured_afresh() {
+        let seen = SeenKeys::default();
+        let ttl = Duration::from_millis(100);
+        seen.judge("k", 1, token(7), ttl);
+        tokio::time::advance(ttl).await;
+        // A re-created bucket: another holder's first write is revision 1 too.
+        let other = token(8);
+        assert_eq!(seen.judge("k", 1, other, ttl), Verdict::Running(ttl));
+        tokio::time::advance(ttl / 2).await;
+        // The watch's event for it keeps the measurement as it is.
+        seen.held("k", 1, other, ttl);
+        tokio::time::advance(ttl / 2).await;
+        assert_eq!(seen.judge("k", 1, other, ttl), Verdict::Expired);
     }
 
     #[test]

@@ -36,15 +36,16 @@
 //!   see [Fences](#fences). A key that already holds the caller's token is
 //!   granted again (renewed at its revision, with the same fence): a retry
 //!   of a try whose answer was lost, or a leader storing a new id.
-//! - **Release** deletes exactly the holder's message, by its revision, so
-//!   it can never remove a newer holder, and leaves the key with no message
-//!   at all: nothing stays behind in the bucket.
-//! - **Extend** rewrites the lease at the holder's revision, with its fence
-//!   and value, and returns the new revision. It refuses (the lease is lost) once the lease ran out on this
-//!   backend's own clock, so it never races a takeover.
-//! - When a reply was lost and the revision moved on, release and extend
-//!   check that the key still carries the holder's token before they retry
-//!   at its current revision.
+//! - **Release** first reads the key from the stream leader, then deletes
+//!   exactly that message, by its sequence, if it carries the holder's
+//!   token: it can never remove another holder, and leaves the key with no
+//!   message at all, so nothing stays behind in the bucket. See
+//!   [The token is the authority](#the-token-is-the-authority).
+//! - **Extend** reads the key the same way, then rewrites the lease at the
+//!   revision that carries the holder's token, with its fence and value,
+//!   and returns the new revision. It refuses (the lease is lost) once the
+//!   lease ran out on this backend's own clock, so it never races a
+//!   takeover, and once the stream is not the one it was granted in.
 //! - **Wake-ups**: a release announces itself on the plain NATS subject
 //!   `tower-lock.<bucket>.released.<key>`, as does a grant of a lease with
 //!   a value (an election's new leader); each backend subscribes once and
@@ -53,10 +54,13 @@
 //!   resigns as its process exits. A lost announcement costs one backoff step.
 //!   One watch over the bucket per backend records new leases (so waiters
 //!   measure them from when they appeared) and, after it fails and is
-//!   re-established, wakes every waiter. An announcement only wakes: the
-//!   waiter reads the key again, and what it measured of a lease stands, so
-//!   whoever may publish on that subject can never keep an abandoned lock
-//!   from being reclaimed.
+//!   re-established, wakes every waiter. An announcement only wakes:
+//!   nothing it carries grants, creates or deletes anything. The waiter
+//!   reads the key again and decides from what the store answers, and what
+//!   it measured of a lease stands, so whoever may publish on that subject
+//!   can never let a waiter in, nor keep an abandoned lock from being
+//!   reclaimed. (A counted release's announcement names the freed slot; see
+//!   [Writer claims](#writer-claims) for how little that hint may do.)
 //!
 //! Why creates on empty keys and exact deletes: on a replicated bucket,
 //! nats-server before 2.9.21 checks a write's expected revision only on the
@@ -101,10 +105,12 @@
 //!   `K.r.>`, and the list of `K.p.>` again, for holders of another count.
 //!
 //! An entry found whose lease ran out (measured from first sight for a
-//! whole ttl, as for the exclusive lock) is removed by its sequence and
-//! counts as absent. Renewal rewrites a holder's own entry at its revision,
-//! and release deletes it by sequence, then announces the release on the
-//! lock key's subject. [`Backend::holder`] reports exclusive leases only: a
+//! whole ttl, as for the exclusive lock: the same holder's token at the
+//! same revision all along) is removed by the sequence of the read that
+//! found it, and counts as absent. Renewal rewrites a holder's own entry
+//! at the revision that carries its token, and release deletes it by the
+//! sequence a read just found its token at, then announces the release on
+//! the lock key's subject. [`Backend::holder`] reports exclusive leases only: a
 //! key held shared or counted reports `None`.
 //!
 //! ## Why no two incompatible holders meet
@@ -164,10 +170,26 @@
 //!   of its process wait behind it, for whom it stands; a backend that
 //!   gives up waiting for the key withdraws it. Another backend's grant
 //!   does not end it: it lapses within its second.
-//! - The claim of a crashed process stays in the bucket, keeping nobody out
-//!   after its second, until a shared or counted request finds it and
-//!   removes it, or the bucket's `max_age` drops it: like a crashed holder's
-//!   entry.
+//! - A shared or counted try of the claiming writer's own backend passes
+//!   the claim and ends it (waking the key's waiters once it is gone): a
+//!   locker queues its waiters in order, so the writer it was made for has
+//!   had its turn, and a writer of that process still waiting claims again
+//!   when it is next refused. Otherwise a reader queued behind its own
+//!   process's writer would wait out that writer's claim, and with it every
+//!   reader elsewhere. (Two lockers over one backend count as one process
+//!   here: a reader of one passes the claim of the other's writer once.)
+//! - A waiting reader that knows of a live claim (from its watch, or its
+//!   own) reads it before writing its entry, and answers busy without a
+//!   write while it stands: an entry written and withdrawn would turn away
+//!   the very writer the claim is for.
+//! - The claim of a crashed process keeps nobody out after its second, and
+//!   goes within about one more second after the key is next used: an
+//!   exclusive release reads the key's claim beside its proof (no read on
+//!   the grant path), and a claim that stood unchanged for a whole second
+//!   since that backend first saw it is removed (at once, or when the
+//!   second ends, looked at again in the background); a shared or counted
+//!   request removes it likewise. A writer ends only a claim that carries
+//!   its own token: another writer's claim in its place stands.
 //!
 //! A refused one-off try announces its withdrawal, waking those its entry
 //! may have turned away meanwhile; a waiting try withdraws silently, since
@@ -175,8 +197,13 @@
 //! long as they wait, and the holders they met wake them when they leave.
 //!
 //! A counted release names its slot in its announcement; a waiting counted
-//! try of a backend that heard it tries that slot first (a create on it
-//! decides), and answers busy, without a read, if somebody else took it.
+//! try of a backend that heard it tries that slot first, by a create on an
+//! empty key as for any slot. Anyone may publish an announcement, so the
+//! hint is used only when it is one of the lock's own slots of the
+//! waiter's count, spelled as this crate spells slots
+//! (`K.p.<permits>.<slot>`, `slot` below `permits`, plain decimals): it can
+//! only change which free slot is tried first. When that slot is taken the
+//! try goes on as if there had been no hint.
 //!
 //! A counted request whose token holds a slot is granted again (same fence)
 //! when this backend granted it; a release by token (the answer of a grant
@@ -220,10 +247,64 @@
 //! lives through the deletion reads the new creation time when a write gets
 //! a lower revision than one it got before, or when its watch is
 //! re-established; until then, if the new bucket has already taken more
-//! writes than the old one ever did, its fences can be lower. Having seen
-//! a new bucket, it grants no lease with a value (an election's) for one
-//! ttl: leaders of the old bucket may still count on their leases until
-//! their next renewal fails.
+//! writes than the old one ever did, its fences can be lower (and its
+//! writes on holders' behalf are still proven by token; see [The token is
+//! the authority](#the-token-is-the-authority) for the one window left).
+//!
+//! Leases with a value (an election's) are held back after a re-creation:
+//! leaders of the old bucket may still count on their leases until their
+//! next renewal fails. A backend that saw a new bucket grants none for one
+//! ttl from then; and every backend grants none while the stream is
+//! younger than the lease's ttl, answering busy for the rest of it, so
+//! that a process started right after a re-creation, or one that never saw
+//! the old bucket, does not let a candidate win while the old leader
+//! acts. Meanwhile nothing is written, so [`Backend::holder`] reports no
+//! such candidate. The stream's age is read on the server's clock alone:
+//! its creation time against the time the server stored a message this
+//! backend writes for the purpose (at `=.clock`, which no lock key can
+//! be, removed at once; on a bucket that forbids deleting messages its
+//! delete marker stays, one message in all), once per stream, then carried
+//! on this backend's monotonic clock. The cost: the first leader of a bucket created for it
+//! waits one ttl. What stays undetectable: a bucket re-created more than
+//! one ttl before the candidate's try while an old leader still believes
+//! it leads (its renewals have failed for longer than a ttl by then, so
+//! its own renew deadline has ended that belief first, unless its process
+//! or clock was stopped); a server clock that stepped forward between the
+//! creation and that message (the stream then reads as older than it is);
+//! and plain leases, which are protected by their fences alone.
+//!
+//! # The token is the authority
+//!
+//! `STREAM.MSG.DELETE` takes a sequence and nothing else, and a
+//! compare-and-set at a revision checks only the key's last sequence; a
+//! re-created bucket numbers its messages from 1 again, so another
+//! holder's entry (of the same key, or of another) can sit at the sequence
+//! or revision a holder from before the re-creation knows. Every delete
+//! and compare-and-set of a lease this backend makes (a release, a
+//! renewal, the withdrawal of a refused try, the removal of a claim, the
+//! lost-answer release of a lease known only by its token) first reads the
+//! key from the stream leader and writes only at the sequence that carries
+//! the holder's token there; a lease this backend granted is also checked
+//! against the creation time of the stream it was granted in (read again
+//! when the stream may be new, see [Fences](#fences)). Another token with
+//! the holder's revision, the revision of a deleted bucket, or a forged
+//! lease changes nothing and answers not held or lost. An expired entry's
+//! removal deletes the sequence of the read that found it, after judging
+//! that very holder's token at that revision expired.
+//!
+//! What remains: a bucket deleted and created again between the proving
+//! read and the write (one round trip), with another entry written at that
+//! sequence meanwhile, could still be deleted or overwritten. This is the
+//! only window, beside the fence's clock assumption above. The proof costs
+//! a release and a renewal one read each (see the NATS bench).
+//!
+//! The watch's events come on an inbox of this backend's, which anyone
+//! who learns its name may publish on too: they only wake waiters and
+//! start measurements. A delete marker the watch reports is never the
+//! revision of a compare-and-set (only one this backend wrote and the
+//! store acknowledged is), so a forged event grants and deletes nothing;
+//! it can at most make a waiter measure an abandoned lease afresh, which
+//! delays a takeover.
 //!
 //! # The bucket
 //!
@@ -233,7 +314,9 @@
 //! later. The `max_age` is the longest lease the backend accepts, and how
 //! long an entry left by a crashed holder stays when nobody waits for its
 //! key (nobody else removes it: 2.9 has no per-key expiry). A released key
-//! leaves no message at all.
+//! leaves no message at all, and a crashed waiting writer's claim goes
+//! within about a second after the key is next used (see [Writer
+//! claims](#writer-claims)).
 //!
 //! An existing bucket is checked first, and refused with
 //! [`LockError::Misconfigured`] naming the setting when its stream could
@@ -301,6 +384,11 @@ use crate::{
         WakeRegistry,
     },
 };
+
+/// Where a backend writes the message whose time tells it the server's
+/// clock: never a lock's key nor one of its entries (`=` alone is no
+/// encoded key), and removed as soon as it is read.
+const CLOCK_KEY: &str = "=.clock";
 
 /// How often one call re-reads a key whose revision moved under it before
 /// it answers "busy" or "lost"; each round is a real change by someone else.
@@ -605,30 +693,51 @@ impl NatsBackend {
         store.entry(key).await.map_err(LockError::unavailable)
     }
 
-    /// The key's current entry: `Some(revision)` when it still carries
-    /// `token`'s lease.
-    async fn revision_held_by(&self, key: &str, token: Token) -> Result<Option<u64>, LockError> {
-        Ok(self.entry(key).await?.and_then(|entry| {
-            let ours = entry.operation == Operation::Put
-                && LeaseValue::decode(&entry.value).is_some_and(|lease| lease.token == token);
-            ours.then_some(entry.revision)
+    /// The revision of `key`'s last message when it carries `token`'s
+    /// lease, as the stream leader has it: the proof every delete and
+    /// compare-and-set of a lease makes first. A stream sequence or a
+    /// revision alone proves nothing: a re-created bucket numbers from 1
+    /// again, and anyone watching the bucket sees them.
+    async fn held_by(&self, key: &str, token: Token) -> Result<Option<u64>, LockError> {
+        let stored = self.inner.leader.last(key).await?;
+        Ok(stored.and_then(|stored| {
+            // Not `Fences::saw`: a stored lease's revision is below later
+            // writes of the stream, and would make the stream look new.
+            let ours = !stored.marker
+                && LeaseValue::decode(&stored.value).is_some_and(|lease| lease.token == token);
+            ours.then_some(stored.revision)
         }))
     }
 
-    /// Frees `key` held at `revision`; `Conflict` when that lease is no
-    /// longer stored.
-    async fn free(&self, key: &str, revision: u64) -> Result<Result<(), Conflict>, LockError> {
-        if self.inner.exact_delete {
-            let removed = self.remove(revision).await?;
-            if removed.is_ok() {
-                // What this backend saw of the key is over.
-                self.inner.seen.forget(key);
+    /// Removes `token`'s message at `key`, once proven there
+    /// ([`held_by`](Self::held_by)): `false` when the key does not carry
+    /// it (any more). Which revision the caller last knew does not matter:
+    /// a renewal whose answer was lost moves it on, and the token decides.
+    async fn remove_held(&self, key: &str, token: Token) -> Result<bool, LockError> {
+        for _ in 0..ROUNDS {
+            let Some(revision) = self.held_by(key, token).await? else {
+                return Ok(false);
+            };
+            if self.inner.exact_delete {
+                if self.remove(revision).await?.is_ok() {
+                    // What this backend saw of the key is over.
+                    self.inner.seen.forget(key);
+                    return Ok(true);
+                }
+            } else if let Ok(marker) = self.mark_deleted(key, revision).await? {
+                self.inner.seen.free(key, marker);
+                return Ok(true);
             }
-            return Ok(removed);
         }
-        Ok(self.mark_deleted(key, revision).await?.map(|marker| {
-            self.inner.seen.free(key, marker);
-        }))
+        Ok(false)
+    }
+
+    /// Whether the stream is still the one `own` was granted in (by its
+    /// creation time): a lease of a deleted bucket is lost, whatever the
+    /// new one holds at its key.
+    async fn same_stream(&self, own: &Own) -> Result<bool, LockError> {
+        let created = self.inner.fences.created(&self.inner.store.stream).await?;
+        Ok(created == own.created)
     }
 
     /// Tells waiters everywhere that `key` was released. The stream's
@@ -667,6 +776,52 @@ impl NatsBackend {
         }
     }
 
+    /// How much longer a lease with a value of length `ttl` must wait
+    /// because the stream is younger than `ttl`: it may be a bucket created
+    /// again, whose old leaders still count on their leases (see
+    /// [Fences](self#fences)). The stream's age is read on the server's
+    /// clock alone: its creation time against the time of a message this
+    /// backend writes for it ([`read_server_clock`](Self::read_server_clock)),
+    /// once per stream, then on this backend's monotonic clock.
+    async fn young_stream(&self, ttl: Duration) -> Result<Option<Duration>, LockError> {
+        let fences = &self.inner.fences;
+        fences.created(&self.inner.store.stream).await?;
+        let age = match fences.stream_age() {
+            Some(age) => age,
+            None => {
+                self.read_server_clock().await?;
+                fences.stream_age().unwrap_or_default()
+            }
+        };
+        Ok(ttl.checked_sub(age).filter(|left| !left.is_zero()))
+    }
+
+    /// Reads the server's clock: writes [`CLOCK_KEY`], reads back when the
+    /// server stored it, and removes it. Any message stored there is as
+    /// good (it was stored before the read): concurrent readers may read
+    /// each other's.
+    async fn read_server_clock(&self) -> Result<(), LockError> {
+        let token = Token::new();
+        let value = LeaseValue {
+            token,
+            ttl: Duration::from_millis(1),
+            fence: 0,
+            value: None,
+        }
+        .encode();
+        if let Err(err) = self.inner.store.put(CLOCK_KEY, value).await {
+            self.inner.fences.suspect();
+            return Err(LockError::unavailable(err));
+        }
+        if let Some(stored) = self.inner.leader.last(CLOCK_KEY).await? {
+            self.inner.fences.server_read(stored.time);
+        }
+        if let Err(err) = self.remove_held(CLOCK_KEY, token).await {
+            tracing::debug!(error = %err, "clock reading not removed");
+        }
+        Ok(())
+    }
+
     /// Refuses a lease longer than the bucket's `max_age`, which the
     /// server would drop while it runs.
     fn check_ttl(&self, ttl: Duration) -> Result<(), LockError> {
@@ -700,16 +855,17 @@ impl NatsBackend {
         let of_revision = fences.fence(stream, revision).await?;
         // This very grant may be the one that showed the stream is new.
         if let Some(left) = fences.holds_back(request) {
-            if let Err(err) = self.free(key, revision).await {
+            if let Err(err) = self.remove_held(key, request.token).await {
                 tracing::debug!(%key, error = %err, "could not give back a grant held back");
             }
             return Ok(Attempt::Busy {
                 remaining: Some(left),
             });
         }
+        let created = fences.base();
         self.inner
             .own
-            .granted(key, request.token, deadline, request.value);
+            .granted(key, request.token, deadline, request.value, created);
         if request.value.is_some() {
             self.announce(key, false).await;
         }
@@ -739,12 +895,12 @@ impl NatsBackend {
                 // Shared and counted holders write entries of their own:
                 // whoever of them wrote before us is found now.
                 if let Holder::Running(remaining) = self.writer_conflict(&key).await? {
-                    self.withdraw(request, &key, &key, revision).await?;
+                    self.withdraw(request, &key, &key).await?;
                     return Ok(Attempt::Busy { remaining });
                 }
                 // Others of this process wait behind: their claim stands.
                 if !request.queued_behind {
-                    self.end_claim(&key);
+                    self.end_claim(&key, false);
                 }
                 return self
                     .granted(&key, request, sent_at + ttl, revision, None)
@@ -790,7 +946,7 @@ impl NatsBackend {
                         }
                         continue;
                     }
-                    match seen.judge(&key, entry.revision, lease.ttl) {
+                    match seen.judge(&key, entry.revision, lease.token, lease.ttl) {
                         Verdict::Running(remaining) => {
                             return Ok(Attempt::Busy {
                                 remaining: Some(remaining),
@@ -826,33 +982,41 @@ impl NatsBackend {
     ) -> Result<Option<u64>, LockError> {
         // A lease that ran out on our own clock may be being taken over
         // right now: renewing it could race the takeover.
-        let Some(stored) = self.inner.own.running(entry, lease.token) else {
+        let Some(own) = self.inner.own.running(entry, lease.token) else {
             return Ok(None);
         };
+        if !self.same_stream(&own).await? {
+            self.inner.own.forget(entry, lease.token);
+            return Ok(None);
+        }
         // The fence is written, so that the holder's stays what it was
         // granted while the revision moves on.
         let value = LeaseValue {
             token: lease.token,
             ttl,
             fence: lease.fence,
-            value: stored.as_deref().map(Cow::Borrowed),
+            value: own.value.as_deref().map(Cow::Borrowed),
         }
         .encode();
         let sent_at = Instant::now();
-        let mut expected = lease.revision;
         for _ in 0..ROUNDS {
+            // The revision to write at is the one that carries our token
+            // now: another holder's lease can sit at the revision we knew
+            // (a re-created bucket), and a renewal whose reply was lost
+            // may have moved ours on.
+            let Some(expected) = self.held_by(entry, lease.token).await? else {
+                break;
+            };
             if let Ok(revision) = self.put(entry, value.clone(), expected).await? {
                 let deadline = sent_at + ttl;
-                self.inner
-                    .own
-                    .granted(entry, lease.token, deadline, stored.as_deref());
+                self.inner.own.granted(
+                    entry,
+                    lease.token,
+                    deadline,
+                    own.value.as_deref(),
+                    own.created,
+                );
                 return Ok(Some(revision));
-            }
-            // A renewal whose reply was lost may have moved the revision on
-            // while the lease stayed ours.
-            match self.revision_held_by(entry, lease.token).await? {
-                Some(revision) => expected = revision,
-                None => break,
             }
         }
         self.inner.own.forget(entry, lease.token);
@@ -860,40 +1024,41 @@ impl NatsBackend {
     }
 
     /// Releases the lease `lease` holds at the bucket key `entry` (of the
-    /// lock `key`), last known at `revision`.
+    /// lock `key`): by its token, whatever revision the caller knew.
     async fn release_entry(
         &self,
         key: &str,
         entry: &str,
         lease: &Lease,
-        mut revision: u64,
     ) -> Result<bool, LockError> {
+        let own = self.inner.own.forget(entry, lease.token);
+        if let Some(own) = &own
+            && !self.same_stream(own).await?
+        {
+            return Ok(false);
+        }
+        // The claim is read beside the proof, on an exclusive release only:
+        // a crashed writer's claim is found without a read on the grant path.
+        let claim = (entry == key && self.inner.exact_delete).then(|| key::claim(key));
+        let claim_read = async {
+            match &claim {
+                Some(claim) => self.inner.leader.last(claim).await.ok().flatten(),
+                None => None,
+            }
+        };
+        let (removed, claim) = tokio::join!(self.remove_held(entry, lease.token), claim_read);
+        if !removed? {
+            return Ok(false);
+        }
+        if let Some(claim) = claim {
+            self.sweep_claim(key, claim);
+        }
         // An election's leader often resigns on its way out.
-        let valued = self
-            .inner
-            .own
-            .forget(entry, lease.token)
-            .is_some_and(|own| own.value.is_some());
-        // No revision known (a grant whose answer was lost): by token.
-        if revision == 0 {
-            match self.revision_held_by(entry, lease.token).await? {
-                Some(current) => revision = current,
-                None => return Ok(false),
-            }
-        }
-        for _ in 0..ROUNDS {
-            if self.free(entry, revision).await?.is_ok() {
-                let slot = matches!(key::Entry::of(entry), Some(key::Entry::Slot { .. }));
-                self.announce_entry(key, valued, slot.then_some(entry))
-                    .await;
-                return Ok(true);
-            }
-            match self.revision_held_by(entry, lease.token).await? {
-                Some(current) => revision = current,
-                None => return Ok(false),
-            }
-        }
-        Ok(false)
+        let valued = own.is_some_and(|own| own.value.is_some());
+        let slot = matches!(key::Entry::of(entry), Some(key::Entry::Slot { .. }));
+        self.announce_entry(key, valued, slot.then_some(entry))
+            .await;
+        Ok(true)
     }
 }
 
@@ -905,6 +1070,13 @@ impl Backend for NatsBackend {
     async fn try_acquire(&self, request: &AcquireRequest<'_>) -> Result<Attempt, LockError> {
         self.check_ttl(request.ttl)?;
         if let Some(left) = self.inner.fences.holds_back(request) {
+            return Ok(Attempt::Busy {
+                remaining: Some(left),
+            });
+        }
+        if request.value.is_some()
+            && let Some(left) = self.young_stream(request.ttl).await?
+        {
             return Ok(Attempt::Busy {
                 remaining: Some(left),
             });
@@ -942,23 +1114,19 @@ impl Backend for NatsBackend {
 
     async fn release(&self, key: &str, lease: &Lease) -> Result<bool, LockError> {
         let key = key::encode(key);
-        let mut revision = lease.revision;
         let entry = match lease.kind {
             LeaseKind::Shared => key::reader(&key, lease.token),
             LeaseKind::Counted { .. } => match self.inner.own.counted_entry(&key, lease.token) {
                 Some(entry) => entry,
                 // A grant whose answer was lost: found by its token.
                 None => match self.find_counted(&key, lease.token).await? {
-                    Some((entry, current)) => {
-                        revision = current;
-                        entry
-                    }
+                    Some((entry, _)) => entry,
                     None => return Ok(false),
                 },
             },
             LeaseKind::Exclusive => key.clone(),
         };
-        self.release_entry(&key, &entry, lease, revision).await
+        self.release_entry(&key, &entry, lease).await
     }
 
     async fn subscribe(&self, key: &str) -> Result<Subscription, LockError> {
@@ -990,7 +1158,11 @@ impl Backend for NatsBackend {
             )));
         };
         Ok(
-            match self.inner.seen.judge(&key, entry.revision, lease.ttl) {
+            match self
+                .inner
+                .seen
+                .judge(&key, entry.revision, lease.token, lease.ttl)
+            {
                 Verdict::Running(remaining) => {
                     let fence = lease.fence_at(entry.revision, |at| self.inner.fences.of(at));
                     let value = lease.value.map(Cow::into_owned);
@@ -1010,15 +1182,24 @@ struct OwnLeases {
 }
 
 /// One lease this backend holds: renewals rewrite its value as it is.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 struct Own {
     token: Token,
     deadline: Instant,
     value: Option<Arc<str>>,
+    /// The creation time of the stream it was granted in (its fence base).
+    created: u64,
 }
 
 impl OwnLeases {
-    fn granted(&self, key: &str, token: Token, deadline: Instant, value: Option<&str>) {
+    fn granted(
+        &self,
+        key: &str,
+        token: Token,
+        deadline: Instant,
+        value: Option<&str>,
+        created: u64,
+    ) {
         let mut leases = self.lock();
         if leases.len() >= 4096 {
             // Guards that were leaked never release: drop what ran out.
@@ -1032,16 +1213,17 @@ impl OwnLeases {
                 token,
                 deadline,
                 value,
+                created,
             },
         );
     }
 
-    /// The value stored with `token`'s lease on `key`, while it runs.
-    fn running(&self, key: &str, token: Token) -> Option<Option<Arc<str>>> {
+    /// `token`'s lease on `key`, while it runs.
+    fn running(&self, key: &str, token: Token) -> Option<Own> {
         self.lock()
             .get(key)
             .filter(|own| own.token == token && own.deadline > Instant::now())
-            .map(|own| own.value.clone())
+            .cloned()
     }
 
     /// The slot `token` holds a counted lease of `key` with.

@@ -80,8 +80,11 @@ impl Sources {
                         // they measured of a lease stays as it was.
                         if let Some(key) = message.subject.strip_prefix(self.released_prefix.as_str()) {
                             // The slot a counted holder freed: a hint where
-                            // to try first, which a create on it decides.
+                            // to try first among the slots it would try
+                            // anyway (see `Freed`), never longer than a
+                            // slot name can be.
                             if !message.payload.is_empty()
+                                && message.payload.len() <= key.len() + 32
                                 && self.wakeups.is_watched(key)
                                 && let Ok(entry) = std::str::from_utf8(&message.payload)
                             {
@@ -133,12 +136,19 @@ impl Sources {
             return;
         }
         match entry.operation {
+            // Recorded as the key's end, never as the revision the next
+            // create would be a compare-and-set on: an event is nothing the
+            // store answered to this backend (anyone who learns the watch's
+            // inbox can send one).
             Operation::Delete | Operation::Purge => {
-                self.seen.free(&entry.key, entry.revision);
+                self.seen.ended(&entry.key, entry.revision);
                 self.wakeups.notify(lock);
             }
             Operation::Put => match LeaseValue::decode(&entry.value) {
-                Some(lease) => self.seen.held(&entry.key, entry.revision, lease.ttl),
+                Some(lease) => {
+                    self.seen
+                        .held(&entry.key, entry.revision, lease.token, lease.ttl);
+                }
                 None => self.wakeups.notify(lock),
             },
         }
