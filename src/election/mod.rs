@@ -87,15 +87,28 @@
 //!
 //! # A store that lost its state
 //!
-//! After a Redis restart without persistence, a failover that lost recent
-//! writes, or a NATS bucket deleted and created again, the old lease is gone
-//! while the old leader still counts on it until its next renewal fails.
-//! A candidate whose backend can tell (its Redis connection was reset, its
-//! NATS bucket's stream has a new creation time) does not win for one ttl
-//! after it noticed, so no two leaders overlap. One that cannot tell is a
-//! backend that first connected after the loss (a process started just
-//! after the restart): it may win at once, while the old leader acts for
-//! up to one more renewal interval. The term still tells the two apart.
+//! After a Redis restart without persistence, a `FLUSHALL`, a failover that
+//! lost recent writes, or a NATS bucket deleted and created again, the old
+//! lease is gone while the old leader still counts on it until its next
+//! renewal fails. A candidate does not win until the old leader has counted
+//! itself lost:
+//!
+//! - a backend that saw the loss (its Redis connection was reset, its NATS
+//!   bucket's stream has a new creation time) lets no candidate win for one
+//!   ttl after it noticed;
+//! - any backend, also one started after the loss, holds a candidate back
+//!   until the store is one ttl old by the server's clock: on Redis, the
+//!   store's epoch (a key written again once the old one is gone), read
+//!   when the election's key has no fence counter; on NATS, the bucket's
+//!   stream. A new store's first election therefore waits up to one ttl,
+//!   once.
+//!
+//! While a candidate is held back nothing is written, so
+//! [`Election::leader`] and [`observe`] report no leader for it. What no
+//! backend can see (a failover to a replica that lagged but kept the fence
+//! counter, a restore from an older snapshot, a server clock that stepped
+//! forward) is listed in the `redis` and `nats` module docs; there the
+//! term still tells the two leaders apart.
 //!
 //! # Cancel safety and fairness
 //!
