@@ -1107,7 +1107,9 @@ async fn readers_and_writers_of_one_backend_hand_over_by_wake_up() {
     }
     let took = started.elapsed();
     eprintln!("40 sections in {took:?}");
-    assert!(took < Duration::from_secs(2), "40 sections took {took:?}");
+    // By wake-up they take a fraction of a second; by the claim's timer
+    // (the defect) 18 s. The bound leaves room for a loaded machine.
+    assert!(took < Duration::from_secs(8), "40 sections took {took:?}");
 }
 
 /// Takes `key` straight from `backend`'s store, for the tests that need the

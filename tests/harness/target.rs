@@ -90,28 +90,15 @@ pub async fn connect(spec: &str) -> Locker {
     let parts: Vec<&str> = spec.split(' ').collect();
     match parts[..] {
         #[cfg(feature = "redis")]
-        ["redis", url, prefix] => Locker::new(
-            tower_lock::redis::RedisBackend::builder(tower_lock::redis::RedisClient::from(
-                redis::Client::open(url).expect("redis url"),
-            ))
-            .prefix(prefix.to_owned())
-            .build()
-            .await
-            .expect("connect to Redis"),
-        ),
+        ["redis", url, prefix] => {
+            let client = redis::Client::open(url).expect("redis url");
+            redis_locker(client.into(), prefix).await
+        }
         #[cfg(feature = "redis")]
         ["redis-cluster", urls, prefix] => {
             let urls: Vec<&str> = urls.split(',').collect();
             let client = redis::cluster::ClusterClient::new(urls).expect("cluster client");
-            Locker::new(
-                tower_lock::redis::RedisBackend::builder(tower_lock::redis::RedisClient::from(
-                    client,
-                ))
-                .prefix(prefix.to_owned())
-                .build()
-                .await
-                .expect("connect to the Cluster"),
-            )
+            redis_locker(client.into(), prefix).await
         }
         #[cfg(feature = "redis")]
         ["redis-sentinel", url, prefix] => {
@@ -122,15 +109,7 @@ pub async fn connect(spec: &str) -> Locker {
                 redis::sentinel::SentinelServerType::Master,
             )
             .expect("sentinel client");
-            Locker::new(
-                tower_lock::redis::RedisBackend::builder(tower_lock::redis::RedisClient::from(
-                    client,
-                ))
-                .prefix(prefix.to_owned())
-                .build()
-                .await
-                .expect("connect through Sentinel"),
-            )
+            redis_locker(client.into(), prefix).await
         }
         #[cfg(feature = "nats")]
         ["nats", ports, bucket, replicas] => {
@@ -141,6 +120,15 @@ pub async fn connect(spec: &str) -> Locker {
         }
         _ => panic!("no store for the spec {spec:?}"),
     }
+}
+
+#[cfg(feature = "redis")]
+async fn redis_locker(client: tower_lock::redis::RedisClient, prefix: &str) -> Locker {
+    let backend = tower_lock::redis::RedisBackend::builder(client)
+        .prefix(prefix.to_owned())
+        .build()
+        .await;
+    Locker::new(backend.expect("connect to Redis"))
 }
 
 /// Blocks the thread this runs on: whatever task shares it waits.

@@ -33,6 +33,14 @@ pub fn server() -> ServerProcess {
 
 /// Three JetStream servers clustered over loopback routes.
 pub fn cluster() -> Vec<ServerProcess> {
+    cluster_args()
+        .into_iter()
+        .map(|(args, port)| ServerProcess::start(program(), args, port))
+        .collect()
+}
+
+/// The arguments and client port of each of three clustered servers.
+fn cluster_args() -> Vec<(Vec<String>, u16)> {
     let client_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
     let route_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
     let routes = route_ports
@@ -59,7 +67,7 @@ pub fn cluster() -> Vec<ServerProcess> {
                 "--routes".to_owned(),
                 routes.clone(),
             ];
-            ServerProcess::start(program(), args.to_vec(), client_ports[n])
+            (args.to_vec(), client_ports[n])
         })
         .collect()
 }
@@ -291,34 +299,9 @@ pub fn lasting_server() -> Lasting {
 
 /// [`cluster`], for the whole test process.
 pub fn lasting_cluster() -> Vec<Lasting> {
-    let client_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let route_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let routes = route_ports
-        .iter()
-        .map(|p| format!("nats://127.0.0.1:{p}"))
-        .collect::<Vec<_>>()
-        .join(",");
-    (0..3)
-        .map(|n| {
-            let args = [
-                "-js".to_owned(),
-                "-a".to_owned(),
-                "127.0.0.1".to_owned(),
-                "-p".to_owned(),
-                client_ports[n].to_string(),
-                "-sd".to_owned(),
-                "store".to_owned(),
-                "-n".to_owned(),
-                format!("node-{n}"),
-                "--cluster_name".to_owned(),
-                "locks".to_owned(),
-                "--cluster".to_owned(),
-                format!("nats://127.0.0.1:{}", route_ports[n]),
-                "--routes".to_owned(),
-                routes.clone(),
-            ];
-            lasting(args.to_vec(), client_ports[n])
-        })
+    cluster_args()
+        .into_iter()
+        .map(|(args, port)| lasting(args, port))
         .collect()
 }
 
