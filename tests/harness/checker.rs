@@ -46,8 +46,21 @@ impl Holding {
     }
 }
 
+/// When the store lost acknowledged writes: each fault's `(from, to)`.
+pub type Losses = [(u64, u64)];
+
+/// Whether a loss of writes explains why holdings that began by `first`
+/// met until `until`: the earlier was granted before a loss ended, and
+/// they met after it began. Holdings granted after every loss are held to
+/// the belief rule again.
+fn excused(losses: &Losses, first: u64, until: u64) -> bool {
+    losses
+        .iter()
+        .any(|&(from, to)| first <= to && until >= from)
+}
+
 /// What the history broke, one line per violation.
-pub fn check(events: &[Event], loses_writes: bool) -> Vec<String> {
+pub fn check(events: &[Event], losses: &Losses) -> Vec<String> {
     let holdings = holdings(events);
     let mut by_key: BTreeMap<&str, Vec<&Holding>> = BTreeMap::new();
     for holding in &holdings {
@@ -55,9 +68,9 @@ pub fn check(events: &[Event], loses_writes: bool) -> Vec<String> {
     }
     let mut violations = Vec::new();
     for (key, held) in &by_key {
-        belief(key, held, loses_writes, &mut violations);
+        belief(key, held, losses, &mut violations);
         fences(key, held, &mut violations);
-        resource(key, held, loses_writes, &mut violations);
+        resource(key, held, losses, &mut violations);
     }
     violations
 }
@@ -109,14 +122,14 @@ fn holdings(events: &[Event]) -> Vec<Holding> {
     holdings
 }
 
-fn belief(key: &str, held: &[&Holding], loses_writes: bool, out: &mut Vec<String>) {
+fn belief(key: &str, held: &[&Holding], losses: &Losses, out: &mut Vec<String>) {
     for (i, a) in held.iter().enumerate() {
         for b in &held[i + 1..] {
             if !a.overlaps(b) {
                 continue;
             }
             let leaders = a.kind == Kind::Leader || b.kind == Kind::Leader;
-            if loses_writes && !leaders {
+            if !leaders && excused(losses, a.began.min(b.began), a.last.min(b.last)) {
                 continue;
             }
             let shareable = match (a.kind, b.kind) {
@@ -138,14 +151,12 @@ fn belief(key: &str, held: &[&Holding], loses_writes: bool, out: &mut Vec<String
         let Kind::Counted(permits) = a.kind else {
             continue;
         };
-        if loses_writes {
-            continue;
-        }
         let at_once: Vec<&&Holding> = held
             .iter()
             .filter(|b| b.kind == a.kind && b.began <= a.began && a.began <= b.last)
             .collect();
-        if at_once.len() > permits as usize {
+        let first = at_once.iter().map(|b| b.began).min().unwrap_or(a.began);
+        if at_once.len() > permits as usize && !excused(losses, first, a.began) {
             let who: Vec<String> = at_once.iter().map(|b| b.describe()).collect();
             out.push(format!(
                 "belief: {} holders of {key}'s {permits} permits at once: {}",
@@ -184,7 +195,7 @@ fn fences(key: &str, held: &[&Holding], out: &mut Vec<String>) {
 
 /// The resource: writes in time order, each accepted only with a fence
 /// above the last accepted.
-fn resource(key: &str, held: &[&Holding], loses_writes: bool, out: &mut Vec<String>) {
+fn resource(key: &str, held: &[&Holding], losses: &Losses, out: &mut Vec<String>) {
     let mut writes: Vec<(u64, &Holding)> = held
         .iter()
         .filter(|h| matches!(h.kind, Kind::Exclusive | Kind::Leader))
@@ -196,7 +207,7 @@ fn resource(key: &str, held: &[&Holding], loses_writes: bool, out: &mut Vec<Stri
         match last {
             Some(accepted) if holding.fence < accepted.fence => {
                 let leaders = holding.kind == Kind::Leader;
-                if !loses_writes || leaders {
+                if leaders || !excused(losses, holding.began.min(accepted.began), at) {
                     out.push(format!(
                         "resource: {key} refused a write at {:.3} s by a believing holder, {}, after {}",
                         at as f64 / 1e9,
@@ -242,39 +253,42 @@ mod tests {
             began("b", Kind::Exclusive, 2, 2, 6),
             held("b", 9),
         ];
-        assert!(check(&ok, false).is_empty(), "{:?}", check(&ok, false));
+        assert!(check(&ok, &[]).is_empty(), "{:?}", check(&ok, &[]));
         let overlap = [
             began("a", Kind::Exclusive, 1, 0, 1),
             held("a", 5),
             began("b", Kind::Exclusive, 2, 2, 4),
         ];
-        assert!(check(&overlap, false)[0].starts_with("belief"));
-        // Lost writes excuse the overlap of plain leases, not of leaders.
-        assert!(check(&overlap, true).is_empty());
+        assert!(check(&overlap, &[])[0].starts_with("belief"));
+        // Lost writes excuse the overlap of plain leases granted before the
+        // loss, not of leaders, and not of leases granted after it.
+        assert!(check(&overlap, &[(3, 3)]).is_empty());
+        assert!(check(&overlap, &[(0, 0)])[0].starts_with("belief"));
+        assert!(check(&overlap, &[(6, 7)])[0].starts_with("belief"));
         let leaders = [
             began("a", Kind::Leader, 1, 0, 1),
             held("a", 5),
             began("b", Kind::Leader, 2, 2, 4),
         ];
-        assert!(check(&leaders, true)[0].starts_with("belief"));
+        assert!(check(&leaders, &[(3, 3)])[0].starts_with("belief"));
         let stale = [
             began("a", Kind::Exclusive, 5, 0, 1),
             began("b", Kind::Exclusive, 3, 2, 4),
         ];
-        assert!(check(&stale, true)[0].starts_with("fence"));
+        assert!(check(&stale, &[(3, 3)])[0].starts_with("fence"));
         let shared = [
             began("a", Kind::Shared, 1, 0, 1),
             held("a", 5),
             began("b", Kind::Shared, 2, 0, 2),
             held("b", 6),
         ];
-        assert!(check(&shared, false).is_empty());
+        assert!(check(&shared, &[]).is_empty());
         let permits = [
             began("a", Kind::Counted(1), 1, 0, 1),
             held("a", 5),
             began("b", Kind::Counted(1), 2, 0, 2),
         ];
-        assert!(check(&permits, false)[0].contains("permits"));
+        assert!(check(&permits, &[])[0].contains("permits"));
         let refused = [
             began("a", Kind::Exclusive, 4, 0, 1),
             held("a", 5),
@@ -282,7 +296,7 @@ mod tests {
             held("b", 7),
             held("a", 9),
         ];
-        let found = check(&refused, false);
+        let found = check(&refused, &[]);
         assert!(found.iter().any(|v| v.starts_with("resource")), "{found:?}");
     }
 }

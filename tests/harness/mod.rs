@@ -169,7 +169,7 @@ pub async fn history<T: Target>(target: &T, seed: u64, run_for: Duration) -> Rep
     let local = tokio::spawn(async move { worker.run(renewing, plain).await });
 
     // The nemesis, until the workload stops starting operations.
-    let mut lost_writes = false;
+    let mut losses = Vec::new();
     while started.elapsed() + Duration::from_millis(300) < run_for && !faults.is_empty() {
         tokio::time::sleep(Duration::from_millis(rng.u64(100..600))).await;
         let fault = faults[rng.usize(0..faults.len())];
@@ -207,12 +207,15 @@ pub async fn history<T: Target>(target: &T, seed: u64, run_for: Duration) -> Rep
             Fault::Kill | Fault::Pause => continue,
             _ => target.inject(fault, &keys, &mut rng, ttl).await,
         };
-        lost_writes |= fault.loses_writes();
+        let to = now();
+        if fault.loses_writes() {
+            losses.push((from, to));
+        }
         *report.faults.entry(format!("{fault:?}")).or_default() += 1;
         recorder.record(Event::Fault {
             kind: format!("{fault:?}"),
             from,
-            to: now(),
+            to,
         });
         report.log.push(what);
     }
@@ -272,9 +275,7 @@ pub async fn history<T: Target>(target: &T, seed: u64, run_for: Duration) -> Rep
         .iter()
         .filter(|e| matches!(e, Event::Began { .. }))
         .count();
-    report
-        .violations
-        .extend(checker::check(&events, lost_writes));
+    report.violations.extend(checker::check(&events, &losses));
     let recovered = Instant::now();
     liveness(target, &keys, ttl, &mut report).await;
     report.recovery = recovered.elapsed();
