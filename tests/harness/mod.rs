@@ -111,7 +111,11 @@ pub async fn child_main(spec: &str) {
         recorder: Recorder::Stdout,
     };
     let (ops, stuck) = worker.run(renewing, plain).await;
-    println!("{}done {ops} {stuck}", crate::support::child::MARK);
+    println!(
+        "{}done {ops} {}",
+        crate::support::child::MARK,
+        stuck.join(" | ")
+    );
 }
 
 /// Runs one history of `run_for` on `target` from `seed`, then checks it.
@@ -222,9 +226,10 @@ pub async fn history<T: Target>(target: &T, seed: u64, run_for: Duration) -> Rep
 
     let (ops, stuck) = local.await.expect("the workload");
     report.ops = ops;
-    if stuck > 0 {
+    if !stuck.is_empty() {
         report.violations.push(format!(
-            "liveness: {stuck} tasks of this process stuck in an operation"
+            "liveness: tasks of this process stuck: {}",
+            stuck.join(" | ")
         ));
     }
     let mut events = recorder.events();
@@ -235,12 +240,11 @@ pub async fn history<T: Target>(target: &T, seed: u64, run_for: Duration) -> Rep
             let done = lines.iter().any(|line| line.starts_with("done"));
             for line in lines {
                 if let Some(done) = line.strip_prefix("done ") {
-                    let mut counts = done.split(' ').map(|n| n.parse::<usize>().unwrap_or(0));
-                    report.ops += counts.next().unwrap_or(0);
-                    let stuck = counts.next().unwrap_or(0);
-                    if stuck > 0 {
+                    let (ops, stuck) = done.split_once(' ').unwrap_or((done, ""));
+                    report.ops += ops.parse::<usize>().unwrap_or(0);
+                    if !stuck.is_empty() {
                         report.violations.push(format!(
-                            "liveness: {stuck} tasks of child {} stuck in an operation",
+                            "liveness: tasks of child {} stuck: {stuck}",
                             child.name
                         ));
                     }

@@ -1,7 +1,7 @@
 //! The workload: lock operations drawn from a seed, over a few hot keys,
 //! each holder recording what it believes while it believes it.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use tower_lock::{LockError, Locker, election::Election};
 
@@ -58,9 +58,9 @@ pub struct Worker {
 impl Worker {
     /// Runs the workload on two lockers over `renewing` and `plain` (one
     /// renews its leases, one does not), `tasks` tasks at once.
-    /// Returns how many operations it started, and how many tasks were
-    /// stuck in one long after the others ended.
-    pub async fn run(&self, renewing: Locker, plain: Locker) -> (usize, usize) {
+    /// Returns how many operations it started, and what the tasks that were
+    /// stuck in one long after the others ended were doing.
+    pub async fn run(&self, renewing: Locker, plain: Locker) -> (usize, Vec<String>) {
         let renewing = renewing.auto_renew(true);
         let plain = plain.auto_renew(false);
         let until = tokio::time::Instant::now() + self.run_for;
@@ -76,20 +76,22 @@ impl Worker {
                     recorder: self.recorder.clone(),
                     lockers: [renewing.clone(), plain.clone()],
                     next: 0,
+                    doing: Arc::default(),
                 };
-                tokio::spawn(task.run(until))
+                let doing = task.doing.clone();
+                (tokio::spawn(task.run(until)), doing)
             })
             .collect();
         // A task still in an operation this long after the last one began
         // is stuck (a deadlock, a lost wake-up with no timer behind it).
         let stuck_after = until + self.ttl * 10 + Duration::from_secs(10);
-        let (mut ops, mut stuck) = (0, 0);
-        for mut task in tasks {
+        let (mut ops, mut stuck) = (0, Vec::new());
+        for (mut task, doing) in tasks {
             match tokio::time::timeout_at(stuck_after, &mut task).await {
                 Ok(done) => ops += done.unwrap_or(0),
                 Err(_) => {
                     task.abort();
-                    stuck += 1;
+                    stuck.push(doing.lock().expect("doing").clone());
                 }
             }
         }
@@ -105,6 +107,8 @@ struct Task {
     recorder: Recorder,
     lockers: [Locker; 2],
     next: u64,
+    /// What the task does now, for the report of a stuck one.
+    doing: Arc<std::sync::Mutex<String>>,
 }
 
 /// What a holder holds, behind one `is_lost`.
@@ -162,6 +166,8 @@ impl Task {
         let x = self.keys.exclusive[self.rng.usize(0..self.keys.exclusive.len())].clone();
         let asked = now();
         let op = self.rng.u32(0..100);
+        *self.doing.lock().expect("doing") =
+            format!("op {op} on {x} (asked at {:.3} s)", asked as f64 / 1e9);
         let cut = self
             .rng
             .bool()
@@ -282,6 +288,8 @@ impl Task {
             }
         }
         let release = self.rng.u32(0..4) != 0;
+        *self.doing.lock().expect("doing") =
+            format!("ending {holder} ({kind:?}, release: {release})");
         held.end(release).await;
     }
 }
