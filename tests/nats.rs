@@ -1139,6 +1139,41 @@ async fn recreate_bucket(port: u16) -> NatsBackend {
     backend(port).await
 }
 
+/// Found by the fault harness (nats, seed 20018): a backend that lives
+/// through a re-creation, whose new stream numbers past every revision the
+/// backend saw in the old one, must still fence above every grant of the
+/// new stream. A write's answer does not tell the streams apart, so a
+/// backend that went by the revisions alone fenced from the old stream's
+/// creation time, below the new stream's fences.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_missed_a_re_creation_fences_above_the_new_stream() {
+    use tower_lock::backend::Backend;
+    let server = nats::server();
+    let old = backend(server.port).await;
+    let first = take(&old, "k").await;
+    assert!(old.release("k", &first).await.expect("release"));
+    let new = recreate_bucket(server.port).await;
+    // The new stream numbers past the one revision the old backend saw.
+    for n in 0..8 {
+        let lease = take(&new, &format!("filler-{n}")).await;
+        assert!(
+            new.release(&format!("filler-{n}"), &lease)
+                .await
+                .expect("release")
+        );
+    }
+    let newer = take(&new, "k").await;
+    assert!(new.release("k", &newer).await.expect("release"));
+    let late = take(&old, "k").await;
+    assert!(
+        late.fence > newer.fence,
+        "a grant after the new stream's ({}) got a lower fence ({})",
+        newer.fence,
+        late.fence
+    );
+    assert!(old.release("k", &late).await.expect("release"));
+}
+
 /// A holder from before a re-creation of the bucket releases its key `a`
 /// at its revision, where the new bucket holds `b`'s lease: `b` keeps it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

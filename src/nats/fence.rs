@@ -17,11 +17,13 @@
 //! which is below 2^53 (exact as a JSON number, and an `i64` column holds
 //! it) until the year 2255.
 //!
-//! A backend that lives through its bucket's deletion notices the new
-//! stream when a write gets a lower revision than one it got before, or
-//! when its watch of the bucket is re-established (the old stream's watch
-//! fails), and then reads the new creation time before it hands out a
-//! fence. A new creation time also means the old stream's leases are gone
+//! Every grant reads the stream's creation time after its write, so its
+//! fence comes from the stream the write went to (a write's answer does not
+//! name the stream's creation, and a new stream may have numbered past
+//! every revision a backend saw of the old one). Between grants, a backend
+//! that lives through its bucket's deletion notices the new stream when a
+//! write gets a lower revision than one it got before, or when its watch of
+//! the bucket is re-established (the old stream's watch fails). A new creation time also means the old stream's leases are gone
 //! while their holders may still count on them: the backend then holds
 //! back leases with a value for one ttl (see `StateLoss`). A backend that
 //! never saw the old stream cannot notice that; it holds them back while
@@ -106,9 +108,15 @@ impl Fences {
         }
     }
 
-    /// The fence of a lease written at `revision`.
+    /// The fence of a lease written at `revision`, from the creation time
+    /// read after the write. A write's answer does not say which stream it
+    /// went to, and a new stream may have numbered past every revision this
+    /// backend saw of the old one, so a lower revision is no sure sign: a
+    /// fence from a creation time read before the write could belong to a
+    /// deleted stream, and fall below the new stream's fences.
     pub(crate) async fn fence(&self, stream: &Stream, revision: u64) -> Result<u64, LockError> {
         self.saw(revision);
+        self.suspect.store(true, Ordering::Release);
         self.refresh(stream, revision).await?;
         Ok(self.of(revision))
     }

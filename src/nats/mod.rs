@@ -243,13 +243,17 @@
 //! microsecond on average over its life (a stream stores at most a few
 //! hundred thousand a second) and the server's clock does not step back
 //! between the deletion and the new creation. Fences stay below the wall
-//! clock in microseconds: below 2^53 until the year 2255. A backend that
-//! lives through the deletion reads the new creation time when a write gets
-//! a lower revision than one it got before, or when its watch is
-//! re-established; until then, if the new bucket has already taken more
-//! writes than the old one ever did, its fences can be lower (and its
-//! writes on holders' behalf are still proven by token; see [The token is
-//! the authority](#the-token-is-the-authority) for the one window left).
+//! clock in microseconds: below 2^53 until the year 2255. Every grant reads
+//! the creation time after its write (one `STREAM.INFO` request), so a
+//! backend that lived through a deletion without noticing it fences from
+//! the stream its write went to, even where the new stream had numbered
+//! past every revision the backend saw of the old one (the fault harness
+//! found that case). What remains is a deletion and a second re-creation
+//! between the write and that read: the fence is then the newest stream's
+//! creation time plus the older stream's revision, which a grant in the
+//! newest stream may not exceed. Writes on holders' behalf are proven by
+//! token (see [The token is the authority](#the-token-is-the-authority)
+//! for the one window left).
 //!
 //! Leases with a value (an election's) are held back after a re-creation:
 //! leaders of the old bucket may still count on their leases until their
