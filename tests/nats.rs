@@ -1139,6 +1139,54 @@ async fn recreate_bucket(port: u16) -> NatsBackend {
     backend(port).await
 }
 
+/// Found by the fault harness (nats, seed 20018): a reader's entry that a
+/// refused try failed to withdraw (its withdrawal lost to a link fault) is
+/// not a lease. The same token trying again while the writer still holds
+/// must be refused, not granted again without a check against the writer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_readers_leftover_entry_is_not_granted_past_a_writer() {
+    use tower_lock::backend::{AcquireRequest, Attempt, Backend, LeaseKind, Token};
+    let server = nats::server();
+    let writer = Locker::new(backend(server.port).await);
+    let held = writer
+        .acquire("k", Duration::from_secs(30))
+        .await
+        .expect("the writer");
+    // The entry a refused try of `token` would have left: a real reader's
+    // entry, written under the name it would have had on `k`.
+    let token = Token::new();
+    let other = backend(server.port).await;
+    let shared =
+        AcquireRequest::new("elsewhere", token, Duration::from_secs(30)).kind(LeaseKind::Shared);
+    assert!(matches!(
+        other.try_acquire(&shared).await.expect("try"),
+        Attempt::Acquired { .. }
+    ));
+    let store = other.store().clone();
+    let elsewhere = format!("elsewhere.r.{token}");
+    let value = store
+        .get(&elsewhere)
+        .await
+        .expect("get")
+        .expect("the reader's entry");
+    store
+        .create(format!("k.r.{token}"), value)
+        .await
+        .expect("the leftover entry");
+    // A backend that granted nothing of `token` on `k` tries again.
+    let retrying = backend(server.port).await;
+    let again = AcquireRequest::new("k", token, Duration::from_secs(30))
+        .kind(LeaseKind::Shared)
+        .waiting(true);
+    let attempt = retrying.try_acquire(&again).await.expect("try");
+    assert!(
+        matches!(attempt, Attempt::Busy { .. }),
+        "a leftover reader's entry was granted while the writer held: {attempt:?}"
+    );
+    assert!(!held.is_lost());
+    held.release().await.expect("the writer's lease is intact");
+}
+
 /// Found by the fault harness (nats, seed 20018): a backend that lives
 /// through a re-creation, whose new stream numbers past every revision the
 /// backend saw in the old one, must still fence above every grant of the

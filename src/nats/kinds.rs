@@ -461,10 +461,17 @@ impl NatsBackend {
         let sent_at = Instant::now();
         let revision = match self.put(&entry, value, 0).await? {
             Ok(revision) => revision,
-            // Our token's entry is there already.
-            Err(Conflict) => {
+            // Our token's entry is there already. Granted by this backend
+            // and still running: a retry of a try whose answer was lost.
+            // Otherwise it is what a refused try failed to withdraw, which
+            // was never checked against writers: removed, and tried afresh.
+            Err(Conflict) if self.inner.own.running(&entry, request.token).is_some() => {
                 let again = self.regrant(&entry, request).await?;
                 return Ok(again.unwrap_or(Attempt::Busy { remaining: None }));
+            }
+            Err(Conflict) => {
+                self.remove_held(&entry, request.token).await?;
+                return Ok(Attempt::Busy { remaining: None });
             }
         };
         let slots = format!("{key}.p.>");
