@@ -177,6 +177,7 @@ impl Task {
         };
         let rng = &mut self.rng;
         let keys = &self.keys;
+        let recorder = &self.recorder;
         let id = format!("{}.{}", self.id, self.next);
         let take = async {
             Ok::<_, LockError>(match op {
@@ -215,6 +216,54 @@ impl Task {
                     let fences = set.fences().map(|(k, f)| (k.to_owned(), f)).collect();
                     Some((fences, Kind::Exclusive, Held::Set(set)))
                 }
+                90..95 => {
+                    // The job records its own holding: run_while_leader may
+                    // lead several times before one job runs to its end.
+                    let election = Election::new(locker.clone(), &keys.election)
+                        .ttl(ttl)
+                        .renew_deadline(ttl * 2 / 3)
+                        .renew_every(ttl / 5);
+                    let (steps, step) = (rng.usize(0..4), ttl.mul_f64(rng.f64() * 0.25));
+                    let mut terms = 0;
+                    election
+                        .run_while_leader(&id, |leadership| {
+                            terms += 1;
+                            let holder = format!("{id}.run{terms}");
+                            let (recorder, key) = (recorder.clone(), keys.election.clone());
+                            async move {
+                                let at = now();
+                                if leadership.is_lost() {
+                                    return;
+                                }
+                                let fence = leadership.term();
+                                let (kind, holder2) = (Kind::Leader, holder.clone());
+                                recorder.record(Event::Began {
+                                    holder,
+                                    key: key.clone(),
+                                    kind,
+                                    fence,
+                                    asked,
+                                    at,
+                                });
+                                for _ in 0..steps {
+                                    tokio::time::sleep(step).await;
+                                    let at = now();
+                                    if leadership.is_lost() {
+                                        break;
+                                    }
+                                    let holder = holder2.clone();
+                                    recorder.record(Event::Held {
+                                        holder,
+                                        key: key.clone(),
+                                        at,
+                                        wrote: true,
+                                    });
+                                }
+                            }
+                        })
+                        .await?;
+                    None
+                }
                 _ => {
                     let election = Election::new(locker.clone(), &keys.election)
                         .ttl(ttl)
@@ -239,14 +288,21 @@ impl Task {
             None => take.await?,
         };
         if let Some((keys, kind, held)) = taken {
-            self.hold(asked, keys, kind, held).await;
+            self.hold(asked, keys, kind, held, &locker).await;
         }
         Ok(())
     }
 
     /// Holds `held` (`keys` with their fences) for a few steps, recording
     /// each instant it still believes it holds, then ends it.
-    async fn hold(&mut self, asked: u64, keys: Vec<(String, u64)>, kind: Kind, held: Held) {
+    async fn hold(
+        &mut self,
+        asked: u64,
+        keys: Vec<(String, u64)>,
+        kind: Kind,
+        held: Held,
+        locker: &Locker,
+    ) {
         self.next += 1;
         let holder = format!("{}.{}", self.id, self.next);
         let at = now();
@@ -290,6 +346,12 @@ impl Task {
         let release = self.rng.u32(0..4) != 0;
         *self.doing.lock().expect("doing") =
             format!("ending {holder} ({kind:?}, release: {release})");
+        if let (Held::Guard(guard), true) = (&held, self.rng.u32(0..4) == 0) {
+            // By key: every lease the locker holds there, other tasks'
+            // included (their leases then count as lost).
+            let key = guard.key().to_owned();
+            drop(locker.release(&key).await);
+        }
         held.end(release).await;
     }
 }
