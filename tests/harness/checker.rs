@@ -49,10 +49,11 @@ impl Holding {
 /// When the store lost acknowledged writes: each fault's `(from, to)`.
 pub type Losses = [(u64, u64)];
 
-/// Whether a loss of writes explains why holdings that began by `first`
-/// met until `until`: the earlier was granted before a loss ended, and
-/// they met after it began. Holdings granted after every loss are held to
-/// the belief rule again.
+/// Whether a loss of writes explains why holdings asked for by `first` met
+/// until `until`: the earlier may have been granted before a loss ended
+/// (it was asked for before; its answer may arrive long after, from a
+/// paused server), and they met after the loss began. Holdings asked for
+/// after every loss are held to the belief rule again.
 fn excused(losses: &Losses, first: u64, until: u64) -> bool {
     losses
         .iter()
@@ -129,7 +130,7 @@ fn belief(key: &str, held: &[&Holding], losses: &Losses, out: &mut Vec<String>) 
                 continue;
             }
             let leaders = a.kind == Kind::Leader || b.kind == Kind::Leader;
-            if !leaders && excused(losses, a.began.min(b.began), a.last.min(b.last)) {
+            if !leaders && excused(losses, a.asked.min(b.asked), a.last.min(b.last)) {
                 continue;
             }
             let shareable = match (a.kind, b.kind) {
@@ -155,7 +156,7 @@ fn belief(key: &str, held: &[&Holding], losses: &Losses, out: &mut Vec<String>) 
             .iter()
             .filter(|b| b.kind == a.kind && b.began <= a.began && a.began <= b.last)
             .collect();
-        let first = at_once.iter().map(|b| b.began).min().unwrap_or(a.began);
+        let first = at_once.iter().map(|b| b.asked).min().unwrap_or(a.asked);
         if at_once.len() > permits as usize && !excused(losses, first, a.began) {
             let who: Vec<String> = at_once.iter().map(|b| b.describe()).collect();
             out.push(format!(
@@ -207,7 +208,7 @@ fn resource(key: &str, held: &[&Holding], losses: &Losses, out: &mut Vec<String>
         match last {
             Some(accepted) if holding.fence < accepted.fence => {
                 let leaders = holding.kind == Kind::Leader;
-                if leaders || !excused(losses, holding.began.min(accepted.began), at) {
+                if leaders || !excused(losses, holding.asked.min(accepted.asked), at) {
                     out.push(format!(
                         "resource: {key} refused a write at {:.3} s by a believing holder, {}, after {}",
                         at as f64 / 1e9,
@@ -263,7 +264,12 @@ mod tests {
         // Lost writes excuse the overlap of plain leases granted before the
         // loss, not of leaders, and not of leases granted after it.
         assert!(check(&overlap, &[(3, 3)]).is_empty());
-        assert!(check(&overlap, &[(0, 0)])[0].starts_with("belief"));
+        let asked_after = [
+            began("a", Kind::Exclusive, 1, 1, 2),
+            held("a", 5),
+            began("b", Kind::Exclusive, 2, 2, 4),
+        ];
+        assert!(check(&asked_after, &[(0, 0)])[0].starts_with("belief"));
         assert!(check(&overlap, &[(6, 7)])[0].starts_with("belief"));
         let leaders = [
             began("a", Kind::Leader, 1, 0, 1),
