@@ -623,13 +623,29 @@ mod redis_target {
                     let Some(port) = self.sentinel else {
                         return "no failover".into();
                     };
+                    // The loss lasts until the old master has been demoted:
+                    // until then it acknowledges writes its replica may never
+                    // see. The fault ends only once both have switched.
                     let answer = tokio::task::spawn_blocking(move || {
-                        cli(port, &["sentinel", "failover", MASTER_NAME])
+                        let master =
+                            || cli(port, &["sentinel", "get-master-addr-by-name", MASTER_NAME]);
+                        let old = master();
+                        let old_port = old.lines().nth(1).unwrap_or_default().trim().to_owned();
+                        let answer = cli(port, &["sentinel", "failover", MASTER_NAME]);
+                        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+                        while std::time::Instant::now() < deadline {
+                            let demoted = old_port
+                                .parse()
+                                .is_ok_and(|old: u16| cli(old, &["role"]).starts_with("slave"));
+                            if master() != old && demoted {
+                                break;
+                            }
+                            std::thread::sleep(Duration::from_millis(50));
+                        }
+                        answer
                     })
                     .await
                     .unwrap_or_default();
-                    // Let the promotion happen before the next fault.
-                    tokio::time::sleep(Duration::from_secs(2)).await;
                     format!("failover: {}", answer.trim())
                 }
                 _ => self.forge(keys).await,
