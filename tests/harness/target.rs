@@ -662,6 +662,8 @@ mod redis_target {
     }
 }
 
+/// Opens the bucket, trying again for a while: a loaded machine or a node
+/// the nemesis just restarted may time a first request out.
 #[cfg(feature = "nats")]
 async fn nats_backend_on(
     ports: &[u16],
@@ -672,11 +674,22 @@ async fn nats_backend_on(
         crate::support::nats::connect(ports).await,
         Duration::from_secs(2),
     );
-    tower_lock::nats::NatsBackend::builder(js, bucket)
-        .replicas(replicas)
-        .request_timeout(Duration::from_secs(2))
-        .build()
-        .await
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let opened = tower_lock::nats::NatsBackend::builder(js.clone(), bucket)
+            .replicas(replicas)
+            .request_timeout(Duration::from_secs(2))
+            .build()
+            .await;
+        match opened {
+            Err(tower_lock::LockError::Unavailable { .. })
+                if std::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            opened => return opened,
+        }
+    }
 }
 
 #[cfg(feature = "nats")]
