@@ -16,6 +16,12 @@ pub fn program() -> &'static str {
 /// A standalone JetStream server on a free loopback port, storing in
 /// `store/` under its temp dir (so a restart keeps the buckets).
 pub fn server() -> ServerProcess {
+    let (args, port) = server_args();
+    ServerProcess::start(program(), args, port)
+}
+
+/// The arguments and port of a standalone server.
+fn server_args() -> (Vec<String>, u16) {
     let port = free_port();
     let args = [
         "-js",
@@ -25,10 +31,8 @@ pub fn server() -> ServerProcess {
         &port.to_string(),
         "-sd",
         "store",
-    ]
-    .map(String::from)
-    .to_vec();
-    ServerProcess::start(program(), args, port)
+    ];
+    (args.map(String::from).to_vec(), port)
 }
 
 /// Three JetStream servers clustered over loopback routes.
@@ -284,17 +288,8 @@ fn lasting(args: Vec<String>, port: u16) -> Lasting {
 
 /// [`server`], for the whole test process.
 pub fn lasting_server() -> Lasting {
-    let port = free_port();
-    let args = [
-        "-js",
-        "-a",
-        "127.0.0.1",
-        "-p",
-        &port.to_string(),
-        "-sd",
-        "store",
-    ];
-    lasting(args.map(String::from).to_vec(), port)
+    let (args, port) = server_args();
+    lasting(args, port)
 }
 
 /// [`cluster`], for the whole test process.
