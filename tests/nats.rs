@@ -1196,6 +1196,47 @@ async fn a_readers_leftover_entry_is_not_granted_past_a_writer() {
     held.release().await.expect("the writer's lease is intact");
 }
 
+/// The writer's twin of the case above: an exclusive entry that a refused
+/// try failed to withdraw (it found a reader) is not a lease either. The
+/// same token trying again must be checked against the reader like any
+/// first write, not granted again because the entry carries its token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writers_leftover_entry_is_not_granted_past_a_reader() {
+    use tower_lock::backend::{AcquireRequest, Attempt, Backend, Token};
+    let server = nats::server();
+    let reader = Locker::new(backend(server.port).await);
+    let held = reader
+        .acquire_shared("k", Duration::from_secs(30))
+        .await
+        .expect("the reader");
+    // The entry a refused try of `token` would have left: a real lease of
+    // `token`, written under the lock's own key.
+    let token = Token::new();
+    let other = backend(server.port).await;
+    let exclusive = AcquireRequest::new("elsewhere", token, Duration::from_secs(30));
+    assert!(matches!(
+        other.try_acquire(&exclusive).await.expect("try"),
+        Attempt::Acquired { .. }
+    ));
+    let store = other.store().clone();
+    let value = store
+        .get("elsewhere")
+        .await
+        .expect("get")
+        .expect("the writer's entry");
+    store.create("k", value).await.expect("the leftover entry");
+    // A backend that granted nothing of `token` on `k` tries again.
+    let retrying = backend(server.port).await;
+    let again = AcquireRequest::new("k", token, Duration::from_secs(30)).waiting(true);
+    let attempt = retrying.try_acquire(&again).await.expect("try");
+    assert!(
+        matches!(attempt, Attempt::Busy { .. }),
+        "a leftover writer's entry was granted while a reader held: {attempt:?}"
+    );
+    assert!(!held.is_lost());
+    held.release().await.expect("the reader's lease is intact");
+}
+
 /// Found by the fault harness (nats, seed 20018): a backend that lives
 /// through a re-creation, whose new stream numbers past every revision the
 /// backend saw in the old one, must still fence above every grant of the

@@ -878,6 +878,31 @@ impl NatsBackend {
             revision,
         })
     }
+    /// An exclusive lease of `request` was written at `key`: granted unless
+    /// a shared or counted holder wrote before it (then withdrawn). A
+    /// rewrite of the token's own entry is checked too: it may be left from
+    /// a try that found a reader and could not withdraw.
+    async fn written(
+        &self,
+        key: &str,
+        request: &AcquireRequest<'_>,
+        deadline: Instant,
+        revision: u64,
+        fence: Option<u64>,
+    ) -> Result<Attempt, LockError> {
+        // Shared and counted holders write entries of their own: whoever of
+        // them wrote before us is found now.
+        if let Holder::Running(remaining) = self.writer_conflict(key).await? {
+            self.withdraw(request, key, key).await?;
+            return Ok(Attempt::Busy { remaining });
+        }
+        // Others of this process wait behind: their claim stands.
+        if !request.queued_behind {
+            self.end_claim(key, false);
+        }
+        self.granted(key, request, deadline, revision, fence).await
+    }
+
     /// An exclusive try: the lock's own key, created on empty, then a check
     /// for shared and counted holders.
     async fn try_exclusive(&self, request: &AcquireRequest<'_>) -> Result<Attempt, LockError> {
@@ -896,18 +921,8 @@ impl NatsBackend {
         let mut expected = seen.expected_free_revision(&key);
         for _ in 0..ROUNDS {
             if let Ok(revision) = self.put(&key, value.clone(), expected).await? {
-                // Shared and counted holders write entries of their own:
-                // whoever of them wrote before us is found now.
-                if let Holder::Running(remaining) = self.writer_conflict(&key).await? {
-                    self.withdraw(request, &key, &key).await?;
-                    return Ok(Attempt::Busy { remaining });
-                }
-                // Others of this process wait behind: their claim stands.
-                if !request.queued_behind {
-                    self.end_claim(&key, false);
-                }
                 return self
-                    .granted(&key, request, sent_at + ttl, revision, None)
+                    .written(&key, request, sent_at + ttl, revision, None)
                     .await;
             }
             // Lost a race for a free key: the winner's lease is usually known
@@ -945,7 +960,7 @@ impl NatsBackend {
                         if let Ok(revision) = self.put(&key, again, entry.revision).await? {
                             let deadline = sent_at + ttl;
                             return self
-                                .granted(&key, request, deadline, revision, Some(fence))
+                                .written(&key, request, deadline, revision, Some(fence))
                                 .await;
                         }
                         continue;
