@@ -184,12 +184,12 @@ impl Record {
     }
 
     pub(crate) fn lease(&self) -> Lease {
-        Lease {
-            token: self.token,
-            fence: self.fence,
-            revision: self.revision.load(Ordering::Acquire),
-            kind: self.kind,
-        }
+        Lease::granted(
+            self.token,
+            self.kind,
+            self.fence,
+            self.revision.load(Ordering::Acquire),
+        )
     }
 
     /// How long until the holder stops counting on the lease; zero once it
@@ -379,11 +379,7 @@ impl Record {
                 return Ok(());
             }
             Attempt::Acquired { fence, revision } => {
-                let fresh = Lease {
-                    fence,
-                    revision,
-                    ..self.lease()
-                };
+                let fresh = Lease::granted(self.token, self.kind, fence, revision);
                 if let Err(err) = backend.release(&self.key, &fresh).await {
                     tracing::debug!(key = ?self.key, error = %err, "could not give back a fresh grant; it ends at its ttl");
                 }

@@ -1128,12 +1128,9 @@ async fn take(backend: &NatsBackend, key: &str) -> tower_lock::backend::Lease {
     let token = Token::new();
     let request = AcquireRequest::new(key, token, Duration::from_secs(30));
     match backend.try_acquire(&request).await.expect("try") {
-        Attempt::Acquired { fence, revision } => Lease {
-            token,
-            fence,
-            revision,
-            kind: LeaseKind::Exclusive,
-        },
+        Attempt::Acquired { fence, revision } => {
+            Lease::granted(token, LeaseKind::Exclusive, fence, revision)
+        }
         other => panic!("{key:?} is free, yet: {other:?}"),
     }
 }
@@ -1334,9 +1331,12 @@ async fn a_renewal_across_a_re_creation_at_the_same_revision_is_lost() {
         .expect("extend");
     let revision = renewed.expect("the new holder's lease still renews");
     assert!(
-        new.release("k", &tower_lock::backend::Lease { revision, ..after })
-            .await
-            .expect("release")
+        new.release(
+            "k",
+            &tower_lock::backend::Lease::granted(after.token, after.kind, after.fence, revision)
+        )
+        .await
+        .expect("release")
     );
 }
 

@@ -54,12 +54,7 @@ fn lease(token: Token, attempt: Attempt, kind: LeaseKind) -> Lease {
     let Attempt::Acquired { fence, revision } = attempt else {
         panic!("not granted: {attempt:?}");
     };
-    Lease {
-        token,
-        fence,
-        revision,
-        kind,
-    }
+    Lease::granted(token, kind, fence, revision)
 }
 
 /// A forged turn on a backend's own channel, about a key it never queued

@@ -99,10 +99,9 @@ pub trait Backend: fmt::Debug + Send + Sync + 'static {
     /// the lease was no longer held by `lease.token`, whatever its revision
     /// and fence.
     ///
-    /// A lease whose fence and revision are 0 stands for a grant whose
-    /// answer was lost: release the key if it is held by `lease.token`,
-    /// whatever its revision. The locker sends one after a try whose
-    /// outcome it could not learn.
+    /// The locker also sends a [`Lease::unanswered`] after a try whose
+    /// outcome it could not learn: its fence and revision are unknown, and
+    /// the key is released if it is held by `lease.token`, as any other.
     async fn release(&self, key: &str, lease: &Lease) -> Result<bool, LockError>;
 
     /// Registers interest in wake-ups for `key`: every release of it, and

@@ -187,17 +187,65 @@ pub enum Attempt {
 }
 
 /// What identifies one holding of a key to its backend.
+///
+/// Either a grant the store answered ([`Lease::granted`]), or a try whose
+/// answer was lost ([`Lease::unanswered`]): the store may have granted it,
+/// and only the token and the kind are known.
+///
+/// ```
+/// use tower_lock::backend::{Lease, LeaseKind, Token};
+///
+/// let token = Token::new();
+/// let held = Lease::granted(token, LeaseKind::Exclusive, 7, 3);
+/// assert!(!held.is_unanswered());
+/// // A real revision 0 is still a grant, never a lost answer.
+/// assert!(!Lease::granted(token, LeaseKind::Exclusive, 0, 0).is_unanswered());
+/// assert!(Lease::unanswered(token, LeaseKind::Shared).is_unanswered());
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Lease {
     /// The token the key was taken with.
     pub token: Token,
-    /// The fence returned with the acquisition.
+    /// The fence returned with the acquisition (0 when
+    /// [unanswered](Self::is_unanswered)).
     pub fence: u64,
     /// The lease's current revision (see [`Attempt::Acquired`]); updated by
-    /// each successful [`Backend::extend`](super::Backend::extend).
+    /// each successful [`Backend::extend`](super::Backend::extend) (0 when
+    /// [unanswered](Self::is_unanswered)).
     pub revision: u64,
     /// The kind of lease it is ([`AcquireRequest::kind`] of its grant).
     pub kind: LeaseKind,
+    unanswered: bool,
+}
+
+impl Lease {
+    /// The lease of a grant: the fence and revision of
+    /// [`Attempt::Acquired`].
+    pub fn granted(token: Token, kind: LeaseKind, fence: u64, revision: u64) -> Self {
+        Self {
+            token,
+            fence,
+            revision,
+            kind,
+            unanswered: false,
+        }
+    }
+
+    /// The lease a try of `token` may have been granted when its answer was
+    /// lost: its fence and revision are unknown, so a store finds it by its
+    /// token alone.
+    pub fn unanswered(token: Token, kind: LeaseKind) -> Self {
+        Self {
+            unanswered: true,
+            ..Self::granted(token, kind, 0, 0)
+        }
+    }
+
+    /// Whether this is the lease of a try whose answer was lost
+    /// ([`Lease::unanswered`]).
+    pub fn is_unanswered(&self) -> bool {
+        self.unanswered
+    }
 }
 
 /// Who holds a key, from [`Backend::holder`](super::Backend::holder).

@@ -178,17 +178,12 @@ impl Locker {
 
 /// The lease a try's caller will not hold, if the store may have granted
 /// one: a grant (when the caller has gone), or an answer lost in transit.
-/// A lost answer carries no fence or revision; stores release by token.
 fn unclaimed(outcome: &Result<Attempt, LockError>, token: Token, kind: LeaseKind) -> Option<Lease> {
-    let (fence, revision) = match outcome {
-        Ok(Attempt::Acquired { fence, revision }) => (*fence, *revision),
-        Err(LockError::Unavailable { .. }) => (0, 0),
-        _ => return None,
-    };
-    Some(Lease {
-        token,
-        fence,
-        revision,
-        kind,
-    })
+    match outcome {
+        Ok(Attempt::Acquired { fence, revision }) => {
+            Some(Lease::granted(token, kind, *fence, *revision))
+        }
+        Err(LockError::Unavailable { .. }) => Some(Lease::unanswered(token, kind)),
+        _ => None,
+    }
 }

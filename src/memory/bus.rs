@@ -354,12 +354,7 @@ mod tests {
         Command::Release {
             origin: Origin { node, request },
             key: "k".into(),
-            lease: Lease {
-                token: Token::new(),
-                fence: 1,
-                revision: 1,
-                kind: LeaseKind::Exclusive,
-            },
+            lease: Lease::granted(Token::new(), LeaseKind::Exclusive, 1, 1),
         }
     }
 

@@ -424,23 +424,13 @@ mod tests {
         let mut table = Table::default();
         let (a, b) = (Token::new(), Token::new());
         let fence = fence_of(table.try_acquire(&AcquireRequest::new("k", a, TTL), at(0), |_| 7));
-        let stranger = Lease {
-            token: b,
-            fence,
-            revision: fence,
-            kind: LeaseKind::Exclusive,
-        };
+        let stranger = Lease::granted(b, LeaseKind::Exclusive, fence, fence);
         assert!(matches!(
             table.release("k", &stranger, at(1)),
             Released::Lost
         ));
         assert_eq!(table.len(), 1);
-        let holder = Lease {
-            token: a,
-            fence,
-            revision: fence,
-            kind: LeaseKind::Exclusive,
-        };
+        let holder = Lease::granted(a, LeaseKind::Exclusive, fence, fence);
         assert!(table.extend("k", &holder, TTL, at(50)).is_some());
         assert!(matches!(
             table.release("k", &holder, at(149)),
@@ -520,12 +510,7 @@ mod tests {
     }
 
     fn lease(token: Token, fence: u64, kind: LeaseKind) -> Lease {
-        Lease {
-            token,
-            fence,
-            revision: fence,
-            kind,
-        }
+        Lease::granted(token, kind, fence, fence)
     }
 
     #[test]

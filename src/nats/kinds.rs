@@ -400,7 +400,7 @@ impl NatsBackend {
         let value = LeaseValue {
             token,
             ttl: WRITER_CLAIM,
-            fence: 0,
+            fence: None,
             value: None,
         }
         .encode();
@@ -681,7 +681,7 @@ impl NatsBackend {
         LeaseValue {
             token: request.token,
             ttl: request.ttl,
-            fence: 0,
+            fence: None,
             value: None,
         }
         .encode()
@@ -707,7 +707,7 @@ impl NatsBackend {
             let again = LeaseValue {
                 token: request.token,
                 ttl: request.ttl,
-                fence,
+                fence: Some(fence),
                 value: None,
             }
             .encode();

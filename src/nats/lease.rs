@@ -31,9 +31,9 @@ const VERSION: &str = "v1";
 pub(crate) struct LeaseValue<'a> {
     pub(crate) token: Token,
     pub(crate) ttl: Duration,
-    /// The holder's fence; 0 for a fresh grant, whose fence comes from its
-    /// revision.
-    pub(crate) fence: u64,
+    /// The holder's fence; `None` for a fresh grant, whose fence comes from
+    /// its revision (stored as 0 when a value follows).
+    pub(crate) fence: Option<u64>,
     /// What the holder stored with the lease.
     pub(crate) value: Option<Cow<'a, str>>,
 }
@@ -43,8 +43,8 @@ impl LeaseValue<'_> {
         // Rounded up: a waiter never counts a lease shorter than its holder.
         let millis = self.ttl.as_nanos().div_ceil(1_000_000);
         let mut text = format!("{VERSION} {} {millis}", self.token);
-        if self.fence != 0 || self.value.is_some() {
-            text.push_str(&format!(" {}", self.fence));
+        if self.fence.is_some() || self.value.is_some() {
+            text.push_str(&format!(" {}", self.fence.unwrap_or(0)));
         }
         if let Some(value) = &self.value {
             text.push(' ');
@@ -56,11 +56,7 @@ impl LeaseValue<'_> {
     /// The holder's fence, given the lease's revision and how fences come
     /// from revisions.
     pub(crate) fn fence_at(&self, revision: u64, of: impl FnOnce(u64) -> u64) -> u64 {
-        if self.fence == 0 {
-            of(revision)
-        } else {
-            self.fence
-        }
+        self.fence.unwrap_or_else(|| of(revision))
     }
 
     /// `None` for a value this crate did not write.
@@ -71,7 +67,11 @@ impl LeaseValue<'_> {
         if version != VERSION {
             return None;
         }
-        let fence = parts.next().map_or(Some(0), |fence| fence.parse().ok())?;
+        // No fence is ever 0: a stored 0 stands for none.
+        let fence = match parts.next() {
+            Some(fence) => Some(fence.parse::<u64>().ok()?).filter(|&fence| fence != 0),
+            None => None,
+        };
         Some(LeaseValue {
             token: Token::from(Uuid::parse_str(token).ok()?),
             ttl: Duration::from_millis(ttl.parse().ok()?),
@@ -321,11 +321,11 @@ mod tests {
         let plain = LeaseValue {
             token: Token::new(),
             ttl: Duration::from_millis(1500),
-            fence: 0,
+            fence: None,
             value: None,
         };
         let renewed = LeaseValue {
-            fence: 42,
+            fence: Some(42),
             ..plain.clone()
         };
         let valued = LeaseValue {
@@ -333,7 +333,7 @@ mod tests {
             ..renewed.clone()
         };
         let fresh_valued = LeaseValue {
-            fence: 0,
+            fence: None,
             ..valued.clone()
         };
         for value in [plain, renewed, valued, fresh_valued] {
@@ -347,11 +347,11 @@ mod tests {
         let mut value = LeaseValue {
             token: Token::new(),
             ttl: Duration::from_secs(1),
-            fence: 0,
+            fence: None,
             value: None,
         };
         assert_eq!(value.fence_at(7, |revision| revision + 100), 107);
-        value.fence = 9;
+        value.fence = Some(9);
         assert_eq!(value.fence_at(7, |revision| revision + 100), 9);
     }
 
@@ -360,7 +360,7 @@ mod tests {
         let value = LeaseValue {
             token: Token::new(),
             ttl: Duration::from_micros(10_900),
-            fence: 0,
+            fence: None,
             value: None,
         };
         let encoded = value.encode();

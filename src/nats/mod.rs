@@ -809,7 +809,7 @@ impl NatsBackend {
         let value = LeaseValue {
             token,
             ttl: Duration::from_millis(1),
-            fence: 0,
+            fence: None,
             value: None,
         }
         .encode();
@@ -912,7 +912,7 @@ impl NatsBackend {
         let value = LeaseValue {
             token,
             ttl,
-            fence: 0,
+            fence: None,
             value: stored.clone(),
         }
         .encode();
@@ -952,7 +952,7 @@ impl NatsBackend {
                         let again = LeaseValue {
                             token,
                             ttl,
-                            fence,
+                            fence: Some(fence),
                             value: stored.clone(),
                         }
                         .encode();
@@ -1013,7 +1013,7 @@ impl NatsBackend {
         let value = LeaseValue {
             token: lease.token,
             ttl,
-            fence: lease.fence,
+            fence: Some(lease.fence),
             value: own.value.as_deref().map(Cow::Borrowed),
         }
         .encode();

@@ -25,22 +25,9 @@ async fn a_foreign_token_changes_nothing<H: Harness>(h: &H, kind: LeaseKind) {
     else {
         panic!("a fresh key is free");
     };
-    let held = Lease {
-        token,
-        fence,
-        revision,
-        kind,
-    };
-    let forged = Lease {
-        token: Token::new(),
-        ..held
-    };
-    let lost_answer = Lease {
-        token: Token::new(),
-        fence: 0,
-        revision: 0,
-        kind,
-    };
+    let held = Lease::granted(token, kind, fence, revision);
+    let forged = Lease::granted(Token::new(), kind, fence, revision);
+    let lost_answer = Lease::unanswered(Token::new(), kind);
     for lease in [forged, lost_answer] {
         assert_eq!(
             store.extend(&k, &lease, LONG).await.expect("extend"),
@@ -73,7 +60,7 @@ async fn a_foreign_token_changes_nothing<H: Harness>(h: &H, kind: LeaseKind) {
         .expect("the holder's own lease extends");
     assert!(
         store
-            .release(&k, &Lease { revision, ..held })
+            .release(&k, &Lease::granted(token, kind, fence, revision))
             .await
             .expect("release"),
         "the holder's own lease releases"

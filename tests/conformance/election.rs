@@ -60,12 +60,7 @@ pub async fn a_value_is_stored_with_its_lease_and_kept_by_renewal<H: Harness>(h:
         panic!("the holder's own token was refused");
     };
     assert_eq!(kept, fence, "a regrant changed the fence");
-    let lease = Lease {
-        token,
-        fence,
-        revision,
-        kind: LeaseKind::Exclusive,
-    };
+    let lease = Lease::granted(token, LeaseKind::Exclusive, fence, revision);
     let renewed = backend.extend(&k, &lease, LONG).await.expect("extend");
     let revision = renewed.expect("the holder's lease was not renewed");
     let holding = backend.holder(&k).await.expect("holder").expect("held");
@@ -74,7 +69,7 @@ pub async fn a_value_is_stored_with_its_lease_and_kept_by_renewal<H: Harness>(h:
         (token, fence, Some("node b: 10.0.0.7")),
         "renewal lost the fence or the value"
     );
-    let lease = Lease { revision, ..lease };
+    let lease = Lease::granted(token, LeaseKind::Exclusive, fence, revision);
     assert!(backend.release(&k, &lease).await.expect("release"));
     assert_eq!(backend.holder(&k).await.expect("holder"), None);
 }
@@ -104,12 +99,7 @@ pub async fn a_valued_grant_wakes_subscribers_and_a_plain_one_does_not<H: Harnes
     tokio::time::timeout(PROMPT, wakeups.changed())
         .await
         .expect("a grant with a value did not wake the subscriber");
-    let lease = Lease {
-        token,
-        fence,
-        revision,
-        kind: LeaseKind::Exclusive,
-    };
+    let lease = Lease::granted(token, LeaseKind::Exclusive, fence, revision);
     assert!(taker.backend().release(&k, &lease).await.expect("release"));
     tokio::time::timeout(PROMPT, wakeups.changed())
         .await

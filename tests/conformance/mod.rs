@@ -407,12 +407,12 @@ pub async fn the_store_refuses_a_stale_or_foreign_token<H: Harness>(h: &H) {
     assert!(matches!(stale.extend(LONG).await, Err(LockError::Lost)));
     // A token that never held the key (with a revision no store issued:
     // NATS deletes by revision, which only the writer of it knows).
-    let foreign = Lease {
-        token: Token::new(),
-        fence: current.fence(),
-        revision: u64::MAX,
-        kind: LeaseKind::Exclusive,
-    };
+    let foreign = Lease::granted(
+        Token::new(),
+        LeaseKind::Exclusive,
+        current.fence(),
+        u64::MAX,
+    );
     let store = c.backend();
     assert_eq!(
         store.extend(&k, &foreign, LONG).await.expect("extend"),
@@ -680,12 +680,7 @@ pub async fn a_retried_try_with_its_own_token_is_granted_again<H: Harness>(h: &H
         ),
         "another token was granted the held key"
     );
-    let by_token = Lease {
-        token,
-        fence: 0,
-        revision: 0,
-        kind: LeaseKind::Exclusive,
-    };
+    let by_token = Lease::unanswered(token, LeaseKind::Exclusive);
     assert!(
         backend.release(&k, &by_token).await.expect("release"),
         "a release by token alone did not free the key"
