@@ -115,6 +115,7 @@ mod request;
 mod state_loss;
 mod token;
 mod wake;
+pub(crate) mod wall_clock;
 
 pub(crate) use self::request::WRITER_CLAIM;
 #[cfg(any(feature = "redis", feature = "nats"))]

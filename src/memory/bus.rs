@@ -41,12 +41,12 @@ use std::{
 use tokio::{sync::mpsc, time::Instant};
 
 use super::{
-    clock::{next_fence, wall_micros},
+    clock::next_fence,
     table::{PermitsMismatch, Released, Table},
 };
 use crate::{
     LockError,
-    backend::{AcquireRequest, Attempt, Lease, LeaseKind, Token},
+    backend::{AcquireRequest, Attempt, Lease, LeaseKind, Token, wall_clock},
 };
 
 /// A totally ordered broadcast of [`Command`]s.
@@ -321,7 +321,7 @@ impl fmt::Debug for LocalBus {
 impl Bus for LocalBus {
     async fn publish(&self, command: Command) -> Result<(), LockError> {
         let mut state = self.lock();
-        state.wall_micros = next_fence(state.wall_micros, wall_micros);
+        state.wall_micros = next_fence(state.wall_micros, wall_clock::now);
         let event = Arc::new(Event {
             seq: state.snapshot.seq() + 1,
             stamp: state.epoch.elapsed(),

@@ -39,7 +39,7 @@ use std::{
         Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{Duration, SystemTime},
 };
 
 use tokio::time::Instant;
@@ -48,7 +48,7 @@ use async_nats::jetstream::stream::{Info, Stream};
 
 use crate::{
     LockError,
-    backend::{AcquireRequest, StateLoss},
+    backend::{AcquireRequest, StateLoss, wall_clock},
 };
 
 /// The fence base of one bucket's stream, as this backend last read it.
@@ -179,16 +179,9 @@ impl Fences {
 fn created_micros(info: &Info) -> u64 {
     // Through `SystemTime`, which async-nats's date type converts to
     // whichever time crate it was built with.
-    micros(SystemTime::from(info.created))
+    wall_clock::micros(SystemTime::from(info.created))
 }
 
 fn elapsed_micros(since: Instant, now: Instant) -> u64 {
     u64::try_from(now.saturating_duration_since(since).as_micros()).unwrap_or(u64::MAX)
-}
-
-/// `time` in microseconds since the Unix epoch (0 before it).
-pub(crate) fn micros(time: SystemTime) -> u64 {
-    time.duration_since(UNIX_EPOCH).map_or(0, |since| {
-        u64::try_from(since.as_micros()).unwrap_or(u64::MAX)
-    })
 }

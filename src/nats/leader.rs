@@ -124,7 +124,7 @@ impl Leader {
         let Some(key) = message.subject.as_str().strip_prefix(&self.prefix) else {
             return Ok(None);
         };
-        let time = super::fence::micros(std::time::SystemTime::from(message.time));
+        let time = crate::backend::wall_clock::micros(std::time::SystemTime::from(message.time));
         Ok(Some(Stored {
             key: key.to_owned(),
             revision: message.sequence,
