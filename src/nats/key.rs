@@ -86,6 +86,22 @@ pub(crate) fn slot(key: &str, permits: u32, slot: u32) -> String {
     format!("{key}.p.{permits}.{slot}")
 }
 
+/// A filter matching every shared holder's entry of `key`.
+pub(crate) fn readers(key: &str) -> String {
+    format!("{key}.r.>")
+}
+
+/// A filter matching every slot of `key`, of any count.
+pub(crate) fn slots(key: &str) -> String {
+    format!("{key}.p.>")
+}
+
+/// A filter matching every shared and counted holder's entry of `key`, and
+/// not its claim (`<key>.w` has one token fewer).
+pub(crate) fn holders(key: &str) -> String {
+    format!("{key}.*.>")
+}
+
 /// The key of a waiting writer's claim on `key`.
 pub(crate) fn claim(key: &str) -> String {
     format!("{key}.w")

@@ -4,7 +4,7 @@
 //! See the module docs ([Shared and counted
 //! locks](super#shared-and-counted-locks)) for the layout and the argument.
 
-use std::{collections::HashMap, sync::Mutex, time::Duration};
+use std::{borrow::Cow, collections::HashMap, sync::Mutex, time::Duration};
 
 use tokio::time::Instant;
 
@@ -16,7 +16,7 @@ use super::{
 };
 use crate::{
     LockError,
-    backend::{AcquireRequest, Attempt, Token, WRITER_CLAIM},
+    backend::{AcquireRequest, Attempt, LeaseKind, Token, WRITER_CLAIM},
 };
 
 /// How often a waiting writer renews its claim at most: well within the
@@ -252,8 +252,7 @@ impl NatsBackend {
         // waiting claims again when it is next refused). Standing, it would
         // keep this very reader out, and with it everyone, until it lapses.
         if let (Some(token), Some(stored)) = (ours, &stored)
-            && !stored.marker
-            && LeaseValue::decode(&stored.value).is_some_and(|lease| lease.token == token)
+            && stored.carries(token)
         {
             self.end_claim(key, true);
             return Ok(Holder::Gone);
@@ -311,7 +310,7 @@ impl NatsBackend {
             // No shared or counted lease can be taken on such a bucket.
             return Ok(Holder::Gone);
         }
-        self.first_live(&format!("{key}.*.>")).await
+        self.first_live(&key::holders(key)).await
     }
 
     /// The writer of `key` was granted: its claim, if it made one, is over.
@@ -426,17 +425,7 @@ impl NatsBackend {
         if self.inner.wakeups.is_watched(key) {
             return;
         }
-        let Some(token) = self.inner.claims.take(key) else {
-            return;
-        };
-        let (backend, key) = (self.clone(), key.to_owned());
-        self.in_background(async move {
-            match backend.remove_held(&key::claim(&key), token).await {
-                Ok(true) => backend.announce(&key, false).await,
-                Ok(false) => {}
-                Err(err) => tracing::debug!(%key, error = %err, "claim not removed; it lapses"),
-            }
-        });
+        self.end_claim(key, true);
     }
 
     /// Takes a shared lease: the entry `<key>.r.<token>`, then a check that
@@ -474,7 +463,7 @@ impl NatsBackend {
                 return Ok(Attempt::Busy { remaining: None });
             }
         };
-        let slots = format!("{key}.p.>");
+        let slots = key::slots(&key);
         let claimed = async {
             if claim_first {
                 return Ok(Holder::Gone);
@@ -510,20 +499,10 @@ impl NatsBackend {
         if let Some(attempt) = self.try_freed_slot(request, permits, &key).await? {
             return Ok(attempt);
         }
-        let all_slots = format!("{key}.p.>");
-        let (listed, claimed) = tokio::try_join!(
-            self.inner.leader.keys(&all_slots),
-            self.claim_on(request, &key),
-        )?;
-        let mut taken = Vec::new();
-        let mut others = Vec::new();
-        for listed in listed {
-            match Entry::of(&listed) {
-                Some(Entry::Slot { permits: stored }) if stored == permits => taken.push(listed),
-                Some(Entry::Slot { permits: stored }) => others.push((listed, stored)),
-                _ => {}
-            }
-        }
+        let slots = key::slots(&key);
+        let (listed, claimed) =
+            tokio::try_join!(self.inner.leader.keys(&slots), self.claim_on(request, &key),)?;
+        let (taken, others) = by_count(listed, permits);
         self.refuse_mismatch(request.key, permits, &others).await?;
         if let Holder::Running(remaining) = claimed {
             return Ok(Attempt::Busy { remaining });
@@ -587,22 +566,13 @@ impl NatsBackend {
         revision: u64,
         sent_at: Instant,
     ) -> Result<Attempt, LockError> {
-        let readers = format!("{key}.r.>");
-        let all_slots = format!("{key}.p.>");
+        let (readers, slots) = (key::readers(key), key::slots(key));
         let (writer, shared, listed) = tokio::try_join!(
             self.live_at(key),
             self.first_live(&readers),
-            self.inner.leader.keys(&all_slots),
+            self.inner.leader.keys(&slots),
         )?;
-        let others: Vec<(String, u32)> = listed
-            .into_iter()
-            .filter_map(|listed| match Entry::of(&listed) {
-                Some(Entry::Slot { permits: stored }) if stored != permits => {
-                    Some((listed, stored))
-                }
-                _ => None,
-            })
-            .collect();
+        let (_, others) = by_count(listed, permits);
         if let Err(err) = self.refuse_mismatch(request.key, permits, &others).await {
             self.withdraw(request, key, entry).await?;
             return Err(err);
@@ -688,9 +658,11 @@ impl NatsBackend {
     }
 
     /// The request's token holds `entry` already: granted again, with the
-    /// same fence, its lease restarted. `None` when the entry is not the
-    /// token's (any more).
-    async fn regrant(
+    /// same fence, its lease restarted from now (and its value the
+    /// request's). `None` when the entry is not the token's (any more).
+    /// An exclusive entry is checked against readers first, as after any
+    /// write ([`written`](NatsBackend::written)).
+    pub(super) async fn regrant(
         &self,
         entry: &str,
         request: &AcquireRequest<'_>,
@@ -700,7 +672,7 @@ impl NatsBackend {
                 return Ok(None);
             };
             let lease = match LeaseValue::decode(&stored.value) {
-                Some(lease) if !stored.marker && lease.token == request.token => lease,
+                Some(lease) if stored.carries(request.token) => lease,
                 _ => return Ok(None),
             };
             let fence = lease.fence_at(stored.revision, |at| self.inner.fences.of(at));
@@ -708,40 +680,55 @@ impl NatsBackend {
                 token: request.token,
                 ttl: request.ttl,
                 fence: Some(fence),
-                value: None,
+                value: request.value.map(Cow::Borrowed),
             }
             .encode();
             let sent_at = Instant::now();
             if let Ok(revision) = self.put(entry, again, stored.revision).await? {
-                return self
-                    .granted(entry, request, sent_at + request.ttl, revision, Some(fence))
-                    .await
-                    .map(Some);
+                let (deadline, fence) = (sent_at + request.ttl, Some(fence));
+                let attempt = if matches!(request.kind, LeaseKind::Exclusive) {
+                    self.written(entry, request, deadline, revision, fence)
+                        .await?
+                } else {
+                    self.granted(entry, request, deadline, revision, fence)
+                        .await?
+                };
+                return Ok(Some(attempt));
             }
         }
         Ok(Some(Attempt::Busy { remaining: None }))
     }
 
-    /// The entry `token` holds a counted lease of `key` (encoded) with, and
-    /// its revision, found by reading every slot (for a release by token).
+    /// The entry `token` holds a counted lease of `key` (encoded) with,
+    /// found by reading every slot.
     pub(super) async fn find_counted(
         &self,
         key: &str,
         token: Token,
-    ) -> Result<Option<(String, u64)>, LockError> {
-        for entry in self.inner.leader.keys(&format!("{key}.p.>")).await? {
-            if !matches!(Entry::of(&entry), Some(Entry::Slot { .. })) {
-                continue;
-            }
-            if let Some(stored) = self.inner.leader.last(&entry).await?
-                && !stored.marker
-                && LeaseValue::decode(&stored.value).is_some_and(|lease| lease.token == token)
+    ) -> Result<Option<String>, LockError> {
+        for entry in self.inner.leader.keys(&key::slots(key)).await? {
+            if matches!(Entry::of(&entry), Some(Entry::Slot { .. }))
+                && self.held_by(&entry, token).await?.is_some()
             {
-                return Ok(Some((entry, stored.revision)));
+                return Ok(Some(entry));
             }
         }
         Ok(None)
     }
+}
+
+/// The slots `listed` for one key, parted into those of `permits` and those
+/// of other counts (with their count); anything else listed is left out.
+fn by_count(listed: Vec<String>, permits: u32) -> (Vec<String>, Vec<(String, u32)>) {
+    let (mut same, mut others) = (Vec::new(), Vec::new());
+    for listed in listed {
+        match Entry::of(&listed) {
+            Some(Entry::Slot { permits: stored }) if stored == permits => same.push(listed),
+            Some(Entry::Slot { permits: stored }) => others.push((listed, stored)),
+            _ => {}
+        }
+    }
+    (same, others)
 }
 
 /// A random index below `len` (not 0): contenders for a counted key spread

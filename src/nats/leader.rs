@@ -33,6 +33,16 @@ pub(crate) struct Stored {
     pub(crate) time: u64,
 }
 
+impl Stored {
+    /// Whether this is a lease of `token` (not a marker, nor a value this
+    /// crate did not write).
+    pub(crate) fn carries(&self, token: crate::backend::Token) -> bool {
+        !self.marker
+            && super::lease::LeaseValue::decode(&self.value)
+                .is_some_and(|lease| lease.token == token)
+    }
+}
+
 /// The leader's reads of one bucket's stream.
 #[derive(Clone, Debug)]
 pub(crate) struct Leader {

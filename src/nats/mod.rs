@@ -704,13 +704,11 @@ impl NatsBackend {
     /// again, and anyone watching the bucket sees them.
     async fn held_by(&self, key: &str, token: Token) -> Result<Option<u64>, LockError> {
         let stored = self.inner.leader.last(key).await?;
-        Ok(stored.and_then(|stored| {
-            // Not `Fences::saw`: a stored lease's revision is below later
-            // writes of the stream, and would make the stream look new.
-            let ours = !stored.marker
-                && LeaseValue::decode(&stored.value).is_some_and(|lease| lease.token == token);
-            ours.then_some(stored.revision)
-        }))
+        // Not `Fences::saw`: a stored lease's revision is below later writes
+        // of the stream, and would make the stream look new.
+        Ok(stored
+            .filter(|stored| stored.carries(token))
+            .map(|stored| stored.revision))
     }
 
     /// Removes `token`'s message at `key`, once proven there
@@ -903,6 +901,21 @@ impl NatsBackend {
         self.granted(key, request, deadline, revision, fence).await
     }
 
+    /// The bucket key `lease` of (encoded) `key` is held at: `None` for a
+    /// counted lease whose slot holds its token no more. A slot this
+    /// backend did not grant (a grant whose answer was lost) is looked for
+    /// by its token.
+    async fn entry_of(&self, key: &str, lease: &Lease) -> Result<Option<String>, LockError> {
+        Ok(match lease.kind {
+            LeaseKind::Shared => Some(key::reader(key, lease.token)),
+            LeaseKind::Counted { .. } => match self.inner.own.counted_entry(key, lease.token) {
+                Some(entry) => Some(entry),
+                None => self.find_counted(key, lease.token).await?,
+            },
+            LeaseKind::Exclusive => Some(key.to_owned()),
+        })
+    }
+
     /// An exclusive try: the lock's own key, created on empty, then a check
     /// for shared and counted holders.
     async fn try_exclusive(&self, request: &AcquireRequest<'_>) -> Result<Attempt, LockError> {
@@ -945,25 +958,12 @@ impl NatsBackend {
                         return Ok(Attempt::Busy { remaining: None });
                     };
                     // Our own token: a retry of a try whose answer was
-                    // lost, or the holder storing a new value. Renewed from
-                    // now, it is the same grant, with the same fence.
+                    // lost, or the holder storing a new value.
                     if lease.token == token {
-                        let fence = lease.fence_at(entry.revision, |at| self.inner.fences.of(at));
-                        let again = LeaseValue {
-                            token,
-                            ttl,
-                            fence: Some(fence),
-                            value: stored.clone(),
+                        match self.regrant(&key, request).await? {
+                            Some(attempt) => return Ok(attempt),
+                            None => continue,
                         }
-                        .encode();
-                        let sent_at = Instant::now();
-                        if let Ok(revision) = self.put(&key, again, entry.revision).await? {
-                            let deadline = sent_at + ttl;
-                            return self
-                                .written(&key, request, deadline, revision, Some(fence))
-                                .await;
-                        }
-                        continue;
                     }
                     match seen.judge(&key, entry.revision, lease.token, lease.ttl) {
                         Verdict::Running(remaining) => {
@@ -1119,33 +1119,18 @@ impl Backend for NatsBackend {
         ttl: Duration,
     ) -> Result<Option<u64>, LockError> {
         self.check_ttl(ttl)?;
-        let key = key::encode(key);
-        let entry = match lease.kind {
-            LeaseKind::Shared => key::reader(&key, lease.token),
-            LeaseKind::Counted { .. } => match self.inner.own.counted_entry(&key, lease.token) {
-                Some(entry) => entry,
-                None => return Ok(None),
-            },
-            LeaseKind::Exclusive => key,
-        };
-        self.extend_entry(&entry, lease, ttl).await
+        match self.entry_of(&key::encode(key), lease).await? {
+            Some(entry) => self.extend_entry(&entry, lease, ttl).await,
+            None => Ok(None),
+        }
     }
 
     async fn release(&self, key: &str, lease: &Lease) -> Result<bool, LockError> {
         let key = key::encode(key);
-        let entry = match lease.kind {
-            LeaseKind::Shared => key::reader(&key, lease.token),
-            LeaseKind::Counted { .. } => match self.inner.own.counted_entry(&key, lease.token) {
-                Some(entry) => entry,
-                // A grant whose answer was lost: found by its token.
-                None => match self.find_counted(&key, lease.token).await? {
-                    Some((entry, _)) => entry,
-                    None => return Ok(false),
-                },
-            },
-            LeaseKind::Exclusive => key.clone(),
-        };
-        self.release_entry(&key, &entry, lease).await
+        match self.entry_of(&key, lease).await? {
+            Some(entry) => self.release_entry(&key, &entry, lease).await,
+            None => Ok(false),
+        }
     }
 
     async fn subscribe(&self, key: &str) -> Result<Subscription, LockError> {
