@@ -1269,6 +1269,55 @@ async fn a_backend_that_missed_a_re_creation_fences_above_the_new_stream() {
     assert!(old.release("k", &late).await.expect("release"));
 }
 
+/// Found by the fault harness (nats, seed 20030): a backend that saw a key's
+/// lease at a high revision before the bucket was re-created must still
+/// take over an abandoned lease of the new bucket, at a lower revision. It
+/// took the lower revision for a stale read, and the key for held, forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_lease_of_a_re_created_bucket_is_taken_over() {
+    use tower_lock::backend::{AcquireRequest, Attempt, Backend, Token};
+    let server = nats::server();
+    let (waiter, old) = (backend(server.port).await, backend(server.port).await);
+    // The old stream numbers past what the new one will hold at `k`.
+    for n in 0..8 {
+        let lease = take(&old, &format!("filler-{n}")).await;
+        assert!(
+            old.release(&format!("filler-{n}"), &lease)
+                .await
+                .expect("release")
+        );
+    }
+    let short = Duration::from_millis(300);
+    let abandoned = AcquireRequest::new("k", Token::new(), short);
+    assert!(matches!(
+        old.try_acquire(&abandoned).await.expect("try"),
+        Attempt::Acquired { .. }
+    ));
+    let request = AcquireRequest::new("k", Token::new(), short);
+    assert!(matches!(
+        waiter.try_acquire(&request).await.expect("try"),
+        Attempt::Busy { .. }
+    ));
+    let new = recreate_bucket(server.port).await;
+    let abandoned_again = AcquireRequest::new("k", Token::new(), short);
+    assert!(matches!(
+        new.try_acquire(&abandoned_again).await.expect("try"),
+        Attempt::Acquired { .. }
+    ));
+    // Measured from first sight, the new lease is over in two ttls.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match waiter.try_acquire(&request).await {
+            Ok(Attempt::Acquired { .. }) => break,
+            other => assert!(
+                tokio::time::Instant::now() < deadline,
+                "the abandoned lease of the new bucket was never taken over: {other:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// A holder from before a re-creation of the bucket releases its key `a`
 /// at its revision, where the new bucket holds `b`'s lease: `b` keeps it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

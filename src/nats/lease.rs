@@ -128,6 +128,13 @@ impl Seen {
     }
 }
 
+/// What is left at `now` of a lease of `ttl` first seen at `since`; `None`
+/// once it ran out.
+fn left(since: Instant, ttl: Duration, now: Instant) -> Option<Duration> {
+    ttl.checked_sub(now.saturating_duration_since(since))
+        .filter(|left| !left.is_zero())
+}
+
 /// Beyond this many remembered keys, the memory is pruned. Forgetting a
 /// lease only restarts its measurement (a later takeover, never an earlier
 /// one); forgetting a marker only costs one extra round trip.
@@ -215,18 +222,18 @@ impl SeenKeys {
                 ..
             }) if *seen == revision && *seen_token == token => *since,
             // A stale read (direct get may answer from a lagging replica)
-            // must not restart the measurement of the newer lease we saw.
+            // must not restart the measurement of the newer lease we saw,
+            // while that one runs. Once it ran out, the lower revision is
+            // measured from now like any first sight: it may be a lease of
+            // a re-created bucket, which numbers from 1 again, and would
+            // otherwise look stale, and held, forever.
             Some(Seen::Held {
                 revision: seen,
                 since,
                 ttl: seen_ttl,
                 ..
-            }) if *seen > revision => {
-                let elapsed = now.saturating_duration_since(*since);
-                return match seen_ttl.checked_sub(elapsed) {
-                    Some(left) if !left.is_zero() => Verdict::Running(left),
-                    _ => Verdict::Running(Duration::from_millis(1)),
-                };
+            }) if *seen > revision && left(*since, *seen_ttl, now).is_some() => {
+                return Verdict::Running(left(*since, *seen_ttl, now).unwrap_or_default());
             }
             _ => {
                 Self::make_room(&mut keys, now);
@@ -256,10 +263,9 @@ impl SeenKeys {
     /// always takes a fresh read ([`judge`](Self::judge)).
     pub(crate) fn running(&self, key: &str) -> Option<Duration> {
         match self.lock().get(key) {
-            Some(Seen::Held { since, ttl, .. }) => ttl.checked_sub(since.elapsed()),
+            Some(Seen::Held { since, ttl, .. }) => left(*since, *ttl, Instant::now()),
             _ => None,
         }
-        .filter(|left| !left.is_zero())
     }
 
     /// How many keys are remembered (for tests and `Debug`).
@@ -412,6 +418,22 @@ mod tests {
             seen.judge("k", 9, token(7), ttl),
             Verdict::Running(Duration::from_millis(50))
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lower_revision_is_measured_once_the_seen_lease_ran_out() {
+        let seen = SeenKeys::default();
+        let ttl = Duration::from_millis(100);
+        seen.judge("k", 9, token(7), ttl);
+        tokio::time::advance(ttl / 2).await;
+        // A stale read while the newer lease runs: what that one has left.
+        assert_eq!(seen.judge("k", 3, token(8), ttl), Verdict::Running(ttl / 2));
+        tokio::time::advance(ttl / 2).await;
+        // Then a re-created bucket's lease at a lower revision: measured from
+        // now, and over after a whole ttl.
+        assert_eq!(seen.judge("k", 3, token(8), ttl), Verdict::Running(ttl));
+        tokio::time::advance(ttl).await;
+        assert_eq!(seen.judge("k", 3, token(8), ttl), Verdict::Expired);
     }
 
     #[tokio::test(start_paused = true)]
