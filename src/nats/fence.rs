@@ -51,6 +51,14 @@ use crate::{
     backend::{AcquireRequest, StateLoss, wall_clock},
 };
 
+/// When a write of a lease was sent, and the stream's creation time as the
+/// backend knew it then: what its grant is dated and fenced by.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Sent {
+    pub(crate) at: Instant,
+    created: u64,
+}
+
 /// The fence base of one bucket's stream, as this backend last read it.
 #[derive(Debug)]
 pub(crate) struct Fences {
@@ -108,17 +116,36 @@ impl Fences {
         }
     }
 
-    /// The fence of a lease written at `revision`, from the creation time
-    /// read after the write. A write's answer does not say which stream it
-    /// went to, and a new stream may have numbered past every revision this
-    /// backend saw of the old one, so a lower revision is no sure sign: a
-    /// fence from a creation time read before the write could belong to a
-    /// deleted stream, and fall below the new stream's fences.
-    pub(crate) async fn fence(&self, stream: &Stream, revision: u64) -> Result<u64, LockError> {
+    /// Notes that a write is sent now: see [`fence`](Self::fence).
+    pub(crate) fn sent(&self) -> Sent {
+        Sent {
+            at: Instant::now(),
+            created: self.base(),
+        }
+    }
+
+    /// The fence of a lease written at `revision` by the write `sent`:
+    /// `None` when the stream is not provably the one the write went to.
+    ///
+    /// A write's answer does not say which stream it went to, and a new
+    /// stream may have numbered past every revision this backend saw of
+    /// the old one, so a lower revision is no sure sign. The creation time
+    /// is read again after the write: if it is the one known before the
+    /// write was sent, that stream lived all along, and took the write.
+    /// Otherwise the stream was created again around the write, and its
+    /// fence would be either a deleted stream's (below the new stream's
+    /// fences) or a new stream's base with an old stream's revision (above
+    /// the new stream's next fences): the grant must not stand.
+    pub(crate) async fn fence(
+        &self,
+        stream: &Stream,
+        revision: u64,
+        sent: Sent,
+    ) -> Result<Option<u64>, LockError> {
         self.saw(revision);
         self.suspect.store(true, Ordering::Release);
         self.refresh(stream, revision).await?;
-        Ok(self.of(revision))
+        Ok((self.base() == sent.created).then(|| self.of(revision)))
     }
 
     /// The creation time of the stream, read again first if it may have

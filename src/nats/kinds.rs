@@ -10,6 +10,7 @@ use tokio::time::Instant;
 
 use super::{
     Conflict, NatsBackend, ROUNDS,
+    fence::Sent,
     key::{self, Entry},
     leader::Stored,
     lease::{LeaseValue, Verdict},
@@ -447,7 +448,7 @@ impl NatsBackend {
             return Ok(Attempt::Busy { remaining });
         }
         let value = self.fresh_value(request);
-        let sent_at = Instant::now();
+        let sent = self.inner.fences.sent();
         let revision = match self.put(&entry, value, 0).await? {
             Ok(revision) => revision,
             // Our token's entry is there already. Granted by this backend
@@ -476,8 +477,7 @@ impl NatsBackend {
             self.withdraw(request, &key, &entry).await?;
             return Ok(Attempt::Busy { remaining });
         }
-        self.granted(&entry, request, sent_at + request.ttl, revision, None)
-            .await
+        self.granted(&entry, request, sent, revision, None).await
     }
 
     /// Takes one of `permits` slots: the first free entry
@@ -519,10 +519,10 @@ impl NatsBackend {
                 Err(remaining) => return Ok(Attempt::Busy { remaining }),
             };
             let entry = key::slot(&key, permits, slot);
-            let sent_at = Instant::now();
+            let sent = self.inner.fences.sent();
             if let Ok(revision) = self.put(&entry, value.clone(), 0).await? {
                 return self
-                    .check_counted(request, permits, &key, &entry, revision, sent_at)
+                    .check_counted(request, permits, &key, &entry, revision, sent)
                     .await;
             }
         }
@@ -545,10 +545,10 @@ impl NatsBackend {
         let Some(entry) = self.inner.freed.take(key, permits) else {
             return Ok(None);
         };
-        let sent_at = Instant::now();
+        let sent = self.inner.fences.sent();
         match self.put(&entry, self.fresh_value(request), 0).await? {
             Ok(revision) => self
-                .check_counted(request, permits, key, &entry, revision, sent_at)
+                .check_counted(request, permits, key, &entry, revision, sent)
                 .await
                 .map(Some),
             Err(Conflict) => Ok(None),
@@ -564,7 +564,7 @@ impl NatsBackend {
         key: &str,
         entry: &str,
         revision: u64,
-        sent_at: Instant,
+        sent: Sent,
     ) -> Result<Attempt, LockError> {
         let (readers, slots) = (key::readers(key), key::slots(key));
         let (writer, shared, listed) = tokio::try_join!(
@@ -581,8 +581,7 @@ impl NatsBackend {
             self.withdraw(request, key, entry).await?;
             return Ok(Attempt::Busy { remaining });
         }
-        self.granted(entry, request, sent_at + request.ttl, revision, None)
-            .await
+        self.granted(entry, request, sent, revision, None).await
     }
 
     /// `Err(PermitsMismatch)` when one of `others` (slots taken with
@@ -683,15 +682,13 @@ impl NatsBackend {
                 value: request.value.map(Cow::Borrowed),
             }
             .encode();
-            let sent_at = Instant::now();
+            let sent = self.inner.fences.sent();
             if let Ok(revision) = self.put(entry, again, stored.revision).await? {
-                let (deadline, fence) = (sent_at + request.ttl, Some(fence));
+                let fence = Some(fence);
                 let attempt = if matches!(request.kind, LeaseKind::Exclusive) {
-                    self.written(entry, request, deadline, revision, fence)
-                        .await?
+                    self.written(entry, request, sent, revision, fence).await?
                 } else {
-                    self.granted(entry, request, deadline, revision, fence)
-                        .await?
+                    self.granted(entry, request, sent, revision, fence).await?
                 };
                 return Ok(Some(attempt));
             }

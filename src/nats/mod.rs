@@ -376,7 +376,7 @@ use bytes::Bytes;
 use tokio::time::Instant;
 
 use self::{
-    fence::Fences,
+    fence::{Fences, Sent},
     kinds::{Claims, Freed, Holder},
     leader::Leader,
     lease::{LeaseValue, SeenKeys, Verdict},
@@ -847,27 +847,28 @@ impl NatsBackend {
         &self,
         key: &str,
         request: &AcquireRequest<'_>,
-        deadline: Instant,
+        sent: Sent,
         revision: u64,
         fence: Option<u64>,
     ) -> Result<Attempt, LockError> {
         self.inner.seen.forget(key);
         let stream = &self.inner.store.stream;
         let fences = &self.inner.fences;
-        let of_revision = fences.fence(stream, revision).await?;
+        let Some(of_revision) = fences.fence(stream, revision, sent).await? else {
+            return self.give_back(key, request, None).await;
+        };
         // This very grant may be the one that showed the stream is new.
         if let Some(left) = fences.holds_back(request) {
-            if let Err(err) = self.remove_held(key, request.token).await {
-                tracing::debug!(%key, error = %err, "could not give back a grant held back");
-            }
-            return Ok(Attempt::Busy {
-                remaining: Some(left),
-            });
+            return self.give_back(key, request, Some(left)).await;
         }
         let created = fences.base();
-        self.inner
-            .own
-            .granted(key, request.token, deadline, request.value, created);
+        self.inner.own.granted(
+            key,
+            request.token,
+            sent.at + request.ttl,
+            request.value,
+            created,
+        );
         if request.value.is_some() {
             self.announce(key, false).await;
         }
@@ -876,6 +877,20 @@ impl NatsBackend {
             revision,
         })
     }
+    /// Takes back a write of `request` at `key` that must not be granted:
+    /// busy, for `remaining`.
+    async fn give_back(
+        &self,
+        key: &str,
+        request: &AcquireRequest<'_>,
+        remaining: Option<Duration>,
+    ) -> Result<Attempt, LockError> {
+        if let Err(err) = self.remove_held(key, request.token).await {
+            tracing::debug!(%key, error = %err, "could not give back a grant held back");
+        }
+        Ok(Attempt::Busy { remaining })
+    }
+
     /// An exclusive lease of `request` was written at `key`: granted unless
     /// a shared or counted holder wrote before it (then withdrawn). A
     /// rewrite of the token's own entry is checked too: it may be left from
@@ -884,7 +899,7 @@ impl NatsBackend {
         &self,
         key: &str,
         request: &AcquireRequest<'_>,
-        deadline: Instant,
+        sent: Sent,
         revision: u64,
         fence: Option<u64>,
     ) -> Result<Attempt, LockError> {
@@ -898,7 +913,7 @@ impl NatsBackend {
         if !request.queued_behind {
             self.end_claim(key, false);
         }
-        self.granted(key, request, deadline, revision, fence).await
+        self.granted(key, request, sent, revision, fence).await
     }
 
     /// The bucket key `lease` of (encoded) `key` is held at: `None` for a
@@ -930,13 +945,11 @@ impl NatsBackend {
         }
         .encode();
         let seen = &self.inner.seen;
-        let sent_at = Instant::now();
         let mut expected = seen.expected_free_revision(&key);
         for _ in 0..ROUNDS {
+            let sent = self.inner.fences.sent();
             if let Ok(revision) = self.put(&key, value.clone(), expected).await? {
-                return self
-                    .written(&key, request, sent_at + ttl, revision, None)
-                    .await;
+                return self.written(&key, request, sent, revision, None).await;
             }
             // Lost a race for a free key: the winner's lease is usually known
             // from the watch already, which saves a read. Unless the lease
