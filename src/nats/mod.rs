@@ -244,14 +244,14 @@
 //! hundred thousand a second) and the server's clock does not step back
 //! between the deletion and the new creation. Fences stay below the wall
 //! clock in microseconds: below 2^53 until the year 2255. Every grant reads
-//! the creation time after its write (one `STREAM.INFO` request), so a
-//! backend that lived through a deletion without noticing it fences from
-//! the stream its write went to, even where the new stream had numbered
-//! past every revision the backend saw of the old one (the fault harness
-//! found that case). What remains is a deletion and a second re-creation
-//! between the write and that read: the fence is then the newest stream's
-//! creation time plus the older stream's revision, which a grant in the
-//! newest stream may not exceed. Writes on holders' behalf are proven by
+//! the creation time after its write (one `STREAM.INFO` request) and
+//! stands only if it is the one the backend knew before it sent the write:
+//! that stream then lived all along and took the write. Otherwise the
+//! stream was created again around the write, which went to either stream,
+//! and either fence could be wrong (a deleted stream's base, or the new
+//! base with the old stream's revision, above the new stream's next
+//! grants; the fault harness found both): the grant is given back and
+//! answered busy, once per backend and re-creation. Writes on holders' behalf are proven by
 //! token (see [The token is the authority](#the-token-is-the-authority)
 //! for the one window left).
 //!
