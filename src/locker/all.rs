@@ -48,7 +48,7 @@ impl Locker {
     /// # Examples
     ///
     /// ```
-    /// use std::time::Duration;
+    /// use std::{future::Future, task::Poll, time::Duration};
     /// use tower_lock::Locker;
     ///
     /// # #[tokio::main(flavor = "current_thread")]
@@ -82,7 +82,7 @@ impl Locker {
     /// As for [`acquire_all`](Self::acquire_all).
     ///
     /// ```
-    /// use std::time::Duration;
+    /// use std::{future::Future, task::Poll, time::Duration};
     /// use tower_lock::{LockError, Locker};
     ///
     /// # #[tokio::main(flavor = "current_thread")]
@@ -123,7 +123,7 @@ impl Locker {
     /// As for [`acquire_all`](Self::acquire_all).
     ///
     /// ```
-    /// use std::time::Duration;
+    /// use std::{future::Future, task::Poll, time::Duration};
     /// use tower_lock::Locker;
     ///
     /// # #[tokio::main(flavor = "current_thread")]
@@ -193,8 +193,7 @@ impl Locker {
         Ok(LockSet::new(held))
     }
 
-    /// Takes `key`; [`LockError::Lost`] when a lease in `held` is lost
-    /// meanwhile.
+    /// Takes `key`; [`LockError::Lost`] should a lease in `held` be lost meanwhile.
     async fn take_one(
         &self,
         key: &SmolStr,
