@@ -191,8 +191,8 @@ impl LockGuard {
     /// ```
     pub async fn extend(&self, ttl: Duration) -> Result<(), LockError> {
         crate::key::validate_ttl(ttl)?;
-        let parts = self.parts.as_ref().ok_or(LockError::NotHeld)?;
-        parts.record.extend(&**parts.owner.backend(), ttl).await
+        let p = self.parts.as_ref().ok_or(LockError::NotHeld)?;
+        p.record.extend(&**p.owner.backend(), ttl, false).await
     }
 
     /// Releases the lock now.

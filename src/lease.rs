@@ -10,6 +10,7 @@
 
 use std::{
     future::Future,
+    pin::Pin,
     sync::{
         Arc, Mutex, OnceLock,
         atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering},
@@ -319,15 +320,20 @@ impl Record {
         })
     }
 
-    /// Restarts the lease at `ttl` from now in `backend`.
+    /// Restarts the lease at `ttl` from now in `backend`; a `renewal` only until its end.
     pub(crate) async fn extend(
         &self,
         backend: &dyn Backend,
         ttl: Duration,
+        renewal: bool,
     ) -> Result<(), LockError> {
         let Some(_op) = self.begin().await else {
             return Err(LockError::NotHeld);
         };
+        // In the queue: none goes out once `stop_renewal` has had its turn.
+        if renewal && self.renews_past(Instant::now()) {
+            return Err(LockError::NotHeld);
+        }
         let sent_at = Instant::now();
         match backend.extend(&self.key, &self.lease(), ttl).await? {
             Some(revision) => {
@@ -418,6 +424,14 @@ impl Record {
         }
     }
 
+    /// Renews the lease no more from now on ([`renew_until`](Self::renew_until)),
+    /// once a renewal under way has answered; takes its schedule slot.
+    pub(crate) async fn stop_renewal(&self) -> Option<RenewalSlot> {
+        let _queued = self.begin().await;
+        self.renew_until(Instant::now());
+        self.take_renewal()
+    }
+
     /// Whether renewing at `at` would go past the end set by
     /// [`renew_until`](Self::renew_until).
     pub(crate) fn renews_past(&self, at: Instant) -> bool {
@@ -436,6 +450,19 @@ impl Record {
         let busy = self.busy.get()?;
         crate::sync::lock(&busy.renewal).take()
     }
+}
+
+/// Resolves when any of `leases` is over, never for none; borrows nothing.
+pub(crate) fn any_lost(
+    leases: impl IntoIterator<Item = Arc<Record>>,
+) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+    let lost: Vec<_> = leases.into_iter().map(|l| Box::pin(l.lost())).collect();
+    Box::pin(async move {
+        if lost.is_empty() {
+            std::future::pending().await
+        }
+        futures_util::future::select_all(lost).await;
+    })
 }
 
 /// An operation under way; leaves the state idle, or released.

@@ -2,9 +2,9 @@
 
 use std::{fmt, future::Future};
 
-use futures_util::future::{join_all, select_all};
+use futures_util::future::join_all;
 
-use crate::{LockError, LockGuard};
+use crate::{LockError, LockGuard, lease::any_lost};
 
 /// Several held locks, from [`Locker::acquire_all`](crate::Locker::acquire_all)
 /// and its siblings. Dropping it releases them all.
@@ -95,17 +95,7 @@ impl LockSet {
     ///
     /// Cancel safe: it only observes the leases.
     pub fn lost(&self) -> impl Future<Output = ()> + Send + use<> {
-        let lost: Vec<_> = self
-            .guards
-            .iter()
-            .map(|guard| Box::pin(guard.lost()))
-            .collect();
-        async move {
-            if lost.is_empty() {
-                std::future::pending::<()>().await;
-            }
-            select_all(lost).await;
-        }
+        any_lost(self.guards.iter().filter_map(LockGuard::lease))
     }
 
     /// Releases every lock at once (the releases go to the store together,

@@ -223,6 +223,13 @@ impl Owner {
         self.renewals.len()
     }
 
+    /// Renews `record` no more (see [`Record::stop_renewal`]).
+    pub(crate) async fn stop_renewing(&self, record: &Record) {
+        if let Some(slot) = record.stop_renewal().await {
+            self.renewals.cancel(slot);
+        }
+    }
+
     /// What follows marking a lease released: renewal and these records let
     /// go of it.
     fn forget(&self, record: &Record) {

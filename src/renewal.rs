@@ -151,13 +151,9 @@ impl Shared {
 
     /// One renewal, when it is due; schedules the next.
     async fn renew(self: Arc<Self>, record: Arc<Record>) {
-        // Due before its end was set (at the grant), or run late.
-        if record.renews_past(Instant::now()) {
-            return;
-        }
         let every = record.renew_every();
-        let extended = record.extend(&*self.backend, record.ttl()).await;
-        // Released meanwhile is no failure.
+        let extended = record.extend(&*self.backend, record.ttl(), true).await;
+        // Released or past its end meanwhile is no failure.
         if !matches!(extended, Err(LockError::NotHeld)) {
             self.metrics.renewed(record.key(), extended.is_ok());
         }

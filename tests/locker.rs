@@ -30,6 +30,8 @@ struct Instrumented {
     /// Answers every extension with "no longer held", as a store does whose
     /// key was deleted or evicted under a live lease.
     refuse_extends: bool,
+    /// How long each extension takes to reach the store; counted then.
+    slow_extends: Option<Duration>,
 }
 
 impl Instrumented {
@@ -40,6 +42,7 @@ impl Instrumented {
             extends: Arc::default(),
             wakeups,
             refuse_extends: false,
+            slow_extends: None,
         }
     }
 }
@@ -57,6 +60,9 @@ impl Backend for Instrumented {
         lease: &Lease,
         ttl: Duration,
     ) -> Result<Option<u64>, LockError> {
+        if let Some(delay) = self.slow_extends {
+            tokio::time::sleep(delay).await;
+        }
         self.extends.fetch_add(1, Ordering::SeqCst);
         if self.refuse_extends {
             return Ok(None);
@@ -456,4 +462,90 @@ fn renewal_restarts_on_a_new_runtime_when_its_first_one_shut_down() {
         assert!(!guard.is_lost());
         guard.release().await.expect("release");
     });
+}
+
+/// A set on a locker that does not renew renews its first keys while it
+/// waits for the rest, and not once more after `acquire_all` returns: not
+/// even a renewal that was under way then lands later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_set_renews_while_it_waits_and_never_after_acquire_all_returns() {
+    let store = MemoryBackend::new();
+    let backend = Instrumented::new(store.clone(), true);
+    let extends = backend.extends.clone();
+    let (locker, other) = (Locker::new(backend), Locker::new(store));
+    let ttl = Duration::from_millis(300);
+    let busy = other.acquire("set:b", LONG).await.expect("acquire");
+    let waiting = tokio::spawn({
+        let locker = locker.clone();
+        async move { locker.acquire_all(["set:a", "set:b"], ttl).await }
+    });
+    // Three ttls: about nine renewals of the first key are due.
+    tokio::time::sleep(ttl * 3).await;
+    busy.release().await.expect("release");
+    let set = waiting.await.expect("task").expect("acquire_all");
+    let renewed = extends.load(Ordering::SeqCst);
+    assert!(renewed >= 4, "{renewed} renewals in three ttls of waiting");
+    assert_eq!(locker.renewing_count(), 0, "the set is still scheduled");
+    tokio::time::sleep(ttl * 2).await;
+    assert_eq!(
+        extends.load(Ordering::SeqCst),
+        renewed,
+        "renewed after acquire_all returned"
+    );
+    assert!(set.is_lost(), "the set's leases outlived their ttl");
+    assert!(matches!(set.release().await, Err(LockError::Lost)));
+}
+
+/// A first key lost while the set waits for the next (the store refuses
+/// its renewal) fails the set at once with `Lost`, holding nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_set_whose_first_key_is_lost_while_it_waits_fails_and_holds_nothing() {
+    let store = MemoryBackend::new();
+    let mut backend = Instrumented::new(store.clone(), true);
+    backend.refuse_extends = true;
+    let (locker, other) = (Locker::new(backend), Locker::new(store.clone()));
+    let ttl = Duration::from_millis(900);
+    let busy = other.acquire("lost:b", LONG).await.expect("acquire");
+    // The first renewal is due after a third of the ttl, and refused.
+    let refused = tokio::time::timeout(ttl / 2, locker.acquire_all(["lost:a", "lost:b"], ttl))
+        .await
+        .expect("the set must fail once its first key is lost");
+    assert!(matches!(refused, Err(LockError::Lost)), "{refused:?}");
+    assert_eq!((locker.held_count(), locker.renewing_count()), (0, 0));
+    let freed = other.try_lock("lost:a", LONG).await.expect("try_lock");
+    assert!(freed.is_some(), "the failed set kept its first key");
+    drop((freed, busy));
+}
+
+/// A renewal under way when the set's last key comes free lands before
+/// `acquire_all` returns, not after: nothing renews the set once it is
+/// handed out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_under_way_when_the_set_is_whole_lands_before_acquire_all_returns() {
+    let store = MemoryBackend::new();
+    let mut backend = Instrumented::new(store.clone(), true);
+    let delay = Duration::from_millis(300);
+    backend.slow_extends = Some(delay);
+    let extends = backend.extends.clone();
+    let (locker, other) = (Locker::new(backend), Locker::new(store));
+    let ttl = Duration::from_millis(900);
+    let busy = other.acquire("slow:b", LONG).await.expect("acquire");
+    let waiting = tokio::spawn({
+        let locker = locker.clone();
+        async move { locker.acquire_all(["slow:a", "slow:b"], ttl).await }
+    });
+    // The first renewal is sent after a third of the ttl and lands `delay`
+    // later: free the last key halfway.
+    tokio::time::sleep(ttl / 3 + delay / 2).await;
+    busy.release().await.expect("release");
+    let set = waiting.await.expect("task").expect("acquire_all");
+    let landed = extends.load(Ordering::SeqCst);
+    assert_eq!(landed, 1, "the renewal under way had not landed");
+    tokio::time::sleep(delay * 2).await;
+    assert_eq!(
+        extends.load(Ordering::SeqCst),
+        1,
+        "renewed after acquire_all returned"
+    );
+    drop(set);
 }

@@ -1,15 +1,16 @@
 //! Several keys at once, deadlock-free: taken one by one in the one order
 //! every process uses, all or nothing.
 
-use std::{future::Future, task::Poll, time::Duration};
+use std::time::Duration;
 
 use smol_str::SmolStr;
-use tokio::time::Instant;
+use tokio::{runtime::Handle, time::Instant};
 
 use super::{Locker, attempt::Asking, scope};
 use crate::{
     LockError, LockGuard, LockSet,
     key::{owned_key, validate_key, validate_ttl},
+    lease::any_lost,
     lock_set::release_all,
     metrics::Started,
 };
@@ -162,10 +163,16 @@ impl Locker {
         for key in &keys {
             scope::refuse_reentry(backend, key)?;
         }
+        // The scheduler keeps the first keys while the set waits for the rest;
+        // on a locker that does not renew, only until the set is whole.
+        let waits = matches!(take, Take::Wait(_)) && keys.len() > 1;
+        let renewing = (waits && !self.auto_renew && Handle::try_current().is_ok())
+            .then(|| self.clone().auto_renew(true));
+        let taker = renewing.as_ref().unwrap_or(self);
         let started = Started::now();
         let mut held = Vec::with_capacity(keys.len());
         for key in &keys {
-            match self.take_one(key, ttl, take, &held).await {
+            match taker.take_one(key, ttl, take, &held).await {
                 Ok(guard) => held.push(guard),
                 Err(err) => {
                     let _ = release_all(held).await;
@@ -175,14 +182,18 @@ impl Locker {
                 }
             }
         }
+        if renewing.is_some() {
+            for lease in held.iter().filter_map(LockGuard::lease) {
+                self.owner.stop_renewing(&lease).await;
+            }
+        }
         for key in &keys {
             self.observe(key, started, &Ok(()), true);
         }
         Ok(LockSet::new(held))
     }
 
-    /// Takes `key`, renewing the leases in `held` while it waits unless the
-    /// locker renews them already.
+    /// Takes `key`; [`LockError::Lost`] should a lease in `held` be lost meanwhile.
     async fn take_one(
         &self,
         key: &SmolStr,
@@ -200,24 +211,12 @@ impl Locker {
                 Take::Wait(deadline) => self.lock_checked(key.clone(), ttl, deadline).await,
             }
         };
-        if held.is_empty() || self.auto_renew || matches!(take, Take::Try) {
-            return taking.await;
-        }
-        let mut taking = std::pin::pin!(taking);
-        // A free key is had at once: no renewal timer for that.
-        let first = std::future::poll_fn(|cx| Poll::Ready(taking.as_mut().poll(cx))).await;
-        if let Poll::Ready(taken) = first {
-            return taken;
-        }
-        let every = ttl / 3;
-        loop {
-            tokio::select! {
-                taken = &mut taking => return taken,
-                () = tokio::time::sleep(every) => {
-                    for guard in held {
-                        guard.extend(ttl).await?;
-                    }
-                }
+        // Biased: a key had at once needs no watch on the leases.
+        tokio::select! {
+            biased;
+            taken = taking => taken,
+            () = async { any_lost(held.iter().filter_map(LockGuard::lease)).await } => {
+                Err(LockError::Lost)
             }
         }
     }

@@ -6,7 +6,10 @@ use std::{fmt, future::Future, sync::Arc};
 use smol_str::SmolStr;
 use tokio::time::Instant;
 
-use crate::{LockGuard, LockSet, lease::Record};
+use crate::{
+    LockGuard, LockSet,
+    lease::{Record, any_lost},
+};
 
 /// The lock or locks [`LockLayer`](super::LockLayer) holds for the current
 /// request: their keys, their fencing tokens, and whether their leases still
@@ -106,20 +109,7 @@ impl HeldLock {
     ///
     /// Cancel safe: it only observes the leases.
     pub fn lost(&self) -> impl Future<Output = ()> + Send + use<> {
-        let lost: Vec<_> = self
-            .locks
-            .iter()
-            .filter_map(|lock| {
-                lock.lease
-                    .as_ref()
-                    .map(|lease| Box::pin(Record::lost(lease)))
-            })
-            .collect();
-        async move {
-            if !lost.is_empty() {
-                futures_util::future::select_all(lost).await;
-            }
-        }
+        any_lost(self.locks.iter().filter_map(|lock| lock.lease.clone()))
     }
 }
 
@@ -184,17 +174,7 @@ impl Holding {
 
     /// Resolves when any lease held is over.
     pub(crate) fn lost(&self) -> impl Future<Output = ()> + Send + use<> {
-        let (one, set) = match self {
-            Holding::One(guard) => (Some(guard.lost()), None),
-            Holding::Set(set) => (None, Some(set.lost())),
-        };
-        async move {
-            match (one, set) {
-                (Some(one), _) => one.await,
-                (_, Some(set)) => set.await,
-                _ => {}
-            }
-        }
+        any_lost(self.guards().iter().filter_map(LockGuard::lease))
     }
 }
 

@@ -201,6 +201,7 @@ macro_rules! conformance_suite {
             a_set_is_checked_first_and_takes_each_key_once,
             a_set_reports_a_lost_lease,
             a_set_keeps_its_first_keys_while_it_waits,
+            acquire_all_renews_nothing_once_it_returns,
             transfers_in_opposite_orders_never_deadlock_or_lose_money,
             a_value_is_stored_with_its_lease_and_kept_by_renewal,
             a_valued_grant_wakes_subscribers_and_a_plain_one_does_not,
@@ -1172,12 +1173,16 @@ pub async fn a_set_keeps_its_first_keys_while_it_waits<H: Harness>(h: &H) {
         let keys = [first.clone(), busy.clone()];
         async move { a.acquire_all(&keys, ttl).await }
     });
-    // Two leases long: without renewal the first key's lease is over.
-    tokio::time::sleep(ttl * 2).await;
-    assert!(
-        c.try_lock(&first, LONG).await.expect("try_lock").is_none(),
-        "the first key was let go while the set waited"
-    );
+    // Two leases long, looked at often: without renewal the first key's
+    // lease is over, and with a gap in it another owner gets in.
+    let until = Instant::now() + ttl * 2;
+    while Instant::now() < until {
+        tokio::time::sleep(ttl / 6).await;
+        assert!(
+            c.try_lock(&first, LONG).await.expect("try_lock").is_none(),
+            "the first key was let go while the set waited"
+        );
+    }
     held.release().await.expect("release");
     let set = tokio::time::timeout(PROMPT, waiting)
         .await
@@ -1189,6 +1194,49 @@ pub async fn a_set_keeps_its_first_keys_while_it_waits<H: Harness>(h: &H) {
         "the set came back with a lease that ran down"
     );
     set.release().await.expect("every lease was still held");
+}
+
+/// A set on a locker that does not renew keeps its first keys while it
+/// waits, and renews nothing once `acquire_all` returns: its leases run out
+/// one ttl after that at the latest, and the keys are free again.
+pub async fn acquire_all_renews_nothing_once_it_returns<H: Harness>(h: &H) {
+    let (a, b) = (h.locker().await, h.locker().await);
+    let keys = [key("stop-a"), key("stop-b")];
+    let ttl = Duration::from_millis(600);
+    let held = b.acquire(&keys[1], LONG).await.expect("acquire");
+    let waiting = tokio::spawn({
+        let (a, keys) = (a.clone(), keys.clone());
+        async move { a.acquire_all(&keys, ttl).await }
+    });
+    // Past the first key's ttl: it renewed while the set waited.
+    tokio::time::sleep(ttl * 3 / 2).await;
+    held.release().await.expect("release");
+    let set = tokio::time::timeout(PROMPT, waiting)
+        .await
+        .expect("the set is taken once the key is free")
+        .expect("task")
+        .expect("acquire_all");
+    let returned = Instant::now();
+    assert!(
+        !set.is_lost(),
+        "the first key ran down while the set waited"
+    );
+    assert_eq!(
+        a.renewing_count(),
+        0,
+        "the set's leases are still scheduled"
+    );
+    tokio::time::timeout_at((returned + ttl + ttl / 4).into(), set.lost())
+        .await
+        .expect("a lease of the set was renewed after acquire_all returned");
+    for key in &keys {
+        let next = tokio::time::timeout(PROMPT, b.acquire(key, LONG))
+            .await
+            .expect("a lease of the set outlived its ttl in the store")
+            .expect("acquire");
+        next.release().await.expect("release");
+    }
+    assert!(matches!(set.release().await, Err(LockError::Lost)));
 }
 
 /// `Locker::shutdown` ends every lease of the locker and its clones (held,
