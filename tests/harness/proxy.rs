@@ -63,7 +63,13 @@ impl Proxy {
             resets: resets.clone(),
         };
         tokio::spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
+            loop {
+                // An accept error (out of descriptors, say) must not end
+                // the proxy for the rest of the soak.
+                let Ok((client, _)) = listener.accept().await else {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                };
                 let (mode, reset) = (mode.clone(), resets.subscribe());
                 tokio::spawn(async move {
                     if let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)).await {
