@@ -11,9 +11,9 @@ use async_nats::{
 use futures_util::StreamExt;
 
 use super::{
+    counted::Freed,
     fence::Fences,
     key,
-    kinds::Freed,
     lease::{LeaseValue, SeenKeys},
 };
 use crate::{LockError, backend::WakeRegistry};
