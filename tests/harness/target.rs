@@ -829,7 +829,16 @@ mod nats_target {
                 Some(proxy) => vec![proxy.port],
                 None => self.ports.clone(),
             };
-            Locker::new(self.open(&ports).await.expect("open the bucket"))
+            match self.open(&ports).await {
+                Ok(backend) => Locker::new(backend),
+                Err(err) => {
+                    // Which part failed: the proxy or the server.
+                    let direct = self.open(&self.ports).await.map(|_| ());
+                    let log = self.servers.lock().expect("servers")[0].log();
+                    let tail: String = log.lines().rev().take(30).collect::<Vec<_>>().join("\n");
+                    panic!("open the bucket: {err:?}; directly: {direct:?}; server log, last lines first:\n{tail}")
+                }
+            }
         }
 
         fn child_spec(&self) -> Option<String> {
