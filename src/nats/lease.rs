@@ -437,10 +437,27 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_sighting_tells_how_long_a_lease_still_runs() {
+        let seen = SeenKeys::default();
+        let ttl = Duration::from_millis(100);
+        assert_eq!(seen.running("k"), None);
+        seen.judge("k", 7, token(7), ttl);
+        tokio::time::advance(ttl / 4).await;
+        assert_eq!(seen.running("k"), Some(ttl * 3 / 4));
+        tokio::time::advance(ttl).await;
+        assert_eq!(seen.running("k"), None);
+        seen.ended("k", 8);
+        assert_eq!(seen.running("k"), None);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn another_holder_at_a_revision_seen_before_is_measured_afresh() {
         let seen = SeenKeys::default();
         let ttl = Duration::from_millis(100);
         seen.judge("k", 1, token(7), ttl);
+        tokio::time::advance(ttl / 2).await;
+        // Even while the first still runs: a lease first seen now.
+        assert_eq!(seen.judge("k", 1, token(9), ttl), Verdict::Running(ttl));
         tokio::time::advance(ttl).await;
         // A re-created bucket: another holder's first write is revision 1 too.
         let other = token(8);
