@@ -228,6 +228,7 @@ macro_rules! conformance_suite {
             dropped_shared_and_counted_futures_leave_nothing,
             shared_and_counted_leases_renew_and_report_loss,
             another_token_with_a_shared_or_counted_holders_revision_changes_nothing,
+            an_unanswered_shared_or_counted_lease_is_released_by_its_token,
             a_switch_between_kinds_is_woken,
         );
     };

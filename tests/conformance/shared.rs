@@ -532,3 +532,38 @@ pub async fn shared_and_counted_leases_renew_and_report_loss<H: Harness>(h: &H) 
     let _ = Locker::clone(&b);
     assert_store_empties(h).await;
 }
+
+/// A shared or counted try whose answer was lost is given back by its token
+/// alone ([`Lease::unanswered`](tower_lock::backend::Lease::unanswered)),
+/// from any backend of the store, not only the one that took it: the
+/// locker's lost-answer release must not orphan a permit for its ttl.
+pub async fn an_unanswered_shared_or_counted_lease_is_released_by_its_token<H: Harness>(h: &H) {
+    use tower_lock::backend::{AcquireRequest, Attempt, Lease, LeaseKind, Token};
+
+    for kind in [LeaseKind::Shared, LeaseKind::Counted { permits: 2 }] {
+        let (taker, releaser) = (h.locker().await, h.locker().await);
+        let k = key("unanswered");
+        let token = Token::new();
+        let request = AcquireRequest::new(&k, token, LONG).kind(kind);
+        let attempt = taker.backend().try_acquire(&request).await.expect("try");
+        assert!(
+            matches!(attempt, Attempt::Acquired { .. }),
+            "{kind:?}: a free key was refused: {attempt:?}"
+        );
+        let lost = Lease::unanswered(token, kind);
+        assert!(
+            releaser
+                .backend()
+                .release(&k, &lost)
+                .await
+                .expect("release"),
+            "{kind:?}: a release by token alone found nothing"
+        );
+        let writer = h.locker().await.try_lock(&k, LONG).await.expect("try_lock");
+        writer
+            .unwrap_or_else(|| panic!("{kind:?}: the lease released by token still holds the key"))
+            .release()
+            .await
+            .expect("release");
+    }
+}

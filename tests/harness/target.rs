@@ -836,7 +836,9 @@ mod nats_target {
                     let direct = self.open(&self.ports).await.map(|_| ());
                     let log = self.servers.lock().expect("servers")[0].log();
                     let tail: String = log.lines().rev().take(30).collect::<Vec<_>>().join("\n");
-                    panic!("open the bucket: {err:?}; directly: {direct:?}; server log, last lines first:\n{tail}")
+                    panic!(
+                        "open the bucket: {err:?}; directly: {direct:?}; server log, last lines first:\n{tail}"
+                    )
                 }
             }
         }
