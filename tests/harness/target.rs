@@ -835,10 +835,10 @@ mod nats_target {
                     // Which part failed: the proxy or the server.
                     let direct = self.open(&self.ports).await.map(|_| ());
                     let log = self.servers.lock().expect("servers")[0].log();
-                    let tail: String = log.lines().rev().take(30).collect::<Vec<_>>().join("\n");
-                    panic!(
-                        "open the bucket: {err:?}; directly: {direct:?}; server log, last lines first:\n{tail}"
-                    )
+                    // A crashed server's panic and the frames under it.
+                    let from = log.find("panic:").unwrap_or(log.len().saturating_sub(4000));
+                    let tail: String = log[from..].lines().take(40).collect::<Vec<_>>().join("\n");
+                    panic!("open the bucket: {err:?}; directly: {direct:?}; server log:\n{tail}")
                 }
             }
         }
