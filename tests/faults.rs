@@ -147,10 +147,16 @@ async fn soak_on<T: target::Target>(target: T, first: u64, until: std::time::Ins
             break;
         }
     }
+    let crashes = target.crashes();
     println!(
         "SUMMARY {}: {histories} histories (seeds {first}..{seed}), {ops} operations, {holdings} holdings, \
-         faults {faults:?}, longest time for every key to be had again after the nemesis {longest:?}, {violations} violations",
-        target.name()
+         faults {faults:?}, longest time for every key to be had again after the nemesis {longest:?}, {violations} violations, \
+         {} crashes of the server itself{}",
+        target.name(),
+        crashes.len(),
+        crashes
+            .first()
+            .map_or(String::new(), |first| format!(" (the first: {first})")),
     );
     violations
 }

@@ -83,6 +83,12 @@ pub trait Target: Send + Sync + 'static {
     fn recovery(&self) -> Duration {
         Duration::ZERO
     }
+
+    /// The store's own crashes so far (a bug of the server, not a fault the
+    /// nemesis injected), each started again once found.
+    fn crashes(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// A child process's locker, from the spec its parent's target gave it.
@@ -714,6 +720,7 @@ mod nats_target {
         proxy: Option<Proxy>,
         replays: Replays,
         listening: std::sync::atomic::AtomicBool,
+        crashes: Mutex<Vec<String>>,
     }
 
     impl Nats {
@@ -727,6 +734,7 @@ mod nats_target {
                 servers: Mutex::new(vec![server]),
                 replays: Replays::default(),
                 listening: Default::default(),
+                crashes: Mutex::default(),
             }
         }
 
@@ -741,6 +749,7 @@ mod nats_target {
                 servers: Mutex::new(servers),
                 replays: Replays::default(),
                 listening: Default::default(),
+                crashes: Mutex::default(),
             };
             // Right after start-up the cluster may still elect its leader.
             let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -753,6 +762,29 @@ mod nats_target {
 
         fn replicas(&self) -> usize {
             self.ports.len()
+        }
+
+        /// Starts again a server that crashed. nats-server 2.9.10 crashes
+        /// (a nil pointer in `jsMsgGetRequest`) when a stream is deleted
+        /// while a `STREAM.MSG.GET` on it is under way: the nemesis's
+        /// re-created bucket sometimes meets a backend's leader read so.
+        async fn revive(&self) {
+            let servers = std::mem::take(&mut *self.servers.lock().expect("servers"));
+            let (servers, crashed) = tokio::task::spawn_blocking(move || {
+                let mut servers = servers;
+                let crashed: Vec<String> = servers
+                    .iter_mut()
+                    .filter_map(|server| server.revive_if_crashed())
+                    .collect();
+                (servers, crashed)
+            })
+            .await
+            .expect("revive");
+            *self.servers.lock().expect("servers") = servers;
+            for crash in crashed {
+                eprintln!("THE NATS SERVER CRASHED (its own bug), started again: {crash}");
+                self.crashes.lock().expect("crashes").push(crash);
+            }
         }
 
         async fn open(
@@ -819,6 +851,7 @@ mod nats_target {
         }
 
         async fn locker(&self) -> Locker {
+            self.revive().await;
             if !self
                 .listening
                 .swap(true, std::sync::atomic::Ordering::SeqCst)
@@ -919,6 +952,10 @@ mod nats_target {
                 Ok(keys) => keys.try_collect::<Vec<_>>().await.unwrap_or_default(),
                 Err(_) => Vec::new(),
             }
+        }
+
+        fn crashes(&self) -> Vec<String> {
+            self.crashes.lock().expect("crashes").clone()
         }
 
         fn recovery(&self) -> Duration {

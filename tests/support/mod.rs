@@ -110,6 +110,23 @@ impl ServerProcess {
         signal(self.pid(), "CONT");
     }
 
+    /// Whether the process ended by itself (a crash), with the first lines
+    /// of the panic it logged; it is then started again.
+    pub fn revive_if_crashed(&mut self) -> Option<String> {
+        let exited = self.child.as_mut()?.try_wait().ok()??;
+        let log = self.log();
+        let panic = log
+            .find("panic:")
+            .map_or("no panic logged", |at| &log[at..]);
+        let what = format!(
+            "{exited}: {}",
+            panic.lines().take(4).collect::<Vec<_>>().join(" | ")
+        );
+        self.child = None;
+        self.spawn();
+        Some(what)
+    }
+
     /// What the server wrote to its log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
