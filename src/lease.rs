@@ -193,6 +193,15 @@ impl Record {
         )
     }
 
+    /// When the request of its last grant or renewal was sent (what its
+    /// renewals are timed from).
+    pub(crate) fn renewed_at(&self) -> Instant {
+        let deadline = *crate::sync::lock(&self.deadline);
+        deadline
+            .checked_sub(self.timing.deadline(self.ttl()))
+            .unwrap_or(deadline)
+    }
+
     /// How long until the holder stops counting on the lease; zero once it
     /// has.
     pub(crate) fn remaining(&self) -> Duration {

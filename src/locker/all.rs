@@ -1,7 +1,7 @@
 //! Several keys at once, deadlock-free: taken one by one in the one order
 //! every process uses, all or nothing.
 
-use std::time::Duration;
+use std::{future::Future, task::Poll, time::Duration};
 
 use smol_str::SmolStr;
 use tokio::{runtime::Handle, time::Instant};
@@ -163,16 +163,12 @@ impl Locker {
         for key in &keys {
             scope::refuse_reentry(backend, key)?;
         }
-        // The scheduler keeps the first keys while the set waits for the rest;
-        // on a locker that does not renew, only until the set is whole.
-        let waits = matches!(take, Take::Wait(_)) && keys.len() > 1;
-        let renewing = (waits && !self.auto_renew && Handle::try_current().is_ok())
-            .then(|| self.clone().auto_renew(true));
-        let taker = renewing.as_ref().unwrap_or(self);
         let started = Started::now();
         let mut held = Vec::with_capacity(keys.len());
+        // How many of `held` this set had the scheduler renew (see `take_one`).
+        let mut renewing = 0;
         for key in &keys {
-            match taker.take_one(key, ttl, take, &held).await {
+            match self.take_one(key, ttl, take, &held, &mut renewing).await {
                 Ok(guard) => held.push(guard),
                 Err(err) => {
                     let _ = release_all(held).await;
@@ -182,10 +178,10 @@ impl Locker {
                 }
             }
         }
-        if renewing.is_some() {
-            for lease in held.iter().filter_map(LockGuard::lease) {
-                self.owner.stop_renewing(&lease).await;
-            }
+        // On a locker that does not renew, the set's leases are renewed only
+        // until it is whole.
+        for lease in held[..renewing].iter().filter_map(LockGuard::lease) {
+            self.owner.stop_renewing(&lease).await;
         }
         for key in &keys {
             self.observe(key, started, &Ok(()), true);
@@ -193,13 +189,16 @@ impl Locker {
         Ok(LockSet::new(held))
     }
 
-    /// Takes `key`; [`LockError::Lost`] should a lease in `held` be lost meanwhile.
+    /// Takes `key`; [`LockError::Lost`] should a lease in `held` be lost
+    /// meanwhile. While it waits, the renewal scheduler keeps `held` (the
+    /// first `renewing` of them already are, or the locker renews them).
     async fn take_one(
         &self,
         key: &SmolStr,
         ttl: Duration,
         take: Take,
         held: &[LockGuard],
+        renewing: &mut usize,
     ) -> Result<LockGuard, LockError> {
         // Checked already, with every key of the set.
         let taking = async {
@@ -211,13 +210,23 @@ impl Locker {
                 Take::Wait(deadline) => self.lock_checked(key.clone(), ttl, deadline).await,
             }
         };
-        // Biased: a key had at once needs no watch on the leases.
-        tokio::select! {
-            biased;
-            taken = taking => taken,
-            () = async { any_lost(held.iter().filter_map(LockGuard::lease)).await } => {
-                Err(LockError::Lost)
+        let mut taking = std::pin::pin!(taking);
+        // A key had at once needs no renewal of the others, nor a watch on them.
+        let first = std::future::poll_fn(|cx| Poll::Ready(taking.as_mut().poll(cx))).await;
+        if let Poll::Ready(taken) = first {
+            return taken;
+        }
+        if !self.auto_renew
+            && let Ok(runtime) = Handle::try_current()
+        {
+            for record in held[*renewing..].iter().filter_map(LockGuard::lease) {
+                self.owner.renew(&record, &runtime, record.renewed_at());
             }
+            *renewing = held.len();
+        }
+        tokio::select! {
+            taken = &mut taking => taken,
+            () = any_lost(held.iter().filter_map(LockGuard::lease)) => Err(LockError::Lost),
         }
     }
 }
