@@ -170,12 +170,13 @@ pub async fn history<T: Target>(target: &T, seed: u64, run_for: Duration) -> Rep
         recorder: recorder.clone(),
     };
     let (renewing, plain) = (target.locker().await, target.locker().await);
-    let local = tokio::spawn(async move { worker.run(renewing, plain).await });
+    let mut local = tokio::spawn(async move { worker.run(renewing, plain).await });
 
     // The nemesis, until the workload stops starting operations.
     let mut losses = Vec::new();
     while started.elapsed() + Duration::from_millis(300) < run_for && !faults.is_empty() {
         tokio::time::sleep(Duration::from_millis(rng.u64(100..600))).await;
+        target.revive().await;
         let fault = faults[rng.usize(0..faults.len())];
         let from = now();
         let what = match fault {
@@ -224,7 +225,14 @@ pub async fn history<T: Target>(target: &T, seed: u64, run_for: Duration) -> Rep
         report.log.push(what);
     }
 
-    let (ops, stuck) = local.await.expect("the workload");
+    // A store that crashes by itself is started again until the workload
+    // ends: its waiters would otherwise wait for ever, and look stuck.
+    let (ops, stuck) = loop {
+        tokio::select! {
+            done = &mut local => break done.expect("the workload"),
+            () = tokio::time::sleep(Duration::from_millis(500)) => target.revive().await,
+        }
+    };
     report.ops = ops;
     if !stuck.is_empty() {
         report.violations.push(format!(

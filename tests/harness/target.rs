@@ -84,8 +84,14 @@ pub trait Target: Send + Sync + 'static {
         Duration::ZERO
     }
 
-    /// The store's own crashes so far (a bug of the server, not a fault the
-    /// nemesis injected), each started again once found.
+    /// Starts again what crashed by itself (a bug of the server, not a fault
+    /// the nemesis injected), as soon as the harness looks.
+    fn revive(&self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+
+    /// The store's own crashes so far, each started again by
+    /// [`revive`](Self::revive).
     fn crashes(&self) -> Vec<String> {
         Vec::new()
     }
@@ -764,29 +770,6 @@ mod nats_target {
             self.ports.len()
         }
 
-        /// Starts again a server that crashed. nats-server 2.9.10 crashes
-        /// (a nil pointer in `jsMsgGetRequest`) when a stream is deleted
-        /// while a `STREAM.MSG.GET` on it is under way: the nemesis's
-        /// re-created bucket sometimes meets a backend's leader read so.
-        async fn revive(&self) {
-            let servers = std::mem::take(&mut *self.servers.lock().expect("servers"));
-            let (servers, crashed) = tokio::task::spawn_blocking(move || {
-                let mut servers = servers;
-                let crashed: Vec<String> = servers
-                    .iter_mut()
-                    .filter_map(|server| server.revive_if_crashed())
-                    .collect();
-                (servers, crashed)
-            })
-            .await
-            .expect("revive");
-            *self.servers.lock().expect("servers") = servers;
-            for crash in crashed {
-                eprintln!("THE NATS SERVER CRASHED (its own bug), started again: {crash}");
-                self.crashes.lock().expect("crashes").push(crash);
-            }
-        }
-
         async fn open(
             &self,
             ports: &[u16],
@@ -951,6 +934,29 @@ mod nats_target {
             match store.keys().await {
                 Ok(keys) => keys.try_collect::<Vec<_>>().await.unwrap_or_default(),
                 Err(_) => Vec::new(),
+            }
+        }
+
+        /// Starts again a server that crashed. nats-server 2.9.10 crashes
+        /// (a nil pointer in `jsMsgGetRequest`) when a stream is deleted
+        /// while a `STREAM.MSG.GET` on it is under way: the nemesis's
+        /// re-created bucket sometimes meets a backend's leader read so.
+        async fn revive(&self) {
+            let servers = std::mem::take(&mut *self.servers.lock().expect("servers"));
+            let (servers, crashed) = tokio::task::spawn_blocking(move || {
+                let mut servers = servers;
+                let crashed: Vec<String> = servers
+                    .iter_mut()
+                    .filter_map(|server| server.revive_if_crashed())
+                    .collect();
+                (servers, crashed)
+            })
+            .await
+            .expect("revive");
+            *self.servers.lock().expect("servers") = servers;
+            for crash in crashed {
+                eprintln!("THE NATS SERVER CRASHED (its own bug), started again: {crash}");
+                self.crashes.lock().expect("crashes").push(crash);
             }
         }
 
