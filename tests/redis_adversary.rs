@@ -310,3 +310,54 @@ async fn a_writer_that_gives_up_ends_its_claim() {
     shared.release().await.expect("release");
     held.release().await.expect("release");
 }
+
+/// Found by the fault harness (redis seeds 70048, 70063): the server counts
+/// a lease from the start of the millisecond it runs the request in, so a
+/// ttl passed as it is let the next holder in up to a millisecond before
+/// the first one stopped counting on its lease. The lock key must expire
+/// (`PEXPIRETIME`, on the machine's wall clock, which the test reads too)
+/// no earlier than the holder's own deadline: its send time plus the ttl.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_lease_ends_in_the_store_before_its_holder_stops_counting_on_it() {
+    let (server, h) = own(&[]);
+    let client = redis::Client::open(server.url().as_str()).expect("client");
+    let backend = RedisBackend::builder(client)
+        .prefix(h.prefix.clone())
+        .build()
+        .await
+        .expect("connect");
+    let mut admin = admin(&server.url()).await;
+    let ttl = Duration::from_millis(5_000);
+    for round in 0..40 {
+        let k = format!("resolution-{round}");
+        let sent_at = std::time::SystemTime::now();
+        let held = backend
+            .try_acquire(&AcquireRequest::new(&k, Token::new(), ttl))
+            .await
+            .expect("try");
+        assert!(matches!(held, Attempt::Acquired { .. }), "{held:?}");
+        let deadline = sent_at + ttl;
+        // The key holding the lease expires first; the others outlast it.
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{}*{k}*", h.prefix))
+            .query_async(&mut admin)
+            .await
+            .expect("KEYS");
+        let mut ends = Vec::new();
+        for key in keys {
+            let at: i64 = redis::cmd("PEXPIRETIME")
+                .arg(&key)
+                .query_async(&mut admin)
+                .await
+                .expect("PEXPIRETIME");
+            ends.extend(u64::try_from(at).ok());
+        }
+        let ends = ends.into_iter().min().expect("the lease's key expires");
+        let ends = std::time::UNIX_EPOCH + Duration::from_millis(ends);
+        assert!(
+            ends >= deadline,
+            "round {round}: the store ends the lease {:?} before its holder's deadline",
+            deadline.duration_since(ends).unwrap_or_default()
+        );
+    }
+}

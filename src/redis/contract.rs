@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::{backend::RedisBackend, scripts, store::millis};
+use super::{backend::RedisBackend, scripts, store::lease_millis};
 use crate::{
     LockError,
     backend::{AcquireRequest, Attempt, Backend, Holding, Lease, LeaseKind, Subscription},
@@ -104,7 +104,9 @@ impl Backend for RedisBackend {
                 store.invocation(&scripts::EXTEND_SHARED, key)
             }
         };
-        invocation.arg(lease.token.to_string()).arg(millis(ttl));
+        invocation
+            .arg(lease.token.to_string())
+            .arg(lease_millis(ttl));
         let extended: i64 = store.run(&invocation).await?;
         Ok((extended == 1).then_some(lease.revision))
     }

@@ -91,7 +91,7 @@ impl Store {
         };
         invocation
             .arg(request.token.to_string())
-            .arg(millis(request.ttl))
+            .arg(lease_millis(request.ttl))
             .arg(flag(request.waiting))
             .arg(flag(request.queued_behind));
         match request.kind {
@@ -114,7 +114,7 @@ impl Store {
         let [since, now] = reply[..] else {
             return Ok(ttl);
         };
-        let until = since.saturating_add(i64::try_from(millis(ttl)).unwrap_or(i64::MAX));
+        let until = since.saturating_add(i64::try_from(lease_millis(ttl)).unwrap_or(i64::MAX));
         let left = u64::try_from(until.saturating_sub(now)).unwrap_or(0);
         Ok(Duration::from_millis(left))
     }
@@ -201,11 +201,21 @@ impl Released {
 /// short, because a backend that died while queued costs the queue this.
 const TURN_GRACE: Duration = Duration::from_millis(250);
 
-/// Whole milliseconds for Redis, rounded up: a holder counts its lease
-/// from before its request, so the store must never keep it for less.
-pub(super) fn millis(ttl: Duration) -> u64 {
-    let millis = ttl.as_nanos().div_ceil(1_000_000);
+/// Whole milliseconds for Redis, rounded up.
+pub(super) fn millis(duration: Duration) -> u64 {
+    let millis = duration.as_nanos().div_ceil(1_000_000);
     u64::try_from(millis).unwrap_or(u64::MAX).max(1)
+}
+
+/// A lease's ttl for Redis: [`millis`], and one more. A holder counts its
+/// lease from before its request, so the store must never keep it for
+/// less, and the server counts from the start of the millisecond it runs
+/// the request in (`PX` and the scripts' `TIME` both drop the rest), up to
+/// a millisecond before it. The fault harness saw the holders of a lease
+/// and of the next one overlap by under a millisecond without the extra one
+/// (redis seeds 70048, 70063).
+pub(super) fn lease_millis(ttl: Duration) -> u64 {
+    millis(ttl).saturating_add(1)
 }
 
 #[cfg(test)]
@@ -213,11 +223,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ttls_round_up_to_whole_milliseconds() {
+    fn durations_round_up_to_whole_milliseconds_and_ttls_one_more() {
         assert_eq!(millis(Duration::from_micros(10_900)), 11);
         assert_eq!(millis(Duration::from_millis(10)), 10);
         assert_eq!(millis(Duration::from_nanos(1)), 1);
         assert_eq!(millis(Duration::from_nanos(1_000_001)), 2);
         assert_eq!(millis(Duration::MAX), u64::MAX);
+        assert_eq!(lease_millis(Duration::from_micros(10_900)), 12);
+        assert_eq!(lease_millis(Duration::from_millis(10)), 11);
+        assert_eq!(lease_millis(Duration::MAX), u64::MAX);
     }
 }
