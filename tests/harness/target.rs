@@ -954,9 +954,17 @@ mod nats_target {
             .await
             .expect("revive");
             *self.servers.lock().expect("servers") = servers;
+            if crashed.is_empty() {
+                return;
+            }
             for crash in crashed {
                 eprintln!("THE NATS SERVER CRASHED (its own bug), started again: {crash}");
                 self.crashes.lock().expect("crashes").push(crash);
+            }
+            // It may have crashed between deleting the bucket and creating it
+            // again: the backends would find no bucket for ever.
+            if let Err(err) = self.open(&self.ports).await {
+                eprintln!("the bucket could not be made again after the crash: {err}");
             }
         }
 
