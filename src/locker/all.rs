@@ -216,7 +216,9 @@ impl Locker {
         if let Poll::Ready(taken) = first {
             return taken;
         }
+        // A one-off try answers within a request: nothing to keep meanwhile.
         if !self.auto_renew
+            && matches!(take, Take::Wait(_))
             && let Ok(runtime) = Handle::try_current()
         {
             for record in held[*renewing..].iter().filter_map(LockGuard::lease) {

@@ -50,7 +50,9 @@ impl Backend for NatsBackend {
         ttl: Duration,
     ) -> Result<Option<u64>, LockError> {
         self.check_ttl(ttl)?;
-        match self.entry_of(&key::encode(key), lease).await? {
+        // A counted lease this backend does not hold here is not renewed
+        // (`extend_entry` would refuse it): no need to look for its slot.
+        match self.entry_of(&key::encode(key), lease) {
             Some(entry) => self.extend_entry(&entry, lease, ttl).await,
             None => Ok(None),
         }
@@ -58,7 +60,12 @@ impl Backend for NatsBackend {
 
     async fn release(&self, key: &str, lease: &Lease) -> Result<bool, LockError> {
         let key = key::encode(key);
-        match self.entry_of(&key, lease).await? {
+        // A grant whose answer was lost: its slot is found by its token.
+        let entry = match self.entry_of(&key, lease) {
+            Some(entry) => Some(entry),
+            None => self.find_counted(&key, lease.token).await?,
+        };
+        match entry {
             Some(entry) => self.release_entry(&key, &entry, lease).await,
             None => Ok(false),
         }

@@ -44,23 +44,15 @@ impl NatsBackend {
         self.granted(key, request, sent, revision, fence).await
     }
 
-    /// The bucket key `lease` of (encoded) `key` is held at: `None` for a
-    /// counted lease whose slot holds its token no more. A slot this
-    /// backend did not grant (a grant whose answer was lost) is looked for
-    /// by its token.
-    pub(super) async fn entry_of(
-        &self,
-        key: &str,
-        lease: &Lease,
-    ) -> Result<Option<String>, LockError> {
-        Ok(match lease.kind {
+    /// The bucket key `lease` of (encoded) `key` is held at, as far as this
+    /// backend knows without a read: `None` for a counted lease it did not
+    /// grant, or no longer holds (whose slot only the store can tell).
+    pub(super) fn entry_of(&self, key: &str, lease: &Lease) -> Option<String> {
+        match lease.kind {
             LeaseKind::Shared => Some(key::reader(key, lease.token)),
-            LeaseKind::Counted { .. } => match self.inner.own.counted_entry(key, lease.token) {
-                Some(entry) => Some(entry),
-                None => self.find_counted(key, lease.token).await?,
-            },
+            LeaseKind::Counted { .. } => self.inner.own.counted_entry(key, lease.token),
             LeaseKind::Exclusive => Some(key.to_owned()),
-        })
+        }
     }
 
     /// An exclusive try: the lock's own key, created on empty, then a check
